@@ -1,0 +1,93 @@
+"""Iteration cost model.
+
+    t_iter = base + per_prefill_token * sum(chunk)
+                  + per_attn_token2 * sum(chunk * (prefix + chunk))
+                  + per_decode_req * n_decodes
+                  + per_context_token * sum(decode context)
+
+Linear in its coefficients, so it is fitted by least squares (see fit.py); prefill attention work grows with
+chunk x (prefix + chunk), which is the quadratic term the CPU and GPU profiles both show for long chunks.
+All coefficients are seconds (per unit).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+FEATURES = ("base", "prefill_tokens", "attn_tokens2", "decode_reqs", "context_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    base_s: float
+    per_prefill_token_s: float
+    per_attn_token2_s: float = 0.0
+    per_decode_req_s: float = 0.0
+    per_context_token_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"CostModel.{name} must be finite and >= 0, got {value!r}")
+
+    # ---- pieces, so policies can add up a batch incrementally -------------------------------------------------
+    def prefill_s(self, chunk_tokens: int, prefix_tokens: int = 0) -> float:
+        """Marginal time of one prefill chunk of `chunk_tokens` after `prefix_tokens` already in KV."""
+        if chunk_tokens <= 0:
+            return 0.0
+        return chunk_tokens * (self.per_prefill_token_s + self.per_attn_token2_s * (prefix_tokens + chunk_tokens))
+
+    def decode_s(self, context_tokens: int) -> float:
+        """Marginal time of one decode row reading `context_tokens` of KV."""
+        return self.per_decode_req_s + self.per_context_token_s * context_tokens
+
+    def predict(self, prefills: list[tuple[int, int]] | tuple = (), decode_contexts: list[int] | tuple = ()) -> float:
+        """Predicted time of an iteration with prefill chunks [(chunk, prefix), ...] and decode rows' contexts."""
+        if not prefills and not decode_contexts:
+            return 0.0
+        return (self.base_s + sum(self.prefill_s(c, p) for c, p in prefills)
+                + sum(self.decode_s(x) for x in decode_contexts))
+
+    def max_chunk(self, remaining_s: float, prefix_tokens: int = 0) -> int:
+        """Largest chunk whose marginal prefill time fits in `remaining_s` (0 if none)."""
+        if remaining_s <= 0:
+            return 0
+        a = self.per_attn_token2_s
+        b = self.per_prefill_token_s + a * prefix_tokens
+        if a <= 0:
+            return int(remaining_s / b) if b > 0 else 2**31 - 1
+        x = (-b + math.sqrt(b * b + 4 * a * remaining_s)) / (2 * a)
+        n = int(x)
+        while n > 0 and self.prefill_s(n, prefix_tokens) > remaining_s:  # guard float rounding
+            n -= 1
+        return n
+
+    # ---- features / serialisation -----------------------------------------------------------------------------
+    @staticmethod
+    def features(prefills, decode_contexts) -> np.ndarray:
+        """The regression row for one iteration, in FEATURES order."""
+        return np.array([
+            1.0,
+            float(sum(c for c, _ in prefills)),
+            float(sum(c * (p + c) for c, p in prefills)),
+            float(len(decode_contexts)),
+            float(sum(decode_contexts)),
+        ])
+
+    def coefficients(self) -> np.ndarray:
+        return np.array([self.base_s, self.per_prefill_token_s, self.per_attn_token2_s,
+                         self.per_decode_req_s, self.per_context_token_s])
+
+    @classmethod
+    def from_coefficients(cls, coef) -> "CostModel":
+        return cls(*(max(0.0, float(x)) for x in coef))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CostModel":
+        return cls(**{k: float(d[k]) for k in cls.__dataclass_fields__ if k in d})

@@ -1,0 +1,44 @@
+"""Open policy registry: adding a policy is one new file plus `@register_policy("name")`."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from .types import Plan, Snapshot
+
+
+class Policy(Protocol):
+    name: str
+
+    def plan(self, snap: Snapshot) -> Plan:
+        """Pure and deterministic: the same snapshot gives the same plan; no clock, no I/O, no engine objects."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., Policy]] = {}
+
+
+def register_policy(name: str):
+    def deco(factory):
+        if name in _REGISTRY:
+            raise ValueError(f"policy {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+    return deco
+
+
+def policy_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def make_policy(name: str, **params) -> Policy:
+    """Build a registered policy; `params` are its config dataclass fields (unknown keys raise)."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**params)
+
+
+def _load_builtin() -> None:
+    from .. import policies  # noqa: F401  (imports register the built-in policies)
