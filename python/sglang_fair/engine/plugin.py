@@ -1,0 +1,38 @@
+"""SGLang plugin entry point (group `sglang.srt.plugins`).
+
+SGLang calls `load()` in every one of its processes (main, scheduler child, detokenizer). The plugin does nothing
+unless `sglang-fair serve` put a RuntimeConfig in the environment, so an installed sglang-fair leaves plain
+`sglang serve` / `python -m sglang.launch_server` stock. When active it registers the scheduler hooks (they only
+touch the Scheduler class, which lives in the scheduler child) and, in the main process, the HTTP routes.
+
+SGLang's loader logs and swallows exceptions from plugins, so a broken configuration would silently run stock:
+fatal problems here raise SystemExit instead, which the loader does not catch.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+
+from ..runtime_config import ENV_VAR, RuntimeConfig
+
+logger = logging.getLogger("sglang_fair")
+
+STARTUP_LINE = "sglang-fair plugin active"
+
+
+def load() -> None:
+    try:
+        cfg = RuntimeConfig.from_env()
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"sglang-fair: invalid {ENV_VAR}: {exc}") from exc
+    if cfg is None:
+        return
+    from . import scheduler_hooks
+
+    scheduler_hooks.register(cfg)
+    if multiprocessing.parent_process() is None:  # the HTTP (main) process; SGLang's workers are mp children
+        from . import http
+
+        http.install(cfg)
+    logger.warning("%s: policy=%s (process %s)", STARTUP_LINE, cfg.policy, multiprocessing.current_process().name)

@@ -1,0 +1,56 @@
+"""What `sglang-fair serve` hands to the plugin in every SGLang process: one JSON blob in an environment variable.
+
+Absent variable = plugin inactive (plain `sglang serve` / `python -m sglang.launch_server` stay stock).
+Pure data: no sglang imports here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from .config import SloConfig, check_positive
+
+ENV_VAR = "SGLANG_FAIR_CONFIG"
+POLICY_CHOICES = ("fair", "slai", "sarathi", "off")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    policy: str = "fair"
+    """Active policy name, or "off" for stock SGLang batching (status endpoint still served)."""
+    slo: SloConfig = field(default_factory=SloConfig)
+    """Default per-request SLOs (requests may carry their own)."""
+    policy_params: dict = field(default_factory=dict)
+    """Keyword arguments for the policy's params dataclass (validated by the policy)."""
+    cost_model: str | None = None
+    """Preset name or JSON path of the starting cost model (None: the preset for this device)."""
+    online_fit: bool = True
+    """Refit the cost model from measured iterations inside the scheduler."""
+    load_horizon_ms: float | None = None
+    """Horizon of the prefill admission budget (None: the TTFT SLO)."""
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICY_CHOICES:
+            raise ValueError(f"--fair-policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}")
+        if self.load_horizon_ms is not None:
+            check_positive("load_horizon_ms", self.load_horizon_ms)
+
+    @property
+    def active(self) -> bool:
+        return self.policy != "off"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RuntimeConfig":
+        d = json.loads(text)
+        d["slo"] = SloConfig(**d.get("slo", {}))
+        return cls(**d)
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "RuntimeConfig | None":
+        text = environ.get(ENV_VAR)
+        return cls.from_json(text) if text else None

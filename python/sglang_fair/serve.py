@@ -1,0 +1,223 @@
+"""`sglang-fair serve`: SGLang's own server with the sglang-fair plugin switched on.
+
+Takes every `sglang serve` / `python -m sglang.launch_server` flag unchanged, plus the `--fair-*`/SLO flags below.
+Our flags are validated before anything heavy is imported or any model loads. The server runs as a child
+(`python -m sglang.launch_server ...`) with the plugin's RuntimeConfig in its environment; this process supervises
+it: once the server answers, it checks that our hooks are live in the scheduler (SGLang's hook registry swallows
+errors) and stops the server with a clear message otherwise. Signals are forwarded; the exit code is the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .config import SloConfig
+from .runtime_config import ENV_VAR, POLICY_CHOICES, RuntimeConfig
+
+# Flags SGLang needs on a machine without CUDA (see docs/usage.md); each is added only if the user did not give it.
+CPU_DEFAULTS = (
+    ("--device", "cpu"),
+    ("--attention-backend", "torch_native"),
+    ("--disable-cuda-graph", None),
+    ("--sampling-backend", "pytorch"),
+    ("--grammar-backend", "none"),
+    ("--max-total-tokens", "32768"),
+    ("--mem-fraction-static", "0.1"),
+    ("--sleep-on-idle", None),
+)
+ALWAYS_DEFAULTS = (("--host", "127.0.0.1"),)
+READY_TIMEOUT_S = 900.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sglang-fair serve", allow_abbrev=False,
+        description="Run SGLang's server with FairBatching. Every other flag goes to SGLang unchanged.")
+    g = p.add_argument_group("sglang-fair")
+    g.add_argument("--fair-policy", default="fair", help=f"batch formation policy: {', '.join(POLICY_CHOICES)} "
+                   "(off = stock SGLang; default fair)")
+    g.add_argument("--ttft-slo-ms", type=float, default=SloConfig.ttft_slo_ms,
+                   help="default time-to-first-token SLO, ms (requests may carry their own)")
+    g.add_argument("--tpot-slo-ms", type=float, default=SloConfig.tpot_slo_ms,
+                   help="default time-per-output-token SLO, ms (requests may carry their own)")
+    g.add_argument("--fair-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a policy parameter (repeatable), e.g. --fair-param token_budget=512; see docs/usage.md")
+    g.add_argument("--fair-cost-model", default=None, metavar="PRESET|PATH",
+                   help="starting iteration-cost model: a preset name or a JSON file")
+    g.add_argument("--fair-no-online-fit", action="store_true", help="do not refit the cost model while serving")
+    g.add_argument("--fair-load-horizon-ms", type=float, default=None,
+                   help="horizon of the prefill admission budget served on /get_load (default: the TTFT SLO)")
+    g.add_argument("--fair-no-verify", action="store_true",
+                   help="do not stop the server when the start-up hook check fails (debugging only)")
+    return p
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--fair-param expects KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
+    """Validate our flags; raises ValueError whose message names the flag."""
+    if ns.fair_policy not in POLICY_CHOICES:
+        raise ValueError(f"--fair-policy must be one of {', '.join(POLICY_CHOICES)}, got {ns.fair_policy!r}")
+    try:
+        slo = SloConfig(ttft_slo_ms=ns.ttft_slo_ms, tpot_slo_ms=ns.tpot_slo_ms)
+    except ValueError as exc:
+        raise ValueError(f"--{str(exc).replace('_', '-')}") from None
+    params = dict(_parse_param(t) for t in ns.fair_param)
+    try:
+        cfg = RuntimeConfig(policy=ns.fair_policy, slo=slo, policy_params=params, cost_model=ns.fair_cost_model,
+                            online_fit=not ns.fair_no_online_fit, load_horizon_ms=ns.fair_load_horizon_ms)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("load_horizon_ms", "--fair-load-horizon-ms")) from None
+    if cfg.active:
+        from .core.registry import make_policy
+
+        try:
+            make_policy(cfg.policy, **params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--fair-policy {cfg.policy} / --fair-param: {exc}") from None
+    if cfg.cost_model is not None:
+        from .core.presets import load_preset
+
+        try:
+            load_preset(cfg.cost_model)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"--fair-cost-model: {exc}") from None
+    return cfg
+
+
+def _given(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def _value(args: list[str], flag: str, default: str | None = None) -> str | None:
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return default
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:  # no torch, or a broken CUDA install: treat as CPU
+        return False
+
+
+def sglang_args(rest: list[str], cpu: bool) -> list[str]:
+    args = list(rest)
+    if not (_given(args, "--model-path") or _given(args, "--model")):
+        from .model import make_model
+        print("sglang-fair serve: no --model-path given, using the embedded model", file=sys.stderr)
+        args += ["--model-path", str(make_model())]
+    defaults = ALWAYS_DEFAULTS + (CPU_DEFAULTS if cpu else ())
+    for flag, value in defaults:
+        if not _given(args, flag):
+            args += [flag] if value is None else [flag, value]
+    return args
+
+
+def _fetch_status(base: str, api_key: str | None) -> tuple[int, dict | None]:
+    import requests
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = requests.get(base + "/sglang_fair/status", timeout=10, headers=headers)
+    except requests.RequestException:
+        return 0, None
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, None
+
+
+def verify_started(proc: subprocess.Popen, base: str, cfg: RuntimeConfig, api_key: str | None) -> str | None:
+    """Wait for the server; return None if our hooks are live, else the reason (or "exited" if it died)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return "exited"
+        code, body = _fetch_status(base, api_key)
+        if code == 404:
+            return ("the sglang-fair plugin is not active in the server process (is sglang-fair installed in the same "
+                    "environment, and not excluded by SGLANG_PLUGINS?)")
+        if code == 200 and body is not None:
+            if not body.get("hooks_verified"):
+                return f"the scheduler did not confirm our hooks: {json.dumps(body.get('ranks'))}"
+            if body.get("policy") != cfg.policy:
+                return f"the server runs policy {body.get('policy')!r}, expected {cfg.policy!r}"
+            return None
+        time.sleep(1.0)
+    return f"the server did not become ready within {READY_TIMEOUT_S:.0f} s"
+
+
+def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    ns, rest = parser.parse_known_args(argv)
+    try:
+        cfg = runtime_config(ns)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2, before any model loads
+    cpu = not _has_cuda()
+    args = sglang_args(rest, cpu)
+    env = dict(os.environ, **{ENV_VAR: cfg.to_json()})
+    if cpu:
+        env.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+    host = _value(args, "--host", "127.0.0.1")
+    port = _value(args, "--port", "30000")
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "sglang.launch_server", *args], env=env)
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, forward)
+    problem = verify_started(proc, base, cfg, _value(args, "--api-key"))
+    if problem == "exited":
+        return proc.wait() or 1
+    if problem is not None:
+        msg = f"sglang-fair serve: start-up check failed: {problem}"
+        if ns.fair_no_verify:
+            print(msg + " (continuing: --fair-no-verify)", file=sys.stderr)
+        else:
+            print(msg + "; stopping the server", file=sys.stderr)
+            _stop(proc)
+            return 1
+    else:
+        print(f"sglang-fair serve: ready on {base} (policy {cfg.policy}, hooks verified)", file=sys.stderr, flush=True)
+    return proc.wait()
+
+
+def add_parser(subparsers) -> None:
+    # Documentation only: `sglang-fair serve` is dispatched before argparse (cli.main) so SGLang flags pass through.
+    subparsers.add_parser("serve", help="run SGLang's server with the FairBatching scheduler (takes every sglang serve flag)",
+                          add_help=False)
