@@ -1,0 +1,1 @@
+"""Live-server helpers: launching SGLang servers, replaying request traces against them."""
