@@ -42,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sglang-fair")
     g.add_argument("--fair-policy", default="fair", help=f"batch formation policy: {', '.join(POLICY_CHOICES)} "
                    "(off = stock SGLang; default fair)")
-    g.add_argument("--ttft-slo-ms", type=float, default=SloConfig.ttft_slo_ms,
+    g.add_argument("--ttft-slo-ms", type=float, default=SloConfig().ttft_slo_ms,
                    help="default time-to-first-token SLO, ms (requests may carry their own)")
-    g.add_argument("--tpot-slo-ms", type=float, default=SloConfig.tpot_slo_ms,
+    g.add_argument("--tpot-slo-ms", type=float, default=SloConfig().tpot_slo_ms,
                    help="default time-per-output-token SLO, ms (requests may carry their own)")
     g.add_argument("--fair-param", action="append", default=[], metavar="KEY=VALUE",
                    help="a policy parameter (repeatable), e.g. --fair-param token_budget=512; see docs/usage.md")
@@ -76,7 +76,8 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
     try:
         slo = SloConfig(ttft_slo_ms=ns.ttft_slo_ms, tpot_slo_ms=ns.tpot_slo_ms)
     except ValueError as exc:
-        raise ValueError(f"--{str(exc).replace('_', '-')}") from None
+        msg = str(exc)
+        raise ValueError("--" + msg.replace("_slo_ms", "-slo-ms", 1)) from None
     params = dict(_parse_param(t) for t in ns.fair_param)
     try:
         cfg = RuntimeConfig(policy=ns.fair_policy, slo=slo, policy_params=params, cost_model=ns.fair_cost_model,

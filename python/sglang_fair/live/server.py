@@ -33,10 +33,14 @@ def free_port() -> int:
 
 
 def cpu_server_args(max_total_tokens: int = 16384, *, float32: bool = True) -> list[str]:
-    """SGLang flags for a CPU-only machine (torch_native attention, no CUDA graph)."""
-    args = ["--device", "cpu", "--attention-backend", "torch_native", "--disable-cuda-graph",
-            "--sampling-backend", "pytorch", "--grammar-backend", "none", "--mem-fraction-static", "0.1",
-            "--max-total-tokens", str(max_total_tokens)]
+    """SGLang flags for a CPU-only machine: the ones `sglang-fair serve` adds, with our own KV size."""
+    from ..serve import CPU_DEFAULTS
+
+    args: list[str] = []
+    for flag, value in CPU_DEFAULTS:
+        if flag == "--max-total-tokens":
+            value = str(max_total_tokens)
+        args += [flag] if value is None else [flag, value]
     if float32:
         args += ["--dtype", "float32"]
     return args
