@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 FEATURES = ("base", "prefill_tokens", "attn_tokens2", "decode_reqs", "context_tokens")
+MAX_CHUNK_TOKENS = 2**31 - 1
+"""What max_chunk returns when prefill costs nothing (or the budget is unbounded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +54,22 @@ class CostModel:
                 + sum(self.decode_s(x) for x in decode_contexts))
 
     def max_chunk(self, remaining_s: float, prefix_tokens: int = 0) -> int:
-        """Largest chunk whose marginal prefill time fits in `remaining_s` (0 if none)."""
-        if remaining_s <= 0:
+        """Largest chunk whose marginal prefill time fits in `remaining_s` (0 if none, MAX_CHUNK_TOKENS if unbounded)."""
+        if not remaining_s > 0:  # also rejects NaN
             return 0
         a = self.per_attn_token2_s
         b = self.per_prefill_token_s + a * prefix_tokens
-        if a <= 0:
-            return int(remaining_s / b) if b > 0 else 2**31 - 1
-        x = (-b + math.sqrt(b * b + 4 * a * remaining_s)) / (2 * a)
+        if b <= 0 and a <= 0:
+            return MAX_CHUNK_TOKENS
+        # root of a x^2 + b x = remaining_s in the cancellation-free form (exact also when a << b^2 / remaining_s)
+        x = 2.0 * remaining_s / (b + math.sqrt(b * b + 4.0 * a * remaining_s))
+        if not x < MAX_CHUNK_TOKENS:
+            return MAX_CHUNK_TOKENS
         n = int(x)
         while n > 0 and self.prefill_s(n, prefix_tokens) > remaining_s:  # guard float rounding
             n -= 1
+        while n < MAX_CHUNK_TOKENS and self.prefill_s(n + 1, prefix_tokens) <= remaining_s:
+            n += 1
         return n
 
     # ---- features / serialisation -----------------------------------------------------------------------------

@@ -1,0 +1,273 @@
+"""Fit the iteration cost model to real GPU operator profiles and (with --write) ship the result as presets.
+
+Data: `<shared>/profiles/vidur/` (microsoft/vidur's profiling data, MIT; times are median ms PER LAYER):
+  - `a100_meta-llama_Meta-Llama-3-8B/mlp.csv`: every non-attention operator of one layer vs `num_tokens` (TP 1 rows
+    used; duplicate `num_tokens` rows are merged by their median);
+  - `a100_meta-llama_Meta-Llama-3-8B/attention_sampled_tp1.csv`: attention (`attn_ms`) and KV write
+    (`kv_cache_save_ms`) per layer for prefill (chunk, kv 0), chunked prefill (chunk 64, kv 512..4672) and decode
+    (batch size, kv size) rows;
+  - `{a100,h100}_meta-llama_Llama-2-7b-hf/mlp.csv`: the same operators of a similar model on both GPUs.
+
+How one iteration's time is built (Llama-3-8B: 32 layers, TP 1), following Vidur's per-block sum:
+  t = 32 * [ sum over layer ops(num_tokens) + attn_prefill + attn_decode + kv_save ] + emb(num_tokens) + overhead
+  - layer ops = input_layernorm, attn_pre_proj, attn_rope, attn_post_proj, post_attention_layernorm, mlp_up_proj,
+    mlp_act, mlp_down_proj, add (each once, as Vidur sums them), linearly interpolated in num_tokens = prefill
+    tokens + decode rows (the grid is 1, 2, 4, then every 8 to 256 tokens);
+  - attn_prefill / attn_decode: the measured attention row itself (no interpolation: every sample is built on a
+    measured (chunk, kv) or (batch, kv) point); a mixed batch adds its prefill row and its decode row, as Vidur does;
+  - kv_save: a decode-only batch uses its decode row's value; a batch with a prefill uses the prefill rows'
+    kv_cache_save interpolated at the batch's total new tokens;
+  - emb: the embedding op of mlp.csv, once per iteration;
+  - overhead: a documented constant (--overhead-ms, default 1.0 ms on the A100): the LM head for the last position
+    of each sequence (128256 x 4096 bf16 weights = 1.05 GB read once, ~0.55 ms at 2 TB/s) plus logits processing and
+    sampling (~0.45 ms). The profiles do not contain these operators.
+Samples (one per iteration):
+  - prefill only: every `prefill` row (chunk 32..16384, prefix 0) -> prefills [(chunk, 0)];
+  - chunked prefill: every `chunked_prefill` row -> [(64, kv)];
+  - decode only: every `decode` row (batch B, kv K) -> B decode rows of context K;
+  - mixed: prefill chunks 256, 512, 1024, 2048 (prefix 0) x every 3rd decode row with B <= 256.
+The fit is `sglang_fair.core.fit.fit_cost_model` on relative residuals with BIC term dropping, WITHOUT robust
+reweighting: the profile times are already medians of repeated runs, so the data hold no measurement outliers, and
+a bisquare fit would only discard the samples the 5-term model fits worst (short prefills, where the GPU is not yet
+compute-bound) instead of averaging over them.
+
+H100 (`h100-llama3-8b`) is derived, not measured for Llama-3-8B: each A100 Llama-3-8B operator time at n tokens is
+multiplied by that operator's H100/A100 ratio on Llama-2-7B at n tokens (n clamped to the Llama-2 grid, 1..4096);
+prefill attention by the median GEMM ratio (pre/post proj, up/down proj) at n = chunk (compute-bound); decode
+attention, KV writes and the overhead constant by the median GEMM ratio at n <= 32 (weight-streaming,
+memory-bound). Then the same fit.
+
+`cpu-tiny-llama` is a placeholder prior for the embedded CPU model (hidden 512, 8 layers, torch_native attention,
+2 threads), fitted to 8 server-side calibration points (notes: TTFT for 512/1024/2048/4096-token prompts =
+101/216/701/1923 ms with chunked prefill 2048, so 4096 is two iterations (2048, 0) + (2048, 2048); TPOT with
+N = 1/8/32/64 decoders = 12.7/24.7/63.5/161 ms). The decode context was not varied there, so the per-context term
+is not fitted (0); plain least squares on relative error (8 points, no outlier rejection).
+
+Usage: python benchmark/fit_profiles.py [--profiles-dir DIR] [--overhead-ms 1.0] [--json] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "python"))
+
+from sglang_fair.core.cost_model import FEATURES, CostModel  # noqa: E402
+from sglang_fair.core.fit import FitOptions, fit_cost_model, fit_features, model_json  # noqa: E402
+
+LAYERS = 32
+LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
+             "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+MIX_CHUNKS = (256, 512, 1024, 2048)
+L3_A100 = "a100_meta-llama_Meta-Llama-3-8B"
+L2_A100, L2_H100 = "a100_meta-llama_Llama-2-7b-hf", "h100_meta-llama_Llama-2-7b-hf"
+
+# embedded CPU model calibration (hidden 512, 8 layers), milliseconds
+CPU_TTFT_MS = {512: 101.0, 1024: 216.0, 2048: 701.0, 4096: 1923.0}
+CPU_TPOT_MS = {1: 12.7, 8: 24.7, 32: 63.5, 64: 161.0}
+CPU_CHUNK = 2048
+
+
+def default_profiles_dir() -> Path:
+    shared = os.environ.get("SGLANG_FAIR_SHARED")
+    return (Path(shared) if shared else REPO.parent / "shared") / "profiles" / "vidur"
+
+
+class OpTable:
+    """Per-layer operator medians (ms) vs num_tokens for one TP degree, interpolated linearly."""
+
+    def __init__(self, path: Path, tp: int = 1) -> None:
+        by_n: dict[int, list[dict]] = {}
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if int(row["num_tensor_parallel_workers"]) == tp:
+                    by_n.setdefault(int(row["num_tokens"]), []).append(row)
+        if not by_n:
+            raise ValueError(f"{path}: no rows with num_tensor_parallel_workers == {tp}")
+        self.tokens = np.array(sorted(by_n), dtype=float)
+        self.ms = {op: np.array([np.median([float(r[f"time_stats.{op}.median"]) for r in by_n[int(n)]])
+                                 for n in self.tokens]) for op in LAYER_OPS + ("emb",)}
+
+    def op(self, name: str, n: float) -> float:
+        return float(np.interp(n, self.tokens, self.ms[name]))
+
+    def layer(self, n: float, scale=None) -> float:
+        """Sum of the layer's non-attention ops at n tokens; `scale(op, n)` multiplies each op (H100 derivation)."""
+        return sum(self.op(o, n) * (scale(o, n) if scale else 1.0) for o in LAYER_OPS)
+
+
+def read_attention(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        lines = [ln for ln in fh if not ln.startswith("#")]
+    rows = list(csv.DictReader(lines))
+    for r in rows:
+        for k in ("batch_size", "prefill_chunk_size", "kv_cache_size"):
+            r[k] = int(r[k])
+        for k in ("attn_ms", "kv_cache_save_ms"):
+            r[k] = float(r[k])
+    return rows
+
+
+class GpuRatio:
+    """H100/A100 time ratios per operator vs num_tokens, from the Llama-2-7B profiles on both GPUs."""
+
+    def __init__(self, a100: OpTable, h100: OpTable) -> None:
+        if not np.array_equal(a100.tokens, h100.tokens):
+            raise ValueError("A100 and H100 Llama-2-7B profiles have different num_tokens grids")
+        self.tokens = a100.tokens
+        self.ratio = {o: h100.ms[o] / a100.ms[o] for o in LAYER_OPS + ("emb",)}
+        gemm = np.vstack([self.ratio[o] for o in GEMM_OPS])
+        self.gemm = np.median(gemm, axis=0)
+        self.memory_bound = float(np.median(gemm[:, self.tokens <= 32]))
+
+    def op(self, name: str, n: float) -> float:
+        return float(np.interp(n, self.tokens, self.ratio[name]))
+
+    def compute(self, n: float) -> float:
+        return float(np.interp(n, self.tokens, self.gemm))
+
+
+def build_samples(ops: OpTable, attn: list[dict], overhead_ms: float, ratio: GpuRatio | None = None) -> list:
+    """[(prefills, decode_contexts, seconds, kind)] as described in the module docstring."""
+    prefill = [r for r in attn if r["kind"] == "prefill"]
+    chunked = [r for r in attn if r["kind"] == "chunked_prefill"]
+    decode = [r for r in attn if r["kind"] == "decode"]
+    pf_tokens = np.array([r["prefill_chunk_size"] for r in prefill], dtype=float)
+    pf_save = np.array([r["kv_cache_save_ms"] for r in prefill])
+    mem = ratio.memory_bound if ratio else 1.0
+    scale = ratio.op if ratio else None
+
+    def iteration_ms(pf_row, dec_row) -> float:
+        n_pf = pf_row["prefill_chunk_size"] if pf_row else 0
+        n_dec = dec_row["batch_size"] if dec_row else 0
+        n = n_pf + n_dec
+        per_layer = ops.layer(n, scale)
+        if pf_row:
+            per_layer += pf_row["attn_ms"] * (ratio.compute(n_pf) if ratio else 1.0)
+            per_layer += float(np.interp(n, pf_tokens, pf_save)) * mem
+        if dec_row:
+            per_layer += dec_row["attn_ms"] * mem
+            if not pf_row:
+                per_layer += dec_row["kv_cache_save_ms"] * mem
+        emb = ops.op("emb", n) * (ratio.op("emb", n) if ratio else 1.0)
+        return LAYERS * per_layer + emb + overhead_ms * mem
+
+    def sample(pf_row, dec_row, kind):
+        prefills = [(pf_row["prefill_chunk_size"], pf_row["kv_cache_size"])] if pf_row else []
+        decodes = [dec_row["kv_cache_size"]] * dec_row["batch_size"] if dec_row else []
+        return prefills, decodes, iteration_ms(pf_row, dec_row) / 1000.0, kind
+
+    samples = [sample(r, None, "prefill") for r in prefill]
+    samples += [sample(r, None, "chunked_prefill") for r in chunked]
+    samples += [sample(None, d, "decode") for d in decode]
+    mix_dec = [d for d in decode if d["batch_size"] <= 256][::3]
+    samples += [sample(p, d, "mixed") for p in prefill if p["prefill_chunk_size"] in MIX_CHUNKS for d in mix_dec]
+    return samples
+
+
+def cpu_calibration_fit():
+    """Fit the embedded CPU model's calibration points (see module docstring)."""
+    rows, ys = [], []
+    for n, ms in CPU_TTFT_MS.items():
+        chunks = [(min(CPU_CHUNK, n - p), p) for p in range(0, n, CPU_CHUNK)]
+        row = CostModel.features(chunks, ())
+        row[0] = len(chunks)  # one iteration per chunk
+        rows.append(row)
+        ys.append(ms / 1000.0)
+    for n, ms in CPU_TPOT_MS.items():
+        rows.append(CostModel.features((), [0] * n))
+        ys.append(ms / 1000.0)
+    opts = FitOptions(robust=False, drop_unsupported=False,
+                      terms=("base", "prefill_tokens", "attn_tokens2", "decode_reqs"))
+    return fit_features(np.vstack(rows), np.array(ys), options=opts)
+
+
+def per_kind_error(model: CostModel, samples) -> dict:
+    out: dict[str, list[float]] = {}
+    for pf, dec, t, kind in samples:
+        out.setdefault(kind, []).append(abs(model.predict(pf, dec) - t) / t * 100.0)
+    return {k: {"n": len(v), "mean_abs_pct_err": float(np.mean(v)), "max_abs_pct_err": float(np.max(v))}
+            for k, v in out.items()}
+
+
+def describe(name: str, model: CostModel, report, kinds: dict | None) -> str:
+    c = model
+    lines = [f"== {name}",
+             f"  a (base)            {c.base_s * 1e3:9.4f} ms",
+             f"  b (prefill token)   {c.per_prefill_token_s * 1e3:9.5f} ms/token",
+             f"  p (chunk*(pre+chk)) {c.per_attn_token2_s * 1e3:9.3e} ms/token^2",
+             f"  r (decode row)      {c.per_decode_req_s * 1e3:9.5f} ms/row",
+             f"  d (context token)   {c.per_context_token_s * 1e3:9.3e} ms/token",
+             f"  fit: n={report.n_samples} mean |err| {report.mean_abs_pct_err:.2f}% median "
+             f"{report.median_abs_pct_err:.2f}% max {report.max_abs_pct_err:.1f}% "
+             f"({report.max_abs_err_s * 1e3:.2f} ms), outliers {report.n_outliers}, fixed {list(report.fixed_terms)}"]
+    for k, v in (kinds or {}).items():
+        lines.append(f"    {k:16s} n={v['n']:3d} mean {v['mean_abs_pct_err']:.2f}% max {v['max_abs_pct_err']:.1f}%")
+    lines.append(f"  check: 2048-token prefill {c.predict([(2048, 0)]) * 1e3:.1f} ms; 64 decodes at 1k context "
+                 f"{c.predict((), [1024] * 64) * 1e3:.1f} ms; 256 at 2k {c.predict((), [2048] * 256) * 1e3:.1f} ms")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profiles-dir", type=Path, default=None,
+                    help="vidur profiles folder (default: <shared>/profiles/vidur; $SGLANG_FAIR_SHARED sets <shared>)")
+    ap.add_argument("--overhead-ms", type=float, default=1.0, help="per-iteration LM head + sampling, A100 ms")
+    ap.add_argument("--json", action="store_true", help="print the presets as JSON instead of a table")
+    ap.add_argument("--write", action="store_true", help="write python/sglang_fair/presets/*.json")
+    args = ap.parse_args(argv)
+    pdir = args.profiles_dir or default_profiles_dir()
+    if not pdir.is_dir():
+        ap.error(f"profiles folder not found: {pdir} (use --profiles-dir or set SGLANG_FAIR_SHARED)")
+
+    ops = OpTable(pdir / L3_A100 / "mlp.csv")
+    attn = read_attention(pdir / L3_A100 / "attention_sampled_tp1.csv")
+    ratio = GpuRatio(OpTable(pdir / L2_A100 / "mlp.csv"), OpTable(pdir / L2_H100 / "mlp.csv"))
+    cmd = f"python benchmark/fit_profiles.py --overhead-ms {args.overhead_ms:g}"
+    common = (f"Vidur operator profiles (microsoft/vidur, MIT), Llama-3-8B TP1: per-iteration samples = 32 x (layer "
+              f"ops + attention + KV write) + embedding + {args.overhead_ms:g} ms LM head/sampling constant; see "
+              f"benchmark/fit_profiles.py; relative NNLS fit ({cmd})")
+    docs = {}
+    for name, r, src in (
+            ("a100-llama3-8b", None, "A100, " + common),
+            ("h100-llama3-8b", ratio, "H100, DERIVED: the A100 Llama-3-8B samples with every operator scaled by the "
+             "H100/A100 Llama-2-7B per-operator ratio at the same token count (attention: GEMM ratio; decode "
+             f"attention, KV writes, overhead: memory-bound ratio {ratio.memory_bound:.3f}). " + common)):
+        samples = build_samples(ops, attn, args.overhead_ms, r)
+        model, report = fit_cost_model([s[:3] for s in samples], options=FitOptions(robust=False))
+        kinds = per_kind_error(model, samples)
+        doc = model_json(model, report, src)
+        doc["fit"]["per_kind"] = kinds
+        docs[name] = doc
+        if not args.json:
+            print(describe(name, model, report, kinds))
+    model, report = cpu_calibration_fit()
+    docs["cpu-tiny-llama"] = model_json(model, report, (
+        "PLACEHOLDER prior for the embedded CPU model (random-weight Llama, hidden 512, 8 layers, SGLang torch_native "
+        "attention, 2 threads): least-squares fit of 8 calibration points (TTFT 512/1024/2048/4096 tokens = "
+        "101/216/701/1923 ms at chunk 2048; TPOT N=1/8/32/64 = 12.7/24.7/63.5/161 ms); context term not measured "
+        "(0). Refine online from live iterations."))
+    if not args.json:
+        print(describe("cpu-tiny-llama", model, report, None))
+    else:
+        print(json.dumps(docs, indent=2))
+    if args.write:
+        out = REPO / "python" / "sglang_fair" / "presets"
+        out.mkdir(exist_ok=True)
+        for name, doc in docs.items():
+            (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+            print(f"wrote {out.relative_to(REPO) / (name + '.json')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

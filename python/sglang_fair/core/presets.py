@@ -1,0 +1,46 @@
+"""Named cost-model presets shipped with the package, and cost-model JSON files.
+
+A preset is `sglang_fair/presets/<name>.json` in the format of `fit.save_model_json`:
+`{"model": {...CostModel fields}, "fit": {...fit report}, "source": "how it was made"}`.
+The GPU presets are fitted by benchmark/fit_profiles.py from Vidur's operator profiles; `cpu-tiny-llama` is a
+placeholder prior for the embedded CPU test model. Anywhere a preset name is accepted, a path to such a JSON file
+(e.g. a live run's own online fit) works too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cost_model import CostModel
+from .fit import load_model_json
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets, sorted."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """The JSON file for a preset name, or the given path if it names an existing file."""
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.is_file() or len(p.parts) > 1:
+        if not p.is_file():
+            raise FileNotFoundError(f"cost-model file not found: {p}")
+        return p
+    candidate = PRESETS_DIR / f"{name_or_path}.json"
+    if not candidate.is_file():
+        raise ValueError(f"unknown cost-model preset {str(name_or_path)!r}; known: {', '.join(preset_names())} "
+                         "(or give a path to a .json file)")
+    return candidate
+
+
+def load_preset_doc(name_or_path: str | Path) -> dict:
+    """The whole preset document (model, fit report, source)."""
+    return load_model_json(preset_path(name_or_path))[1]
+
+
+def load_preset(name_or_path: str | Path) -> CostModel:
+    """A CostModel from a preset name (see preset_names()) or a cost-model JSON file path."""
+    return load_model_json(preset_path(name_or_path))[0]
