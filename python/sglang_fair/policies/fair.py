@@ -1,0 +1,177 @@
+"""`fair`: FairBatching's deadline-aware, time-budgeted batch formation (arXiv 2510.14392, as reconstructed in
+notes/algorithms.md; the choices the public material leaves open are in docs/design.md, "Policies").
+
+Per iteration:
+1. Budget. With running decodes: `max(min decode slack, min tpot_slo)`; without: the EDF-head prefill's TTFT slack.
+   Then clamped to [min_budget_ms, max_budget_ms], and never below the cost of the smallest step that makes progress.
+2. Urgent decodes: slack < budget + min tpot_slo, or a token gap that would exceed `max_token_gap_tpot` x tpot_slo
+   after this iteration. They always run (preempting, when KV is short, partial prefills and then the running requests
+   with the most slack). If they alone exceed the budget the plan is decode-only.
+3. Prefills (partial and waiting) earliest TTFT deadline first while time and KV remain; the last chunk is sized with
+   `CostModel.max_chunk` for the time left. A waiting request is admitted only if its whole prompt (plus its output
+   reservation) fits; the first that does not fit stops admission, so a large prompt is never overtaken for ever.
+4. Non-urgent decodes by ascending slack while time remains; the others are deferred (they keep their KV).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from heapq import nsmallest
+
+from ..core.registry import register_policy
+from ..core.types import Plan, ReqView, Snapshot
+from .common import (admission_tokens, check_int_at_least, check_ratio, decode_time_s, edf_key, get_tpot, lazy_edf,
+                     make_plan, merge_edf, outstanding_reserve_tokens, output_reserve_tokens, preempt_until)
+
+
+@dataclass(frozen=True, slots=True)
+class FairParams:
+    min_budget_ms: float = 5.0
+    """Floor of the per-iteration time budget, milliseconds."""
+    max_budget_ms: float = 1000.0
+    """Cap of the per-iteration time budget, milliseconds (bounds the iteration a far-ahead decode set allows)."""
+    min_prefill_chunk_tokens: int = 16
+    """A last prefill chunk smaller than this (and smaller than the remaining prompt) is not started; the head prefill
+    of an otherwise empty engine always gets at least this many tokens (KV permitting)."""
+    max_token_gap_tpot: float = 5.0
+    """A decode becomes urgent when, after this iteration, its gap since its last token would exceed this many of its
+    own tpot_slo (a TBT guard on top of the envelope; math.inf disables it)."""
+    kv_reserve_output_ratio: float = 0.1
+    """Fraction of admitted requests' outstanding max_new_tokens held back in KV before admitting another."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_budget_ms", "max_budget_ms"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if self.max_budget_ms < self.min_budget_ms:
+            raise ValueError(f"max_budget_ms ({self.max_budget_ms}) must be >= min_budget_ms ({self.min_budget_ms})")
+        check_int_at_least("min_prefill_chunk_tokens", self.min_prefill_chunk_tokens, 1)
+        g = self.max_token_gap_tpot
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 1.0:
+            raise ValueError(f"max_token_gap_tpot must be >= 1 (math.inf disables it), got {g!r}")
+        check_ratio("kv_reserve_output_ratio", self.kv_reserve_output_ratio)
+
+
+@register_policy("fair")
+class FairPolicy:
+    name = "fair"
+
+    def __init__(self, params: FairParams | None = None, **kw) -> None:
+        self.params = params if params is not None else FairParams(**kw)
+
+    def plan(self, snap: Snapshot) -> Plan:
+        p = self.params
+        now, cost, running = snap.now, snap.cost, snap.running
+        if not running and not snap.prefilling and not snap.waiting:
+            return Plan(budget_s=p.min_budget_ms / 1000.0, note="fair idle")
+        lo, hi = p.min_budget_ms / 1000.0, p.max_budget_ms / 1000.0
+        prefills = merge_edf(snap.prefilling, lazy_edf(snap.waiting))
+        head = next(prefills, None)  # (request, is_waiting) with the earliest TTFT deadline
+
+        # ---- 1. budget and urgency ----------------------------------------------------------------------------------
+        if running:
+            slacks = [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s - now for r in running]
+            tpot_min = min(map(get_tpot, running))
+            budget = min(max(max(min(slacks), tpot_min), lo), hi)
+            # progress floor: one decode of the most urgent request
+            i0 = min(range(len(running)), key=slacks.__getitem__)
+            budget = max(budget, cost.base_s + cost.decode_s(running[i0].context_tokens))
+            thr = budget + tpot_min
+            if p.max_token_gap_tpot < math.inf:
+                g, since = p.max_token_gap_tpot, now + budget
+                urgent_mask = [s < thr or (r.last_token_s is not None and since - r.last_token_s > g * r.tpot_slo_s)
+                               for s, r in zip(slacks, running)]
+            else:
+                urgent_mask = [s < thr for s in slacks]
+        else:
+            slacks, urgent_mask = [], []
+            h = head[0]
+            budget = min(max(h.arrival_s + h.ttft_slo_s - now, lo), hi)
+            c0 = min(h.remaining_prompt_tokens, p.min_prefill_chunk_tokens)
+            budget = max(budget, cost.base_s + cost.prefill_s(c0, h.prefilled_tokens))
+        urgent = [r for r, u in zip(running, urgent_mask) if u]
+
+        # ---- KV: make room for the urgent decodes ------------------------------------------------------------------
+        free = snap.kv_free_tokens
+        preempt: list[str] = []
+        if free < len(urgent):
+            preempt, free = self._preempt(snap, slacks, urgent_mask, free, len(urgent))
+            gone = frozenset(preempt)
+            urgent = [r for r in urgent if r.rid not in gone]
+        gone = frozenset(preempt)
+        t = cost.base_s + decode_time_s(cost, urgent)
+        if urgent and t > budget:
+            return make_plan(cost, [], urgent, preempt, budget, note="fair decode-only: urgent decodes exceed budget")
+        n_lazy = len(running) - len(urgent) - (len(gone) - sum(1 for r in snap.prefilling if r.rid in gone))
+        kv_left = free - len(urgent) - n_lazy  # one token kept per non-urgent decode, so deferring never forces preemption
+
+        # ---- 3. prefills, earliest deadline first ----------------------------------------------------------------
+        prefill: list[tuple[ReqView, int]] = []
+        ratio = p.kv_reserve_output_ratio
+        reserve = None
+        item = head
+        while item is not None:
+            r, is_new = item
+            rem_t = budget - t
+            if rem_t <= 0 or kv_left <= 0:
+                break
+            if r.rid in gone:
+                item = next(prefills, None)
+                continue
+            remaining = r.remaining_prompt_tokens
+            if is_new:
+                if reserve is None:
+                    reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum(
+                        c for q, c in prefill)  # partial chunks planned so far are already inside the reserve
+                if kv_left - reserve < admission_tokens(r, ratio):
+                    break  # head-of-line: a request that does not fit blocks later ones
+            c = min(remaining, kv_left, cost.max_chunk(rem_t, r.prefilled_tokens))
+            if c < remaining and c < p.min_prefill_chunk_tokens and (prefill or urgent or c <= 0):
+                break
+            if c <= 0:
+                break
+            prefill.append((r, c))
+            t += cost.prefill_s(c, r.prefilled_tokens)
+            kv_left -= c
+            if is_new:
+                reserve += remaining - c + output_reserve_tokens(r, ratio)
+            elif reserve is not None:
+                reserve -= c
+            if c < remaining:
+                break
+            item = next(prefills, None)
+
+        # ---- 4. non-urgent decodes by slack while time remains ---------------------------------------------------
+        lazy_decodes: list[ReqView] = []
+        kv_lazy = kv_left + n_lazy  # KV the non-urgent decodes may use (>= n_lazy unless KV was already short)
+        if n_lazy and t < budget and kv_lazy > 0:
+            cand = [(slacks[i], r.arrival_s, r.rid, i) for i, r in enumerate(running)
+                    if not urgent_mask[i] and r.rid not in gone]
+            rem_t = budget - t
+            per_req, per_ctx = cost.per_decode_req_s, cost.per_context_token_s
+            # each decode costs at least per_req, so at most rem_t / per_req of them can fit
+            k = len(cand) if per_req <= 0 else min(len(cand), int(rem_t / per_req) + 1)
+            for *_, i in (nsmallest(k, cand) if k < len(cand) else sorted(cand)):
+                r = running[i]
+                dt = per_req + per_ctx * r.context_tokens
+                if dt > rem_t or len(lazy_decodes) >= kv_lazy:
+                    break
+                rem_t -= dt
+                lazy_decodes.append(r)
+        decodes = urgent + lazy_decodes if lazy_decodes else urgent
+        return make_plan(cost, prefill, decodes, preempt, budget,
+                         note=f"fair budget={budget * 1e3:.1f}ms urgent={len(urgent)} lazy={len(lazy_decodes)}")
+
+    @staticmethod
+    def _preempt(snap: Snapshot, slacks: list[float], urgent_mask: list[bool], free: int,
+                 need: int) -> tuple[list[str], int]:
+        """Free KV for the urgent decodes: partial prefills latest deadline first, then running requests with the
+        most slack first (ties: latest arrival), urgent ones last."""
+        victims = [(r, False) for r in sorted(snap.prefilling, key=edf_key, reverse=True)]
+        order = sorted(range(len(snap.running)),
+                       key=lambda i: (urgent_mask[i], -slacks[i], -snap.running[i].arrival_s, snap.running[i].rid))
+        victims += [(snap.running[i], urgent_mask[i]) for i in order]
+        out, free, _ = preempt_until(free, need, victims)
+        return out, free

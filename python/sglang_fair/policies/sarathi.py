@@ -1,0 +1,81 @@
+"""`sarathi`: stall-free batching as in Sarathi-Serve and stock SGLang's mixed chunked prefill.
+
+Every iteration: all running decodes (one token each), then the partial prefills in order, then new prefills FCFS,
+each chunk = min(remaining prompt, token_budget - tokens already in the batch). Decode tokens count against the
+budget, as SGLang's mixed chunk subtracts the running batch size from `--chunked-prefill-size`. A decode is never
+deferred; when KV cannot hold one more token per running request, requests are preempted latest arrival first
+(partial prefills before decodes), as vLLM does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.registry import register_policy
+from ..core.types import Plan, ReqView, Snapshot
+from .common import (admission_tokens, check_int_at_least, check_ratio, make_plan, outstanding_reserve_tokens,
+                     output_reserve_tokens, preempt_until)
+
+
+@dataclass(frozen=True, slots=True)
+class SarathiParams:
+    token_budget: int = 512
+    """Tokens per iteration, decodes included (SGLang `--chunked-prefill-size`; 512 strict, 2048 relaxed)."""
+    kv_reserve_output_ratio: float = 0.1
+    """Fraction of each admitted request's outstanding max_new_tokens held back in KV before admitting another
+    (SGLang's `new_token_ratio`, which decays to about 0.1 in steady state)."""
+
+    def __post_init__(self) -> None:
+        check_int_at_least("token_budget", self.token_budget, 1)
+        check_ratio("kv_reserve_output_ratio", self.kv_reserve_output_ratio)
+
+
+def _latest_first(reqs) -> list[ReqView]:
+    return sorted(reqs, key=lambda r: (r.arrival_s, r.rid), reverse=True)
+
+
+@register_policy("sarathi")
+class SarathiPolicy:
+    name = "sarathi"
+
+    def __init__(self, params: SarathiParams | None = None, **kw) -> None:
+        self.params = params if params is not None else SarathiParams(**kw)
+
+    def plan(self, snap: Snapshot) -> Plan:
+        p = self.params
+        running = snap.running
+        free = snap.kv_free_tokens
+        preempt: list[str] = []
+        if free < len(running):
+            victims = [(r, False) for r in _latest_first(snap.prefilling)] + [(r, True) for r in _latest_first(running)]
+            preempt, free, _ = preempt_until(free, len(running), victims)
+        gone = frozenset(preempt)
+        decodes = [r for r in running if r.rid not in gone] if gone else list(running)
+        kv_left = free - len(decodes)
+        tokens_left = p.token_budget - len(decodes)
+        prefill: list[tuple[ReqView, int]] = []
+        for r in snap.prefilling:
+            if tokens_left <= 0 or kv_left <= 0:
+                break
+            if r.rid in gone or r.remaining_prompt_tokens <= 0:
+                continue
+            c = min(r.remaining_prompt_tokens, tokens_left, kv_left)
+            prefill.append((r, c))
+            tokens_left -= c
+            kv_left -= c
+        if tokens_left > 0 and snap.waiting:
+            ratio = p.kv_reserve_output_ratio
+            # what admitted requests still need, less the chunks of partial prefills planned above
+            reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum(c for _, c in prefill)
+            for r in snap.waiting:  # FCFS; the first request that does not fit blocks the rest, as in SGLang
+                if tokens_left <= 0 or r.remaining_prompt_tokens <= 0:
+                    break
+                if kv_left - reserve < admission_tokens(r, ratio):
+                    break
+                c = min(r.remaining_prompt_tokens, tokens_left)
+                prefill.append((r, c))
+                tokens_left -= c
+                kv_left -= c
+                reserve += r.remaining_prompt_tokens - c + output_reserve_tokens(r, ratio)
+        return make_plan(snap.cost, prefill, decodes, preempt, float("inf"),
+                         note=f"sarathi budget={p.token_budget} left={tokens_left}")
