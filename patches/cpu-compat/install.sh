@@ -16,7 +16,9 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then exit 0; fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install -q --disable-pip-version-check)
+# pip warns once per package about this machine's optional local index folders; keep the log readable.
+pipq() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+PIP=(pipq "$PY" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" -U pip
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" --no-deps sglang==0.5.23

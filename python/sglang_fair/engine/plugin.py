@@ -28,11 +28,15 @@ def load() -> None:
         raise SystemExit(f"sglang-fair: invalid {ENV_VAR}: {exc}") from exc
     if cfg is None:
         return
-    from . import scheduler_hooks
+    try:
+        from . import scheduler_hooks
 
-    scheduler_hooks.register(cfg)
-    if multiprocessing.parent_process() is None:  # the HTTP (main) process; SGLang's workers are mp children
-        from . import http
+        scheduler_hooks.register(cfg)
+        if multiprocessing.parent_process() is None:  # the HTTP (main) process; SGLang's workers are mp children
+            from . import http
 
-        http.install(cfg)
+            http.install(cfg)
+    except Exception as exc:  # SGLang's loader would log this and run stock: stop instead
+        logger.exception("sglang-fair plugin failed to start")
+        raise SystemExit(f"sglang-fair plugin failed to start: {exc!r}") from exc
     logger.warning("%s: policy=%s (process %s)", STARTUP_LINE, cfg.policy, multiprocessing.current_process().name)

@@ -98,3 +98,36 @@ def replay(base_url: str, reqs: list[ReplayRequest], *, vocab_size: int = 4096, 
             for _ in tqdm(range(len(futs)), desc="requests", unit="req", leave=False):
                 done.acquire()
         return [f.result() for f in futs]
+
+
+def requests_from_trace(trace, *, length_scale: float = 1.0, max_prompt_tokens: int | None = None,
+                        max_output_tokens: int | None = None) -> list[ReplayRequest]:
+    """Replay requests for a sim.traces.Trace, prompt lengths multiplied by `length_scale` then clipped (explicit
+    scaling so a small CPU model can serve a GPU-sized trace; record the factors with the results)."""
+    if not length_scale > 0:
+        raise ValueError(f"length_scale must be > 0, got {length_scale!r}")
+    out = []
+    for t, p, o in zip(trace.arrival_s, trace.prompt_tokens, trace.output_tokens):
+        p = max(1, int(round(p * length_scale)))
+        if max_prompt_tokens is not None:
+            p = min(p, max_prompt_tokens)
+        o = int(o) if max_output_tokens is None else min(int(o), max_output_tokens)
+        out.append(ReplayRequest(arrival_s=float(t), prompt_tokens=p, output_tokens=max(1, o)))
+    return out
+
+
+def request_times(records: list[ReplayRecord], ttft_slo_ms: float, tpot_slo_ms: float) -> list:
+    """ReplayRecords as metrics.RequestTimes (the one metrics module shared with the simulator)."""
+    from ..metrics import RequestTimes
+
+    out = []
+    for i, rec in enumerate(records):
+        req, times = rec.request, rec.token_times_s
+        out.append(RequestTimes(
+            rid=str(i), arrival_s=rec.sent_s,
+            first_token_s=times[0] if times and rec.error is None else None,
+            last_token_s=times[-1] if times and rec.error is None else None,
+            n_outputs=len(times) if rec.error is None else 0,
+            ttft_slo_s=(req.ttft_slo_ms or ttft_slo_ms) / 1000.0, tpot_slo_s=(req.tpot_slo_ms or tpot_slo_ms) / 1000.0,
+            expected_outputs=req.output_tokens, token_times_s=tuple(times) if rec.error is None else None))
+    return out
