@@ -1,0 +1,210 @@
+"""Fitting the cost model: batch fit (recovery, outliers, term dropping), online refit, JSON, shipped presets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sglang_fair.core.cost_model import FEATURES, CostModel
+from sglang_fair.core.fit import (FitOptions, OnlineCostFitter, OnlineFitConfig, fit_cost_model, load_model_json,
+                                  save_model_json)
+from sglang_fair.core.presets import PRESETS_DIR, load_preset_doc
+
+# every term carries a sizeable share of some iterations' time, so all five are identifiable
+TRUE = CostModel(base_s=0.010, per_prefill_token_s=8e-5, per_attn_token2_s=2.5e-9, per_decode_req_s=2e-4,
+                 per_context_token_s=8e-8)
+
+
+def iterations(model: CostModel, n: int, *, seed: int, noise: float = 0.02, max_chunk: int = 4096,
+               prefill: bool = True, decode: bool = True) -> list:
+    """n measured iterations of random mixed batches; time = model x (1 + noise * N(0, 1)).
+
+    Each batch's decode contexts scatter around a batch-specific level, so context tokens are not simply
+    proportional to decode rows (as in a real server, where batches of old and of new conversations alternate)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        k = int(rng.integers(0, 3)) if prefill else 0
+        prefills = [(int(rng.integers(16, max_chunk)), int(rng.integers(0, 16384))) for _ in range(k)]
+        rows = int(rng.integers(0, 256)) if decode else 0
+        level = int(rng.integers(64, 8192))
+        contexts = [int(x) for x in rng.integers(level // 2, level * 3 // 2, size=rows)]
+        if prefills or contexts:
+            out.append((prefills, contexts, model.predict(prefills, contexts) * (1 + noise * rng.standard_normal())))
+    return out
+
+
+def rel_err(model: CostModel, truth: CostModel) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(model.coefficients() / truth.coefficients() - 1)
+
+
+def probe_err(model: CostModel, truth: CostModel) -> float:
+    """Mean relative prediction error on a fixed set of noise-free batches."""
+    probes = iterations(truth, 200, seed=999, noise=0.0)
+    return float(np.mean([abs(model.predict(p, d) / truth.predict(p, d) - 1) for p, d, _ in probes]))
+
+
+def with_outliers(samples: list, *, every: int, seed: int) -> list:
+    """Every `every`-th sample is 10x slower or takes a 0.5 s pause (a GC, a page fault storm)."""
+    rng = np.random.default_rng(seed)
+    out = list(samples)
+    for i in range(0, len(out), every):
+        p, d, t = out[i]
+        out[i] = (p, d, t * 10 if rng.random() < 0.5 else t + 0.5)
+    return out
+
+
+# ---- batch fit ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_recovers_known_coefficients_from_noisy_samples(seed):
+    model, report = fit_cost_model(iterations(TRUE, 1500, seed=seed))
+    assert np.all(rel_err(model, TRUE) < 0.02), rel_err(model, TRUE)
+    assert report.fitted_terms == FEATURES and report.n_samples == 1500
+    # 2% Gaussian noise: E|e| = 2% * sqrt(2/pi) = 1.6%
+    assert 1.2 < report.mean_abs_pct_err < 2.0
+    assert report.max_abs_pct_err > report.mean_abs_pct_err
+
+
+def test_outliers_do_not_wreck_the_robust_fit():
+    samples = with_outliers(iterations(TRUE, 1500, seed=4), every=15, seed=4)
+    model, report = fit_cost_model(samples)
+    assert np.all(rel_err(model, TRUE) < 0.02), rel_err(model, TRUE)
+    assert report.n_outliers >= 100 and report.mean_abs_pct_err_inliers < 2.0
+    assert report.mean_abs_pct_err > 3  # 1 in 15 samples is off by >= ~50%: the report does not hide them
+    # the same data without the robust weights: several times worse predictions
+    plain, _ = fit_cost_model(samples, options=FitOptions(robust=False))
+    assert probe_err(plain, TRUE) > 3 * probe_err(model, TRUE)
+    plain_abs, _ = fit_cost_model(samples, options=FitOptions(robust=False, relative=False))
+    assert probe_err(plain_abs, TRUE) > 0.2
+
+
+def test_drops_a_quadratic_term_the_data_do_not_support():
+    linear = CostModel(base_s=0.01, per_prefill_token_s=8e-5, per_decode_req_s=2e-4, per_context_token_s=8e-8)
+    samples = iterations(linear, 400, seed=5, max_chunk=256)
+    model, report = fit_cost_model(samples)
+    assert "attn_tokens2" in report.fixed_terms and model.per_attn_token2_s == 0.0
+    assert np.all(rel_err(model, linear)[[0, 1, 3, 4]] < 0.03)
+    _, kept = fit_cost_model(samples, options=FitOptions(drop_unsupported=False))
+    assert "attn_tokens2" in kept.fitted_terms
+
+
+def test_unidentifiable_terms_keep_the_prior():
+    prior = CostModel(base_s=0.02, per_prefill_token_s=1e-4, per_decode_req_s=3e-4, per_context_token_s=1e-7)
+    model, report = fit_cost_model(iterations(TRUE, 300, seed=6, decode=False), prior=prior)
+    assert set(report.fixed_terms) >= {"decode_reqs", "context_tokens"}
+    assert model.per_decode_req_s == prior.per_decode_req_s and model.per_context_token_s == prior.per_context_token_s
+    assert abs(model.per_prefill_token_s / TRUE.per_prefill_token_s - 1) < 0.05
+
+
+def test_fit_rejects_unusable_input():
+    with pytest.raises(ValueError, match="no usable samples"):
+        fit_cost_model([([], [], 0.1), ([(10, 0)], [], -1.0), ([(10, 0)], [], math.nan)])
+    with pytest.raises(ValueError, match="unknown terms"):
+        FitOptions(terms=("base", "cubic"))
+
+
+# ---- online -------------------------------------------------------------------------------------------------------
+PRIOR = CostModel(base_s=0.02, per_prefill_token_s=1.5e-4, per_decode_req_s=1e-4, per_context_token_s=2e-7)
+
+
+def feed(fitter: OnlineCostFitter, samples: list) -> None:
+    for p, d, t in samples:
+        fitter.observe(p, d, t)
+
+
+def test_online_keeps_the_prior_until_enough_samples():
+    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(min_samples=50, refit_every=10))
+    feed(fitter, iterations(TRUE, 49, seed=7))
+    assert fitter.model is PRIOR and fitter.report is None
+    feed(fitter, iterations(TRUE, 1, seed=8))
+    assert fitter.model is not PRIOR and fitter.report is not None
+
+
+def test_online_learns_from_a_wrong_prior_and_follows_a_regime_change():
+    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(window_samples=512, refit_every=32, half_life_samples=96))
+    assert probe_err(fitter.model, TRUE) > 0.3
+    feed(fitter, iterations(TRUE, 600, seed=9))
+    assert probe_err(fitter.model, TRUE) < 0.02
+    doubled = CostModel.from_coefficients(2 * TRUE.coefficients())
+    feed(fitter, iterations(doubled, 100, seed=10))
+    assert probe_err(fitter.model, doubled) > 0.05  # one half-life in: still mostly the old regime
+    feed(fitter, iterations(doubled, 300, seed=11))
+    assert probe_err(fitter.model, doubled) < 0.02
+
+
+def test_online_outliers_do_not_wreck_the_model():
+    fitter = OnlineCostFitter(TRUE, OnlineFitConfig(refit_every=16))
+    errors = []
+    for chunk_seed in range(20):
+        feed(fitter, with_outliers(iterations(TRUE, 50, seed=100 + chunk_seed), every=10, seed=chunk_seed))
+        errors.append(probe_err(fitter.model, TRUE))
+    assert fitter.n_refits >= 50
+    assert max(errors) < 0.03, errors
+    # a burst: 20 consecutive 10x samples (a stalled host) is absorbed as well
+    feed(fitter, [(p, d, 10 * t) for p, d, t in iterations(TRUE, 20, seed=200)])
+    assert probe_err(fitter.model, TRUE) < 0.03
+
+
+def test_online_never_degenerates():
+    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(refit_every=8, min_samples=16))
+    feed(fitter, iterations(TRUE, 200, seed=12, prefill=False))  # decodes only: prefill terms unidentifiable
+    assert fitter.model.per_prefill_token_s == PRIOR.per_prefill_token_s
+    assert fitter.model.max_chunk(0.05) == PRIOR.max_chunk(0.05)
+    assert probe_err(fitter.model, TRUE) > 0  # sanity: the decode side was learnt, the prefill side kept
+    flat = OnlineCostFitter(PRIOR, OnlineFitConfig(refit_every=8, min_samples=16))
+    feed(flat, [(p, d, 0.05) for p, d, _ in iterations(TRUE, 100, seed=13)])  # time unrelated to the batch
+    assert flat.model.prefill_s(512) > 0 and flat.model.decode_s(1024) > 0
+    assert flat.n_rejected_fits > 0
+
+
+def test_online_memory_is_bounded_and_bad_observations_ignored():
+    fitter = OnlineCostFitter(TRUE, OnlineFitConfig(window_samples=64, refit_every=16, min_samples=16))
+    feed(fitter, iterations(TRUE, 1000, seed=14))
+    assert fitter.n_samples == 64 and fitter.report.n_samples == 64
+    fitter.observe([], [], 0.01)
+    fitter.observe([(10, 0)], [], math.inf)
+    fitter.observe([(10, 0)], [], 0.0)
+    assert fitter.n_ignored == 3
+
+
+def test_online_save_and_load(tmp_path):
+    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(refit_every=16, min_samples=16))
+    feed(fitter, iterations(TRUE, 100, seed=15))
+    fitter.save(tmp_path / "live.json", source="unit test live fit")
+    model, doc = load_model_json(tmp_path / "live.json")
+    assert model == fitter.model
+    assert doc["source"] == "unit test live fit" and doc["fit"]["n_samples"] == fitter.report.n_samples
+    assert set(doc) == {"model", "fit", "source"}
+
+
+def test_save_without_report(tmp_path):
+    save_model_json(tmp_path / "m.json", TRUE)
+    assert json.loads((tmp_path / "m.json").read_text())["fit"] == {}
+
+
+# ---- the shipped presets are what benchmark/fit_profiles.py produces from the profiles -----------------------------
+def _shared_profiles() -> Path:
+    root = Path(os.environ["SGLANG_FAIR_SHARED"]) if "SGLANG_FAIR_SHARED" in os.environ else (
+        Path(__file__).resolve().parents[3] / "shared")
+    return root / "profiles" / "vidur"
+
+
+@pytest.mark.skipif(not _shared_profiles().is_dir(), reason="GPU profiles not available")
+def test_shipped_presets_match_the_fit_script(capsys):
+    script = Path(__file__).resolve().parents[2] / "benchmark" / "fit_profiles.py"
+    spec = importlib.util.spec_from_file_location("fit_profiles", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--profiles-dir", str(_shared_profiles()), "--json"]) == 0
+    docs = json.loads(capsys.readouterr().out)
+    for name, doc in docs.items():
+        shipped = load_preset_doc(PRESETS_DIR / f"{name}.json")
+        assert shipped["model"] == pytest.approx(doc["model"], rel=1e-9), name
+        assert doc["fit"]["mean_abs_pct_err"] < 10.0, name
