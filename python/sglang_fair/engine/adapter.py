@@ -1,0 +1,332 @@
+"""The per-iteration glue inside SGLang's scheduler child: snapshot -> policy.plan -> validate -> apply; measure.
+
+One `FairAdapter` per Scheduler (attached as `scheduler._sglang_fair`). The hooks in scheduler_hooks.py call:
+- `rejoin(running_batch)` at the start of every `get_next_batch_to_run` (parked rows come back);
+- `form_prefill(original, sched, running_batch)` in place of `get_new_batch_prefill`: the policy's step;
+- `on_run_batch` / `on_result` around `run_batch` / `process_batch_result`: iteration timing -> online cost fit;
+- `status()` for the internal-state RPC (the HTTP status and /get_load) and the Prometheus gauges.
+A policy exception or an invalid plan makes that one step stock SGLang (counted under `faults`, logged once per
+kind). With policy "off" no adapter is created and no hook changes behaviour.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+
+from ..core.cost_model import CostModel
+from ..core.registry import make_policy
+from ..core.types import Plan, Snapshot
+from ..runtime_config import RuntimeConfig
+from . import deferral
+from .snapshot import SnapshotBuilder
+
+logger = logging.getLogger("sglang_fair")
+
+# Prior when no preset module/name resolves: the embedded CPU model's shape (sglang.md calibration).
+# TODO(presets): replace by core.presets.load_preset once it exists for every device.
+_FALLBACK_PRIOR = CostModel(base_s=0.008, per_prefill_token_s=1.0e-4, per_attn_token2_s=3.0e-8,
+                            per_decode_req_s=2.3e-3, per_context_token_s=1.0e-6)
+
+
+def load_cost_model(name_or_path: str | None) -> tuple[CostModel, str]:
+    try:
+        from ..core.presets import load_preset  # written by another helper
+    except ImportError:
+        load_preset = None
+    if load_preset is not None:
+        try:
+            return load_preset(name_or_path or "cpu-embedded"), (name_or_path or "cpu-embedded")
+        except (KeyError, ValueError, OSError, FileNotFoundError) as exc:
+            if name_or_path:
+                raise RuntimeError(f"sglang-fair: cannot load cost model {name_or_path!r}: {exc}") from exc
+    elif name_or_path:
+        from ..core.fit import load_model_json
+        return load_model_json(name_or_path)[0], name_or_path
+    return _FALLBACK_PRIOR, "builtin-fallback"
+
+
+def admission_budget(snap: Snapshot, horizon_s: float) -> tuple[int, int]:
+    """(prefill admission budget tokens, token load). Uses core.load when present."""
+    try:
+        from ..core import load as core_load
+    except ImportError:
+        core_load = None
+    fn = getattr(core_load, "admission_budget_tokens", None) if core_load else None
+    cost = snap.cost
+    per_tok = max(cost.per_prefill_token_s, 1e-12)
+    capacity_tokens = int(horizon_s / per_tok)
+    if fn is not None:
+        budget = int(fn(snap, horizon_s))
+    else:  # TODO(load): local form of algorithms.md's estimate until core/load.py lands
+        decode_s = sum((horizon_s / max(r.tpot_slo_s, 1e-6)) * cost.decode_s(r.context_tokens)
+                       for r in snap.running)
+        queued_s = sum(cost.prefill_s(r.remaining_prompt_tokens, r.prefilled_tokens)
+                       for r in (*snap.prefilling, *snap.waiting))
+        budget = max(0, int((horizon_s - decode_s - queued_s) / per_tok))
+    return budget, max(0, capacity_tokens - budget)
+
+
+def validate_plan(plan: Plan, snap: Snapshot) -> str | None:
+    """Why `plan` cannot be carried out against `snap` (None when it can)."""
+    if not isinstance(plan, Plan):
+        return f"policy returned {type(plan).__name__}, not Plan"
+    running = {r.rid for r in snap.running}
+    pending = {r.rid: r for r in (*snap.prefilling, *snap.waiting)}
+    seen: set[str] = set()
+    for rid, chunk in plan.prefill:
+        if rid in seen:
+            return f"request {rid} planned twice"
+        seen.add(rid)
+        req = pending.get(rid)
+        if req is None:
+            return f"prefill of unknown or running request {rid}"
+        if not isinstance(chunk, int) or chunk <= 0 or chunk > max(req.remaining_prompt_tokens, 1):
+            return f"prefill chunk {chunk!r} of {rid} outside 1..{req.remaining_prompt_tokens}"
+    for rid in plan.decode:
+        if rid not in running:
+            return f"decode of non-running request {rid}"
+    if len(set(plan.decode)) != len(plan.decode):
+        return "a decode planned twice"
+    if plan.is_empty and (snap.running or snap.prefilling or snap.waiting):
+        return "empty plan while requests are pending"
+    return None
+
+
+class FairAdapter:
+    def __init__(self, sched, cfg: RuntimeConfig) -> None:
+        self.sched = sched
+        self.cfg = cfg
+        self.policy = make_policy(cfg.policy, **cfg.policy_params)
+        self.prior, self.cost_source = load_cost_model(cfg.cost_model)
+        self.fitter = None
+        if cfg.online_fit:
+            from ..core.fit import OnlineCostFitter
+            self.fitter = OnlineCostFitter(self.prior)
+        self.builder = SnapshotBuilder(cfg.slo)
+        self.parking = deferral.Parking()
+        self.horizon_s = (cfg.load_horizon_ms or cfg.slo.ttft_slo_ms) / 1000.0
+        self.sync_device = str(getattr(sched, "device", "cpu")) == "cpu"
+        self.hooks_verified = False
+        # counters
+        self.planned_iterations = 0
+        self.stock_iterations = 0
+        self.deferred_now = 0
+        self.deferred_total = 0
+        self.reordered = 0
+        self.preempt_left_to_sglang = 0
+        self.mixed_forwards = 0
+        self.planned_prefill_tokens = 0
+        self.budget_s = math.inf
+        self.predicted_s = 0.0
+        self.faults: collections.Counter = collections.Counter()
+        self.no_defer_reasons: collections.Counter = collections.Counter()
+        self._logged: set[str] = set()
+        # timing
+        self._launches: collections.deque = collections.deque(maxlen=8)
+        self._prev_done = 0.0
+        self.recent_iter_s = 0.0
+        self.last_measured_s = 0.0
+        self.last_predicted_s = 0.0
+        self.abs_rel_err_ewma = 0.0
+        self.overhead_s_total = 0.0
+        self.overhead_s_max = 0.0
+        self.measured_iterations = 0
+        self.gauges = None  # metrics.FairGauges when --enable-metrics
+
+    # ---- helpers ----------------------------------------------------------------------------------------------
+    @property
+    def cost(self) -> CostModel:
+        return self.fitter.model if self.fitter is not None else self.prior
+
+    def _fault(self, kind: str, detail: str) -> None:
+        self.faults[kind] += 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logger.warning("sglang-fair fault %s: %s (counted in status.faults; logged once per kind)", kind, detail)
+
+    def snapshot(self, running_reqs, now: float | None = None) -> Snapshot:
+        return self.builder.build(self.sched, running_reqs, now=time.perf_counter() if now is None else now,
+                                  cost=self.cost, recent_iter_s=self.recent_iter_s)
+
+    # ---- hook bodies --------------------------------------------------------------------------------------------
+    def rejoin(self, running_batch):
+        self.deferred_now = 0
+        return self.parking.rejoin(running_batch)
+
+    def form_prefill(self, original, sched, running_batch):
+        """Replaces one call of Scheduler.get_new_batch_prefill(running_batch) -> NextBatchPlan."""
+        t0 = time.perf_counter()
+        try:
+            snap = self.snapshot(running_batch.reqs, now=t0)
+            plan = self.policy.plan(snap)
+            problem = validate_plan(plan, snap)
+        except Exception as exc:  # a policy bug must not take the server down
+            self._fault("policy_exception", f"{type(exc).__name__}: {exc}")
+            self.stock_iterations += 1
+            return original(sched, running_batch)
+        if problem is not None:
+            self._fault("invalid_plan", problem)
+            self.stock_iterations += 1
+            return original(sched, running_batch)
+        self.planned_iterations += 1
+        self.budget_s = plan.budget_s
+        self.predicted_s = plan.predicted_s
+        self.planned_prefill_tokens += plan.prefill_tokens
+        if plan.preempt:
+            self.preempt_left_to_sglang += len(plan.preempt)
+
+        # -- decode rows: park the deferred ones
+        decode_set = set(plan.decode) | set(plan.preempt)  # preemption is left to SGLang's own retraction
+        defer = [r for r in running_batch.reqs if r.rid not in decode_set]
+        n_keep = len(running_batch.reqs) - len(defer)
+        if defer:
+            reason = deferral.batch_deferral_blocker(running_batch)
+            if reason is None and not running_batch.check_decode_mem():
+                reason = "kv_pressure"
+            if reason is not None:
+                self.no_defer_reasons[reason] += 1
+                defer = []
+            else:
+                finishing = set(self._finishing_inflight(running_batch))
+                defer = [r for r in defer if r not in finishing and deferral.row_deferrable(r)]
+                if not plan.prefill and len(defer) == len(running_batch.reqs):
+                    defer = defer[1:]  # always keep one row active when no prefill runs
+        if defer:
+            n = self.parking.park(running_batch, defer)
+            self.deferred_now = n
+            self.deferred_total += n
+        n_decode = len(running_batch.reqs)
+
+        # -- prefill
+        if not plan.prefill:
+            from sglang.srt.managers.schedule_batch import NextBatchPlan
+            result = NextBatchPlan(batch_to_run=None, running_batch=running_batch)
+        else:
+            reqs = self._resolve_prefill(sched, plan, snap)
+            mixed = n_decode > 0 and bool(plan.decode)
+            ctl = deferral.PrefillControl(sched, prefill_reqs=reqs, chunk_tokens=plan.prefill_tokens,
+                                          n_decode=n_decode, mixed=mixed)
+            t_orig = time.perf_counter()
+            try:
+                result = original(sched, running_batch)
+            finally:
+                ctl.restore()
+            t0 += time.perf_counter() - t_orig  # exclude SGLang's own batch building from our overhead
+            if result.batch_to_run is not None and result.batch_to_run.forward_mode.is_mixed():
+                self.mixed_forwards += 1
+        if result.batch_to_run is None and result.running_batch.is_empty() and len(self.parking):
+            # Nothing would run while rows sit parked: bring them back so the decode step takes them.
+            result = type(result)(batch_to_run=None, running_batch=self.rejoin(result.running_batch))
+        dt = time.perf_counter() - t0
+        self.overhead_s_total += dt
+        self.overhead_s_max = max(self.overhead_s_max, dt)
+        return result
+
+    def _finishing_inflight(self, batch) -> list:
+        fn = getattr(self.sched, "_reqs_finishing_inflight", None)
+        try:
+            return fn(batch) if fn is not None else []
+        except Exception:  # its assertion on the result queue: be conservative, defer nothing finishing
+            return list(batch.reqs)
+
+    def _resolve_prefill(self, sched, plan: Plan, snap: Snapshot) -> list:
+        by_rid = {r.rid: r for r in sched.waiting_queue}
+        chunked = sched.chunked_req
+        if chunked is not None:
+            by_rid[chunked.rid] = chunked
+        reqs = [by_rid[rid] for rid, _ in plan.prefill]
+        # SGLang continues the chunked request first; the last planned item is the only one it may cut.
+        partial_early = any(c < next(v.remaining_prompt_tokens for v in (*snap.prefilling, *snap.waiting)
+                                     if v.rid == rid) for rid, c in plan.prefill[:-1])
+        chunked_not_first = chunked is not None and (reqs[0] is not chunked)
+        if partial_early or chunked_not_first:
+            self.reordered += 1
+        return reqs
+
+    # ---- timing -------------------------------------------------------------------------------------------------
+    def on_run_batch(self, batch, t_start: float, t_end: float) -> None:
+        try:
+            prefills, decodes = deferral.forward_features(batch)
+        except Exception as exc:
+            self._fault("features", f"{type(exc).__name__}: {exc}")
+            return
+        self._launches.append((prefills, decodes, t_start, t_end))
+
+    def on_result(self, t_done: float) -> None:
+        if not self._launches:
+            return
+        prefills, decodes, t_start, t_end = self._launches.popleft()
+        if self.sync_device:  # CPU forward runs inside run_batch
+            measured = t_end - t_start
+        else:  # accelerator: launch .. result processed, not before the previous batch was done
+            measured = t_done - max(t_start, self._prev_done)
+        self._prev_done = t_done
+        if not (prefills or decodes) or measured <= 0:
+            return
+        predicted = self.cost.predict(prefills, decodes)
+        self.measured_iterations += 1
+        self.last_measured_s, self.last_predicted_s = measured, predicted
+        a = 0.1
+        self.recent_iter_s = measured if self.measured_iterations == 1 else (1 - a) * self.recent_iter_s + a * measured
+        self.abs_rel_err_ewma = (1 - a) * self.abs_rel_err_ewma + a * abs(predicted - measured) / measured
+        if self.fitter is not None:
+            try:
+                self.fitter.observe(prefills, decodes, measured)
+            except Exception as exc:
+                self._fault("cost_fit", f"{type(exc).__name__}: {exc}")
+        if self.gauges is not None and time.monotonic() - self.gauges._last >= 0.5:
+            try:
+                self.gauges.update(self.status())
+            except Exception as exc:
+                self._fault("metrics", f"{type(exc).__name__}: {exc}")
+
+    # ---- status -------------------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        sched = self.sched
+        running = list(sched.running_batch.reqs) + self.parking.reqs
+        snap = self.snapshot(running)
+        budget, load = admission_budget(snap, self.horizon_s)
+        fin = lambda x: x if math.isfinite(x) else None  # noqa: E731  (JSON has no inf)
+        return {
+            "active": True,
+            "policy": self.cfg.policy,
+            "params": dict(self.cfg.policy_params),
+            "hooks_verified": self.hooks_verified,
+            "planned_iterations": self.planned_iterations,
+            "stock_iterations": self.stock_iterations,
+            "deferred_now": len(self.parking),
+            "deferred_last_plan": self.deferred_now,
+            "deferred_total": self.deferred_total,
+            "mixed_forwards": self.mixed_forwards,
+            "reordered_plans": self.reordered,
+            "preempt_left_to_sglang": self.preempt_left_to_sglang,
+            "no_defer_reasons": dict(self.no_defer_reasons),
+            "budget_ms": fin(self.budget_s * 1000.0),
+            "predicted_ms": self.predicted_s * 1000.0,
+            "last_measured_ms": self.last_measured_s * 1000.0,
+            "last_predicted_ms": self.last_predicted_s * 1000.0,
+            "recent_iter_ms": self.recent_iter_s * 1000.0,
+            "cost_rel_err_ewma": self.abs_rel_err_ewma,
+            "measured_iterations": self.measured_iterations,
+            "admission_budget_tokens": budget,
+            "token_load": load,
+            "load_horizon_ms": self.horizon_s * 1000.0,
+            "num_running_reqs": len(snap.running),
+            "num_waiting_reqs": len(snap.waiting) + len(snap.prefilling),
+            "kv_used_tokens": snap.kv_used_tokens,
+            "kv_capacity_tokens": snap.kv_capacity_tokens,
+            "cost_model": self.cost.to_dict(),
+            "cost_model_source": self.cost_source,
+            "cost_fit_samples": self.fitter.n_samples if self.fitter is not None else 0,
+            "faults": dict(self.faults),
+            "bad_slo_requests": self.builder.bad_slo_requests,
+            "overhead_ms_mean": 1000.0 * self.overhead_s_total / max(1, self.planned_iterations),
+            "overhead_ms_max": 1000.0 * self.overhead_s_max,
+        }
+
+    def save_cost_model(self, path: str) -> None:
+        from ..core.fit import save_model_json
+        save_model_json(path, self.cost, self.fitter.report if self.fitter else None, source="live online fit")

@@ -1,0 +1,166 @@
+"""Carrying out a plan with SGLang 0.5.23's own batch tools: park/rejoin running decodes, chunk size, mixed forwards.
+
+Deferral (a running request sits out a forward but keeps its KV and request-pool row):
+- park: the running batch is split in place, before PrefillAdder budgeting and before `prepare_for_decode` /
+  `mix_with_running`: a shallow copy of the batch with its own `sampling_info` is filtered to the deferred rows and
+  kept aside; the running batch is filtered to the kept rows. Seq lens stay pre-increment and no `out_cache_loc` is
+  allocated for parked rows. Both event loops pass a row's next input token through
+  `future_map.output_tokens_buf[req_pool_idx]`, keyed by the row, so a row can stay parked for several steps.
+- rejoin: at the start of every `get_next_batch_to_run` the parked rows that are still unfinished are merged back
+  (or become the running batch), so every iteration's policy sees every running request and decides afresh.
+Never deferred:
+- the whole step, when the batch carries state a shallow split cannot divide: active penalizers (frequency /
+  presence / repetition / min-new-tokens share one orchestrator), custom logit processors, grammar-constrained rows,
+  sampling masks, speculative decoding, beam search;
+- rows that return logprobs (mixed forwards exclude them anyway), and rows the in-flight result finishes
+  (overlap loop);
+- anything, when the full running batch would not fit the next decode in KV: stock retraction then sees every row.
+At least one row always stays active unless the step runs a prefill.
+
+Chunk size and mixed forwards: for one call of `Scheduler.get_new_batch_prefill` the scheduler's
+`chunked_prefill_size` is set to the plan's prefill tokens plus the kept decode rows (PrefillAdder subtracts one
+token per decode row in mixed mode), `is_mixed_chunk` is set when the plan has both prefill and decode rows, and
+the waiting queue is narrowed to the planned requests in plan order (SchedulePolicy.calc_priority still matches
+prefixes, then the order is put back to the plan's). Everything is restored in `finally`.
+SGLang can realise only this shape: the in-flight chunked request first (it is always continued when a prefill
+runs), then whole waiting requests, the last one possibly chunked. A plan of another shape is realised with the
+same token total in that order (counted as `reordered`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Iterable
+
+ORDER_ATTR = "_sglang_fair_order"
+"""Set on SGLang's SchedulePolicy object while a planned prefill is being formed: {Req: rank}."""
+
+
+def batch_deferral_blocker(batch) -> str | None:
+    """Why no row of `batch` may be deferred this step (None: deferral allowed)."""
+    info = batch.sampling_info
+    if info is None:
+        return None
+    orch = getattr(info, "penalizer_orchestrator", None)
+    if orch is not None and orch.is_required:
+        return "penalizers"
+    if getattr(info, "has_custom_logit_processor", False):
+        return "custom_logit_processor"
+    if getattr(batch, "has_grammar", False):
+        return "grammar"
+    if getattr(info, "return_sampling_masks", None) is not None:
+        return "sampling_masks"
+    if getattr(batch, "spec_info", None) is not None:
+        return "speculative"
+    if any(getattr(r, "beam_group", None) is not None for r in batch.reqs):
+        return "beam_search"
+    return None
+
+
+def row_deferrable(req) -> bool:
+    return not req.finished() and not req.return_logprob and req.grammar is None
+
+
+class Parking:
+    """The deferred rows of one scheduler (one ScheduleBatch or None)."""
+
+    def __init__(self) -> None:
+        self.batch = None
+        self.total_parked = 0
+        """Row-steps parked since start (a row parked for 3 steps counts 3)."""
+
+    @property
+    def reqs(self) -> list:
+        return list(self.batch.reqs) if self.batch is not None else []
+
+    def __len__(self) -> int:
+        return len(self.batch.reqs) if self.batch is not None else 0
+
+    def park(self, running_batch, defer: Iterable) -> int:
+        """Move the rows whose Req is in `defer` out of `running_batch` (in place). Returns the rows parked."""
+        assert self.batch is None, "park() before rejoin()"
+        defer = set(defer)
+        keep_idx, park_idx = [], []
+        for i, req in enumerate(running_batch.reqs):
+            (park_idx if req in defer else keep_idx).append(i)
+        if not park_idx:
+            return 0
+        parked = copy.copy(running_batch)
+        parked.sampling_info = dataclasses.replace(running_batch.sampling_info)
+        parked.filter_batch(keep_indices=park_idx)
+        running_batch.filter_batch(keep_indices=keep_idx)
+        self.batch = parked
+        self.total_parked += len(park_idx)
+        return len(park_idx)
+
+    def rejoin(self, running_batch):
+        """Merge the unfinished parked rows back; returns the running batch to use (may be the parked one)."""
+        parked, self.batch = self.batch, None
+        if parked is None:
+            return running_batch
+        parked.filter_batch()  # drop rows finished (or aborted) while parked
+        if parked.is_empty():
+            return running_batch
+        if running_batch is None or running_batch.is_empty():
+            parked.batch_is_full = False
+            return parked
+        running_batch.merge_batch(parked)
+        return running_batch
+
+
+class PrefillControl:
+    """Sets the scheduler's prefill knobs for one `get_new_batch_prefill` call; `restore()` puts them back."""
+
+    def __init__(self, sched, *, prefill_reqs: list, chunk_tokens: int, n_decode: int, mixed: bool) -> None:
+        self.sched = sched
+        self._saved = (sched.chunked_prefill_size, sched.is_mixed_chunk, sched.waiting_queue)
+        full = sched.waiting_queue
+        planned = [r for r in prefill_reqs if r is not sched.chunked_req]
+        self._full, self._planned = full, planned
+        sched.waiting_queue = list(planned)
+        sched.chunked_prefill_size = max(1, int(chunk_tokens) + (n_decode if mixed else 0))
+        sched.is_mixed_chunk = bool(mixed)
+        setattr(sched.policy, ORDER_ATTR, {r: i for i, r in enumerate(planned)})
+
+    def restore(self) -> None:
+        sched = self.sched
+        after = sched.waiting_queue
+        after_set = set(after)
+        admitted = {r for r in self._planned if r not in after_set}
+        full_set = set(self._full)
+        # Requests SGLang re-queued during the call (preempted, grammar-ready) keep their place at the end.
+        sched.waiting_queue = [r for r in self._full if r not in admitted] + [r for r in after if r not in full_set]
+        sched.chunked_prefill_size, sched.is_mixed_chunk, _ = self._saved
+        if hasattr(sched.policy, ORDER_ATTR):
+            delattr(sched.policy, ORDER_ATTR)
+        self.admitted = admitted
+
+
+def apply_plan_order(policy_obj, waiting_queue: list) -> None:
+    """After SchedulePolicy.calc_priority sorted `waiting_queue` its way, put the plan's order back."""
+    order = getattr(policy_obj, ORDER_ATTR, None)
+    if order:
+        n = len(order)
+        waiting_queue.sort(key=lambda r: order.get(r, n))
+
+
+def forward_features(batch) -> tuple[list[tuple[int, int]], list[int]]:
+    """(prefills [(chunk, prefix)], decode contexts) of a batch about to run, for the cost model."""
+    mode = batch.forward_mode
+    if mode.is_decode():
+        return [], [int(r.seqlen) for r in batch.reqs]
+    if not mode.is_extend():
+        return [], []
+    decoding = set(batch.decoding_reqs or ()) if getattr(batch, "decoding_reqs", None) else set()
+    prefills, decodes = [], []
+    ext = batch.extend_lens or []
+    pre = batch.prefix_lens or []
+    for i, req in enumerate(batch.reqs):
+        e = int(ext[i]) if i < len(ext) else 0
+        p = int(pre[i]) if i < len(pre) else 0
+        if req in decoding:
+            decodes.append(p + 1)
+        else:
+            prefills.append((e, p))
+    return prefills, decodes

@@ -1,0 +1,113 @@
+"""SGLang scheduler state -> `core.types.Snapshot` (read only; never mutates SGLang objects).
+
+Clock: `time.perf_counter()` in the scheduler process, the clock SGLang itself stamps `Req.time_stats` with, so
+`Snapshot.now` and every per-request timestamp share one clock.
+
+Mapping (SGLang 0.5.23):
+- running    <- the running batch's unfinished requests (parked rows are merged back before the snapshot is taken);
+                prefilled = prompt length, output = len(output_ids), last token = time_stats.last_decode_finish_time
+                (or prefill_finished_time before the first decode).
+- prefilling <- `scheduler.chunked_req` (the one partially prefilled request); prefilled = req.prefix_len.
+- waiting    <- `scheduler.waiting_queue` sorted by arrival (SGLang sorts that list in place by its own policy);
+                prefilled = req.prefix_len, the radix-cache hit of the latest prefix match (0 without radix cache).
+- arrival    <- time_stats.scheduler_recv_time (when the scheduler received the request).
+- KV         <- capacity max_total_num_tokens; used = capacity - allocator.available_size() - evictable cache.
+A retracted request waits again with its generated tokens as part of what must be prefilled, so for waiting and
+prefilling requests `prompt_tokens` is the fill length (prompt + outputs so far).
+In the overlap loop the result of the previous forward is processed after the next batch is scheduled, so output
+counts of rows in the in-flight batch are one token behind (the same view stock SGLang schedules with).
+
+Per-request SLOs come from `sampling_params.custom_params`: {"ttft_slo_ms": float, "tpot_slo_ms": float,
+"strict": bool}; missing keys take the RuntimeConfig defaults. `parse_request_slos` is also what the HTTP layer
+uses to reject bad values with 400.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+from ..config import SloConfig
+from ..core.cost_model import CostModel
+from ..core.types import ReqView, Snapshot
+
+TTFT_KEY = "ttft_slo_ms"
+TPOT_KEY = "tpot_slo_ms"
+STRICT_KEY = "strict"
+
+
+def parse_request_slos(custom_params: Mapping[str, Any] | None, default: SloConfig) -> tuple[float, float, bool]:
+    """(ttft_slo_s, tpot_slo_s, strict) for one request; raises ValueError naming the bad key."""
+    if not custom_params:
+        return default.ttft_slo_s, default.tpot_slo_s, False
+    if not isinstance(custom_params, Mapping):
+        raise ValueError(f"custom_params must be an object, got {type(custom_params).__name__}")
+    out = []
+    for key, dflt in ((TTFT_KEY, default.ttft_slo_ms), (TPOT_KEY, default.tpot_slo_ms)):
+        v = custom_params.get(key, dflt)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{key} must be a finite number > 0 (milliseconds), got {v!r}")
+        out.append(float(v) / 1000.0)
+    strict = custom_params.get(STRICT_KEY, False)
+    if not isinstance(strict, bool):
+        raise ValueError(f"{STRICT_KEY} must be true or false, got {strict!r}")
+    return out[0], out[1], strict
+
+
+class SnapshotBuilder:
+    """Builds one Snapshot per iteration; remembers nothing between iterations except fault counts."""
+
+    def __init__(self, slo: SloConfig) -> None:
+        self.slo = slo
+        self.bad_slo_requests = 0
+        self._bad_seen: set[str] = set()
+
+    def _slos(self, req) -> tuple[float, float, bool]:
+        params = getattr(req.sampling_params, "custom_params", None)
+        try:
+            return parse_request_slos(params, self.slo)
+        except ValueError:
+            if req.rid not in self._bad_seen:  # rejected at the HTTP layer normally; count once per request
+                self._bad_seen.add(req.rid)
+                self.bad_slo_requests += 1
+            return self.slo.ttft_slo_s, self.slo.tpot_slo_s, False
+
+    def view(self, req, state: str) -> ReqView:
+        ts = req.time_stats
+        arrival = ts.scheduler_recv_time or ts.wait_queue_entry_time
+        ttft, tpot, strict = self._slos(req)
+        n_out = len(req.output_ids)
+        n_prompt = len(req.origin_input_ids)
+        if state == "running":
+            prompt, prefilled = n_prompt, n_prompt
+            last = ts.last_decode_finish_time or ts.prefill_finished_time or None
+        else:
+            prompt = n_prompt + n_out
+            prefilled = min(int(req.prefix_len), prompt)
+            last = None
+        return ReqView(rid=req.rid, arrival_s=float(arrival), prompt_tokens=prompt, ttft_slo_s=ttft,
+                       tpot_slo_s=tpot, prefilled_tokens=prefilled, output_tokens=n_out,
+                       max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
+                       last_token_s=float(last) if last else None, strict=strict)
+
+    def build(self, sched, running_reqs: Iterable, *, now: float, cost: CostModel,
+              recent_iter_s: float = 0.0) -> Snapshot:
+        running = tuple(self.view(r, "running") for r in running_reqs if not r.finished())
+        chunked = sched.chunked_req
+        prefilling = (self.view(chunked, "prefilling"),) if chunked is not None and not chunked.finished() else ()
+        skip = {chunked.rid} if chunked is not None else set()
+        waiting = tuple(sorted((self.view(r, "waiting") for r in sched.waiting_queue
+                                if r.rid not in skip and not r.finished()), key=lambda v: v.arrival_s))
+        capacity, used = kv_usage(sched)
+        return Snapshot(now=now, running=running, prefilling=prefilling, waiting=waiting,
+                        kv_capacity_tokens=capacity, kv_used_tokens=used, cost=cost, recent_iter_s=recent_iter_s)
+
+
+def kv_usage(sched) -> tuple[int, int]:
+    """(capacity, used) KV tokens; evictable radix-cache entries count as free."""
+    capacity = int(sched.max_total_num_tokens)
+    free = int(sched.token_to_kv_pool_allocator.available_size())
+    tree = sched.tree_cache
+    if tree is not None and hasattr(tree, "evictable_size"):
+        free += int(tree.evictable_size())
+    return capacity, max(0, capacity - free)
