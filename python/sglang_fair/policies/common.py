@@ -1,7 +1,7 @@
 """Helpers shared by the built-in policies: KV accounting, preemption, the lazy EDF order, plan assembly.
 
-Everything here is pure and cheap: policies run once per engine iteration, so per-request work is kept to C-level
-`map`/`sum` over the snapshot's tuples where possible.
+Everything here is pure and cheap: policies run once per engine iteration. Per-request loops are list
+comprehensions with plain attribute access (on CPython 3.11 they beat `map(attrgetter(...))` by about 2x).
 """
 
 from __future__ import annotations
@@ -9,20 +9,12 @@ from __future__ import annotations
 import math
 from heapq import heappop, heappush
 from itertools import islice
-from operator import attrgetter, le
+from operator import le
 from typing import Iterable, Iterator, Sequence
 
 from ..core.cost_model import CostModel
 from ..core.types import Plan, ReqView, Snapshot
 
-get_rid = attrgetter("rid")
-get_arrival = attrgetter("arrival_s")
-get_ttft = attrgetter("ttft_slo_s")
-get_tpot = attrgetter("tpot_slo_s")
-get_prompt = attrgetter("prompt_tokens")
-get_prefilled = attrgetter("prefilled_tokens")
-get_output = attrgetter("output_tokens")
-get_max_new = attrgetter("max_new_tokens")
 
 
 def check_ratio(name: str, value: float) -> None:
@@ -47,12 +39,14 @@ def outstanding_reserve_tokens(snap: Snapshot, ratio: float, exclude: frozenset[
     """KV the requests already admitted will still need: partial prefills' remaining prompts plus
     ratio * outstanding outputs of running and prefilling requests (SGLang's `new_token_ratio` reservation).
     Requests in `exclude` (preempted this step) are left out."""
-    running = [r for r in snap.running if r.rid not in exclude] if exclude else snap.running
-    prefilling = [r for r in snap.prefilling if r.rid not in exclude] if exclude else snap.prefilling
-    tokens = sum(map(get_prompt, prefilling)) - sum(map(get_prefilled, prefilling))
+    running, prefilling = snap.running, snap.prefilling
+    if exclude:
+        running = [r for r in running if r.rid not in exclude]
+        prefilling = [r for r in prefilling if r.rid not in exclude]
+    tokens = sum([r.prompt_tokens - r.prefilled_tokens for r in prefilling])
     if ratio > 0.0:
-        outputs = (sum(map(get_max_new, running)) - sum(map(get_output, running))
-                   + sum(map(get_max_new, prefilling)) - sum(map(get_output, prefilling)))
+        outputs = (sum([r.max_new_tokens - r.output_tokens for r in running])
+                   + sum([r.max_new_tokens - r.output_tokens for r in prefilling]))
         tokens += math.ceil(ratio * max(0, outputs))
     return max(0, tokens)
 
@@ -93,42 +87,50 @@ def edf_key(req: ReqView) -> tuple[float, float, str]:
 
 
 def is_arrival_ordered(reqs: Sequence[ReqView]) -> bool:
-    arr = list(map(get_arrival, reqs))
+    arr = [r.arrival_s for r in reqs]
     return all(map(le, arr, islice(arr, 1, None)))
 
 
-def lazy_edf(reqs: Sequence[ReqView]) -> Iterator[ReqView]:
-    """Yield `reqs` in EDF order (`edf_key`), looking only as far into the list as the consumer pulls.
+def lazy_edf(reqs: Sequence[ReqView], window: int = 0) -> Iterator[ReqView]:
+    """Yield the first `window` of `reqs` (all if window <= 0) in EDF order (`edf_key`), then the rest in list order.
 
-    If `reqs` is in arrival order (the Snapshot contract for `waiting`), request j's deadline is at least
-    arrival_j + min TTFT, so the heap top can be released as soon as it beats that bound for the next unscanned request:
-    a consumer that stops after k requests touches O(k + the requests that arrived within one TTFT spread). Otherwise
-    it falls back to a full sort.
+    `reqs` is expected in arrival order (the Snapshot contract for `waiting`); then request j's deadline is at least
+    arrival_j + (min TTFT in the window), so the heap top is released as soon as it beats that bound for the next
+    unscanned request: a consumer that stops after k requests touches only k requests plus those that arrived within
+    one TTFT spread of them (k when all share one TTFT). A window out of arrival order is fully sorted instead.
+    Cost is O(k log k), never more than O(window log window); the list beyond the window is not looked at unless
+    the consumer gets that far.
     """
     n = len(reqs)
-    if n == 0:
+    w = n if window <= 0 else min(n, window)
+    if w <= 1:
+        yield from reqs
         return
-    if n == 1:
-        yield reqs[0]
-        return
-    if not is_arrival_ordered(reqs):
-        yield from sorted(reqs, key=edf_key)
-        return
-    ttft_min = min(map(get_ttft, reqs))
-    heap: list[tuple[float, float, str, int]] = []
-    i = 0
-    while True:
-        while i < n and (not heap or heap[0][0] >= reqs[i].arrival_s + ttft_min):
-            r = reqs[i]
-            heappush(heap, (r.arrival_s + r.ttft_slo_s, r.arrival_s, r.rid, i))
-            i += 1
-        if not heap:
-            return
-        yield reqs[heappop(heap)[3]]
+    head = reqs[:w] if w < n else reqs
+    if not is_arrival_ordered(head):
+        yield from sorted(head, key=edf_key)
+    else:
+        ttft_min = min([r.ttft_slo_s for r in head])
+        heap: list[tuple[float, float, str, int]] = []
+        i = 0
+        while True:
+            while i < w and (not heap or heap[0][0] >= head[i].arrival_s + ttft_min):
+                r = head[i]
+                heappush(heap, (r.arrival_s + r.ttft_slo_s, r.arrival_s, r.rid, i))
+                i += 1
+            if not heap:
+                break
+            yield head[heappop(heap)[3]]
+    for i in range(w, n):
+        yield reqs[i]
 
 
 def merge_edf(first: Sequence[ReqView], rest: Iterator[ReqView]) -> Iterator[tuple[ReqView, bool]]:
     """Merge the (small) `first` list, sorted here, with the EDF stream `rest`; yields (request, came_from_rest)."""
+    if not first:
+        for r in rest:
+            yield r, True
+        return
     a = sorted(first, key=edf_key)
     ia = 0
     nxt = next(rest, None)
@@ -143,10 +145,10 @@ def merge_edf(first: Sequence[ReqView], rest: Iterator[ReqView]) -> Iterator[tup
 
 # ---- plan assembly ----------------------------------------------------------------------------------------------
 def decode_time_s(cost: CostModel, reqs: Sequence[ReqView]) -> float:
-    """Marginal time of decoding all of `reqs` (no base cost), summed with C-level maps."""
+    """Marginal time of decoding all of `reqs` (no base cost)."""
     if not reqs:
         return 0.0
-    ctx = sum(map(get_prefilled, reqs)) + sum(map(get_output, reqs))
+    ctx = sum([r.prefilled_tokens + r.output_tokens for r in reqs])
     return cost.per_decode_req_s * len(reqs) + cost.per_context_token_s * ctx
 
 
@@ -158,12 +160,15 @@ def predicted_s(cost: CostModel, prefill: Sequence[tuple[int, int]], decodes: Se
 
 
 def make_plan(cost: CostModel, prefill: list[tuple[ReqView, int]], decodes: Sequence[ReqView],
-              preempt: Sequence[str], budget_s: float, note: str = "") -> Plan:
+              preempt: Sequence[str], budget_s: float, note: str = "", predicted: float | None = None) -> Plan:
+    """Assemble a Plan; `predicted` (the policy's own running total) saves recomputing the batch cost."""
+    if predicted is None:
+        predicted = predicted_s(cost, [(c, r.prefilled_tokens) for r, c in prefill], decodes)
     return Plan(
-        prefill=tuple((r.rid, c) for r, c in prefill),
-        decode=tuple(map(get_rid, decodes)),
+        prefill=tuple([(r.rid, c) for r, c in prefill]),
+        decode=tuple([r.rid for r in decodes]),
         preempt=tuple(preempt),
         budget_s=budget_s,
-        predicted_s=predicted_s(cost, [(c, r.prefilled_tokens) for r, c in prefill], decodes),
+        predicted_s=predicted if (prefill or decodes) else 0.0,
         note=note,
     )

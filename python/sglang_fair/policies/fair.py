@@ -21,7 +21,7 @@ from heapq import nsmallest
 
 from ..core.registry import register_policy
 from ..core.types import Plan, ReqView, Snapshot
-from .common import (admission_tokens, check_int_at_least, check_ratio, decode_time_s, edf_key, get_tpot, lazy_edf,
+from .common import (admission_tokens, check_int_at_least, check_ratio, decode_time_s, edf_key, lazy_edf,
                      make_plan, merge_edf, outstanding_reserve_tokens, output_reserve_tokens, preempt_until)
 
 
@@ -39,6 +39,10 @@ class FairParams:
     own tpot_slo (a TBT guard on top of the envelope; math.inf disables it)."""
     kv_reserve_output_ratio: float = 0.1
     """Fraction of admitted requests' outstanding max_new_tokens held back in KV before admitting another."""
+    prefill_window_reqs: int = 256
+    """Waiting requests are taken EDF among the oldest few, then FCFS. The window is 1 + (prompt tokens that can
+    still fit this iteration) // min_prefill_chunk_tokens, capped by this (0: no cap). Bounds the planning cost of a
+    long queue; see docs/design.md."""
 
     def __post_init__(self) -> None:
         for name in ("min_budget_ms", "max_budget_ms"):
@@ -52,6 +56,7 @@ class FairParams:
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 1.0:
             raise ValueError(f"max_token_gap_tpot must be >= 1 (math.inf disables it), got {g!r}")
         check_ratio("kv_reserve_output_ratio", self.kv_reserve_output_ratio)
+        check_int_at_least("prefill_window_reqs", self.prefill_window_reqs, 0)
 
 
 @register_policy("fair")
@@ -67,45 +72,56 @@ class FairPolicy:
         if not running and not snap.prefilling and not snap.waiting:
             return Plan(budget_s=p.min_budget_ms / 1000.0, note="fair idle")
         lo, hi = p.min_budget_ms / 1000.0, p.max_budget_ms / 1000.0
-        prefills = merge_edf(snap.prefilling, lazy_edf(snap.waiting))
-        head = next(prefills, None)  # (request, is_waiting) with the earliest TTFT deadline
+        head = prefills = None
 
         # ---- 1. budget and urgency ----------------------------------------------------------------------------------
         if running:
             slacks = [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s - now for r in running]
-            tpot_min = min(map(get_tpot, running))
-            budget = min(max(max(min(slacks), tpot_min), lo), hi)
-            # progress floor: one decode of the most urgent request
-            i0 = min(range(len(running)), key=slacks.__getitem__)
-            budget = max(budget, cost.base_s + cost.decode_s(running[i0].context_tokens))
+            min_slack = min(slacks)
+            tpot_min = min([r.tpot_slo_s for r in running])
+            budget = min(max(max(min_slack, tpot_min), lo), hi)
+            # progress floor: one decode of the most urgent request always fits
+            budget = max(budget, cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens))
             thr = budget + tpot_min
             if p.max_token_gap_tpot < math.inf:
-                g, since = p.max_token_gap_tpot, now + budget
-                urgent_mask = [s < thr or (r.last_token_s is not None and since - r.last_token_s > g * r.tpot_slo_s)
+                g, end = p.max_token_gap_tpot, now + budget
+                urgent_mask = [s < thr or ((lt := r.last_token_s) is not None and lt < end - g * r.tpot_slo_s)
                                for s, r in zip(slacks, running)]
             else:
                 urgent_mask = [s < thr for s in slacks]
+            urgent = [r for r, u in zip(running, urgent_mask) if u]
         else:
-            slacks, urgent_mask = [], []
+            slacks, urgent_mask, urgent = [], [], []
+            prefills = merge_edf(snap.prefilling, lazy_edf(snap.waiting, p.prefill_window_reqs))
+            head = next(prefills, None)  # (request, is_waiting) with the earliest TTFT deadline
             h = head[0]
             budget = min(max(h.arrival_s + h.ttft_slo_s - now, lo), hi)
             c0 = min(h.remaining_prompt_tokens, p.min_prefill_chunk_tokens)
             budget = max(budget, cost.base_s + cost.prefill_s(c0, h.prefilled_tokens))
-        urgent = [r for r, u in zip(running, urgent_mask) if u]
 
         # ---- KV: make room for the urgent decodes ------------------------------------------------------------------
         free = snap.kv_free_tokens
         preempt: list[str] = []
+        n_lazy = len(running) - len(urgent)
         if free < len(urgent):
             preempt, free = self._preempt(snap, slacks, urgent_mask, free, len(urgent))
             gone = frozenset(preempt)
             urgent = [r for r in urgent if r.rid not in gone]
+            n_lazy = sum(1 for r, u in zip(running, urgent_mask) if not u and r.rid not in gone)
         gone = frozenset(preempt)
         t = cost.base_s + decode_time_s(cost, urgent)
         if urgent and t > budget:
-            return make_plan(cost, [], urgent, preempt, budget, note="fair decode-only: urgent decodes exceed budget")
-        n_lazy = len(running) - len(urgent) - (len(gone) - sum(1 for r in snap.prefilling if r.rid in gone))
+            return make_plan(cost, [], urgent, preempt, budget, predicted=t,
+                             note="fair decode-only: urgent decodes exceed budget")
         kv_left = free - len(urgent) - n_lazy  # one token kept per non-urgent decode, so deferring never forces preemption
+        if prefills is None and kv_left > 0 and budget > t:
+            # EDF only among as many of the oldest waiting requests as could still start this iteration
+            fit = min(kv_left, cost.max_chunk(budget - t))
+            window = 1 + fit // p.min_prefill_chunk_tokens
+            if p.prefill_window_reqs:
+                window = min(window, p.prefill_window_reqs)
+            prefills = merge_edf(snap.prefilling, lazy_edf(snap.waiting, window))
+            head = next(prefills, None)
 
         # ---- 3. prefills, earliest deadline first ----------------------------------------------------------------
         prefill: list[tuple[ReqView, int]] = []
@@ -122,15 +138,12 @@ class FairPolicy:
                 continue
             remaining = r.remaining_prompt_tokens
             if is_new:
-                if reserve is None:
-                    reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum(
-                        c for q, c in prefill)  # partial chunks planned so far are already inside the reserve
+                if reserve is None:  # partial chunks planned so far are already inside the reserve
+                    reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum([c for _, c in prefill])
                 if kv_left - reserve < admission_tokens(r, ratio):
                     break  # head-of-line: a request that does not fit blocks later ones
             c = min(remaining, kv_left, cost.max_chunk(rem_t, r.prefilled_tokens))
-            if c < remaining and c < p.min_prefill_chunk_tokens and (prefill or urgent or c <= 0):
-                break
-            if c <= 0:
+            if c <= 0 or (c < remaining and c < p.min_prefill_chunk_tokens and (prefill or urgent)):
                 break
             prefill.append((r, c))
             t += cost.prefill_s(c, r.prefilled_tokens)
@@ -146,22 +159,24 @@ class FairPolicy:
         # ---- 4. non-urgent decodes by slack while time remains ---------------------------------------------------
         lazy_decodes: list[ReqView] = []
         kv_lazy = kv_left + n_lazy  # KV the non-urgent decodes may use (>= n_lazy unless KV was already short)
-        if n_lazy and t < budget and kv_lazy > 0:
-            cand = [(slacks[i], r.arrival_s, r.rid, i) for i, r in enumerate(running)
-                    if not urgent_mask[i] and r.rid not in gone]
+        if n_lazy and budget - t >= cost.per_decode_req_s and kv_lazy > 0:
+            cand = [i for i, u in enumerate(urgent_mask) if not u and running[i].rid not in gone] if gone else \
+                [i for i, u in enumerate(urgent_mask) if not u]
             rem_t = budget - t
             per_req, per_ctx = cost.per_decode_req_s, cost.per_context_token_s
             # each decode costs at least per_req, so at most rem_t / per_req of them can fit
-            k = len(cand) if per_req <= 0 else min(len(cand), int(rem_t / per_req) + 1)
-            for *_, i in (nsmallest(k, cand) if k < len(cand) else sorted(cand)):
+            k = min(len(cand), kv_lazy, len(cand) if per_req <= 0 else int(rem_t / per_req) + 1)
+            key = slacks.__getitem__  # ties keep running order
+            for i in (nsmallest(k, cand, key=key) if k < len(cand) // 4 else sorted(cand, key=key)[:k]):
                 r = running[i]
-                dt = per_req + per_ctx * r.context_tokens
-                if dt > rem_t or len(lazy_decodes) >= kv_lazy:
+                dt = per_req + per_ctx * (r.prefilled_tokens + r.output_tokens)
+                if dt > rem_t:
                     break
                 rem_t -= dt
+                t += dt
                 lazy_decodes.append(r)
         decodes = urgent + lazy_decodes if lazy_decodes else urgent
-        return make_plan(cost, prefill, decodes, preempt, budget,
+        return make_plan(cost, prefill, decodes, preempt, budget, predicted=t,
                          note=f"fair budget={budget * 1e3:.1f}ms urgent={len(urgent)} lazy={len(lazy_decodes)}")
 
     @staticmethod

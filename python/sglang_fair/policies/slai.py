@@ -20,7 +20,7 @@ from heapq import heapify, heappop
 
 from ..core.registry import register_policy
 from ..core.types import Plan, ReqView, Snapshot
-from .common import (admission_tokens, check_int_at_least, check_ratio, get_prompt, make_plan,
+from .common import (admission_tokens, check_int_at_least, check_ratio, make_plan,
                      outstanding_reserve_tokens, output_reserve_tokens)
 
 
@@ -122,7 +122,7 @@ class SlaiPolicy:
             reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum(c for _, c in prefill)
             # Only the first rejected request stops admission, so a heap (O(n) build, O(log n) per pop) replaces
             # SLAI's full sort; ties keep arrival order.
-            prompts = list(map(get_prompt, snap.waiting))
+            prompts = [r.prompt_tokens for r in snap.waiting]
             if p.user_priority:
                 big = max(prompts) + 1
                 keys = [(0 if r.strict else big) + n for r, n in zip(snap.waiting, prompts)]
