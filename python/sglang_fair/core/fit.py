@@ -148,8 +148,10 @@ def fit_features(X: np.ndarray, y: np.ndarray, *, sample_weight: np.ndarray | No
     active = [allowed[j] for j in active]
     coef, rw = _robust_fit(X, y, w, scale, active, prior_coef, options)
     if options.drop_unsupported and len(active) > 1:
-        active, coef = _drop_by_bic(X, y, w * rw, scale, active, coef, prior_coef, options)
-        coef, rw = _robust_fit(X, y, w, scale, active, prior_coef, options)
+        kept, coef_kept = _drop_by_bic(X, y, w * rw, scale, active, coef, prior_coef, options)
+        if kept != active:
+            active = kept
+            coef, rw = _robust_fit(X, y, w, scale, active, prior_coef, options)
     model = CostModel.from_coefficients(coef)
     fitted = tuple(FEATURES[j] for j in active)
     report = _report(model, X, y, rw, w, fitted)
