@@ -86,6 +86,7 @@ def test_preset_names_and_loading():
         assert isinstance(load_preset(name), CostModel)
         assert doc["source"] and doc["fit"]["n_samples"] > 0
     assert "Llama-2-7B" in load_preset_doc("h100-llama3-8b")["source"]  # says how it was derived
+    assert load_preset("cpu-embedded") == load_preset("cpu-tiny-llama")  # alias
     with pytest.raises(ValueError, match="unknown cost-model preset"):
         load_preset("no-such-preset")
 

@@ -15,6 +15,8 @@ from .cost_model import CostModel
 from .fit import load_model_json
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+ALIASES = {"cpu-embedded": "cpu-tiny-llama"}
+"""Other names accepted for a preset (the embedded CPU model's prior is also called `cpu-embedded`)."""
 
 
 def preset_names() -> list[str]:
@@ -29,7 +31,7 @@ def preset_path(name_or_path: str | Path) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"cost-model file not found: {p}")
         return p
-    candidate = PRESETS_DIR / f"{name_or_path}.json"
+    candidate = PRESETS_DIR / f"{ALIASES.get(str(name_or_path), name_or_path)}.json"
     if not candidate.is_file():
         raise ValueError(f"unknown cost-model preset {str(name_or_path)!r}; known: {', '.join(preset_names())} "
                          "(or give a path to a .json file)")
