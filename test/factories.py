@@ -39,12 +39,15 @@ def make_running(rid: str = "d0", *, arrival_s: float = 0.0, prompt_tokens: int 
 
 
 def make_running_with_slack(rid: str, slack_s: float, *, now: float, tpot_slo_s: float = 0.1,
-                            output_tokens: int = 5, ttft_slo_s: float = 1.0, **kw) -> ReqView:
-    """A decoding request whose next token's envelope deadline is `now + slack_s`."""
+                            output_tokens: int = 5, ttft_slo_s: float = 1.0, last_token_s: float | None = None,
+                            **kw) -> ReqView:
+    """A decoding request whose next token's envelope deadline is `now + slack_s`. `last_token_s` defaults to the
+    envelope deadline of its latest token, or `now` if that lies in the future."""
     arrival = now + slack_s - ttft_slo_s - output_tokens * tpot_slo_s
+    if last_token_s is None:
+        last_token_s = min(now, arrival + ttft_slo_s + (output_tokens - 1) * tpot_slo_s)
     return make_running(rid, arrival_s=arrival, output_tokens=output_tokens, ttft_slo_s=ttft_slo_s,
-                        tpot_slo_s=tpot_slo_s, last_token_s=min(now, arrival + ttft_slo_s + (output_tokens - 1)
-                                                                 * tpot_slo_s), **kw)
+                        tpot_slo_s=tpot_slo_s, last_token_s=last_token_s, **kw)
 
 
 def kv_held(reqs: Iterable[ReqView]) -> int:

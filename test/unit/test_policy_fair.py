@@ -1,0 +1,175 @@
+"""`fair`: FairBatching's budget, urgency, EDF prefills, chunk sizing, KV and preemption on worked examples.
+
+COST (factories): 5 ms per iteration + 0.1 ms per prefill token + 0.2 ms per decode row, so times are easy by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from factories import COST, batch_of, kv_after, make_req, make_running, make_running_with_slack, make_snapshot
+
+from sglang_fair.core.cost_model import CostModel
+from sglang_fair.core.registry import make_policy
+from sglang_fair.policies.fair import FairParams, FairPolicy
+
+NOW = 100.0
+
+
+def fair(**kw) -> FairPolicy:
+    return FairPolicy(FairParams(**kw))
+
+
+def test_worked_example_urgent_decode_then_prefill_then_defer():
+    # slacks 30 ms and 500 ms, tpot 100 ms: budget = max(30 ms, 100 ms) = 100 ms; urgent iff slack < 200 ms.
+    # u (urgent) costs 5 + 0.2 = 5.2 ms; 94.8 ms are left -> 948 prefill tokens of w's 2000; lazy is deferred.
+    snap = make_snapshot(now=NOW, running=[make_running_with_slack("u", 0.03, now=NOW),
+                                           make_running_with_slack("lazy", 0.5, now=NOW)],
+                         waiting=[make_req("w", arrival_s=NOW - 0.2, prompt_tokens=2000)])
+    plan = fair().plan(snap)
+    assert plan.budget_s == pytest.approx(0.1)
+    assert plan.decode == ("u",)
+    assert plan.deferred(snap) == ("lazy",)
+    (rid, chunk), = plan.prefill
+    assert rid == "w" and chunk == COST.max_chunk(plan.budget_s - 0.0052) and abs(chunk - 948) <= 1
+    assert plan.predicted_s == pytest.approx(COST.predict(*batch_of(snap, plan)))
+    assert plan.predicted_s <= plan.budget_s
+
+
+def test_budget_grows_when_decodes_run_ahead():
+    # min slack 400 ms > tpot 100 ms: budget 400 ms; urgent iff slack < 500 ms -> only "a"
+    snap = make_snapshot(now=NOW, running=[make_running_with_slack("a", 0.4, now=NOW),
+                                           make_running_with_slack("b", 0.6, now=NOW)],
+                         waiting=[make_req("w", arrival_s=NOW, prompt_tokens=10_000)])
+    plan = fair().plan(snap)
+    assert plan.budget_s == pytest.approx(0.4)
+    assert plan.decode == ("a",)
+    # 400 - 5.2 = 394.8 ms of prefill ~ 3948 tokens: the grown budget admits ~4x what a 100 ms budget would
+    assert abs(plan.prefill[0][1] - 3948) <= 1
+
+
+def test_budget_floor_and_cap():
+    late = make_snapshot(now=NOW, running=[make_running_with_slack("a", -5.0, now=NOW, tpot_slo_s=0.001)])
+    assert fair(min_budget_ms=20).plan(late).budget_s == pytest.approx(0.020)
+    ahead = make_snapshot(now=NOW, running=[make_running_with_slack("a", 9.0, now=NOW)])
+    assert fair(max_budget_ms=250).plan(ahead).budget_s == pytest.approx(0.25)
+
+
+def test_decode_only_when_urgent_decodes_alone_exceed_budget():
+    # 600 urgent decodes cost 5 + 600 * 0.2 = 125 ms > the 100 ms budget: decode-only, nothing else
+    run = [make_running_with_slack(f"d{i}", 0.01, now=NOW) for i in range(600)]
+    snap = make_snapshot(now=NOW, running=run, waiting=[make_req("w", arrival_s=NOW - 0.9)])
+    plan = fair().plan(snap)
+    assert plan.prefill == () and len(plan.decode) == 600
+    assert plan.predicted_s > plan.budget_s
+    assert plan.predicted_s == pytest.approx(0.125)
+
+
+def test_non_urgent_decodes_fill_remaining_time_by_slack():
+    # budget 100 ms (tpot floor), urgent iff slack < 200 ms. No prefill queued, so time goes to the non-urgent
+    # decodes in slack order; with 30 ms per decode row, 5 + 30 (u) + 30 (n1) + 30 (n2) = 95 ms, n3 does not fit.
+    cost = CostModel(base_s=0.005, per_prefill_token_s=1e-4, per_decode_req_s=0.030)
+    run = [make_running_with_slack("n3", 0.9, now=NOW), make_running_with_slack("u", 0.05, now=NOW),
+           make_running_with_slack("n2", 0.5, now=NOW), make_running_with_slack("n1", 0.3, now=NOW)]
+    plan = fair(max_token_gap_tpot=math.inf).plan(make_snapshot(now=NOW, running=run, cost=cost))
+    assert plan.decode == ("u", "n1", "n2")
+    assert plan.predicted_s == pytest.approx(0.095)
+
+
+def test_prefills_go_earliest_deadline_first():
+    # "strict" arrived later but with a 300 ms TTFT its deadline (NOW + 0.25) precedes "old"'s (NOW + 0.5)
+    old = make_req("old", arrival_s=NOW - 0.5, prompt_tokens=100)
+    strict = make_req("strict", arrival_s=NOW - 0.05, prompt_tokens=100, ttft_slo_s=0.3, strict=True)
+    snap = make_snapshot(now=NOW, waiting=[old, strict])
+    plan = fair().plan(snap)
+    assert [rid for rid, _ in plan.prefill] == ["strict", "old"]
+
+
+def test_partial_prefill_competes_by_deadline():
+    part = make_req("part", arrival_s=NOW - 0.1, prompt_tokens=400, prefilled_tokens=100)
+    older = make_req("older", arrival_s=NOW - 0.8, prompt_tokens=50)
+    plan = fair().plan(make_snapshot(now=NOW, prefilling=[part], waiting=[older]))
+    assert plan.prefill == (("older", 50), ("part", 300))
+
+
+def test_no_running_budget_is_head_ttft_slack():
+    # head deadline NOW + 0.3 -> budget 300 ms; 295 ms of prefill after the base cost -> 2950 tokens
+    w = make_req("w", arrival_s=NOW - 0.7, prompt_tokens=10_000)
+    plan = fair().plan(make_snapshot(now=NOW, waiting=[w]))
+    assert plan.budget_s == pytest.approx(0.3)
+    assert abs(plan.prefill[0][1] - 2950) <= 1
+
+
+def test_late_head_prefill_still_gets_a_minimum_chunk():
+    # TTFT already missed: the budget floors at 5 ms = the base cost alone, yet progress is guaranteed
+    w = make_req("w", arrival_s=NOW - 5.0, prompt_tokens=10_000)
+    plan = fair(min_budget_ms=5, min_prefill_chunk_tokens=64).plan(make_snapshot(now=NOW, waiting=[w]))
+    assert plan.prefill and plan.prefill[0][1] >= 64
+    assert plan.predicted_s <= plan.budget_s + 1e-12
+
+
+def test_small_tail_chunk_is_not_started():
+    # 100 ms budget, u takes 5.2 ms; w1 (940 tokens = 94 ms) fits whole, leaving 0.8 ms = 8 tokens < 16: w2 waits
+    snap = make_snapshot(now=NOW, running=[make_running_with_slack("u", 0.0, now=NOW)],
+                         waiting=[make_req("w1", arrival_s=NOW - 0.5, prompt_tokens=940),
+                                  make_req("w2", arrival_s=NOW - 0.4, prompt_tokens=500)])
+    plan = fair(min_prefill_chunk_tokens=16).plan(snap)
+    assert plan.prefill == (("w1", 940),)
+    plan_small = fair(min_prefill_chunk_tokens=4).plan(snap)
+    assert plan_small.prefill[1][0] == "w2" and 1 <= plan_small.prefill[1][1] <= 8
+
+
+def test_token_gap_guard_makes_an_idle_decode_urgent():
+    # far ahead of its envelope (slack 5 s), but its last token was 450 ms ago: with the 100 ms budget the gap
+    # would reach 550 ms > 5 x 100 ms, so it runs; with the guard off it is deferred
+    r = make_running_with_slack("ahead", 5.0, now=NOW, last_token_s=NOW - 0.45)
+    u = make_running_with_slack("u", 0.0, now=NOW)
+    snap = make_snapshot(now=NOW, running=[u, r], waiting=[make_req("w", arrival_s=NOW, prompt_tokens=5000)])
+    assert "ahead" in fair(max_token_gap_tpot=5.0).plan(snap).decode
+    assert "ahead" in fair(max_token_gap_tpot=math.inf).plan(snap).deferred(snap)
+
+
+def test_kv_short_preempts_partial_prefill_then_most_slack():
+    u1 = make_running_with_slack("u1", 0.0, now=NOW, prompt_tokens=10)
+    u2 = make_running_with_slack("u2", 0.05, now=NOW, prompt_tokens=10)
+    lazy = make_running_with_slack("lazy", 2.0, now=NOW, prompt_tokens=10)
+    part = make_req("part", arrival_s=NOW, prompt_tokens=100, prefilled_tokens=1)
+    held = u1.context_tokens + u2.context_tokens + lazy.context_tokens + part.context_tokens
+    # no free KV; 2 urgent decodes need 2 tokens: part frees 1, then lazy (most slack) frees 15
+    snap = make_snapshot(now=NOW, running=[u1, u2, lazy], prefilling=[part], kv_capacity_tokens=held)
+    plan = fair().plan(snap)
+    assert plan.preempt == ("part", "lazy")
+    assert set(plan.decode) == {"u1", "u2"}
+    assert kv_after(snap, plan) <= snap.kv_capacity_tokens
+
+
+def test_kv_admission_head_of_line():
+    run = [make_running_with_slack("u", 0.0, now=NOW)]
+    big = make_req("big", arrival_s=NOW - 0.5, prompt_tokens=3000, max_new_tokens=0)
+    small = make_req("small", arrival_s=NOW - 0.4, prompt_tokens=10, max_new_tokens=0)
+    snap = make_snapshot(now=NOW, running=run, waiting=[big, small],
+                         kv_capacity_tokens=run[0].context_tokens + 1000)
+    plan = fair(kv_reserve_output_ratio=0.0).plan(snap)
+    assert plan.prefill == ()  # big does not fit whole, and small may not overtake it
+    assert plan.decode == ("u",)
+
+
+def test_idle_snapshot_gives_empty_plan():
+    plan = make_policy("fair").plan(make_snapshot(now=NOW))
+    assert plan.is_empty and plan.predicted_s == 0.0
+
+
+def test_plan_is_deterministic_and_instance_free():
+    run = [make_running_with_slack(f"d{i}", 0.1 * (i % 4), now=NOW) for i in range(12)]
+    wait = [make_req(f"w{i}", arrival_s=NOW - 1 + 0.1 * i, prompt_tokens=100 + 37 * i) for i in range(8)]
+    snap = make_snapshot(now=NOW, running=run, waiting=wait)
+    assert fair().plan(snap) == fair().plan(snap) == make_policy("fair").plan(snap)
+
+
+@pytest.mark.parametrize("kw", [{"min_budget_ms": 0}, {"max_budget_ms": math.inf}, {"min_budget_ms": 10,
+                                "max_budget_ms": 5}, {"min_prefill_chunk_tokens": 0}, {"max_token_gap_tpot": 0.5},
+                                {"kv_reserve_output_ratio": 1.5}, {"prefill_window_reqs": -1}])
+def test_bad_params_rejected(kw):
+    with pytest.raises(ValueError):
+        FairParams(**kw)
