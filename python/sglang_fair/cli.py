@@ -11,6 +11,7 @@ COMMANDS = (
     ("sglang_fair.serve", "add_parser"),
     ("sglang_fair.model", "add_parser"),
     ("sglang_fair.demo", "add_parser"),
+    ("sglang_fair.plan_bench", "add_parser"),
 )
 
 
