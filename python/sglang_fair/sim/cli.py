@@ -1,0 +1,188 @@
+"""`sglang-fair sim` and `sglang-fair capacity`: the simulator's command line (registered by sglang_fair.cli).
+
+Policy specs: `NAME` (a registered policy), `NAME-N` (token_budget=N, e.g. sarathi-512), `NAME@key=value@...` for
+any config field, and `windserve` for the disaggregated prefill/decode pair (needs 2 GPUs' worth: it is compared
+with `--replicas 2`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Callable
+
+import orjson
+from tqdm import tqdm
+
+from ..core.presets import load_preset
+from ..core.registry import make_policy
+from .capacity import find_capacity, late_limit, stability_bound_scale
+from .cluster import ROUTERS, ClusterConfig, simulate_cluster
+from .engine import DEFAULT_KV_CAPACITY_TOKENS, EngineConfig, SimResult, simulate
+from .traces import load_trace
+from .windserve import WindServeConfig, simulate_windserve
+
+
+def _value(text: str):
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "inf": math.inf}.get(text.lower(), text)
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict]:
+    """'sarathi-512' -> ('sarathi', {'token_budget': 512}); 'fair@min_budget_ms=10' -> ('fair', {...})."""
+    head, *pairs = spec.strip().split("@")
+    params: dict = {}
+    name = head
+    if "-" in head:
+        base, _, tail = head.rpartition("-")
+        if tail.isdigit():
+            name, params["token_budget"] = base, int(tail)
+    for pair in pairs:
+        key, eq, val = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"bad policy parameter {pair!r} in {spec!r} (want key=value)")
+        params[key] = _value(val)
+    if not name:
+        raise ValueError(f"empty policy name in {spec!r}")
+    return name, params
+
+
+def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int = 1, router: str = "fair",
+                load_poll_interval_s: float = 0.1, stop_late: bool = True,
+                progress: Callable[[float], object] | None = None) -> Callable[[float], SimResult]:
+    """A function scale -> SimResult for one policy spec (single replica, cluster, or WindServe)."""
+    name, params = parse_policy_spec(spec)
+    limit = late_limit(len(trace)) if stop_late else None
+    if name == "windserve":
+        ws = WindServeConfig(**params)
+        return lambda scale: simulate_windserve(trace.scaled(scale), cost, engine, ws, stop_after_late=limit)
+    make_policy(name, **params)  # fail fast on a bad spec
+    if replicas == 1:
+        return lambda scale: simulate(trace.scaled(scale), make_policy(name, **params), cost, engine,
+                                      stop_after_late=limit)
+    cl = ClusterConfig(replicas=replicas, router=router, load_poll_interval_s=load_poll_interval_s, seed=engine.seed)
+    return lambda scale: simulate_cluster(trace.scaled(scale), lambda: make_policy(name, **params), cost, engine, cl,
+                                          stop_after_late=limit)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", required=True, help="azure-code | azure-conv | sharegpt | path to a CSV/JSONL trace")
+    p.add_argument("--shared", default=None, help="shared data root (default: $SGLANG_FAIR_SHARED or ../shared)")
+    p.add_argument("--preset", default="a100-llama3-8b", help="cost-model preset name or JSON path")
+    p.add_argument("--ttft-slo-ms", type=float, default=2000.0)
+    p.add_argument("--tpot-slo-ms", type=float, default=100.0)
+    p.add_argument("--kv-capacity-tokens", type=int, default=DEFAULT_KV_CAPACITY_TOKENS)
+    p.add_argument("--noise-cv", type=float, default=0.0, help="iteration-time noise (coefficient of variation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="first N requests (after the window)")
+    p.add_argument("--start-s", type=float, default=0.0, help="trace window start (s, unscaled trace time)")
+    p.add_argument("--duration-s", type=float, default=None, help="trace window length (s, unscaled)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None)
+    p.add_argument("--max-output-tokens", type=int, default=None)
+    p.add_argument("--poisson-rate-rps", type=float, default=1.0, help="ShareGPT arrival rate at scale 1")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--router", choices=ROUTERS, default="fair")
+    p.add_argument("--load-poll-interval-s", type=float, default=0.1, help="staleness of reported router loads")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+
+def _setup(args):
+    trace = load_trace(args.trace, shared=args.shared, seed=args.seed, poisson_rate_rps=args.poisson_rate_rps,
+                       limit=args.limit, start_s=args.start_s, duration_s=args.duration_s,
+                       max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
+    cost = load_preset(args.preset)
+    engine = EngineConfig(kv_capacity_tokens=args.kv_capacity_tokens, ttft_slo_ms=args.ttft_slo_ms,
+                          tpot_slo_ms=args.tpot_slo_ms, noise_cv=args.noise_cv, seed=args.seed)
+    return trace, cost, engine
+
+
+def _header(args, trace) -> dict:
+    return {"trace": args.trace, "requests": len(trace), "trace_rate_rps": trace.rate_rps, "preset": args.preset,
+            "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "seed": args.seed,
+            "window": {"start_s": args.start_s, "duration_s": args.duration_s, "limit": args.limit},
+            "replicas": args.replicas, "router": args.router if args.replicas > 1 else None,
+            "kv_capacity_tokens": args.kv_capacity_tokens, "noise_cv": args.noise_cv}
+
+
+def cmd_sim(args) -> int:
+    trace, cost, engine = _setup(args)
+    run = make_runner(trace, args.policy, cost, engine, replicas=args.replicas, router=args.router,
+                      load_poll_interval_s=args.load_poll_interval_s, stop_late=False)
+    with tqdm(total=1, desc=f"sim {args.policy} x{args.rate_scale}", file=sys.stderr, disable=args.no_progress):
+        res = run(args.rate_scale)
+    s = res.summary()
+    gpus = 2 if args.policy.startswith("windserve") else args.replicas
+    bound = stability_bound_scale(trace, cost, args.tpot_slo_ms / 1000.0, gpus)
+    out = {**_header(args, trace), "policy": args.policy, "rate_scale": args.rate_scale, **s.to_dict(),
+           "iterations": res.iterations, "sim_s": res.sim_s, "preemptions": res.preemptions,
+           "bound_scale": bound}
+    if args.json:
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    else:
+        for k, v in out.items():
+            print(f"{k:>20}: {v}")
+    return 0
+
+
+def cmd_capacity(args) -> int:
+    trace, cost, engine = _setup(args)
+    specs = [s for s in args.policies.split(",") if s.strip()]
+    results, searches = {}, {}
+    for spec in tqdm(specs, desc="capacity", file=sys.stderr, disable=args.no_progress):
+        gpus = 2 if spec.startswith("windserve") else args.replicas
+        reps = 1 if spec.startswith("windserve") else args.replicas
+        run = make_runner(trace, spec, cost, engine, replicas=reps, router=args.router,
+                          load_poll_interval_s=args.load_poll_interval_s)
+        res, search = find_capacity(run, trace, cost, args.ttft_slo_ms / 1000.0, args.tpot_slo_ms / 1000.0,
+                                    gpus=gpus, rel_tol=args.rel_tol)
+        results[spec], searches[spec] = res, search
+    out = {**_header(args, trace), "criterion": {"tail": "P99 TTFT <= ttft_slo and P99 TPOT <= tpot_slo",
+                                                 "attainment": ">= 90% of requests meet both SLOs"},
+           "policies": {k: v.to_json() for k, v in results.items()}}
+    if args.plots:
+        from .plots import write_plots
+        out["plots"] = write_plots(Path(args.plots), results, searches, prefix=args.plot_prefix)
+    if args.json:
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    else:
+        print(f"{'policy':>16} {'capacity':>9} {'cap_att':>8} {'p99_ttft_ms':>11} {'p99_tpot_ms':>11} {'bound_frac':>10}")
+        for k, r in results.items():
+            print(f"{k:>16} {r.capacity:>9.3f} {r.capacity_attainment:>8.3f} {r.p99_ttft_ms:>11.0f} "
+                  f"{r.p99_tpot_ms:>11.1f} {r.bound_fraction:>10.2f}")
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    """Add the `sim` and `capacity` subcommands to an argparse subparsers object."""
+    p = subparsers.add_parser("sim", help="simulate one policy on a trace at one rate scale")
+    _common(p)
+    p.add_argument("--policy", default="fair", help="policy spec, e.g. fair, sarathi-512, slai, windserve")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="arrival gaps divided by this")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sim)
+    c = subparsers.add_parser("capacity", help="capacity (max rate scale meeting the SLOs) per policy")
+    _common(c)
+    c.add_argument("--policies", default="fair,sarathi-512,sarathi-2048,slai")
+    c.add_argument("--rel-tol", type=float, default=0.03, help="bisection stops when hi/lo <= 1 + this")
+    c.add_argument("--plots", default=None, help="directory for goodput-vs-rate and TTFT/TPOT CDF PNGs")
+    c.add_argument("--plot-prefix", default="", help="file-name prefix for the plots")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_capacity)
+
+
+def main(argv=None) -> int:
+    """Standalone entry (`python -m sglang_fair.sim.cli sim ...`) until the package CLI registers add_parsers."""
+    ap = argparse.ArgumentParser(prog="sglang-fair")
+    add_parsers(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

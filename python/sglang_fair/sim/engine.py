@@ -1,0 +1,387 @@
+"""One simulated serving replica: continuous batching over a KV pool, each iteration planned by a registered policy.
+
+Per iteration the replica builds a frozen Snapshot (now = the simulated clock), asks the policy for a Plan, validates
+it (unknown rid, bad chunk, KV overflow -> ValueError), applies preemptions (the victim loses its KV and later
+re-prefills its prompt plus the outputs it had, i.e. recompute), and runs the batch for the cost model's predicted
+time of exactly that batch, times optional seeded log-normal noise.
+
+KV accounting follows the snapshot: a resident request holds its view's `context_tokens` (prefilled + outputs), and a
+plan is checked with the arithmetic a policy can do from the snapshot alone: kv_used - context of the preempted +
+sum(chunks) + len(decode) <= capacity. The final chunk of a prefill also samples a token (the first, or after a
+recompute the next one); that token's slot is counted from the next snapshot on, so kv_used may exceed the capacity
+by a few tokens, which the policy must then resolve (kv_free_tokens is clamped at 0). Per-iteration work is proportional to the batch plus the
+waiting-queue view (`waiting_view_limit` oldest waiting requests), never to the whole trace.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.cost_model import CostModel
+from ..core.types import Plan, ReqView, Snapshot
+from ..metrics import RequestTimes
+
+# ---- fast ReqView construction (the simulator builds millions): set the slots directly, same object as ReqView(...)
+_new = object.__new__
+_SLOTS = ("rid", "arrival_s", "prompt_tokens", "ttft_slo_s", "tpot_slo_s", "prefilled_tokens", "output_tokens",
+          "max_new_tokens", "last_token_s", "strict")
+(_s_rid, _s_arr, _s_prompt, _s_ttft, _s_tpot, _s_pf, _s_out, _s_max, _s_last, _s_strict) = (
+    ReqView.__dict__[name].__set__ for name in _SLOTS)
+
+
+def fast_view(rid, arrival_s, prompt_tokens, ttft_slo_s, tpot_slo_s, prefilled_tokens, output_tokens,
+              max_new_tokens, last_token_s, strict) -> ReqView:
+    v = _new(ReqView)
+    _s_rid(v, rid); _s_arr(v, arrival_s); _s_prompt(v, prompt_tokens); _s_ttft(v, ttft_slo_s)  # noqa: E702
+    _s_tpot(v, tpot_slo_s); _s_pf(v, prefilled_tokens); _s_out(v, output_tokens); _s_max(v, max_new_tokens)  # noqa: E702
+    _s_last(v, last_token_s); _s_strict(v, strict)  # noqa: E702
+    return v
+
+
+DEFAULT_KV_CAPACITY_TOKENS = 400_000
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    kv_capacity_tokens: int = DEFAULT_KV_CAPACITY_TOKENS
+    """KV pool size in tokens. Default: Llama-3-8B on one A100-80GB (128 KiB/token, ~52 GB left for KV)."""
+    ttft_slo_ms: float = 2000.0
+    tpot_slo_ms: float = 100.0
+    noise_cv: float = 0.0
+    """Coefficient of variation of the multiplicative log-normal noise on iteration time (0 = exact cost model)."""
+    seed: int = 0
+    waiting_view_limit: int = 512
+    """How many of the oldest waiting requests a snapshot shows (bounds per-step work under overload)."""
+    recent_window: int = 8
+    """Iterations averaged into Snapshot.recent_iter_s."""
+    record_token_times: bool = False
+    idle_tick_ms: float = 5.0
+    """After an empty plan with work pending, the replica re-plans this much later (or at its next arrival)."""
+    max_idle_steps: int = 100_000
+    """Consecutive empty plans tolerated before the run is declared stuck (RuntimeError)."""
+
+    def __post_init__(self) -> None:
+        if self.kv_capacity_tokens < 1 or self.waiting_view_limit < 1 or self.recent_window < 1:
+            raise ValueError("kv_capacity_tokens, waiting_view_limit and recent_window must be >= 1")
+        for name in ("ttft_slo_ms", "tpot_slo_ms", "idle_tick_ms"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if not self.noise_cv >= 0:
+            raise ValueError("noise_cv must be >= 0")
+
+
+class SimRequest:
+    """Mutable per-request state owned by one replica."""
+
+    __slots__ = ("rid", "arrival", "prompt", "target", "ttft_slo", "tpot_slo", "strict", "prefill_len",
+                 "prefilled", "outputs", "first", "last", "times", "preemptions")
+
+    def __init__(self, rid: str, arrival: float, prompt: int, target: int, ttft_slo: float, tpot_slo: float,
+                 strict: bool = False, record_times: bool = False):
+        self.rid, self.arrival, self.prompt, self.target = rid, arrival, prompt, target
+        self.ttft_slo, self.tpot_slo, self.strict = ttft_slo, tpot_slo, strict
+        self.prefill_len, self.prefilled, self.outputs = prompt, 0, 0
+        self.first = self.last = None
+        self.times = [] if record_times else None
+        self.preemptions = 0
+
+    def pending_view(self) -> ReqView:
+        return fast_view(self.rid, self.arrival, self.prefill_len, self.ttft_slo, self.tpot_slo, self.prefilled,
+                         self.outputs, self.target, self.last, self.strict)
+
+    def running_view(self) -> ReqView:
+        return fast_view(self.rid, self.arrival, self.prompt, self.ttft_slo, self.tpot_slo, self.prompt,
+                         self.outputs, self.target, self.last, self.strict)
+
+    def record(self) -> RequestTimes:
+        return RequestTimes(self.rid, self.arrival, self.first, self.last, self.outputs, self.ttft_slo,
+                            self.tpot_slo, self.target, tuple(self.times) if self.times is not None else None)
+
+
+class Replica:
+    """One engine instance. The owner adds arrived requests and calls step() at `now` while `has_work`."""
+
+    def __init__(self, policy, cost: CostModel, config: EngineConfig = EngineConfig(), *, index: int = 0,
+                 planning_cost: CostModel | None = None):
+        self.policy, self.cost, self.config, self.index = policy, cost, config, index
+        self.planning_cost = planning_cost or cost
+        self.now = 0.0
+        self.running: dict[str, SimRequest] = {}
+        self._run_views: dict[str, ReqView] = {}
+        self.prefilling: dict[str, SimRequest] = {}
+        self._pf_views: dict[str, ReqView] = {}
+        self.waiting: dict[str, SimRequest] = {}
+        self.requeued: dict[str, SimRequest] = {}
+        self._wait_views: dict[str, ReqView] = {}
+        self._wview: tuple[ReqView, ...] | None = ()
+        self.kv_used = 0
+        self.waiting_prompt_tokens = 0
+        self.finished: list[SimRequest] = []
+        self.iterations = 0
+        self.busy_s = 0.0
+        self.late_first_tokens = 0
+        self._recent: deque[float] = deque(maxlen=config.recent_window)
+        self._idle_steps = 0
+        self._zero_steps = 0
+        self._rng = np.random.default_rng([config.seed, index])
+        self._noise = np.empty(0)
+        self._noise_i = 0
+        cv = config.noise_cv
+        self._sigma = math.sqrt(math.log1p(cv * cv)) if cv > 0 else 0.0
+
+    # ---- queue state --------------------------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.prefilling or self.waiting or self.requeued)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.running) + len(self.prefilling) + len(self.waiting) + len(self.requeued)
+
+    def add(self, req: SimRequest) -> None:
+        """Enqueue a request that has arrived (its arrival <= the time it is added)."""
+        self.waiting[req.rid] = req
+        self._wait_views[req.rid] = req.pending_view()
+        self.waiting_prompt_tokens += req.prefill_len
+        if len(self.waiting) <= self.config.waiting_view_limit:
+            self._wview = None
+
+    def _waiting_view(self) -> tuple[ReqView, ...]:
+        if self._wview is None:
+            limit = self.config.waiting_view_limit
+            views = self._wait_views
+            fresh = []
+            for rid in self.waiting:
+                fresh.append(views[rid])
+                if len(fresh) >= limit:
+                    break
+            if self.requeued:
+                req = sorted((views[rid] for rid in self.requeued), key=lambda v: v.arrival_s)
+                fresh = list(heapq.merge(req, fresh, key=lambda v: v.arrival_s))[:limit]
+            self._wview = tuple(fresh)
+        return self._wview
+
+    def snapshot(self) -> Snapshot:
+        recent = sum(self._recent) / len(self._recent) if self._recent else 0.0
+        return Snapshot(self.now, tuple(self._run_views.values()), tuple(self._pf_views.values()),
+                        self._waiting_view(), self.config.kv_capacity_tokens, self.kv_used, self.planning_cost,
+                        recent)
+
+    # ---- one iteration ------------------------------------------------------------------------------------------
+    def _noise_factor(self) -> float:
+        if not self._sigma:
+            return 1.0
+        if self._noise_i >= len(self._noise):
+            s = self._sigma
+            self._noise = self._rng.lognormal(-0.5 * s * s, s, size=4096)
+            self._noise_i = 0
+        x = self._noise[self._noise_i]
+        self._noise_i += 1
+        return float(x)
+
+    def _pending(self, rid: str) -> SimRequest | None:
+        return self.prefilling.get(rid) or self.waiting.get(rid) or self.requeued.get(rid)
+
+    def _validate(self, plan: Plan) -> tuple[int, list]:
+        """Check the plan against the engine state; returns (kv tokens freed by preemption, prefill targets)."""
+        name = getattr(self.policy, "name", type(self.policy).__name__)
+        pre = plan.preempt
+        if len(set(pre)) != len(pre):
+            raise ValueError(f"{name}: duplicate rid in preempt {pre}")
+        freed = 0
+        for rid in pre:
+            r = self.running.get(rid) or self.prefilling.get(rid)
+            if r is None:
+                raise ValueError(f"{name}: preempt names unknown or not-resident rid {rid!r}")
+            freed += r.prefilled + r.outputs
+        pre_set = set(pre)
+        targets = []
+        seen = set()
+        for rid, chunk in plan.prefill:
+            r = self._pending(rid)
+            if r is None:
+                raise ValueError(f"{name}: prefill names unknown rid {rid!r}")
+            if rid in seen or rid in pre_set:
+                raise ValueError(f"{name}: rid {rid!r} prefilled twice or both prefilled and preempted")
+            seen.add(rid)
+            if not isinstance(chunk, (int, np.integer)) or chunk < 1 or chunk > r.prefill_len - r.prefilled:
+                raise ValueError(f"{name}: prefill chunk {chunk!r} for {rid!r} outside 1..{r.prefill_len - r.prefilled}")
+            targets.append((r, int(chunk)))
+        dec = plan.decode
+        if len(set(dec)) != len(dec):
+            raise ValueError(f"{name}: duplicate rid in decode")
+        for rid in dec:
+            if rid not in self.running or rid in pre_set:
+                raise ValueError(f"{name}: decode names unknown, non-running or preempted rid {rid!r}")
+        grow = sum(c for _, c in targets) + len(dec)
+        if self.kv_used - freed + grow > self.config.kv_capacity_tokens:
+            raise ValueError(f"{name}: plan overflows KV: used {self.kv_used} - freed {freed} + {grow} > "
+                             f"capacity {self.config.kv_capacity_tokens}")
+        return freed, targets
+
+    def _preempt(self, rids) -> None:
+        for rid in rids:
+            r = self.running.pop(rid, None)
+            if r is not None:
+                del self._run_views[rid]
+                r.prefill_len = r.prompt + r.outputs  # recompute prompt + all outputs, then sample the next one
+            else:
+                r = self.prefilling.pop(rid)
+                del self._pf_views[rid]
+            self.kv_used -= r.prefilled + r.outputs
+            r.prefilled = 0
+            r.preemptions += 1
+            self.requeued[rid] = r
+            self._wait_views[rid] = r.pending_view()
+            self.waiting_prompt_tokens += r.prefill_len
+        self._wview = None
+
+    def step(self) -> float:
+        """Plan and run one iteration starting at self.now; returns its duration (0 for an empty plan)."""
+        snap = self.snapshot()
+        plan = self.policy.plan(snap)
+        _, targets = self._validate(plan)
+        if plan.preempt:
+            self._preempt(plan.preempt)
+        if not targets and not plan.decode:
+            if plan.preempt:
+                self._zero_steps += 1
+                if self._zero_steps > 1000:
+                    raise RuntimeError("policy keeps preempting without running anything")
+                return 0.0
+            self._idle_steps += 1
+            if self._idle_steps > self.config.max_idle_steps:
+                raise RuntimeError(f"policy returned {self._idle_steps} empty plans in a row with "
+                                   f"{self.outstanding} requests pending at t={self.now:.3f}s")
+            self.now += self.config.idle_tick_ms / 1000.0
+            return 0.0
+        self._idle_steps = self._zero_steps = 0
+        c = self.cost
+        t = c.base_s
+        for r, chunk in targets:
+            t += c.prefill_s(chunk, r.prefilled)
+        running = self.running
+        if plan.decode:
+            ctx = 0
+            for rid in plan.decode:
+                r = running[rid]
+                ctx += r.prompt + r.outputs
+            t += c.per_decode_req_s * len(plan.decode) + c.per_context_token_s * ctx
+        t *= self._noise_factor()
+        end = self.now + t
+        self._run(plan.decode, targets, end)
+        self.now = end
+        self.iterations += 1
+        self.busy_s += t
+        self._recent.append(t)
+        return t
+
+    def _run(self, decode, targets, end: float) -> None:
+        running, views = self.running, self._run_views
+        for rid in decode:
+            r = running[rid]
+            r.outputs += 1
+            r.last = end
+            if r.times is not None:
+                r.times.append(end)
+            if r.outputs >= r.target:
+                self._finish(r)
+            else:
+                views[rid] = r.running_view()
+        self.kv_used += len(decode)
+        for r, chunk in targets:
+            rid = r.rid
+            if rid not in self.prefilling:
+                src = self.waiting if rid in self.waiting else self.requeued
+                del src[rid]
+                del self._wait_views[rid]
+                self.waiting_prompt_tokens -= r.prefill_len
+                self.prefilling[rid] = r
+                self._wview = None
+            r.prefilled += chunk
+            self.kv_used += chunk
+            if r.prefilled < r.prefill_len:
+                self._pf_views[rid] = r.pending_view()
+                continue
+            del self.prefilling[rid]
+            self._pf_views.pop(rid, None)
+            # prompt (plus recomputed outputs) now resident; this forward samples one token
+            self.kv_used -= r.prefilled + r.outputs
+            r.prefilled = r.prompt
+            r.outputs += 1
+            self.kv_used += r.prompt + r.outputs
+            if r.first is None:
+                r.first = end
+                if end - r.arrival > r.ttft_slo:
+                    self.late_first_tokens += 1
+            r.last = end
+            if r.times is not None:
+                r.times.append(end)
+            if r.outputs >= r.target:
+                self._finish(r, resident=False)
+            else:
+                running[rid] = r
+                views[rid] = r.running_view()
+
+    def _finish(self, r: SimRequest, resident: bool = True) -> None:
+        if resident:
+            del self.running[r.rid]
+            del self._run_views[r.rid]
+        self.kv_used -= r.prompt + r.outputs
+        self.finished.append(r)
+
+
+# ---- single-replica run ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class SimResult:
+    records: list[RequestTimes]
+    """One per trace request, in trace order (unfinished ones too when the run was aborted)."""
+    sim_s: float
+    """Simulated time at the end of the run."""
+    iterations: int
+    busy_s: float
+    """Sum of iteration times (over replicas)."""
+    aborted: bool
+    preemptions: int
+
+    def summary(self):
+        from ..metrics import summarize
+        return summarize(self.records)
+
+
+def make_requests(trace, config: EngineConfig) -> list[SimRequest]:
+    ttft, tpot, rec = config.ttft_slo_ms / 1000.0, config.tpot_slo_ms / 1000.0, config.record_token_times
+    return [SimRequest(f"r{i}", float(a), int(p), int(o), ttft, tpot, False, rec)
+            for i, (a, p, o) in enumerate(zip(trace.arrival_s, trace.prompt_tokens, trace.output_tokens))]
+
+
+def simulate(trace, policy, cost: CostModel, config: EngineConfig = EngineConfig(), *,
+             planning_cost: CostModel | None = None, stop_after_late: int | None = None,
+             progress=None) -> SimResult:
+    """Replay `trace` through one replica run by `policy`. `stop_after_late`: abort once more requests than this
+    got their first token after their TTFT SLO (capacity search uses it to cut hopeless overloaded runs short).
+    `progress`: optional tqdm-like object, updated by one per finished request."""
+    rep = Replica(policy, cost, config, planning_cost=planning_cost)
+    reqs = make_requests(trace, config)
+    arrivals = trace.arrival_s.tolist()
+    n, i, aborted, done = len(reqs), 0, False, 0
+    while i < n or rep.has_work:
+        if not rep.has_work and rep.now < arrivals[i]:
+            rep.now = arrivals[i]
+        while i < n and arrivals[i] <= rep.now:
+            rep.add(reqs[i])
+            i += 1
+        rep.step()
+        if progress is not None and len(rep.finished) != done:
+            progress.update(len(rep.finished) - done)
+            done = len(rep.finished)
+        if stop_after_late is not None and rep.late_first_tokens > stop_after_late:
+            aborted = True
+            break
+    return SimResult([r.record() for r in reqs], rep.now, rep.iterations, rep.busy_s, aborted,
+                     sum(r.preemptions for r in reqs))
