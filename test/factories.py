@@ -78,3 +78,12 @@ def batch_of(snap: Snapshot, plan) -> tuple[list[tuple[int, int]], list[int]]:
     by_rid = {r.rid: r for r in (*snap.running, *snap.prefilling, *snap.waiting)}
     return ([(c, by_rid[rid].prefilled_tokens) for rid, c in plan.prefill],
             [by_rid[rid].context_tokens for rid in plan.decode])
+
+
+def make_trace(rows, name: str = "tiny"):
+    """A simulator Trace from [(arrival_s, prompt_tokens, output_tokens), ...] (arrivals as given, not re-based)."""
+    import numpy as np
+
+    from sglang_fair.sim.traces import Trace
+    a, p, o = zip(*rows) if rows else ((), (), ())
+    return Trace(name, np.asarray(a, dtype=np.float64), np.asarray(p, dtype=np.int64), np.asarray(o, dtype=np.int64))

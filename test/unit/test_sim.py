@@ -1,0 +1,175 @@
+"""Single-replica simulator: hand-computed timelines per policy, plan validation, preemption, determinism."""
+
+from __future__ import annotations
+
+import pytest
+from factories import COST, make_trace
+
+from sglang_fair.core.registry import make_policy
+from sglang_fair.core.types import Plan, ReqView
+from sglang_fair.metrics import summarize, tbt_s, tpot_s, ttft_s
+from sglang_fair.sim.engine import EngineConfig, Replica, SimRequest, fast_view, simulate
+
+CFG = EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, kv_capacity_tokens=10_000, record_token_times=True)
+B, P, D = COST.base_s, COST.per_prefill_token_s, COST.per_decode_req_s  # 5 ms, 0.1 ms/token, 0.2 ms/decode row
+TWO = make_trace([(0.0, 100, 3), (0.001, 50, 2)])
+
+
+def times(res):
+    return {r.rid: r.token_times_s for r in res.records}
+
+
+# A (0 s, 100-token prompt, 3 outputs) and B (1 ms, 50 tokens, 2 outputs) under a 512-token budget:
+#   [0, t1)   prefill A 100 (B not there yet)           -> A token 1 at t1 = B + 100P
+#   [t1, t2)  decode A + prefill B 50                   -> A token 2, B token 1 at t2 = t1 + B + D + 50P
+#   [t2, t3)  decode A, B                               -> A token 3, B token 2 at t3 = t2 + B + 2D
+# Every policy meets these SLOs with room to spare and has KV to spare, so each of them batches this way.
+_T1 = B + 100 * P
+_T2 = _T1 + B + D + 50 * P
+_T3 = _T2 + B + 2 * D
+EXPECTED_TWO = {"r0": (_T1, _T2, _T3), "r1": (_T2, _T3)}
+
+
+@pytest.mark.parametrize("spec", [("sarathi", {"token_budget": 512}), ("sarathi", {"token_budget": 2048}),
+                                  ("fair", {}), ("slai", {})])
+def test_two_request_timeline_per_policy(spec):
+    res = simulate(TWO, make_policy(spec[0], **spec[1]), COST, CFG)
+    got = times(res)
+    assert set(got) == set(EXPECTED_TWO)
+    for rid, exp in EXPECTED_TWO.items():
+        assert got[rid] == pytest.approx(exp, abs=1e-12)
+    assert res.iterations == 3 and not res.aborted and res.preemptions == 0
+
+
+def test_sarathi_small_budget_chunks_the_prompt():
+    # budget 64: [0, t1) A chunk 64; [t1, t2) A's last 36 + B's first 28; [t2, t3) decode A + B's last 22
+    # (A token 2, B token 1); [t3, t4) decode A, B.
+    t1 = B + 64 * P
+    t2 = t1 + B + 64 * P
+    t3 = t2 + B + D + 22 * P
+    t4 = t3 + B + 2 * D
+    res = simulate(TWO, make_policy("sarathi", token_budget=64), COST, CFG)
+    got = times(res)
+    assert got["r0"] == pytest.approx((t2, t3, t4), abs=1e-12)
+    assert got["r1"] == pytest.approx((t3, t4), abs=1e-12)
+
+
+def test_sim_metrics_equal_metrics_module_on_the_same_timestamps():
+    res = simulate(TWO, make_policy("sarathi"), COST, CFG)
+    s = res.summary()
+    arrivals = {"r0": 0.0, "r1": 0.001}
+    ttfts = [EXPECTED_TWO[r][0] - arrivals[r] for r in ("r0", "r1")]
+    tpots = [(EXPECTED_TWO[r][-1] - EXPECTED_TWO[r][0]) / (len(EXPECTED_TWO[r]) - 1) for r in ("r0", "r1")]
+    assert [ttft_s(r) for r in res.records] == pytest.approx(ttfts)
+    assert [tpot_s(r) for r in res.records] == pytest.approx(tpots)
+    assert s.p50_ttft_s == pytest.approx(sum(ttfts) / 2)
+    assert s.attainment == 1.0 and s.finished == 2
+    assert list(tbt_s(res.records[0])) == pytest.approx([_T2 - _T1, _T3 - _T2])
+    assert summarize(res.records) == s
+
+
+def test_fast_view_builds_the_same_reqview():
+    args = ("x", 1.0, 100, 2.0, 0.1, 40, 3, 128, 1.5, True)
+    assert fast_view(*args) == ReqView(*args)
+    assert ReqView.__slots__ == ("rid", "arrival_s", "prompt_tokens", "ttft_slo_s", "tpot_slo_s", "prefilled_tokens",
+                                 "output_tokens", "max_new_tokens", "last_token_s", "strict")
+
+
+class Scripted:
+    """A policy that returns the given plans in turn (then decodes everything running)."""
+
+    name = "scripted"
+
+    def __init__(self, *plans):
+        self.plans = list(plans)
+        self.snaps = []
+
+    def plan(self, snap):
+        self.snaps.append(snap)
+        if self.plans:
+            p = self.plans.pop(0)
+            return p(snap) if callable(p) else p
+        pre = [(r.rid, r.remaining_prompt_tokens) for r in (*snap.prefilling, *snap.waiting)]
+        return Plan(prefill=tuple(pre), decode=tuple(r.rid for r in snap.running))
+
+
+def _replica(policy, cfg=CFG, reqs=((0.0, 100, 3),)):
+    rep = Replica(policy, COST, cfg)
+    for i, (a, p, o) in enumerate(reqs):
+        rep.add(SimRequest(f"r{i}", a, p, o, 1.0, 0.1))
+    return rep
+
+
+@pytest.mark.parametrize("plan, match", [
+    (Plan(prefill=(("nope", 10),)), "unknown rid"),
+    (Plan(prefill=(("r0", 101),)), "outside 1..100"),
+    (Plan(prefill=(("r0", 0),)), "outside"),
+    (Plan(prefill=(("r0", 10), ("r0", 10))), "twice"),
+    (Plan(decode=("r0",)), "non-running"),
+    (Plan(preempt=("r0",)), "not-resident"),
+])
+def test_invalid_plans_raise(plan, match):
+    with pytest.raises(ValueError, match=match):
+        _replica(Scripted(plan)).step()
+
+
+def test_kv_overflow_raises():
+    cfg = EngineConfig(kv_capacity_tokens=150, ttft_slo_ms=1000, tpot_slo_ms=100)
+    rep = _replica(Scripted(Plan(prefill=(("r0", 100), ("r1", 51)))), cfg, reqs=((0.0, 100, 3), (0.0, 60, 3)))
+    with pytest.raises(ValueError, match="overflows KV"):
+        rep.step()
+    ok = _replica(Scripted(Plan(prefill=(("r0", 100), ("r1", 50)))), cfg, reqs=((0.0, 100, 3), (0.0, 60, 3)))
+    ok.step()
+    assert ok.kv_used == 151  # 150 prefilled + r0's sampled first token
+
+
+def test_preempted_request_recomputes_prompt_plus_outputs():
+    # r0 prefills, decodes once (2 outputs), is preempted, then re-prefills 100 + 2 tokens and samples token 3.
+    pol = Scripted(Plan(prefill=(("r0", 100),)), Plan(decode=("r0",)), Plan(preempt=("r0",)))
+    res = simulate(make_trace([(0.0, 100, 4)]), pol, COST, CFG)
+    rec = res.records[0]
+    assert res.preemptions == 1 and rec.n_outputs == 4
+    requeued = pol.snaps[3].waiting[0]
+    assert (requeued.prompt_tokens, requeued.prefilled_tokens, requeued.output_tokens) == (102, 0, 2)
+    t1 = B + 100 * P
+    t2 = t1 + B + D
+    t3 = t2 + B + 102 * P
+    t4 = t3 + B + D
+    assert rec.token_times_s == pytest.approx((t1, t2, t3, t4), abs=1e-12)
+
+
+def test_kv_returns_to_zero_and_snapshot_counts_context():
+    pol = Scripted()
+    rep = _replica(pol, reqs=((0.0, 100, 3), (0.0, 30, 2)))
+    while rep.has_work:
+        rep.step()
+        held = sum(r.context_tokens for r in (*rep.snapshot().running, *rep.snapshot().prefilling))
+        assert rep.kv_used == held
+    assert rep.kv_used == 0 and len(rep.finished) == 2
+
+
+def test_recent_iter_s_is_the_mean_of_recent_iterations():
+    pol = Scripted()
+    rep = _replica(pol, reqs=((0.0, 100, 4),))
+    for _ in range(3):
+        rep.step()
+    rep.snapshot()
+    assert rep.snapshot().recent_iter_s == pytest.approx((B + 100 * P + 2 * (B + D)) / 3)
+    assert pol.snaps[0].recent_iter_s == 0.0
+
+
+def test_deterministic_given_seed_and_noise_changes_with_seed():
+    trace = make_trace([(0.01 * i, 50 + 7 * i, 5 + i % 4) for i in range(30)])
+    cfg = EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, noise_cv=0.2, seed=1)
+    a = simulate(trace, make_policy("fair"), COST, cfg)
+    b = simulate(trace, make_policy("fair"), COST, cfg)
+    c = simulate(trace, make_policy("fair"), COST, EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, noise_cv=0.2, seed=2))
+    assert a.records == b.records
+    assert a.records != c.records
+
+
+def test_stop_after_late_aborts_an_overloaded_run():
+    trace = make_trace([(0.0, 5000, 2)] * 40)  # 40 x 0.5 s prefills at once: most first tokens are late
+    res = simulate(trace, make_policy("sarathi"), COST, CFG, stop_after_late=3)
+    assert res.aborted
+    assert sum(r.first_token_s is not None and ttft_s(r) > 1.0 for r in res.records) == 4
