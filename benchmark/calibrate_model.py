@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_section import replace_section  # noqa: E402
 
 from sglang_fair.live.replay import ReplayRequest, replay  # noqa: E402
-from sglang_fair.live.server import cpu_server_args, sglang_server  # noqa: E402
+from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, sglang_server  # noqa: E402
 from sglang_fair.model import make_model  # noqa: E402
 
 PROMPTS = (512, 1024, 2048)
@@ -50,6 +50,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="update docs/results.md")
     args = ap.parse_args()
+    exit_on_sigterm()
     model = make_model()
     cmd = [sys.executable, "-m", "sglang_fair.cli", "serve"]
     with sglang_server(model, ["--fair-policy", "off", "--disable-radix-cache", *cpu_server_args(32768, float32=False)],

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .live.replay import replay, request_times, requests_from_trace
-from .live.server import cpu_server_args, sglang_server
+from .live.server import cpu_server_args, exit_on_sigterm, sglang_server
 from .metrics import summarize
 from .model import make_model
 from .serve import _has_cuda
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
                                    max_output_tokens=args.max_output_tokens)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--trace: {exc}")
+    exit_on_sigterm()
     model = make_model()
     cmd = [sys.executable, "-m", "sglang_fair.cli", "serve"]
     server_args = ["--fair-policy", args.policy, "--ttft-slo-ms", str(args.ttft_slo_ms),

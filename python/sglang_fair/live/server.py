@@ -126,3 +126,9 @@ def sglang_server(model_path: str | os.PathLike, extra_args: Sequence[str] = (),
         yield srv
     finally:
         _stop(proc)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so `sglang_server` context managers stop their servers on the way out
+    (a command killed by `timeout` or a CI runner otherwise leaves its server's process group behind)."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
