@@ -143,6 +143,8 @@ class FairPolicy:
                 if kv_left - reserve < admission_tokens(r, ratio):
                     break  # head-of-line: a request that does not fit blocks later ones
             c = min(remaining, kv_left, cost.max_chunk(rem_t, r.prefilled_tokens))
+            if not running and not prefill:  # the floor put in the budget for this chunk; absorbs float rounding
+                c = max(c, min(remaining, kv_left, p.min_prefill_chunk_tokens))
             if c <= 0 or (c < remaining and c < p.min_prefill_chunk_tokens and (prefill or urgent)):
                 break
             prefill.append((r, c))
@@ -165,7 +167,8 @@ class FairPolicy:
             rem_t = budget - t
             per_req, per_ctx = cost.per_decode_req_s, cost.per_context_token_s
             # each decode costs at least per_req, so at most rem_t / per_req of them can fit
-            k = min(len(cand), kv_lazy, len(cand) if per_req <= 0 else int(rem_t / per_req) + 1)
+            cap = rem_t / per_req if per_req > 0 else math.inf
+            k = min(len(cand), kv_lazy, int(cap) + 1 if cap < len(cand) else len(cand))
             key = slacks.__getitem__  # ties keep running order
             for i in (nsmallest(k, cand, key=key) if k < len(cand) // 4 else sorted(cand, key=key)[:k]):
                 r = running[i]

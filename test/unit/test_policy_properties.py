@@ -1,0 +1,187 @@
+"""Properties of every policy over random snapshots (hypothesis): valid plans, KV never exceeded, determinism; for
+`fair` the time budget, its formula and urgent decodes never deferred; `sarathi` never defers; token caps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+from factories import batch_of, kv_after, kv_held
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sglang_fair.core.cost_model import CostModel
+from sglang_fair.core.registry import make_policy, policy_names
+from sglang_fair.core.types import ReqView, Snapshot
+from sglang_fair.policies.common import edf_key, lazy_edf
+from sglang_fair.policies.fair import FairParams, FairPolicy
+
+NOW = 1000.0
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+costs = st.builds(CostModel, base_s=st.floats(0.0, 0.05), per_prefill_token_s=st.floats(0.0, 1e-3),
+                  per_attn_token2_s=st.sampled_from([0.0, 1e-9, 1e-7]), per_decode_req_s=st.floats(0.0, 0.01),
+                  per_context_token_s=st.sampled_from([0.0, 1e-7, 1e-5]))
+slo = st.tuples(st.sampled_from([0.3, 1.0, 2.0]), st.sampled_from([0.02, 0.1, 0.5]))
+
+
+@st.composite
+def running_req(draw, i):
+    ttft, tpot = draw(slo)
+    out = draw(st.integers(1, 300))
+    slack = draw(st.floats(-1.0, 3.0))
+    arrival = NOW + slack - ttft - out * tpot
+    prompt = draw(st.integers(1, 3000))
+    last = draw(st.one_of(st.none(), st.floats(NOW - 3.0, NOW)))
+    return ReqView(f"r{i}", arrival, prompt, ttft, tpot, prefilled_tokens=prompt, output_tokens=out,
+                   max_new_tokens=out + draw(st.integers(0, 500)), last_token_s=last, strict=draw(st.booleans()))
+
+
+@st.composite
+def queued_req(draw, i, partial):
+    ttft, tpot = draw(slo)
+    prompt = draw(st.integers(1, 5000))
+    done = draw(st.integers(1, prompt - 1)) if partial and prompt > 1 else 0
+    return ReqView(f"{'p' if partial else 'w'}{i}", NOW - draw(st.floats(0.0, 3.0)), prompt, ttft, tpot,
+                   prefilled_tokens=done, max_new_tokens=draw(st.integers(0, 1000)), strict=draw(st.booleans()))
+
+
+@st.composite
+def snapshots(draw):
+    n_run, n_pre, n_wait = draw(st.integers(0, 16)), draw(st.integers(0, 3)), draw(st.integers(0, 16))
+    running = tuple(draw(running_req(i)) for i in range(n_run))
+    prefilling = tuple(draw(queued_req(i, True)) for i in range(n_pre))
+    waiting = tuple(sorted((draw(queued_req(i, False)) for i in range(n_wait)), key=lambda r: r.arrival_s))
+    used = kv_held(running) + kv_held(prefilling) + draw(st.integers(0, 100))
+    spare = draw(st.one_of(st.integers(0, 30), st.integers(0, 20_000), st.just(10**7)))
+    return Snapshot(now=NOW, running=running, prefilling=prefilling, waiting=waiting, kv_capacity_tokens=used + spare,
+                    kv_used_tokens=used, cost=draw(costs), recent_iter_s=draw(st.sampled_from([0.0, 0.01, 0.05])))
+
+
+def assert_valid(snap: Snapshot, plan) -> None:
+    running = {r.rid for r in snap.running}
+    queued = {r.rid: r for r in (*snap.prefilling, *snap.waiting)}
+    pre_rids = [rid for rid, _ in plan.prefill]
+    assert len(set(plan.decode)) == len(plan.decode) and set(plan.decode) <= running
+    assert len(set(pre_rids)) == len(pre_rids)
+    assert set(plan.preempt) <= running | {r.rid for r in snap.prefilling}
+    assert not set(plan.preempt) & (set(plan.decode) | set(pre_rids))
+    for rid, c in plan.prefill:
+        assert 1 <= c <= queued[rid].remaining_prompt_tokens
+    assert kv_after(snap, plan) <= snap.kv_capacity_tokens
+    assert plan.predicted_s == pytest.approx(snap.cost.predict(*batch_of(snap, plan)), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", policy_names())
+@SETTINGS
+@given(snap=snapshots())
+def test_plans_are_valid_fit_kv_and_are_deterministic(name, snap):
+    plan = make_policy(name).plan(snap)
+    assert_valid(snap, plan)
+    assert make_policy(name).plan(snap) == plan
+
+
+@SETTINGS
+@given(snap=snapshots(), budget=st.sampled_from([512, 2048]))
+def test_sarathi_never_defers_and_keeps_its_token_budget(snap, budget):
+    plan = make_policy("sarathi", token_budget=budget).plan(snap)
+    assert plan.deferred(snap) == ()
+    assert plan.prefill == () or len(plan.decode) + plan.prefill_tokens <= budget
+
+
+@SETTINGS
+@given(snap=snapshots())
+def test_slai_caps(snap):
+    plan = make_policy("slai").plan(snap)
+    assert len(plan.decode) <= 128
+    assert len(plan.decode) + plan.prefill_tokens <= 512
+
+
+def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
+    """The budget rule written out independently: max(min slack, min tpot) clamped to [min, max] budget, and never
+    below one decode of the least-slack request."""
+    slack = {r.rid: r.slack_s(snap.now) for r in snap.running}
+    least = min(snap.running, key=lambda r: slack[r.rid])
+    b = max(slack[least.rid], min(r.tpot_slo_s for r in snap.running))
+    b = min(max(b, p.min_budget_ms / 1e3), p.max_budget_ms / 1e3)
+    return max(b, snap.cost.predict((), [least.context_tokens]))
+
+
+@SETTINGS
+@given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]))
+def test_fair_budget_urgency_and_decode_only(snap, gap):
+    p = FairParams(max_token_gap_tpot=gap)
+    plan = FairPolicy(p).plan(snap)
+    tol = 1e-9 * max(1.0, plan.budget_s)
+    if snap.running:
+        assert plan.budget_s == pytest.approx(fair_budget_oracle(snap, p), rel=1e-12)
+        thr = plan.budget_s + min(r.tpot_slo_s for r in snap.running)
+        urgent = {r.rid for r in snap.running if r.slack_s(snap.now) < thr}
+        assert not urgent & set(plan.deferred(snap)), "an urgent decode was deferred"
+        if urgent & set(plan.preempt):  # preempting an urgent decode is only allowed when KV cannot hold them
+            assert snap.kv_free_tokens < len(urgent)
+        # a deferred decode keeps at least one TPOT of slack after this iteration (if the model is right)
+        for rid in plan.deferred(snap):
+            r = next(q for q in snap.running if q.rid == rid)
+            assert r.slack_s(snap.now) - plan.budget_s >= min(q.tpot_slo_s for q in snap.running) - tol
+    if plan.predicted_s > plan.budget_s + tol:
+        assert plan.prefill == (), "over budget with prefill in the plan"
+        urgent_only = snap.cost.predict((), [r.context_tokens for r in snap.running if r.rid in set(plan.decode)])
+        assert urgent_only > plan.budget_s
+
+
+@SETTINGS
+@given(snap=snapshots())
+def test_fair_makes_progress_whenever_there_is_work(snap):
+    """Liveness: with running decodes, the plan is not empty unless KV is full and no decode is urgent yet (then
+    waiting costs nothing: the least-slack decode turns urgent, and preempts, before its deadline); with only queued
+    prompts the EDF head gets a chunk whenever its prompt fits in free KV."""
+    plan = make_policy("fair").plan(snap)
+    if snap.running:
+        thr = plan.budget_s + min(r.tpot_slo_s for r in snap.running)
+        if snap.kv_free_tokens >= 1 or any(r.slack_s(snap.now) < thr for r in snap.running):
+            assert plan.decode or plan.preempt or plan.prefill
+    elif snap.prefilling or snap.waiting:
+        head = min((*snap.prefilling, *snap.waiting), key=edf_key)
+        partial = snap.prefilling
+        # enough KV for the head's prompt, every partial prompt, and all their outputs (a generous reserve)
+        need = (head.remaining_prompt_tokens + sum(r.remaining_prompt_tokens for r in partial)
+                + head.max_new_tokens + sum(r.max_new_tokens for r in partial))
+        if snap.kv_free_tokens >= need:
+            assert plan.prefill and plan.prefill[0][0] == head.rid
+
+
+@SETTINGS
+@given(snap=snapshots())
+def test_fair_takes_prefills_in_edf_order(snap):
+    p = FairParams(prefill_window_reqs=0)
+    plan = FairPolicy(p).plan(snap)
+    by_rid = {r.rid: r for r in (*snap.prefilling, *snap.waiting)}
+    keys = [edf_key(by_rid[rid]) for rid, _ in plan.prefill]
+    assert keys == sorted(keys)
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrivals=st.lists(st.tuples(st.floats(0, 10), st.sampled_from([0.25, 1.0, 2.0])), max_size=60),
+       window=st.integers(0, 70), take=st.integers(0, 70))
+def test_lazy_edf_is_edf_within_window_then_fifo(arrivals, window, take):
+    reqs = sorted((ReqView(f"w{i}", a, 10, ttft, 0.1) for i, (a, ttft) in enumerate(arrivals)),
+                  key=lambda r: r.arrival_s)
+    w = len(reqs) if window == 0 else min(window, len(reqs))
+    expected = sorted(reqs[:w], key=edf_key) + reqs[w:]
+    got = list(lazy_edf(reqs, window))
+    assert [r.rid for r in got] == [r.rid for r in expected]
+    # out of arrival order, it still returns EDF within the window
+    shuffled = tuple(reversed(reqs))
+    assert [r.rid for r in lazy_edf(shuffled, 0)] == [r.rid for r in sorted(shuffled, key=edf_key)]
+
+
+def test_snapshot_strategy_can_fail_kv():
+    """Guard for the properties above: a plan that ignored KV would be caught by assert_valid."""
+    from factories import make_running, make_snapshot
+    run = (make_running("a", prompt_tokens=10), make_running("b", prompt_tokens=10))
+    snap = make_snapshot(running=run, kv_capacity_tokens=kv_held(run) + 1)
+    bad = replace(make_policy("sarathi").plan(make_snapshot(running=run)), preempt=())
+    with pytest.raises(AssertionError):
+        assert_valid(snap, bad)
