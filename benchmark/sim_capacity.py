@@ -1,0 +1,149 @@
+"""Regenerate the "Simulated capacity (A100 Llama-3-8B preset)" tables of docs/results.md.
+
+    python benchmark/sim_capacity.py --part single  --out out/sim_capacity   # per-trace table + plots
+    python benchmark/sim_capacity.py --part cluster --out out/sim_capacity   # routers x replicas + WindServe
+    python benchmark/sim_capacity.py --render out/sim_capacity               # markdown tables from the JSON
+
+Each run is bounded by a trace window (WINDOWS below) so the whole set finishes in well under 20 minutes on one core.
+Capacity = largest rate scale meeting the criterion (bisection, rel. tolerance REL_TOL); see sglang_fair.sim.capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sglang_fair.core.presets import load_preset
+from sglang_fair.sim.capacity import find_capacity
+from sglang_fair.sim.cli import make_runner
+from sglang_fair.sim.engine import EngineConfig
+from sglang_fair.sim.plots import write_plots
+from sglang_fair.sim.traces import load_trace
+
+PRESET = "a100-llama3-8b"
+TTFT_MS = 2000.0
+POLICIES = ["fair", "sarathi-512", "sarathi-2048", "slai"]
+WINDOWS = {  # trace -> load_trace kwargs (window of the unscaled trace)
+    "azure-code": {"duration_s": 600.0},
+    "azure-conv": {"duration_s": 300.0},
+    "sharegpt": {"limit": 1000},
+}
+REL_TOL = 0.06
+ROUTERS = ["round_robin", "least_outstanding", "cache_aware", "power_of_two", "fair"]
+CLUSTER_TRACE = "azure-conv"
+CLUSTER_WINDOW = {"duration_s": 180.0}
+CLUSTER_POLICIES = ["fair", "sarathi-512"]
+
+
+def capacity(trace, spec, cost, tpot_ms, replicas=1, router="fair", gpus=1):
+    engine = EngineConfig(ttft_slo_ms=TTFT_MS, tpot_slo_ms=tpot_ms, seed=0)
+    run = make_runner(trace, spec, cost, engine, replicas=replicas, router=router)
+    t0 = time.perf_counter()
+    res, search = find_capacity(run, trace, cost, TTFT_MS / 1000, tpot_ms / 1000, gpus=gpus, rel_tol=REL_TOL)
+    return res, search, time.perf_counter() - t0
+
+
+def part_single(out: Path, shared) -> None:
+    cost = load_preset(PRESET)
+    rows = []
+    for name, win in WINDOWS.items():
+        trace = load_trace(name, shared=shared, **win)
+        for tpot in (100.0, 200.0):
+            results, searches = {}, {}
+            for spec in tqdm(POLICIES, desc=f"{name} tpot={tpot:.0f}", file=sys.stderr):
+                res, search, wall = capacity(trace, spec, cost, tpot)
+                results[spec], searches[spec] = res, search
+                rows.append({"trace": name, "window": win, "requests": len(trace), "trace_rate_rps": trace.rate_rps,
+                             "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall, **res.to_json()})
+            write_plots(out / "img", results, searches, prefix=f"{name}_tpot{tpot:.0f}_")
+    (out / "single.json").write_text(json.dumps(rows, indent=1))
+
+
+def part_cluster(out: Path, shared) -> None:
+    cost = load_preset(PRESET)
+    trace = load_trace(CLUSTER_TRACE, shared=shared, **CLUSTER_WINDOW)
+    rows = []
+    for n in (4, 8):
+        for router in tqdm(ROUTERS, desc=f"cluster x{n}", file=sys.stderr):
+            for spec in CLUSTER_POLICIES:
+                res, _, wall = capacity(trace, spec, cost, 100.0, replicas=n, router=router, gpus=n)
+                rows.append({"replicas": n, "router": router, "policy": spec, "wall_s": wall, **res.to_json()})
+    for name in ("azure-code", "azure-conv"):
+        t = load_trace(name, shared=shared, **WINDOWS[name])
+        for spec, reps, router in (("windserve", 1, "fair"), ("fair", 2, "fair"), ("sarathi-512", 2, "least_outstanding")):
+            res, _, wall = capacity(t, spec, cost, 100.0, replicas=reps, router=router, gpus=2)
+            rows.append({"windserve_row": True, "trace": name, "policy": spec, "replicas": reps if reps > 1 else None,
+                         "router": router if reps > 1 else None, "wall_s": wall, **res.to_json()})
+    (out / "cluster.json").write_text(json.dumps(rows, indent=1))
+
+
+def _f(x, nd=3):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def render(out: Path) -> str:
+    lines = []
+    single = json.loads((out / "single.json").read_text()) if (out / "single.json").exists() else []
+    if single:
+        lines += ["| trace (window) | TPOT SLO | policy | capacity (tail) | x fair | capacity (90% att.) | "
+                  "P99 TTFT ms | P99 TPOT ms | bound | bound fraction |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in single:
+            fair = next(x for x in single if x["trace"] == r["trace"] and x["tpot_slo_ms"] == r["tpot_slo_ms"]
+                        and x["policy"] == "fair")
+            ratio = r["capacity"] / fair["capacity"] if fair["capacity"] > 0 else float("nan")
+            win = ", ".join(f"{k}={v:g}" for k, v in r["window"].items())
+            lines.append(f"| {r['trace']} ({win}; {r['requests']} req) | {r['tpot_slo_ms']:.0f} ms | {r['policy']} | "
+                         f"{_f(r['capacity'])} | {_f(ratio, 2)} | {_f(r['capacity_attainment'])} | "
+                         f"{_f(r['p99_ttft_ms'], 0)} | {_f(r['p99_tpot_ms'], 1)} | {_f(r['bound_scale'])} | "
+                         f"{_f(r['bound_fraction'], 2)} |")
+    cl = json.loads((out / "cluster.json").read_text()) if (out / "cluster.json").exists() else []
+    if cl:
+        lines += ["", "| replicas | router | policy | capacity (tail) | capacity (90% att.) | P99 TTFT ms | "
+                  "P99 TPOT ms | bound fraction |", "|---|---|---|---|---|---|---|---|"]
+        for r in cl:
+            if r.get("windserve_row"):
+                continue
+            lines.append(f"| {r['replicas']} | {r['router']} | {r['policy']} | {_f(r['capacity'])} | "
+                         f"{_f(r['capacity_attainment'])} | {_f(r['p99_ttft_ms'], 0)} | {_f(r['p99_tpot_ms'], 1)} | "
+                         f"{_f(r['bound_fraction'], 2)} |")
+        lines += ["", "| trace | system (2 GPUs) | capacity (tail) | capacity (90% att.) | P99 TTFT ms | P99 TPOT ms | "
+                  "bound fraction |", "|---|---|---|---|---|---|---|"]
+        for r in cl:
+            if not r.get("windserve_row"):
+                continue
+            system = "WindServe 1P+1D" if r["policy"] == "windserve" else f"{r['policy']} x2, {r['router']} router"
+            lines.append(f"| {r['trace']} | {system} | {_f(r['capacity'])} | {_f(r['capacity_attainment'])} | "
+                         f"{_f(r['p99_ttft_ms'], 0)} | {_f(r['p99_tpot_ms'], 1)} | {_f(r['bound_fraction'], 2)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["single", "cluster", "all"], default="all")
+    ap.add_argument("--out", default="out/sim_capacity")
+    ap.add_argument("--shared", default=None)
+    ap.add_argument("--render", default=None, help="print the markdown tables from a results directory and exit")
+    args = ap.parse_args()
+    if args.render:
+        print(render(Path(args.render)))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.part in ("single", "all"):
+        part_single(out, args.shared)
+    if args.part in ("cluster", "all"):
+        part_cluster(out, args.shared)
+    print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print(render(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
