@@ -51,21 +51,26 @@ def bench_snapshot(running: int, waiting: int, seed: int, cost: CostModel, *, no
                     kv_capacity_tokens=used + 200_000, kv_used_tokens=used, cost=cost, recent_iter_s=0.03)
 
 
-def time_policy(policy, snaps: list[Snapshot], repeat: int) -> list[float]:
-    """Per-call planning times in microseconds (GC paused while timing)."""
-    times = []
+def time_policy(policy, snaps: list[Snapshot], repeat: int) -> tuple[list[float], list[float]]:
+    """Per-call planning times in microseconds, wall clock and this thread's CPU time (GC paused while timing).
+    On a busy machine the CPU time shows what the call itself costs; the wall time is what the scheduler waits."""
+    wall, cpu = [], []
     gc_was = gc.isenabled()
     gc.disable()
     try:
         for _ in range(repeat):
             for s in snaps:
+                c0 = time.thread_time_ns()
                 t0 = time.perf_counter_ns()
                 policy.plan(s)
-                times.append((time.perf_counter_ns() - t0) / 1000.0)
+                t1 = time.perf_counter_ns()
+                c1 = time.thread_time_ns()
+                wall.append((t1 - t0) / 1000.0)
+                cpu.append((c1 - c0) / 1000.0)
     finally:
         if gc_was:
             gc.enable()
-    return times
+    return wall, cpu
 
 
 def run_bench(policies: list[str], running: list[int], waiting: int, repeat: int, snapshots: int,
@@ -76,10 +81,11 @@ def run_bench(policies: list[str], running: list[int], waiting: int, repeat: int
         for name in policies:
             pol = make_policy(name)
             time_policy(pol, snaps[:2], 1)  # warm-up
-            t = time_policy(pol, snaps, repeat)
+            t, c = time_policy(pol, snaps, repeat)
             rows.append({"policy": name, "running": n, "waiting": waiting,
                          "median_us": round(statistics.median(t), 1),
-                         "p90_us": round(float(np.percentile(t, 90)), 1)})
+                         "p90_us": round(float(np.percentile(t, 90)), 1),
+                         "median_cpu_us": round(statistics.median(c), 1)})
     return rows
 
 
@@ -93,7 +99,8 @@ def _load_cost(name: str) -> CostModel:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plan-bench", help="median planning time per step of each policy (microseconds)")
-    p.add_argument("--json", action="store_true", help="print a JSON list of {policy, running, waiting, median_us}")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of {policy, running, waiting, median_us, p90_us, median_cpu_us}")
     p.add_argument("--policies", nargs="+", default=None, help="policies to time (default: all registered)")
     p.add_argument("--running", nargs="+", type=int, default=[64, 256, 1024], help="running-set sizes")
     p.add_argument("--waiting", type=int, default=1000, help="waiting-queue length")
@@ -111,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n")
     else:
-        print(f"{'policy':<10}{'running':>9}{'waiting':>9}{'median_us':>11}{'p90_us':>10}")
+        print(f"{'policy':<10}{'running':>9}{'waiting':>9}{'median_us':>11}{'p90_us':>10}{'median_cpu_us':>15}")
         for r in rows:
-            print(f"{r['policy']:<10}{r['running']:>9}{r['waiting']:>9}{r['median_us']:>11.1f}{r['p90_us']:>10.1f}")
+            print(f"{r['policy']:<10}{r['running']:>9}{r['waiting']:>9}{r['median_us']:>11.1f}{r['p90_us']:>10.1f}"
+                  f"{r['median_cpu_us']:>15.1f}")
     return 0

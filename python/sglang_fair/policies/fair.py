@@ -78,15 +78,21 @@ class FairPolicy:
         if running:
             slacks = [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s - now for r in running]
             min_slack = min(slacks)
-            tpot_min = min([r.tpot_slo_s for r in running])
+            tpots = [r.tpot_slo_s for r in running]
+            tpot_min = min(tpots)
             budget = min(max(max(min_slack, tpot_min), lo), hi)
             # progress floor: one decode of the most urgent request always fits
             budget = max(budget, cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens))
             thr = budget + tpot_min
             if p.max_token_gap_tpot < math.inf:
                 g, end = p.max_token_gap_tpot, now + budget
-                urgent_mask = [s < thr or ((lt := r.last_token_s) is not None and lt < end - g * r.tpot_slo_s)
-                               for s, r in zip(slacks, running)]
+                lasts = [r.last_token_s for r in running]
+                if max(tpots) == tpot_min:  # one TPOT class: a scalar cut-off (the common case, and cheaper)
+                    cut = end - g * tpot_min
+                    urgent_mask = [s < thr or (lt is not None and lt < cut) for s, lt in zip(slacks, lasts)]
+                else:
+                    urgent_mask = [s < thr or (lt is not None and lt < end - g * tp)
+                                   for s, lt, tp in zip(slacks, lasts, tpots)]
             else:
                 urgent_mask = [s < thr for s in slacks]
             urgent = [r for r, u in zip(running, urgent_mask) if u]
