@@ -25,48 +25,31 @@ from .snapshot import SnapshotBuilder
 
 logger = logging.getLogger("sglang_fair")
 
-# Prior when no preset module/name resolves: the embedded CPU model's shape (sglang.md calibration).
-# TODO(presets): replace by core.presets.load_preset once it exists for every device.
+# Prior for a device without a preset: the embedded CPU model's shape; the online fit takes over.
 _FALLBACK_PRIOR = CostModel(base_s=0.008, per_prefill_token_s=1.0e-4, per_attn_token2_s=3.0e-8,
                             per_decode_req_s=2.3e-3, per_context_token_s=1.0e-6)
 
 
-def load_cost_model(name_or_path: str | None) -> tuple[CostModel, str]:
+DEFAULT_PRESET = {"cpu": "cpu-embedded", "cuda": "h100-llama3-8b"}
+
+
+def load_cost_model(name_or_path: str | None, device: str = "cpu") -> tuple[CostModel, str]:
+    """The starting cost model: `--cost-model` (preset name or JSON path), else the device's default preset."""
+    from ..core.presets import load_preset
+    name = name_or_path or DEFAULT_PRESET.get(device.split(":")[0])
+    if name is None:
+        return _FALLBACK_PRIOR, "builtin-fallback"
     try:
-        from ..core.presets import load_preset  # written by another helper
-    except ImportError:
-        load_preset = None
-    if load_preset is not None:
-        try:
-            return load_preset(name_or_path or "cpu-embedded"), (name_or_path or "cpu-embedded")
-        except (KeyError, ValueError, OSError, FileNotFoundError) as exc:
-            if name_or_path:
-                raise RuntimeError(f"sglang-fair: cannot load cost model {name_or_path!r}: {exc}") from exc
-    elif name_or_path:
-        from ..core.fit import load_model_json
-        return load_model_json(name_or_path)[0], name_or_path
-    return _FALLBACK_PRIOR, "builtin-fallback"
+        return load_preset(name), str(name)
+    except (KeyError, ValueError, OSError) as exc:
+        raise RuntimeError(f"sglang-fair: cannot load cost model {name!r}: {exc}") from exc
 
 
 def admission_budget(snap: Snapshot, horizon_s: float) -> tuple[int, int]:
-    """(prefill admission budget tokens, token load). Uses core.load when present."""
-    try:
-        from ..core import load as core_load
-    except ImportError:
-        core_load = None
-    fn = getattr(core_load, "admission_budget_tokens", None) if core_load else None
-    cost = snap.cost
-    per_tok = max(cost.per_prefill_token_s, 1e-12)
-    capacity_tokens = int(horizon_s / per_tok)
-    if fn is not None:
-        budget = int(fn(snap, horizon_s))
-    else:  # TODO(load): local form of algorithms.md's estimate until core/load.py lands
-        decode_s = sum((horizon_s / max(r.tpot_slo_s, 1e-6)) * cost.decode_s(r.context_tokens)
-                       for r in snap.running)
-        queued_s = sum(cost.prefill_s(r.remaining_prompt_tokens, r.prefilled_tokens)
-                       for r in (*snap.prefilling, *snap.waiting))
-        budget = max(0, int((horizon_s - decode_s - queued_s) / per_tok))
-    return budget, max(0, capacity_tokens - budget)
+    """(prefill admission budget tokens, router token load) from core.load."""
+    from ..core.load import prefill_admission_budget
+    b = prefill_admission_budget(snap, horizon_s)
+    return int(b.tokens), int(b.router_load_tokens)
 
 
 def validate_plan(plan: Plan, snap: Snapshot) -> str | None:
@@ -100,7 +83,7 @@ class FairAdapter:
         self.sched = sched
         self.cfg = cfg
         self.policy = make_policy(cfg.policy, **cfg.policy_params)
-        self.prior, self.cost_source = load_cost_model(cfg.cost_model)
+        self.prior, self.cost_source = load_cost_model(cfg.cost_model, str(getattr(sched, "device", "cpu")))
         self.fitter = None
         if cfg.online_fit:
             from ..core.fit import OnlineCostFitter
@@ -115,6 +98,7 @@ class FairAdapter:
         self.stock_iterations = 0
         self.deferred_now = 0
         self.deferred_total = 0
+        self.plan_deferred_rows = 0
         self.reordered = 0
         self.preempt_left_to_sglang = 0
         self.mixed_forwards = 0
@@ -126,6 +110,7 @@ class FairAdapter:
         self._logged: set[str] = set()
         # timing
         self._launches: collections.deque = collections.deque(maxlen=8)
+        self.recent_samples: collections.deque = collections.deque(maxlen=16)
         self._prev_done = 0.0
         self.recent_iter_s = 0.0
         self.last_measured_s = 0.0
@@ -181,7 +166,7 @@ class FairAdapter:
         # -- decode rows: park the deferred ones
         decode_set = set(plan.decode) | set(plan.preempt)  # preemption is left to SGLang's own retraction
         defer = [r for r in running_batch.reqs if r.rid not in decode_set]
-        n_keep = len(running_batch.reqs) - len(defer)
+        self.plan_deferred_rows += len(defer)
         if defer:
             reason = deferral.batch_deferral_blocker(running_batch)
             if reason is None and not running_batch.check_decode_mem():
@@ -191,7 +176,10 @@ class FairAdapter:
                 defer = []
             else:
                 finishing = set(self._finishing_inflight(running_batch))
+                n_wanted = len(defer)
                 defer = [r for r in defer if r not in finishing and deferral.row_deferrable(r)]
+                if len(defer) < n_wanted:
+                    self.no_defer_reasons["row_not_deferrable"] += n_wanted - len(defer)
                 if not plan.prefill and len(defer) == len(running_batch.reqs):
                     defer = defer[1:]  # always keep one row active when no prefill runs
         if defer:
@@ -267,6 +255,9 @@ class FairAdapter:
         if not (prefills or decodes) or measured <= 0:
             return
         predicted = self.cost.predict(prefills, decodes)
+        self.recent_samples.append({"prefills": [list(p) for p in prefills[:8]], "n_decode": len(decodes),
+                                    "decode_ctx": int(sum(decodes)), "measured_ms": measured * 1000.0,
+                                    "predicted_ms": predicted * 1000.0})
         self.measured_iterations += 1
         self.last_measured_s, self.last_predicted_s = measured, predicted
         a = 0.1
@@ -300,6 +291,7 @@ class FairAdapter:
             "deferred_now": len(self.parking),
             "deferred_last_plan": self.deferred_now,
             "deferred_total": self.deferred_total,
+            "plan_deferred_rows": self.plan_deferred_rows,
             "mixed_forwards": self.mixed_forwards,
             "reordered_plans": self.reordered,
             "preempt_left_to_sglang": self.preempt_left_to_sglang,
@@ -322,6 +314,7 @@ class FairAdapter:
             "cost_model_source": self.cost_source,
             "cost_fit_samples": self.fitter.n_samples if self.fitter is not None else 0,
             "faults": dict(self.faults),
+            "recent_samples": list(self.recent_samples),
             "bad_slo_requests": self.builder.bad_slo_requests,
             "overhead_ms_mean": 1000.0 * self.overhead_s_total / max(1, self.planned_iterations),
             "overhead_ms_max": 1000.0 * self.overhead_s_max,
