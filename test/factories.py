@@ -19,11 +19,13 @@ COST = CostModel(base_s=0.005, per_prefill_token_s=1e-4, per_decode_req_s=2e-4)
 
 def make_req(rid: str = "r0", *, arrival_s: float = 0.0, prompt_tokens: int = 100, ttft_slo_s: float = 1.0,
              tpot_slo_s: float = 0.1, prefilled_tokens: int = 0, output_tokens: int = 0, max_new_tokens: int = 128,
-             last_token_s: float | None = None, strict: bool = False) -> ReqView:
+             last_token_s: float | None = None, strict: bool = False,
+             first_token_s: float | None = None) -> ReqView:
     """A waiting request by default; pass `prefilled_tokens` for a partial prefill."""
     return ReqView(rid=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, ttft_slo_s=ttft_slo_s,
                    tpot_slo_s=tpot_slo_s, prefilled_tokens=prefilled_tokens, output_tokens=output_tokens,
-                   max_new_tokens=max_new_tokens, last_token_s=last_token_s, strict=strict)
+                   max_new_tokens=max_new_tokens, last_token_s=last_token_s, strict=strict,
+                   first_token_s=first_token_s)
 
 
 def make_running(rid: str = "d0", *, arrival_s: float = 0.0, prompt_tokens: int = 100, output_tokens: int = 1,
@@ -41,8 +43,9 @@ def make_running(rid: str = "d0", *, arrival_s: float = 0.0, prompt_tokens: int 
 def make_running_with_slack(rid: str, slack_s: float, *, now: float, tpot_slo_s: float = 0.1,
                             output_tokens: int = 5, ttft_slo_s: float = 1.0, last_token_s: float | None = None,
                             **kw) -> ReqView:
-    """A decoding request whose next token's envelope deadline is `now + slack_s`. `last_token_s` defaults to the
-    envelope deadline of its latest token, or `now` if that lies in the future."""
+    """A decoding request whose next token's envelope deadline (arrival + TTFT + j * TPOT) is `now + slack_s`, with
+    no first-token time (so every anchor gives that slack). `last_token_s` defaults to the envelope deadline of its
+    latest token, or `now` if that lies in the future."""
     arrival = now + slack_s - ttft_slo_s - output_tokens * tpot_slo_s
     if last_token_s is None:
         last_token_s = min(now, arrival + ttft_slo_s + (output_tokens - 1) * tpot_slo_s)

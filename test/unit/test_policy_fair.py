@@ -49,6 +49,20 @@ def test_budget_grows_when_decodes_run_ahead():
     assert abs(plan.prefill[0][1] - 3948) <= 1
 
 
+def test_decode_anchor_first_token_keeps_tpot_despite_banked_ttft_slack():
+    # first token came 0.45 s before its TTFT deadline (NOW + 0.2); 3 tokens so far. Envelope slack:
+    # arrival + 1 + 3 * 0.1 - NOW = 0.5 s >= budget 0.1 + tpot 0.1 (not urgent); from the first token:
+    # first + 3 * 0.1 - NOW = 0.05 s (urgent). With a prefill queued, only the first-token anchor keeps it in the
+    # batch; the envelope defers it and lets its TPOT slip.
+    arrival, first = NOW - 0.8, NOW - 0.25
+    r = make_running("r", arrival_s=arrival, output_tokens=3, last_token_s=NOW - 0.05, first_token_s=first)
+    snap = make_snapshot(now=NOW, running=[make_running_with_slack("u", 0.0, now=NOW), r],
+                         waiting=[make_req("w", arrival_s=NOW, prompt_tokens=5000)])
+    assert r.slack_s(NOW) == pytest.approx(0.5)
+    assert "r" in fair(decode_anchor="first_token").plan(snap).decode
+    assert "r" in fair(decode_anchor="arrival").plan(snap).deferred(snap)
+
+
 def test_budget_floor_and_cap():
     late = make_snapshot(now=NOW, running=[make_running_with_slack("a", -5.0, now=NOW, tpot_slo_s=0.001)])
     assert fair(min_budget_ms=20).plan(late).budget_s == pytest.approx(0.020)
@@ -169,7 +183,8 @@ def test_plan_is_deterministic_and_instance_free():
 
 @pytest.mark.parametrize("kw", [{"min_budget_ms": 0}, {"max_budget_ms": math.inf}, {"min_budget_ms": 10,
                                 "max_budget_ms": 5}, {"min_prefill_chunk_tokens": 0}, {"max_token_gap_tpot": 0.5},
-                                {"kv_reserve_output_ratio": 1.5}, {"prefill_window_reqs": -1}])
+                                {"kv_reserve_output_ratio": 1.5}, {"prefill_window_reqs": -1},
+                                {"decode_anchor": "tbt"}])
 def test_bad_params_rejected(kw):
     with pytest.raises(ValueError):
         FairParams(**kw)

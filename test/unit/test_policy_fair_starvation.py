@@ -39,7 +39,8 @@ class SimReq:
 
     def view(self) -> ReqView:
         return ReqView(self.rid, self.arrival_s, self.prompt, TTFT_S, TPOT_S, prefilled_tokens=self.prefilled,
-                       output_tokens=self.outputs, max_new_tokens=self.outputs_wanted, last_token_s=self.last_token_s)
+                       output_tokens=self.outputs, max_new_tokens=self.outputs_wanted, last_token_s=self.last_token_s,
+                       first_token_s=self.token_times[0] if self.token_times else None)
 
 
 def bursty_arrivals(seed: int, bursts: int, burst_size: int, gap_s: float, prompt_range=(200, 2000),

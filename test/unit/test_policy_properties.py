@@ -34,8 +34,10 @@ def running_req(draw, i):
     arrival = NOW + slack - ttft - out * tpot
     prompt = draw(st.integers(1, 3000))
     last = draw(st.one_of(st.none(), st.floats(NOW - 3.0, NOW)))
+    first = draw(st.one_of(st.none(), st.floats(NOW - 30.0, NOW)))
     return ReqView(f"r{i}", arrival, prompt, ttft, tpot, prefilled_tokens=prompt, output_tokens=out,
-                   max_new_tokens=out + draw(st.integers(0, 500)), last_token_s=last, strict=draw(st.booleans()))
+                   max_new_tokens=out + draw(st.integers(0, 500)), last_token_s=last, strict=draw(st.booleans()),
+                   first_token_s=first)
 
 
 @st.composite
@@ -98,10 +100,17 @@ def test_slai_caps(snap):
     assert len(plan.decode) + plan.prefill_tokens <= 512
 
 
+def decode_slack(r: ReqView, now: float, anchor: str) -> float:
+    """Slack of the next token: from the first token when known (anchor "first_token"), else the envelope."""
+    if anchor == "first_token" and r.first_token_s is not None:
+        return r.first_token_s + r.output_tokens * r.tpot_slo_s - now
+    return r.slack_s(now)
+
+
 def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
     """The budget rule written out independently: max(min slack, min tpot) clamped to [min, max] budget, and never
     below one decode of the least-slack request."""
-    slack = {r.rid: r.slack_s(snap.now) for r in snap.running}
+    slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor) for r in snap.running}
     least = min(snap.running, key=lambda r: slack[r.rid])
     b = max(slack[least.rid], min(r.tpot_slo_s for r in snap.running))
     b = min(max(b, p.min_budget_ms / 1e3), p.max_budget_ms / 1e3)
@@ -109,22 +118,22 @@ def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
 
 
 @SETTINGS
-@given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]))
-def test_fair_budget_urgency_and_decode_only(snap, gap):
-    p = FairParams(max_token_gap_tpot=gap)
+@given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]), anchor=st.sampled_from(["first_token", "arrival"]))
+def test_fair_budget_urgency_and_decode_only(snap, gap, anchor):
+    p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor)
     plan = FairPolicy(p).plan(snap)
     tol = 1e-9 * max(1.0, plan.budget_s)
     if snap.running:
         assert plan.budget_s == pytest.approx(fair_budget_oracle(snap, p), rel=1e-12)
         thr = plan.budget_s + min(r.tpot_slo_s for r in snap.running)
-        urgent = {r.rid for r in snap.running if r.slack_s(snap.now) < thr}
+        urgent = {r.rid for r in snap.running if decode_slack(r, snap.now, anchor) < thr}
         assert not urgent & set(plan.deferred(snap)), "an urgent decode was deferred"
         if urgent & set(plan.preempt):  # preempting an urgent decode is only allowed when KV cannot hold them
             assert snap.kv_free_tokens < len(urgent)
         # a deferred decode keeps at least one TPOT of slack after this iteration (if the model is right)
         for rid in plan.deferred(snap):
             r = next(q for q in snap.running if q.rid == rid)
-            assert r.slack_s(snap.now) - plan.budget_s >= min(q.tpot_slo_s for q in snap.running) - tol
+            assert decode_slack(r, snap.now, anchor) - plan.budget_s >= min(q.tpot_slo_s for q in snap.running) - tol
     if plan.predicted_s > plan.budget_s + tol:
         assert plan.prefill == (), "over budget with prefill in the plan"
         urgent_only = snap.cost.predict((), [r.context_tokens for r in snap.running if r.rid in set(plan.decode)])
@@ -140,7 +149,7 @@ def test_fair_makes_progress_whenever_there_is_work(snap):
     plan = make_policy("fair").plan(snap)
     if snap.running:
         thr = plan.budget_s + min(r.tpot_slo_s for r in snap.running)
-        if snap.kv_free_tokens >= 1 or any(r.slack_s(snap.now) < thr for r in snap.running):
+        if snap.kv_free_tokens >= 1 or any(decode_slack(r, snap.now, "first_token") < thr for r in snap.running):
             assert plan.decode or plan.preempt or plan.prefill
     elif snap.prefilling or snap.waiting:
         head = min((*snap.prefilling, *snap.waiting), key=edf_key)

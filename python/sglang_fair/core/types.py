@@ -38,6 +38,9 @@ class ReqView:
     """When the latest output token was produced (None before the first)."""
     strict: bool = False
     """A strict-SLO (paying) user, for policies that prioritise them (SLAI)."""
+    first_token_s: float | None = None
+    """When the first output token was produced (None before it, or when the caller does not track it). Lets a
+    policy hold decodes to the TPOT measured from the first token (`fair`'s default decode anchor)."""
 
     @property
     def remaining_prompt_tokens(self) -> int:

@@ -39,6 +39,10 @@ class FairParams:
     own tpot_slo (a TBT guard on top of the envelope; math.inf disables it)."""
     kv_reserve_output_ratio: float = 0.1
     """Fraction of admitted requests' outstanding max_new_tokens held back in KV before admitting another."""
+    decode_anchor: str = "first_token"
+    """Decode deadlines: "first_token" = first_token_s + j * tpot_slo (keeps the TPOT metric, which is measured from
+    the first token; falls back to "arrival" for a request whose first token time is unknown) or "arrival" =
+    arrival + ttft_slo + j * tpot_slo (the FairBatching envelope, which lets TTFT slack delay decodes)."""
     prefill_window_reqs: int = 256
     """Waiting requests are taken EDF among the oldest few, then FCFS. The window is 1 + (prompt tokens that can
     still fit this iteration) // min_prefill_chunk_tokens, capped by this (0: no cap). Bounds the planning cost of a
@@ -57,6 +61,8 @@ class FairParams:
             raise ValueError(f"max_token_gap_tpot must be >= 1 (math.inf disables it), got {g!r}")
         check_ratio("kv_reserve_output_ratio", self.kv_reserve_output_ratio)
         check_int_at_least("prefill_window_reqs", self.prefill_window_reqs, 0)
+        if self.decode_anchor not in ("first_token", "arrival"):
+            raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
 
 
 @register_policy("fair")
@@ -76,7 +82,7 @@ class FairPolicy:
 
         # ---- 1. budget and urgency ----------------------------------------------------------------------------------
         if running:
-            slacks = [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s - now for r in running]
+            slacks = self._decode_slacks(running, now)
             min_slack = min(slacks)
             tpots = [r.tpot_slo_s for r in running]
             tpot_min = min(tpots)
@@ -187,6 +193,20 @@ class FairPolicy:
         decodes = urgent + lazy_decodes if lazy_decodes else urgent
         return make_plan(cost, prefill, decodes, preempt, budget, predicted=t,
                          note=f"fair budget={budget * 1e3:.1f}ms urgent={len(urgent)} lazy={len(lazy_decodes)}")
+
+    def _decode_slacks(self, running, now: float) -> list[float]:
+        """Slack of each running request's next token. Anchor "first_token": first_token_s + j * tpot (the TPOT
+        measured from the first token, as the metrics define it), falling back to the arrival envelope when the
+        first token time is unknown; anchor "arrival": arrival + ttft + j * tpot (the paper's envelope)."""
+        if self.params.decode_anchor == "first_token":
+            try:
+                firsts = [r.first_token_s for r in running]
+            except AttributeError:  # views built without the slot set (older callers)
+                firsts = [getattr(r, "first_token_s", None) for r in running]
+            if any(f is not None for f in firsts):
+                return [(f if f is not None else r.arrival_s + r.ttft_slo_s) + r.output_tokens * r.tpot_slo_s - now
+                        for f, r in zip(firsts, running)]
+        return [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s - now for r in running]
 
     @staticmethod
     def _preempt(snap: Snapshot, slacks: list[float], urgent_mask: list[bool], free: int,
