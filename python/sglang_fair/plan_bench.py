@@ -38,7 +38,8 @@ def bench_snapshot(running: int, waiting: int, seed: int, cost: CostModel, *, no
         prompt = int(rng.integers(32, 4096))
         run.append(ReqView(f"d{i}", arrival, prompt, ttft_slo_s, tpot_slo_s, prefilled_tokens=prompt,
                            output_tokens=out, max_new_tokens=out + int(rng.integers(1, 400)),
-                           last_token_s=now - float(rng.uniform(0.0, 0.2)), strict=bool(rng.random() < 0.05)))
+                           last_token_s=now - float(rng.uniform(0.0, 0.2)), strict=bool(rng.random() < 0.05),
+                           first_token_s=arrival + ttft_slo_s - float(rng.uniform(0.0, 1.0))))
     part = int(rng.integers(1000, 8000))
     prefilling = (ReqView("p0", now - 0.5, part, ttft_slo_s, tpot_slo_s, prefilled_tokens=part // 3,
                           max_new_tokens=256),)
