@@ -200,12 +200,11 @@ class FairPolicy:
         first token time is unknown; anchor "arrival": arrival + ttft + j * tpot (the paper's envelope)."""
         if self.params.decode_anchor == "first_token":
             try:
-                firsts = [r.first_token_s for r in running]
+                return [(r.arrival_s + r.ttft_slo_s if (f := r.first_token_s) is None else f)
+                        + r.output_tokens * r.tpot_slo_s - now for r in running]
             except AttributeError:  # views built without the slot set (older callers)
-                firsts = [getattr(r, "first_token_s", None) for r in running]
-            if any(f is not None for f in firsts):
-                return [(f if f is not None else r.arrival_s + r.ttft_slo_s) + r.output_tokens * r.tpot_slo_s - now
-                        for f, r in zip(firsts, running)]
+                return [(r.arrival_s + r.ttft_slo_s if (f := getattr(r, "first_token_s", None)) is None else f)
+                        + r.output_tokens * r.tpot_slo_s - now for r in running]
         return [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s - now for r in running]
 
     @staticmethod
