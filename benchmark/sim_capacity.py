@@ -90,7 +90,7 @@ def render(out: Path) -> str:
     lines = []
     single = json.loads((out / "single.json").read_text()) if (out / "single.json").exists() else []
     if single:
-        lines += ["| trace (window) | TPOT SLO | policy | capacity (tail) | x fair | capacity (90% att.) | "
+        lines += ["| trace (window) | TPOT SLO | policy | capacity (tail) | this / fair | capacity (90% att.) | "
                   "P99 TTFT ms | P99 TPOT ms | bound | bound fraction |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in single:
