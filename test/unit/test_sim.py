@@ -69,10 +69,12 @@ def test_sim_metrics_equal_metrics_module_on_the_same_timestamps():
 
 
 def test_fast_view_builds_the_same_reqview():
-    args = ("x", 1.0, 100, 2.0, 0.1, 40, 3, 128, 1.5, True)
+    args = ("x", 1.0, 100, 2.0, 0.1, 40, 3, 128, 1.5, True, 1.2)
     assert fast_view(*args) == ReqView(*args)
+    assert fast_view(*args[:-1]) == ReqView(*args[:-1])
+    # the simulator sets every slot itself: a new ReqView field must be added to engine.fast_view too
     assert ReqView.__slots__ == ("rid", "arrival_s", "prompt_tokens", "ttft_slo_s", "tpot_slo_s", "prefilled_tokens",
-                                 "output_tokens", "max_new_tokens", "last_token_s", "strict")
+                                 "output_tokens", "max_new_tokens", "last_token_s", "strict", "first_token_s")
 
 
 class Scripted:
@@ -136,6 +138,7 @@ def test_preempted_request_recomputes_prompt_plus_outputs():
     t3 = t2 + B + 102 * P
     t4 = t3 + B + D
     assert rec.token_times_s == pytest.approx((t1, t2, t3, t4), abs=1e-12)
+    assert pol.snaps[1].running[0].first_token_s == pytest.approx(t1) and requeued.first_token_s == pytest.approx(t1)
 
 
 def test_kv_returns_to_zero_and_snapshot_counts_context():

@@ -29,17 +29,17 @@ from ..metrics import RequestTimes
 # ---- fast ReqView construction (the simulator builds millions): set the slots directly, same object as ReqView(...)
 _new = object.__new__
 _SLOTS = ("rid", "arrival_s", "prompt_tokens", "ttft_slo_s", "tpot_slo_s", "prefilled_tokens", "output_tokens",
-          "max_new_tokens", "last_token_s", "strict")
-(_s_rid, _s_arr, _s_prompt, _s_ttft, _s_tpot, _s_pf, _s_out, _s_max, _s_last, _s_strict) = (
+          "max_new_tokens", "last_token_s", "strict", "first_token_s")
+(_s_rid, _s_arr, _s_prompt, _s_ttft, _s_tpot, _s_pf, _s_out, _s_max, _s_last, _s_strict, _s_first) = (
     ReqView.__dict__[name].__set__ for name in _SLOTS)
 
 
 def fast_view(rid, arrival_s, prompt_tokens, ttft_slo_s, tpot_slo_s, prefilled_tokens, output_tokens,
-              max_new_tokens, last_token_s, strict) -> ReqView:
+              max_new_tokens, last_token_s, strict, first_token_s=None) -> ReqView:
     v = _new(ReqView)
     _s_rid(v, rid); _s_arr(v, arrival_s); _s_prompt(v, prompt_tokens); _s_ttft(v, ttft_slo_s)  # noqa: E702
     _s_tpot(v, tpot_slo_s); _s_pf(v, prefilled_tokens); _s_out(v, output_tokens); _s_max(v, max_new_tokens)  # noqa: E702
-    _s_last(v, last_token_s); _s_strict(v, strict)  # noqa: E702
+    _s_last(v, last_token_s); _s_strict(v, strict); _s_first(v, first_token_s)  # noqa: E702
     return v
 
 
@@ -92,11 +92,11 @@ class SimRequest:
 
     def pending_view(self) -> ReqView:
         return fast_view(self.rid, self.arrival, self.prefill_len, self.ttft_slo, self.tpot_slo, self.prefilled,
-                         self.outputs, self.target, self.last, self.strict)
+                         self.outputs, self.target, self.last, self.strict, self.first)
 
     def running_view(self) -> ReqView:
         return fast_view(self.rid, self.arrival, self.prompt, self.ttft_slo, self.tpot_slo, self.prompt,
-                         self.outputs, self.target, self.last, self.strict)
+                         self.outputs, self.target, self.last, self.strict, self.first)
 
     def record(self) -> RequestTimes:
         return RequestTimes(self.rid, self.arrival, self.first, self.last, self.outputs, self.ttft_slo,
