@@ -12,6 +12,7 @@ COMMANDS = (
     ("sglang_fair.model", "add_parser"),
     ("sglang_fair.demo", "add_parser"),
     ("sglang_fair.plan_bench", "add_parser"),
+    ("sglang_fair.sim.cli", "add_parsers"),
 )
 
 
