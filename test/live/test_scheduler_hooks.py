@@ -20,8 +20,6 @@ import requests
 
 from server import cpu_server_args, sglang_server
 
-pytestmark = pytest.mark.live
-
 MAX_NEW = 8
 KV_TOKENS = 16384
 
@@ -98,12 +96,14 @@ def _assert_identical(fair_out, stock_together, stock_alone):
     assert not mismatched, f"requests {mismatched} differ from stock"
 
 
+@pytest.mark.live
 class TestOverlapLoop:
     @pytest.fixture(scope="class")
     @classmethod
     def srv(cls, model_path, stock_outputs):
         args = cpu_server_args(KV_TOKENS) + ["--chunked-prefill-size", "512", "--enable-metrics"]
-        with sglang_server(model_path, args, env=_fair_env("fair")) as s:
+        # A 250 ms cap on the iteration budget: a 1200-token prompt cannot fit in one iteration with the decodes.
+        with sglang_server(model_path, args, env=_fair_env("fair", max_budget_ms=250.0)) as s:
             yield s
 
     def test_hooks_verified_and_greedy_identical(self, srv, stock_outputs):
@@ -161,6 +161,7 @@ class TestOverlapLoop:
         assert len(_generate(srv, [7, 8, 9], 3)["output_ids"]) == 3  # still serving
 
 
+@pytest.mark.live
 class TestNormalLoopWithRetraction:
     @pytest.fixture(scope="class")
     @classmethod
@@ -183,7 +184,8 @@ class TestNormalLoopWithRetraction:
         assert same >= len(prompts) - 1
 
 
-def test_half_applied_hooks_stop_the_scheduler(monkeypatch):
+# ---- no server needed ----------------------------------------------------------------------------------------------
+def test_half_applied_hooks_stop_the_scheduler():
     """verify_live names each target whose live attribute is not our wrapper."""
     from sglang_fair.engine import scheduler_hooks as sh
     from sglang_fair.runtime_config import RuntimeConfig
@@ -196,3 +198,34 @@ def test_half_applied_hooks_stop_the_scheduler(monkeypatch):
 
     with pytest.raises(RuntimeError, match="get_next_batch_to_run"):
         sh.verify_live(FakeScheduler(), [s for s in specs if s.target.endswith("get_next_batch_to_run")])
+
+
+def test_invalid_plans_are_named_and_valid_ones_pass():
+    from factories import make_req, make_running, make_snapshot
+    from sglang_fair.core.types import Plan
+    from sglang_fair.engine.adapter import validate_plan
+
+    snap = make_snapshot(running=[make_running("d0"), make_running("d1")],
+                         prefilling=[make_req("p", prompt_tokens=300, prefilled_tokens=100)],
+                         waiting=[make_req("w", prompt_tokens=50)])
+    assert validate_plan(Plan(prefill=(("p", 200), ("w", 10)), decode=("d0",)), snap) is None
+    assert "unknown" in validate_plan(Plan(prefill=(("x", 5),)), snap)
+    assert "outside" in validate_plan(Plan(prefill=(("p", 201),)), snap)
+    assert "outside" in validate_plan(Plan(prefill=(("w", 0),)), snap)
+    assert "twice" in validate_plan(Plan(prefill=(("w", 5), ("w", 5))), snap)
+    assert "non-running" in validate_plan(Plan(decode=("w",)), snap)
+    assert "empty plan" in validate_plan(Plan(), snap)
+    assert validate_plan(Plan(), make_snapshot()) is None
+
+
+def test_request_slos_parsed_or_rejected_with_the_key():
+    from sglang_fair.config import SloConfig
+    from sglang_fair.engine.snapshot import parse_request_slos
+
+    dflt = SloConfig(ttft_slo_ms=1000.0, tpot_slo_ms=100.0)
+    assert parse_request_slos(None, dflt) == (1.0, 0.1, False)
+    assert parse_request_slos({"tpot_slo_ms": 250, "strict": True}, dflt) == (1.0, 0.25, True)
+    for bad, key in (({"ttft_slo_ms": -1}, "ttft_slo_ms"), ({"tpot_slo_ms": "fast"}, "tpot_slo_ms"),
+                     ({"tpot_slo_ms": float("nan")}, "tpot_slo_ms"), ({"strict": "yes"}, "strict")):
+        with pytest.raises(ValueError, match=key):
+            parse_request_slos(bad, dflt)

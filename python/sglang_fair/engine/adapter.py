@@ -90,6 +90,7 @@ class FairAdapter:
             self.fitter = OnlineCostFitter(self.prior)
         self.builder = SnapshotBuilder(cfg.slo)
         self.parking = deferral.Parking()
+        self.running_views = deferral.install_running_view(sched, self.parking)
         self.horizon_s = (cfg.load_horizon_ms or cfg.slo.ttft_slo_ms) / 1000.0
         self.sync_device = str(getattr(sched, "device", "cpu")) == "cpu"
         self.hooks_verified = False
@@ -111,6 +112,7 @@ class FairAdapter:
         # timing
         self._launches: collections.deque = collections.deque(maxlen=8)
         self.recent_samples: collections.deque = collections.deque(maxlen=16)
+        self.recent_plans: collections.deque = collections.deque(maxlen=16)
         self._prev_done = 0.0
         self.recent_iter_s = 0.0
         self.last_measured_s = 0.0
@@ -157,6 +159,10 @@ class FairAdapter:
             self.stock_iterations += 1
             return original(sched, running_batch)
         self.planned_iterations += 1
+        self.recent_plans.append({"running": len(snap.running), "decode": len(plan.decode),
+                                  "prefill_tokens": plan.prefill_tokens, "waiting": len(snap.waiting),
+                                  "budget_ms": plan.budget_s * 1000.0 if math.isfinite(plan.budget_s) else None,
+                                  "predicted_ms": plan.predicted_s * 1000.0, "note": plan.note[:120]})
         self.budget_s = plan.budget_s
         self.predicted_s = plan.predicted_s
         self.planned_prefill_tokens += plan.prefill_tokens
@@ -315,6 +321,7 @@ class FairAdapter:
             "cost_fit_samples": self.fitter.n_samples if self.fitter is not None else 0,
             "faults": dict(self.faults),
             "recent_samples": list(self.recent_samples),
+            "recent_plans": list(self.recent_plans),
             "bad_slo_requests": self.builder.bad_slo_requests,
             "overhead_ms_mean": 1000.0 * self.overhead_s_total / max(1, self.planned_iterations),
             "overhead_ms_max": 1000.0 * self.overhead_s_max,

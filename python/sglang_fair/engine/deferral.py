@@ -49,7 +49,7 @@ def batch_deferral_blocker(batch) -> str | None:
         return "custom_logit_processor"
     if getattr(batch, "has_grammar", False):
         return "grammar"
-    if getattr(info, "return_sampling_masks", None) is not None:
+    if any(getattr(info, "return_sampling_masks", None) or ()):
         return "sampling_masks"
     if getattr(batch, "spec_info", None) is not None:
         return "speculative"
@@ -107,6 +107,43 @@ class Parking:
             return parked
         running_batch.merge_batch(parked)
         return running_batch
+
+
+class RunningView:
+    """The running batch as SGLang's load and invariant readers should see it: its rows plus the parked ones.
+
+    Installed as `load_inquirer.get_running_batch` / `invariant_checker.get_running_batch` (both only read `.reqs`
+    and compare identity), so `/v1/loads` and SGLang's own running-request count include deferred decodes.
+    """
+
+    def __init__(self, sched, parking: "Parking") -> None:
+        self._sched, self._parking = sched, parking
+
+    def __call__(self):
+        batch = self._sched.running_batch
+        if self._parking.batch is None:
+            return batch
+        return _BatchWithParked(batch, self._parking.reqs)
+
+
+class _BatchWithParked:
+    def __init__(self, batch, parked: list) -> None:
+        self._batch = batch
+        self.reqs = list(batch.reqs) + parked
+
+    def __getattr__(self, name):
+        return getattr(self._batch, name)
+
+
+def install_running_view(sched, parking: "Parking") -> list[str]:
+    """Point SGLang's readers of the running batch at RunningView; returns the components patched."""
+    done = []
+    for name in ("load_inquirer", "invariant_checker"):
+        comp = getattr(sched, name, None)
+        if comp is not None and hasattr(comp, "get_running_batch"):
+            object.__setattr__(comp, "get_running_batch", RunningView(sched, parking))  # frozen dataclasses
+            done.append(name)
+    return done
 
 
 class PrefillControl:

@@ -10,7 +10,8 @@ Mapping (SGLang 0.5.23):
 - prefilling <- `scheduler.chunked_req` (the one partially prefilled request); prefilled = req.prefix_len.
 - waiting    <- `scheduler.waiting_queue` sorted by arrival (SGLang sorts that list in place by its own policy);
                 prefilled = req.prefix_len, the radix-cache hit of the latest prefix match (0 without radix cache).
-- arrival    <- time_stats.scheduler_recv_time (when the scheduler received the request).
+- arrival    <- time_stats.scheduler_recv_time (when the scheduler received the request); first token <-
+                time_stats.prefill_finished_time (a retracted request keeps its original first-token time).
 - KV         <- capacity max_total_num_tokens; used = capacity - allocator.available_size() - evictable cache.
 A retracted request waits again with its generated tokens as part of what must be prefilled, so for waiting and
 prefilling requests `prompt_tokens` is the fill length (prompt + outputs so far).
@@ -78,6 +79,7 @@ class SnapshotBuilder:
         ttft, tpot, strict = self._slos(req)
         n_out = len(req.output_ids)
         n_prompt = len(req.origin_input_ids)
+        first = ts.prefill_finished_time or None if n_out else None
         if state == "running":
             prompt, prefilled = n_prompt, n_prompt
             last = ts.last_decode_finish_time or ts.prefill_finished_time or None
@@ -88,7 +90,8 @@ class SnapshotBuilder:
         return ReqView(rid=req.rid, arrival_s=float(arrival), prompt_tokens=prompt, ttft_slo_s=ttft,
                        tpot_slo_s=tpot, prefilled_tokens=prefilled, output_tokens=n_out,
                        max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
-                       last_token_s=float(last) if last else None, strict=strict)
+                       last_token_s=float(last) if last else None, strict=strict,
+                       first_token_s=float(first) if first else None)
 
     def build(self, sched, running_reqs: Iterable, *, now: float, cost: CostModel,
               recent_iter_s: float = 0.0) -> Snapshot:
