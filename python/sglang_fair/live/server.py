@@ -89,14 +89,53 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
         proc.wait(timeout=5)
 
 
+MAX_SERVERS = int(os.environ.get("SGLANG_FAIR_MAX_SERVERS", "2"))
+SLOT_DIR = Path(tempfile.gettempdir())
+
+
+@contextlib.contextmanager
+def server_slot(wait_s: float = 1800.0) -> Iterator[int]:
+    """Hold one of MAX_SERVERS machine-wide server slots (flock'd files in the temp dir) while a server runs, so
+    tests, demos and benchmarks running side by side never start more SGLang servers than the machine takes.
+    The lock goes with the process, so a killed holder never leaks its slot."""
+    import fcntl
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        for i in range(MAX_SERVERS):
+            fd = os.open(SLOT_DIR / f"sglang-fair-server-slot-{i}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield i
+            finally:
+                os.close(fd)
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no free SGLang server slot after {wait_s:.0f} s ({MAX_SERVERS} in use)")
+        time.sleep(1.0)
+
+
 @contextlib.contextmanager
 def sglang_server(model_path: str | os.PathLike, extra_args: Sequence[str] = (), *, env: dict | None = None,
                   startup_timeout_s: float = 180.0, command: Sequence[str] | None = None,
                   log_dir: str | os.PathLike | None = None) -> Iterator[Server]:
     """Run `python -m sglang.launch_server` (or `command`) on a free loopback port; yield a Server; stop by pgid.
 
-    `env` entries are added to a copy of os.environ (a value of None removes the variable).
+    `env` entries are added to a copy of os.environ (a value of None removes the variable). Waits for a free
+    machine-wide server slot first (`server_slot`).
     """
+    with server_slot():
+        with _sglang_server(model_path, extra_args, env=env, startup_timeout_s=startup_timeout_s, command=command,
+                            log_dir=log_dir) as srv:
+            yield srv
+
+
+@contextlib.contextmanager
+def _sglang_server(model_path, extra_args, *, env, startup_timeout_s, command, log_dir) -> Iterator[Server]:
     port = free_port()
     base = list(command) if command else [sys.executable, "-m", "sglang.launch_server"]
     argv = base + ["--model-path", str(model_path), "--host", "127.0.0.1", "--port", str(port), "--sleep-on-idle",
