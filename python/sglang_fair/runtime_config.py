@@ -30,12 +30,16 @@ class RuntimeConfig:
     """Refit the cost model from measured iterations inside the scheduler."""
     load_horizon_ms: float | None = None
     """Horizon of the prefill admission budget (None: the TTFT SLO)."""
+    save_cost_model: str | None = None
+    """Where the scheduler writes its online cost-model fit (JSON readable by `cost_model`); None: not written."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_CHOICES:
             raise ValueError(f"--fair-policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}")
         if self.load_horizon_ms is not None:
             check_positive("load_horizon_ms", self.load_horizon_ms)
+        if self.save_cost_model is not None and not self.online_fit:
+            raise ValueError("save_cost_model needs the online fit (online_fit=True)")
 
     @property
     def active(self) -> bool:

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fair-cost-model", default=None, metavar="PRESET|PATH",
                    help="starting iteration-cost model: a preset name or a JSON file")
     g.add_argument("--fair-no-online-fit", action="store_true", help="do not refit the cost model while serving")
+    g.add_argument("--fair-save-cost-model", default=None, metavar="PATH",
+                   help="write the online cost-model fit to PATH (JSON, loadable by --fair-cost-model) after each "
+                        "accepted refit")
     g.add_argument("--fair-load-horizon-ms", type=float, default=None,
                    help="horizon of the prefill admission budget served on /get_load (default: the TTFT SLO)")
     g.add_argument("--fair-no-verify", action="store_true",
@@ -79,9 +82,13 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
         msg = str(exc)
         raise ValueError("--" + msg.replace("_slo_ms", "-slo-ms", 1)) from None
     params = dict(_parse_param(t) for t in ns.fair_param)
+    save_path = _save_cost_model_path(ns.fair_save_cost_model)
+    if save_path is not None and ns.fair_no_online_fit:
+        raise ValueError("--fair-save-cost-model needs the online fit (drop --fair-no-online-fit)")
     try:
         cfg = RuntimeConfig(policy=ns.fair_policy, slo=slo, policy_params=params, cost_model=ns.fair_cost_model,
-                            online_fit=not ns.fair_no_online_fit, load_horizon_ms=ns.fair_load_horizon_ms)
+                            online_fit=not ns.fair_no_online_fit, load_horizon_ms=ns.fair_load_horizon_ms,
+                            save_cost_model=save_path)
     except ValueError as exc:
         raise ValueError(str(exc).replace("load_horizon_ms", "--fair-load-horizon-ms")) from None
     if cfg.active:
@@ -99,6 +106,17 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"--fair-cost-model: {exc}") from None
     return cfg
+
+
+def _save_cost_model_path(path: str | None) -> str | None:
+    """Absolute path for --fair-save-cost-model (the scheduler child writes it); its folder must be writable."""
+    if path is None:
+        return None
+    p = os.path.abspath(path)
+    folder = os.path.dirname(p)
+    if os.path.isdir(p) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"--fair-save-cost-model: {path!r} is not a file path in a writable folder")
+    return p
 
 
 def _given(args: list[str], flag: str) -> bool:

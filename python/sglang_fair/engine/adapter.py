@@ -82,12 +82,24 @@ class FairAdapter:
     def __init__(self, sched, cfg: RuntimeConfig) -> None:
         self.sched = sched
         self.cfg = cfg
-        self.policy = make_policy(cfg.policy, **cfg.policy_params)
+        params = dict(cfg.policy_params)
+        chaos = params.pop("chaos", None)  # testing aid only (policies/chaos.py); `serve` rejects the key
+        self.policy = make_policy(cfg.policy, **params)
+        if chaos is not None:
+            from ..policies.chaos import ChaosParams, ChaosPolicy
+            self.policy = ChaosPolicy(self.policy, ChaosParams(**chaos))
         self.prior, self.cost_source = load_cost_model(cfg.cost_model, str(getattr(sched, "device", "cpu")))
         self.fitter = None
         if cfg.online_fit:
             from ..core.fit import OnlineCostFitter
             self.fitter = OnlineCostFitter(self.prior)
+        self.saver = None
+        if cfg.save_cost_model and self.fitter is not None:
+            import atexit
+
+            from .cost_store import CostModelSaver
+            self.saver = CostModelSaver(cfg.save_cost_model)
+            atexit.register(self._save_at_exit)
         self.builder = SnapshotBuilder(cfg.slo)
         self.parking = deferral.Parking()
         self.running_views = deferral.install_running_view(sched, self.parking)
@@ -160,6 +172,7 @@ class FairAdapter:
             return original(sched, running_batch)
         self.planned_iterations += 1
         self.recent_plans.append({"running": len(snap.running), "decode": len(plan.decode),
+                                  "first_token_known": sum(r.first_token_s is not None for r in snap.running),
                                   "prefill_tokens": plan.prefill_tokens, "waiting": len(snap.waiting),
                                   "budget_ms": plan.budget_s * 1000.0 if math.isfinite(plan.budget_s) else None,
                                   "predicted_ms": plan.predicted_s * 1000.0, "note": plan.note[:120]})
@@ -274,6 +287,11 @@ class FairAdapter:
                 self.fitter.observe(prefills, decodes, measured)
             except Exception as exc:
                 self._fault("cost_fit", f"{type(exc).__name__}: {exc}")
+            if self.saver is not None:
+                try:
+                    self.saver.maybe_save(self.fitter)
+                except Exception as exc:  # a full disk must not stop serving
+                    self._fault("save_cost_model", f"{type(exc).__name__}: {exc}")
         if self.gauges is not None and time.monotonic() - self.gauges._last >= 0.5:
             try:
                 self.gauges.update(self.status())
@@ -323,9 +341,18 @@ class FairAdapter:
             "recent_samples": list(self.recent_samples),
             "recent_plans": list(self.recent_plans),
             "bad_slo_requests": self.builder.bad_slo_requests,
+            "recent_request_slos": [{"rid": rid, "ttft_slo_ms": t * 1000.0, "tpot_slo_ms": p * 1000.0, "strict": st}
+                                    for rid, (t, p, st) in self.builder.recent_custom_slos.items()],
+            "cost_model_saves": self.saver.saves if self.saver is not None else 0,
             "overhead_ms_mean": 1000.0 * self.overhead_s_total / max(1, self.planned_iterations),
             "overhead_ms_max": 1000.0 * self.overhead_s_max,
         }
+
+    def _save_at_exit(self) -> None:
+        try:
+            self.saver.maybe_save(self.fitter)
+        except Exception:  # noqa: BLE001  (interpreter shutdown: nothing left to report to)
+            pass
 
     def save_cost_model(self, path: str) -> None:
         from ..core.fit import save_model_json

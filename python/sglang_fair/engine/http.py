@@ -3,16 +3,109 @@
 The scheduler child publishes its state under the key "sglang_fair" of SGLang's internal-state RPC (one dict per DP
 rank); these routes read it through `tokenizer_manager.get_internal_state()`, the same channel `/server_info` uses.
 SGLang's API-key middleware covers every route of the app, so these honour `--api-key` like SGLang's own.
+
+Per-request SLOs are validated here, in the main process, before a request reaches the tokenizer or the scheduler:
+`RequestSloValidator` (a pure ASGI middleware) reads the body of POST /generate, /v1/completions and
+/v1/chat/completions and answers HTTP 400 naming the bad key, streaming requests included (SGLang's own checks
+inside a stream come back as an in-stream error with status 200). /generate carries the SLOs in
+`sampling_params.custom_params` (a list of sampling params for batches); the OpenAI endpoints take `custom_params`
+as a top-level body field, which is where the OpenAI client's `extra_body={"custom_params": {...}}` puts it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+from typing import Any
 
+import orjson
+
+from ..config import SloConfig
 from ..runtime_config import RuntimeConfig
+from .snapshot import parse_request_slos
 
 STATUS_PATH = "/sglang_fair/status"
 LOAD_PATH = "/get_load"
+GENERATE_PATH = "/generate"
+OPENAI_SLO_PATHS = ("/v1/completions", "/v1/chat/completions")
+SLO_PATHS = (GENERATE_PATH, *OPENAI_SLO_PATHS)
+
+
+def request_slo_problem(path: str, body: Any, default: SloConfig) -> str | None:
+    """Why the per-request SLOs in a request body are invalid (None when valid or absent). Bodies that are not JSON
+    objects are left to SGLang's own validation."""
+    if not isinstance(body, dict):
+        return None
+    if path == GENERATE_PATH:
+        sp = body.get("sampling_params")
+        candidates = [s.get("custom_params") for s in (sp if isinstance(sp, list) else [sp]) if isinstance(s, dict)]
+    else:
+        candidates = [body.get("custom_params")]
+    for params in candidates:
+        if params is None:
+            continue
+        try:
+            parse_request_slos(params, default)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _error_body(path: str, message: str) -> bytes:
+    if path in OPENAI_SLO_PATHS:  # the OpenAI-compatible ErrorResponse shape SGLang uses there
+        return orjson.dumps({"object": "error", "message": message, "type": "BadRequest", "param": None,
+                             "code": 400})
+    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": 400}})
+
+
+class RequestSloValidator:
+    """ASGI middleware: HTTP 400 for invalid per-request SLOs on SLO_PATHS; every other request passes untouched.
+    A body without the bytes `custom_params` is not parsed."""
+
+    def __init__(self, app, default: SloConfig) -> None:
+        self.app = app
+        self.default = default
+        self.rejected = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT")
+                or scope.get("path") not in SLO_PATHS):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":  # client went away before the body arrived: let the app see it
+                await self.app(scope, _replay(b"".join(chunks), receive, first=msg), send)
+                return
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        problem = None
+        if b"custom_params" in body:
+            try:
+                problem = request_slo_problem(scope["path"], orjson.loads(body), self.default)
+            except orjson.JSONDecodeError:
+                problem = None  # malformed JSON: SGLang answers it
+        if problem is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        self.rejected += 1
+        payload = _error_body(scope["path"], problem)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _replay(body: bytes, receive, first: dict | None = None):
+    """An ASGI receive() that returns the already-read body once (then `first`, if given), then the real receive()."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}] + ([first] if first else [])
+
+    async def replay():
+        if pending:
+            return pending.pop(0)
+        return await receive()
+    return replay
 
 
 def _version(dist: str) -> str | None:
@@ -64,3 +157,5 @@ def install(cfg: RuntimeConfig) -> None:
 
     app.add_api_route(STATUS_PATH, status, methods=["GET"])
     app.add_api_route(LOAD_PATH, get_load, methods=["GET"])
+    if cfg.active:  # --fair-policy off leaves request handling stock
+        app.add_middleware(RequestSloValidator, default=cfg.slo)

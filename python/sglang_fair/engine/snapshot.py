@@ -19,12 +19,14 @@ In the overlap loop the result of the previous forward is processed after the ne
 counts of rows in the in-flight batch are one token behind (the same view stock SGLang schedules with).
 
 Per-request SLOs come from `sampling_params.custom_params`: {"ttft_slo_ms": float, "tpot_slo_ms": float,
-"strict": bool}; missing keys take the RuntimeConfig defaults. `parse_request_slos` is also what the HTTP layer
-uses to reject bad values with 400.
+"strict": bool}; missing keys take the RuntimeConfig defaults. Values must be finite numbers in (0, 1 hour]; any
+other key starting with "ttft" or "tpot" is rejected as a likely typo. `parse_request_slos` is also what the HTTP
+layer (engine/http.py) uses to reject bad values with 400 before a request reaches the scheduler.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any, Iterable, Mapping
 
@@ -35,6 +37,9 @@ from ..core.types import ReqView, Snapshot
 TTFT_KEY = "ttft_slo_ms"
 TPOT_KEY = "tpot_slo_ms"
 STRICT_KEY = "strict"
+SLO_KEYS = (TTFT_KEY, TPOT_KEY, STRICT_KEY)
+MAX_SLO_MS = 3_600_000.0
+"""Largest per-request SLO accepted (one hour): anything longer is a unit mistake, not an SLO."""
 
 
 def parse_request_slos(custom_params: Mapping[str, Any] | None, default: SloConfig) -> tuple[float, float, bool]:
@@ -43,11 +48,15 @@ def parse_request_slos(custom_params: Mapping[str, Any] | None, default: SloConf
         return default.ttft_slo_s, default.tpot_slo_s, False
     if not isinstance(custom_params, Mapping):
         raise ValueError(f"custom_params must be an object, got {type(custom_params).__name__}")
+    for key in custom_params:
+        if isinstance(key, str) and key.startswith(("ttft", "tpot")) and key not in SLO_KEYS:
+            raise ValueError(f"unknown SLO key {key!r} in custom_params (known: {', '.join(SLO_KEYS)})")
     out = []
     for key, dflt in ((TTFT_KEY, default.ttft_slo_ms), (TPOT_KEY, default.tpot_slo_ms)):
         v = custom_params.get(key, dflt)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{key} must be a finite number > 0 (milliseconds), got {v!r}")
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                or v > MAX_SLO_MS):
+            raise ValueError(f"{key} must be a finite number in (0, {MAX_SLO_MS:.0f}] (milliseconds), got {v!r}")
         out.append(float(v) / 1000.0)
     strict = custom_params.get(STRICT_KEY, False)
     if not isinstance(strict, bool):
@@ -58,20 +67,29 @@ def parse_request_slos(custom_params: Mapping[str, Any] | None, default: SloConf
 class SnapshotBuilder:
     """Builds one Snapshot per iteration; remembers nothing between iterations except fault counts."""
 
+    RECENT_CUSTOM = 32
+
     def __init__(self, slo: SloConfig) -> None:
         self.slo = slo
         self.bad_slo_requests = 0
         self._bad_seen: set[str] = set()
+        self.recent_custom_slos: collections.OrderedDict = collections.OrderedDict()
+        """rid -> (ttft_slo_s, tpot_slo_s, strict) of the latest requests that carried their own SLOs (bounded)."""
 
     def _slos(self, req) -> tuple[float, float, bool]:
         params = getattr(req.sampling_params, "custom_params", None)
         try:
-            return parse_request_slos(params, self.slo)
+            slos = parse_request_slos(params, self.slo)
         except ValueError:
             if req.rid not in self._bad_seen:  # rejected at the HTTP layer normally; count once per request
                 self._bad_seen.add(req.rid)
                 self.bad_slo_requests += 1
             return self.slo.ttft_slo_s, self.slo.tpot_slo_s, False
+        if params and req.rid not in self.recent_custom_slos and any(k in params for k in SLO_KEYS):
+            self.recent_custom_slos[req.rid] = slos
+            if len(self.recent_custom_slos) > self.RECENT_CUSTOM:
+                self.recent_custom_slos.popitem(last=False)
+        return slos
 
     def view(self, req, state: str) -> ReqView:
         ts = req.time_stats
@@ -79,7 +97,7 @@ class SnapshotBuilder:
         ttft, tpot, strict = self._slos(req)
         n_out = len(req.output_ids)
         n_prompt = len(req.origin_input_ids)
-        first = ts.prefill_finished_time or None if n_out else None
+        first = (ts.prefill_finished_time or None) if n_out else None  # set once; kept across retraction
         if state == "running":
             prompt, prefilled = n_prompt, n_prompt
             last = ts.last_decode_finish_time or ts.prefill_finished_time or None
