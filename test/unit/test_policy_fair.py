@@ -107,19 +107,22 @@ def test_partial_prefill_competes_by_deadline():
     assert plan.prefill == (("older", 50), ("part", 300))
 
 
-def test_no_running_budget_is_head_ttft_slack():
-    # head deadline NOW + 0.3 -> budget 300 ms; 295 ms of prefill after the base cost -> 2950 tokens
+def test_no_running_budget_is_the_cap():
+    # nothing decodes, so no envelope to protect: budget = max_budget_ms = 300 ms; 295 ms of prefill after the
+    # 5 ms base cost -> 2950 tokens
     w = make_req("w", arrival_s=NOW - 0.7, prompt_tokens=10_000)
-    plan = fair().plan(make_snapshot(now=NOW, waiting=[w]))
+    plan = fair(max_budget_ms=300).plan(make_snapshot(now=NOW, waiting=[w]))
     assert plan.budget_s == pytest.approx(0.3)
     assert abs(plan.prefill[0][1] - 2950) <= 1
 
 
-def test_late_head_prefill_still_gets_a_minimum_chunk():
-    # TTFT already missed: the budget floors at 5 ms = the base cost alone, yet progress is guaranteed
+def test_late_head_prefill_is_not_starved_into_minimum_chunks():
+    # TTFT already missed and nothing running: the late prompt gets the full budget, not the minimum chunk
     w = make_req("w", arrival_s=NOW - 5.0, prompt_tokens=10_000)
-    plan = fair(min_budget_ms=5, min_prefill_chunk_tokens=64).plan(make_snapshot(now=NOW, waiting=[w]))
-    assert plan.prefill and plan.prefill[0][1] >= 64
+    plan = fair(min_budget_ms=5, max_budget_ms=300, min_prefill_chunk_tokens=64).plan(
+        make_snapshot(now=NOW, waiting=[w]))
+    assert plan.budget_s == pytest.approx(0.3)
+    assert plan.prefill[0][1] > 64 * 10
     assert plan.predicted_s <= plan.budget_s + 1e-12
 
 

@@ -2,7 +2,8 @@
 notes/algorithms.md; the choices the public material leaves open are in docs/design.md, "Policies").
 
 Per iteration:
-1. Budget. With running decodes: `max(min decode slack, min tpot_slo)`; without: the EDF-head prefill's TTFT slack.
+1. Budget. With running decodes: `max(min decode slack, min tpot_slo)`; without: `max_budget_ms` (no envelope to
+   protect, and bigger chunks are cheaper per token).
    Then clamped to [min_budget_ms, max_budget_ms], and never below the cost of the smallest step that makes progress.
 2. Urgent decodes: slack < budget + min tpot_slo, or a token gap that would exceed `max_token_gap_tpot` x tpot_slo
    after this iteration. They always run (preempting, when KV is short, partial prefills and then the running requests
@@ -107,7 +108,9 @@ class FairPolicy:
             prefills = merge_edf(snap.prefilling, lazy_edf(snap.waiting, p.prefill_window_reqs))
             head = next(prefills, None)  # (request, is_waiting) with the earliest TTFT deadline
             h = head[0]
-            budget = min(max(h.arrival_s + h.ttft_slo_s - now, lo), hi)
+            # No running decode has an envelope to protect: spend the whole cap on prefill (bigger chunks are
+            # cheaper per token). Sizing by the head's TTFT slack starved late prompts into minimum chunks.
+            budget = hi
             c0 = min(h.remaining_prompt_tokens, p.min_prefill_chunk_tokens)
             budget = max(budget, cost.base_s + cost.prefill_s(c0, h.prefilled_tokens))
 
