@@ -134,6 +134,13 @@ def test_middleware_rejects_invalid_slos_with_400_naming_the_key():
     assert status == 400 and doc["object"] == "error" and "tpot_ms" in doc["message"] and app_body is None
 
 
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_middleware_rejects_non_finite_literals_that_only_the_lenient_json_parser_reads(literal):
+    body = b'{"prompt": "x", "custom_params": {"tpot_slo_ms": ' + literal + b"}}"
+    status, doc, app_body, _ = _call("/v1/completions", body)
+    assert status == 400 and "tpot_slo_ms" in doc["message"] and app_body is None
+
+
 @pytest.mark.parametrize("path, body", [
     ("/generate", {"input_ids": [1], "sampling_params": {"custom_params": {"ttft_slo_ms": 800, "strict": True}}}),
     ("/v1/completions", {"prompt": "hi", "custom_params": {"tpot_slo_ms": 40}}),

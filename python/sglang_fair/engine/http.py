@@ -15,6 +15,7 @@ as a top-level body field, which is where the OpenAI client's `extra_body={"cust
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from typing import Any
 
 import orjson
@@ -83,10 +84,7 @@ class RequestSloValidator:
         body = b"".join(chunks)
         problem = None
         if b"custom_params" in body:
-            try:
-                problem = request_slo_problem(scope["path"], orjson.loads(body), self.default)
-            except orjson.JSONDecodeError:
-                problem = None  # malformed JSON: SGLang answers it
+            problem = request_slo_problem(scope["path"], _loads(body), self.default)
         if problem is None:
             await self.app(scope, _replay(body, receive), send)
             return
@@ -95,6 +93,19 @@ class RequestSloValidator:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 400, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _loads(body: bytes) -> Any:
+    """The body as SGLang's FastAPI will read it (the standard json module also takes NaN, Infinity and 1e999,
+    which orjson refuses); None when it is not JSON at all (SGLang answers that)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def _replay(body: bytes, receive, first: dict | None = None):

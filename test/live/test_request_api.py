@@ -1,0 +1,146 @@
+"""Live (one `sglang-fair serve --fair-policy fair` server): per-request SLOs through /generate and the
+OpenAI-compatible endpoints reach the scheduler's snapshot; invalid ones get HTTP 400 naming the key before they reach
+it (streaming too) and the server keeps serving; `--fair-save-cost-model` leaves a file `--fair-cost-model` loads; the
+planner sees first-token times."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import sys
+import time
+
+import pytest
+import requests
+
+from server import cpu_server_args, sglang_server
+
+pytestmark = pytest.mark.live
+
+SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve"]
+
+
+@pytest.fixture(scope="module")
+def cost_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("cost") / "online-fit.json"
+
+
+@pytest.fixture(scope="module")
+def srv(cost_path):
+    from sglang_fair.model import make_model
+    args = ["--fair-policy", "fair", "--fair-save-cost-model", str(cost_path), *cpu_server_args(8192)]
+    with sglang_server(str(make_model()), args, command=SERVE, startup_timeout_s=600) as s:
+        yield s
+
+
+def _status(srv) -> dict:
+    body = srv.get("/sglang_fair/status").json()
+    assert len(body["ranks"]) == 1
+    return body["ranks"][0]
+
+
+def _generate(srv, n_prompt=24, max_new=8, custom_params=None, rid=None, seed=0):
+    sp = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
+    if custom_params is not None:
+        sp["custom_params"] = custom_params
+    body = {"input_ids": [(seed * 131 + i * 17) % 4000 + 10 for i in range(n_prompt)], "sampling_params": sp}
+    if rid:
+        body["rid"] = rid
+    return srv.post("/generate", json=body, timeout=240)
+
+
+def _openai(srv, path, custom_params, rid=None, stream=False):
+    body = {"model": "default", "max_tokens": 4, "temperature": 0.0, "stream": stream,
+            "custom_params": custom_params}
+    if path.endswith("chat/completions"):
+        body["messages"] = [{"role": "user", "content": "def main():"}]
+    else:
+        body["prompt"] = "import os\nimport sys\n"
+    if rid:
+        body["rid"] = rid
+    return srv.post(path, json=body, timeout=240)
+
+
+def test_valid_request_slos_reach_the_scheduler(srv):
+    r = _generate(srv, custom_params={"ttft_slo_ms": 750, "tpot_slo_ms": 60, "strict": True}, rid="slo-gen")
+    assert r.status_code == 200, r.text
+    r = _openai(srv, "/v1/completions", {"tpot_slo_ms": 80.5}, rid="slo-cmp")
+    assert r.status_code == 200, r.text
+    r = _openai(srv, "/v1/chat/completions", {"ttft_slo_ms": 2500, "thinking_budget": 3}, rid="slo-chat")
+    assert r.status_code == 200, r.text
+    seen = {e["rid"]: e for e in _status(srv)["recent_request_slos"]}
+    assert (seen["slo-gen"]["ttft_slo_ms"], seen["slo-gen"]["tpot_slo_ms"], seen["slo-gen"]["strict"]) == \
+        pytest.approx((750.0, 60.0, True))
+    cfg = srv.get("/sglang_fair/status").json()["config"]
+    assert seen["slo-cmp"]["tpot_slo_ms"] == pytest.approx(80.5)
+    assert seen["slo-cmp"]["ttft_slo_ms"] == pytest.approx(cfg["ttft_slo_ms"])  # missing key: the default
+    assert seen["slo-chat"]["ttft_slo_ms"] == pytest.approx(2500.0) and not seen["slo-chat"]["strict"]
+
+
+BAD = [  # (raw JSON text of custom_params, the key the reason must name)
+    ('{"ttft_slo_ms": -5}', "ttft_slo_ms"),
+    ('{"tpot_slo_ms": 0}', "tpot_slo_ms"),
+    ('{"tpot_slo_ms": NaN}', "tpot_slo_ms"),
+    ('{"ttft_slo_ms": Infinity}', "ttft_slo_ms"),
+    ('{"ttft_slo_ms": 1e999}', "ttft_slo_ms"),
+    ('{"ttft_slo_ms": 7200000}', "ttft_slo_ms"),
+    ('{"tpot_slo_ms": "50"}', "tpot_slo_ms"),
+    ('{"tpot_slo_ms": true}', "tpot_slo_ms"),
+    ('{"tpot_slo_ms": [50]}', "tpot_slo_ms"),
+    ('{"ttft_ms": 500}', "ttft_ms"),
+    ('{"strict": "yes"}', "strict"),
+]
+
+
+def _raw_post(srv, path, text):
+    return requests.post(srv.url + path, data=text, headers={"content-type": "application/json"}, timeout=60)
+
+
+def test_each_invalid_kind_gets_400_naming_the_key_and_the_server_keeps_serving(srv):
+    before = _status(srv)
+    failures = []
+    for params, key in BAD:
+        bodies = {
+            "/generate": f'{{"input_ids": [11, 12, 13], "sampling_params": {{"max_new_tokens": 2, '
+                         f'"custom_params": {params}}}}}',
+            "/generate stream": f'{{"input_ids": [11, 12], "stream": true, "sampling_params": '
+                                f'{{"max_new_tokens": 2, "custom_params": {params}}}}}',
+            "/v1/completions": f'{{"model": "default", "prompt": "x", "max_tokens": 2, "custom_params": {params}}}',
+            "/v1/chat/completions": f'{{"model": "default", "stream": true, "max_tokens": 2, "messages": '
+                                    f'[{{"role": "user", "content": "x"}}], "custom_params": {params}}}',
+        }
+        for name, text in bodies.items():
+            r = _raw_post(srv, name.split()[0], text)
+            if r.status_code != 400 or key not in r.text:
+                failures.append((name, params, r.status_code, r.text[:200]))
+    assert not failures, failures
+    ok = _generate(srv, custom_params={"ttft_slo_ms": 900})
+    assert ok.status_code == 200 and len(ok.json()["output_ids"]) == 8
+    after = _status(srv)
+    assert after["bad_slo_requests"] == before["bad_slo_requests"] == 0  # none reached the scheduler
+    assert not after["faults"]
+
+
+def test_fitted_cost_model_is_saved_and_loads_and_plans_see_first_tokens(srv, cost_path):
+    from sglang_fair.core.presets import load_preset, load_preset_doc
+
+    deadline = time.monotonic() + 150
+    rounds = 0
+    while _status(srv)["cost_model_saves"] == 0:
+        assert time.monotonic() < deadline, _status(srv)["cost_fit_samples"]
+        with cf.ThreadPoolExecutor(6) as ex:  # mixed prefill sizes and decode batch sizes for the fit
+            outs = list(ex.map(lambda i: _generate(srv, 40 + 150 * i, 24, seed=rounds * 10 + i), range(6)))
+        assert all(o.status_code == 200 for o in outs)
+        rounds += 1
+    st = _status(srv)
+    model = load_preset(cost_path)
+    assert model.to_dict() == pytest.approx(st["cost_model"])  # idle server: the saved fit is the current one
+    doc = load_preset_doc(cost_path)
+    assert "live online fit" in doc["source"] and doc["fit"]["n_samples"] > 0
+    assert json.loads(cost_path.read_text())["model"] == doc["model"]
+    # the saved file is accepted where --fair-cost-model reads it
+    from sglang_fair.serve import build_parser, runtime_config
+    assert runtime_config(build_parser().parse_known_args(["--fair-cost-model", str(cost_path)])[0])
+    plans = st["recent_plans"]
+    assert plans and all(0 <= p["first_token_known"] <= p["running"] for p in plans)
+    assert any(p["first_token_known"] > 0 for p in plans)

@@ -1,0 +1,133 @@
+"""Live: two `sglang-fair serve --fair-policy fair` servers behind sglang-router 0.3.2's power_of_two. A burst of long
+prompts sent straight to server A raises A's /get_load; short requests sent through the router then land on B.
+
+Both machine-wide server slots are held for the whole module (about 2-3 minutes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+
+from server import cpu_server_args, free_port, sglang_server
+
+pytestmark = pytest.mark.live
+
+SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve"]
+N_BURST = 10
+N_ROUTED = 16
+
+
+@contextlib.contextmanager
+def router(worker_urls: list[str]):
+    """sglang-router 0.3.2 (power_of_two, 1 s load poll) in its own process group on loopback; stopped by pgid."""
+    port, prom = free_port(), free_port()
+    argv = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *worker_urls,
+            "--policy", "power_of_two", "--worker-startup-check-interval", "1", "--host", "127.0.0.1",
+            "--port", str(port), "--prometheus-port", str(prom), "--log-level", "info"]
+    log = tempfile.NamedTemporaryFile(prefix="sglang-router-", suffix=".log", delete=False)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"router exited with {proc.returncode}:\n{open(log.name).read()[-4000:]}")
+            with contextlib.suppress(requests.RequestException):
+                body = requests.get(url + "/workers", timeout=5).text
+                if all(w in body for w in worker_urls):
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"router did not list both workers:\n{open(log.name).read()[-4000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from sglang_fair.model import make_model
+    model = str(make_model())
+    args = ["--fair-policy", "fair", "--enable-metrics", *cpu_server_args(16384)]
+    with sglang_server(model, args, command=SERVE, startup_timeout_s=600) as a, \
+            sglang_server(model, args, command=SERVE, startup_timeout_s=600) as b, \
+            router([a.url, b.url]) as r:
+        yield a, b, r
+
+
+def _load(srv) -> int:
+    return sum(int(e["num_tokens"]) for e in srv.get("/get_load", timeout=10).json())
+
+
+def _requests_done(srv) -> int:
+    text = srv.get("/metrics", timeout=10).text
+    return int(sum(float(v) for v in re.findall(r"^sglang:num_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)))
+
+
+def _generate(url, ids, max_new, timeout=300):
+    body = {"input_ids": ids, "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}}
+    r = requests.post(url + "/generate", json=body, timeout=timeout)
+    r.raise_for_status()
+    return r.json()
+
+
+def test_loaded_server_reports_more_load_and_the_router_sends_new_requests_to_the_other(cluster):
+    a, b, router_url = cluster
+    assert _load(a) == 0 and _load(b) == 0  # idle instances read 0
+    done_a, done_b = _requests_done(a), _requests_done(b)
+    loads: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            with contextlib.suppress(requests.RequestException, ValueError):
+                loads.append((_load(a), _load(b)))
+            time.sleep(0.2)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    with cf.ThreadPoolExecutor(N_BURST + N_ROUTED) as ex:
+        # The burst: long prompts, more prefill work than A can do within its TTFT horizon, and a KV-full queue.
+        burst = [ex.submit(_generate, a.url, [(k * 977 + i * 13) % 4000 + 10 for i in range(1800)], 48)
+                 for k in range(N_BURST)]
+        deadline = time.monotonic() + 60
+        while not (loads and loads[-1][0] > 0):
+            assert time.monotonic() < deadline, f"A's load never rose: {loads[-5:]}"
+            time.sleep(0.1)
+        time.sleep(2.5)  # > two router polls (1 s) with A loaded
+        load_a_at_routing = _load(a)
+        routed = []
+        for k in range(N_ROUTED):  # short requests through the router, spread over ~2 s
+            routed.append(ex.submit(_generate, router_url, [(k * 31 + i) % 4000 + 10 for i in range(16)], 4))
+            time.sleep(0.12)
+        routed_out = [f.result() for f in routed]
+        burst_out = [f.result() for f in burst]
+    stop.set()
+    poller.join(timeout=5)
+    assert all(len(o["output_ids"]) == 4 for o in routed_out) and all(len(o["output_ids"]) == 48 for o in burst_out)
+    time.sleep(1.0)
+    on_a = _requests_done(a) - done_a - N_BURST
+    on_b = _requests_done(b) - done_b
+    assert on_a + on_b == N_ROUTED, (on_a, on_b)
+    assert load_a_at_routing > 0 and max(la for la, _ in loads) > max(lb for _, lb in loads), loads
+    assert on_b >= 0.75 * N_ROUTED, f"router sent {on_a} to the loaded server, {on_b} to the idle one; loads {loads}"
