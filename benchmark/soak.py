@@ -1,0 +1,160 @@
+"""Soak: trace-shaped traffic against a live fair-policy server at ~80 % and then ~150 % of its measured capacity,
+printing the reliability figures (sent / completed / errored / lost, memory, latency, KV and policy state after
+each phase). The CI-sized version of each scenario is test/reliability/; this is the long one.
+
+    python benchmark/soak.py                          # 5 min at 80 % + 5 min at 150 %, embedded model, CPU
+    python benchmark/soak.py --minutes 1 1            # a short run
+    python benchmark/soak.py --url http://127.0.0.1:30000 --api-key KEY   # an already running server
+
+Request lengths come from a trace in the shared folder (default azure-conv; prompt lengths scaled by
+--length-scale, clipped to --max-prompt / --max-output), arrivals are Poisson at the phase's rate. Capacity is
+measured first with a closed burst of the same mix (or given with --capacity-rps). "lost" = no clear answer
+(client timeout, dropped stream without an error, fewer tokens than asked); it must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test" / "reliability"))
+import reliability_helpers as rh  # noqa: E402
+
+from sglang_fair.live.replay import ReplayRequest, replay  # noqa: E402
+from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, sglang_server  # noqa: E402
+
+
+def request_mix(args, n: int, seed: int) -> list[tuple[int, int]]:
+    """(prompt, output) lengths drawn from the trace (or a fixed 500/16 shape without one)."""
+    rng = np.random.default_rng(seed)
+    try:
+        from sglang_fair.sim.traces import load_trace
+        tr = load_trace(args.trace, shared=args.shared)
+        idx = rng.integers(0, len(tr.prompt_tokens), size=n)
+        p = np.clip(np.round(tr.prompt_tokens[idx] * args.length_scale), 16, args.max_prompt).astype(int)
+        o = np.clip(tr.output_tokens[idx], 1, args.max_output).astype(int)
+        return list(zip(p.tolist(), o.tolist()))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"soak: no trace ({exc}); using 500-token prompts, 16 outputs", file=sys.stderr)
+        return [(500, 16)] * n
+
+
+def classify(records) -> dict:
+    t = {"sent": len(records), "completed": 0, "errored": 0, "lost": 0, "reasons": {}}
+    for rec in records:
+        if rec.error is None and len(rec.token_times_s) == rec.request.output_tokens:
+            t["completed"] += 1
+            continue
+        clear = rec.error is not None and not rec.error.split(":")[0].endswith(("Timeout", "Error", "Exception"))
+        key = "errored" if clear else "lost"
+        t[key] += 1
+        reason = (rec.error or f"{len(rec.token_times_s)} of {rec.request.output_tokens} tokens")[:60]
+        t["reasons"][reason] = t["reasons"].get(reason, 0) + 1
+    return t
+
+
+def latency(records) -> dict:
+    ok = [r for r in records if r.error is None and r.token_times_s]
+    ttft = np.array([r.token_times_s[0] - r.sent_s for r in ok])
+    tpot = np.array([(r.token_times_s[-1] - r.token_times_s[0]) / (len(r.token_times_s) - 1)
+                     for r in ok if len(r.token_times_s) > 1])
+    q = lambda a, p: round(float(np.percentile(a, p)), 3) if len(a) else None  # noqa: E731
+    return {"ttft_p50_s": q(ttft, 50), "ttft_p99_s": q(ttft, 99), "tpot_p50_s": q(tpot, 50), "tpot_p99_s": q(tpot, 99)}
+
+
+def measure_capacity(url: str, args) -> float:
+    mix = request_mix(args, 16, seed=99)
+    reqs = [ReplayRequest(arrival_s=0.0, prompt_tokens=p, output_tokens=o) for p, o in mix]
+    t0 = time.monotonic()
+    recs = replay(url, reqs, api_key=args.api_key, timeout_s=args.timeout_s, seed=99)
+    wall = time.monotonic() - t0
+    bad = [r.error for r in recs if not r.ok]
+    if bad:
+        raise RuntimeError(f"capacity burst failed: {bad[:3]}")
+    return len(reqs) / wall
+
+
+def run_phase(url: str, args, name: str, rate: float, minutes: float, pgid: int | None, seed: int) -> dict:
+    dur = minutes * 60.0
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * dur * 1.5) + 10))
+    arrivals = arrivals[arrivals < dur]
+    mix = request_mix(args, len(arrivals), seed)
+    reqs = [ReplayRequest(arrival_s=float(a), prompt_tokens=p, output_tokens=o) for a, (p, o) in zip(arrivals, mix)]
+    sampler = rh.RssSampler(pgid, 2.0) if pgid else None
+    rss0 = rh.group_rss_bytes(pgid) if pgid else 0
+    t0 = time.monotonic()
+    if sampler:
+        sampler.__enter__()
+    try:
+        recs = replay(url, reqs, api_key=args.api_key, timeout_s=args.timeout_s, seed=seed, max_workers=1024,
+                      progress=True)
+    finally:
+        if sampler:
+            sampler.__exit__(None, None, None)
+    wall = time.monotonic() - t0
+    idle = rh.wait_idle(url, args.api_key, timeout_s=120)
+    out = {"phase": name, "rate_rps": round(rate, 3), "minutes": minutes, "wall_s": round(wall, 1),
+           **classify(recs), **latency(recs),
+           "kv_used_after": idle.get("kv_used_tokens"), "running_after": idle.get("num_running_reqs"),
+           "deferred_after": idle.get("deferred_now"), "faults": idle.get("faults")}
+    if pgid:
+        out.update(rss_start_mb=rss0 >> 20, rss_peak_mb=sampler.peak >> 20,
+                   rss_end_mb=rh.group_rss_bytes(pgid) >> 20)
+    return out
+
+
+def soak(url: str, args, pgid: int | None) -> list[dict]:
+    cap = args.capacity_rps or measure_capacity(url, args)
+    print(f"soak: capacity {cap:.2f} req/s", file=sys.stderr, flush=True)
+    results = []
+    for i, (frac, minutes) in enumerate(zip(args.load, args.minutes)):
+        res = run_phase(url, args, f"{frac:.0%}", frac * cap, minutes, pgid, seed=i + 1)
+        res["capacity_rps"] = round(cap, 3)
+        print("SOAK " + json.dumps(res, sort_keys=True), flush=True)
+        results.append(res)
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="use this running server instead of starting one")
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--policy", default="fair")
+    ap.add_argument("--minutes", type=float, nargs="+", default=[5.0, 5.0], help="minutes per phase")
+    ap.add_argument("--load", type=float, nargs="+", default=[0.8, 1.5], help="fraction of capacity per phase")
+    ap.add_argument("--capacity-rps", type=float, default=None, help="skip the capacity burst")
+    ap.add_argument("--trace", default="azure-conv")
+    ap.add_argument("--shared", default=None, help="shared data folder (default: ../shared or SGLANG_FAIR_SHARED)")
+    ap.add_argument("--length-scale", type=float, default=0.5)
+    ap.add_argument("--max-prompt", type=int, default=1500)
+    ap.add_argument("--max-output", type=int, default=64)
+    ap.add_argument("--timeout-s", type=float, default=600.0, help="client timeout per request (beyond = lost)")
+    ap.add_argument("--out", default=None, help="write the phase results as JSON here")
+    args = ap.parse_args(argv)
+    if len(args.minutes) != len(args.load):
+        ap.error("--minutes and --load need the same number of values")
+    exit_on_sigterm()
+    if args.url:
+        results = soak(args.url.rstrip("/"), args, None)
+    else:
+        srv_args = ["--fair-policy", args.policy, "--enable-metrics", *cpu_server_args(32768)]
+        if args.api_key:
+            srv_args += ["--api-key", args.api_key]
+        with sglang_server(rh.model_path(), srv_args, command=rh.SERVE, startup_timeout_s=900) as srv:
+            results = soak(srv.url, args, srv.proc.pid)
+            if srv.proc.poll() is not None:
+                print("soak: the server died", file=sys.stderr)
+                return 1
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0 if all(r["lost"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

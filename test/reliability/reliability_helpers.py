@@ -1,0 +1,231 @@
+"""Shared pieces of the reliability suite: request helpers with a hard client timeout, an outcome tally
+(completed / errored with a reason / lost), server-state polling, process-group RSS, and figures printed in one
+line per scenario (docs/reliability.md quotes them)."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import fcntl
+import json
+import os
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+import requests
+
+SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve"]
+CLIENT_TIMEOUT_S = 120.0
+"""No request may take longer than this: a request still open after it counts as lost (a hang)."""
+
+
+def model_path() -> str:
+    env = os.environ.get("SGLANG_FAIR_TEST_MODEL")
+    if env:
+        return env
+    from sglang_fair.model import make_model
+    return str(make_model())
+
+
+def fair_env(policy: str = "fair", **params) -> dict:
+    """SGLANG_FAIR_CONFIG for `python -m sglang.launch_server` (how the tests reach policy params `serve` refuses,
+    such as the chaos testing aid)."""
+    from sglang_fair.runtime_config import RuntimeConfig
+    return {"SGLANG_FAIR_CONFIG": RuntimeConfig(policy=policy, policy_params=params).to_json()}
+
+
+def prompt(n: int, rng: random.Random) -> list[int]:
+    return [rng.randrange(10, 4000) for _ in range(n)]
+
+
+def auth(api_key: str | None) -> dict:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def generate(url: str, ids: list[int], max_new: int, *, api_key: str | None = None, custom: dict | None = None,
+             timeout: float = CLIENT_TIMEOUT_S) -> requests.Response:
+    sp: dict = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
+    if custom is not None:
+        sp["custom_params"] = custom
+    return requests.post(url + "/generate", json={"input_ids": ids, "sampling_params": sp}, timeout=timeout,
+                         headers=auth(api_key))
+
+
+@dataclass
+class Outcome:
+    ok: bool = False
+    error: str | None = None
+    """A clear error the client was given (HTTP status + reason, or an in-stream error message)."""
+    lost: str | None = None
+    """No clear answer: client timeout, connection dropped without an error, wrong number of tokens."""
+    latency_s: float = 0.0
+    output_ids: list = field(default_factory=list)
+
+
+def run_request(url: str, ids: list[int], max_new: int, *, api_key: str | None = None,
+                timeout: float = CLIENT_TIMEOUT_S) -> Outcome:
+    t0 = time.monotonic()
+    out = Outcome()
+    try:
+        r = generate(url, ids, max_new, api_key=api_key, timeout=timeout)
+        if r.status_code != 200:
+            out.error = f"HTTP {r.status_code}: {r.text[:160]}"
+        else:
+            body = r.json()
+            n = len(body.get("output_ids") or [])
+            if n == max_new:
+                out.ok, out.output_ids = True, body["output_ids"]
+            elif body.get("meta_info", {}).get("finish_reason", {}).get("type") == "abort":
+                out.error = f"aborted: {body['meta_info']['finish_reason'].get('message')}"
+            else:
+                out.lost = f"{n} of {max_new} tokens, finish {body.get('meta_info', {}).get('finish_reason')}"
+    except requests.Timeout:
+        out.lost = f"client timeout after {timeout:.0f} s"
+    except (requests.RequestException, ValueError) as exc:
+        out.lost = f"{type(exc).__name__}: {exc}"[:160]
+    out.latency_s = time.monotonic() - t0
+    return out
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    completed: int = 0
+    errored: int = 0
+    lost: int = 0
+    reasons: collections.Counter = field(default_factory=collections.Counter)
+
+    def add(self, o: Outcome) -> None:
+        self.sent += 1
+        if o.ok:
+            self.completed += 1
+        elif o.error is not None:
+            self.errored += 1
+            self.reasons[o.error[:60]] += 1
+        else:
+            self.lost += 1
+            self.reasons["LOST " + (o.lost or "?")[:60]] += 1
+
+    def figures(self) -> dict:
+        return {"sent": self.sent, "completed": self.completed, "errored": self.errored, "lost": self.lost,
+                "reasons": dict(self.reasons)}
+
+
+def report(scenario: str, **figures) -> None:
+    """One machine-readable line per scenario (run pytest with -s to see them)."""
+    print(f"\nRELIABILITY {scenario} {json.dumps(figures, sort_keys=True, default=str)}", flush=True)
+
+
+def open_loop(url: str, rate_rps: float, duration_s: float, make_ids, max_new: int, *, api_key=None,
+              seed: int = 0, timeout: float = CLIENT_TIMEOUT_S) -> list[Outcome]:
+    """Poisson arrivals at `rate_rps` for `duration_s`, each request in its own thread."""
+    rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    while True:
+        t += rng.expovariate(rate_rps)
+        if t >= duration_s:
+            break
+        arrivals.append(t)
+    t0 = time.monotonic()
+
+    def one(i_t):
+        i, at = i_t
+        delay = t0 + at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return run_request(url, make_ids(i), max_new, api_key=api_key, timeout=timeout)
+
+    with cf.ThreadPoolExecutor(max(1, len(arrivals))) as ex:
+        return list(ex.map(one, enumerate(arrivals)))
+
+
+def fair_state(url: str, api_key: str | None = None) -> dict:
+    states = requests.get(url + "/server_info", timeout=30, headers=auth(api_key)).json()["internal_states"]
+    assert len(states) == 1
+    return states[0]["sglang_fair"]
+
+
+def wait_idle(url: str, api_key: str | None = None, timeout_s: float = 60.0) -> dict:
+    """Poll until no request is running, waiting or parked and the KV pool holds nothing; return the last state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = fair_state(url, api_key)
+        if (st["kv_used_tokens"] == 0 and st["num_running_reqs"] == 0 and st["num_waiting_reqs"] == 0
+                and st["deferred_now"] == 0):
+            return st
+        if time.monotonic() > deadline:
+            return st
+        time.sleep(0.3)
+
+
+def group_rss_bytes(pgid: int) -> int:
+    total = 0
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid:
+                total += p.memory_info().rss
+    return total
+
+
+class RssSampler:
+    """Samples the RSS of a process group every `period_s` in a thread (context manager)."""
+
+    def __init__(self, pgid: int, period_s: float = 0.5) -> None:
+        self.pgid, self.period_s = pgid, period_s
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(group_rss_bytes(self.pgid))
+            self._stop.wait(self.period_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples, default=0)
+
+
+@contextlib.contextmanager
+def all_server_slots(wait_s: float = 1800.0):
+    """Hold every machine-wide server slot at once (for a test that runs two servers): taken together or not at
+    all, so two such tests never each hold one slot while waiting for the other. Start the servers with
+    `sglang_fair.live.server._sglang_server` inside (sglang_server would wait for a slot this process holds)."""
+    from sglang_fair.live.server import MAX_SERVERS, SLOT_DIR
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        fds = []
+        for i in range(MAX_SERVERS):
+            fd = os.open(SLOT_DIR / f"sglang-fair-server-slot-{i}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                break
+            fds.append(fd)
+        if len(fds) == MAX_SERVERS:
+            try:
+                yield
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            return
+        for fd in fds:
+            os.close(fd)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"could not hold all {MAX_SERVERS} server slots within {wait_s:.0f} s")
+        time.sleep(1.0)
