@@ -1,6 +1,7 @@
 """Live: the sglang-fair hooks inside a real SGLang 0.5.23 scheduler on the CPU (one server at a time).
 
-- stock vs fair greedy outputs are token-identical (fp32), in the overlap loop and in the normal loop;
+- `--fair-policy off` vs `fair` greedy outputs are token-identical (fp32), in the overlap loop and in the normal loop
+  (off is stock batching with the plugin loaded; test_off_vs_stock.py shows off == plain `sglang.launch_server`);
 - a burst of long prompts while short requests decode: deferred decodes > 0, the budget moves, all complete;
 - retraction under KV pressure (SGLang's own test switch forces it) with deferral active: all complete, KV idle;
 - aborts (client disconnects) leave the KV pool idle;
@@ -81,9 +82,11 @@ def model_path():
 
 @pytest.fixture(scope="module")
 def stock_outputs(model_path):
-    """Reference greedy outputs from plain SGLang (plugin inactive): concurrent, and each request alone."""
-    with sglang_server(model_path, cpu_server_args(KV_TOKENS), env={"SGLANG_FAIR_CONFIG": None}) as srv:
-        assert "sglang-fair scheduler hooks" not in srv.log_text()
+    """Reference greedy outputs from `--fair-policy off` (plugin loaded, stock batching): concurrent, and each request
+    alone."""
+    with sglang_server(model_path, cpu_server_args(KV_TOKENS), env=_fair_env("off")) as srv:
+        assert "sglang-fair scheduler hooks verified: policy=off" in srv.log_text()
+        assert not _fair_state(srv)["active"]
         prompts = _prompts()
         together = _generate_all(srv, prompts)
         alone = [_generate(srv, p)["output_ids"] for p in prompts]
@@ -144,6 +147,10 @@ class TestOverlapLoop:
         assert after["deferred_total"] > before["deferred_total"]
         assert len({b for b in budgets if b is not None}) > 1, budgets
         assert after["kv_used_tokens"] == 0 and after["deferred_now"] == 0
+        # The planner sees first-token times (ReqView.first_token_s) for running requests that have an output.
+        plans = after["recent_plans"]
+        assert all(0 <= p["first_token_known"] <= p["running"] for p in plans)
+        assert any(p["first_token_known"] > 0 for p in plans), plans
         metrics = requests.get(srv.url + "/metrics", timeout=30).text
         assert "sglang_fair:deferred_total" in metrics and "sglang_fair:cost_model_coefficient" in metrics
 
