@@ -1,7 +1,8 @@
 """Live: two `sglang-fair serve --fair-policy fair` servers behind sglang-router 0.3.2's power_of_two. A burst of long
 prompts sent straight to server A raises A's /get_load; short requests sent through the router then land on B.
 
-Both machine-wide server slots are held for the whole module (about 2-3 minutes).
+Both machine-wide server slots are held for the whole module (about 2-3 minutes). A two-server user takes a
+machine-wide "pair" lock first: two of them each holding one slot and waiting for the other's would deadlock.
 """
 
 from __future__ import annotations
@@ -64,12 +65,25 @@ def router(worker_urls: list[str]):
         log.close()
 
 
+@contextlib.contextmanager
+def pair_lock():
+    """Machine-wide: at most one holder of two server slots at a time (single-slot users never wait for a second
+    slot, so whoever holds this lock gets its second slot once some single-slot user finishes)."""
+    import fcntl
+    fd = os.open(os.path.join(tempfile.gettempdir(), "sglang-fair-server-pair.lock"), os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from sglang_fair.model import make_model
     model = str(make_model())
     args = ["--fair-policy", "fair", "--enable-metrics", *cpu_server_args(16384)]
-    with sglang_server(model, args, command=SERVE, startup_timeout_s=600) as a, \
+    with pair_lock(), sglang_server(model, args, command=SERVE, startup_timeout_s=600) as a, \
             sglang_server(model, args, command=SERVE, startup_timeout_s=600) as b, \
             router([a.url, b.url]) as r:
         yield a, b, r
