@@ -65,7 +65,8 @@ def parse_request_slos(custom_params: Mapping[str, Any] | None, default: SloConf
 
 
 class SnapshotBuilder:
-    """Builds one Snapshot per iteration; remembers nothing between iterations except fault counts."""
+    """Builds one Snapshot per iteration; remembers nothing between iterations except fault counts and the SLOs of
+    the latest requests that carried their own (for the status endpoint)."""
 
     RECENT_CUSTOM = 32
 
