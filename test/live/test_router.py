@@ -145,6 +145,8 @@ def test_loaded_server_reports_more_load_and_the_router_sends_new_requests_to_th
     time.sleep(1.0)
     on_a = _requests_done(a) - done_a - N_BURST
     on_b = _requests_done(b) - done_b
+    print(f"\nrouted: {on_a} to the loaded server A, {on_b} to B; A's load at routing {load_a_at_routing}, "
+          f"max loads A {max(la for la, _ in loads)} / B {max(lb for _, lb in loads)}")
     assert on_a + on_b == N_ROUTED, (on_a, on_b)
     assert load_a_at_routing > 0 and max(la for la, _ in loads) > max(lb for _, lb in loads), loads
     assert on_b >= 0.75 * N_ROUTED, f"router sent {on_a} to the loaded server, {on_b} to the idle one; loads {loads}"
