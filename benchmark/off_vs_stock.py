@@ -1,10 +1,12 @@
 """Plugin overhead: `sglang-fair serve --fair-policy off` (plugin installed and loaded, batching stock) against plain
 `python -m sglang.launch_server` (plugin inactive), same model, fp32, same flags.
 
-Runs the servers one after the other (one machine-wide server slot at a time); on each: one warm-up pass, then
-`--rounds` timed passes of a fixed greedy workload (seeded prompts of 32-1024 tokens, `--max-new` outputs each,
-`--concurrency` in flight). Prints both throughputs (median of the rounds) and whether every output matched, and with
---write replaces the "Plugin overhead (--fair-policy off vs stock)" section of docs/results.md.
+Both servers run at once (two machine-wide server slots, taken under the pair lock); the timed passes of a fixed
+greedy workload (seeded prompts of 32-1024 tokens, `--max-new` outputs each, `--concurrency` in flight) alternate
+between them, stock first in even rounds and off first in odd ones, so drifting load from other processes on the
+machine hits both alike; the idle server sleeps (--sleep-on-idle). One warm-up pass each first. Prints both
+throughputs (median of `--rounds`) and whether every output matched, and with --write replaces the
+"Plugin overhead (--fair-policy off vs stock)" section of docs/results.md.
 
     .venv/bin/python benchmark/off_vs_stock.py --write
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_section import replace_section  # noqa: E402
 
-from sglang_fair.live.compare import fixed_prompts, mismatches, run_workload  # noqa: E402
+from sglang_fair.live.compare import fixed_prompts, mismatches, run_workload, server_pair_lock  # noqa: E402
 from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, sglang_server  # noqa: E402
 from sglang_fair.model import make_model  # noqa: E402
 
@@ -28,23 +30,37 @@ TITLE = "Plugin overhead (--fair-policy off vs stock)"
 SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve", "--fair-policy", "off"]
 
 
-def measure(label: str, command, env, args, prompts) -> dict:
-    model = str(make_model())
-    with sglang_server(model, cpu_server_args(args.kv_tokens), command=command, env=env,
-                       startup_timeout_s=600) as srv:
-        log = srv.log_text()
-        run_workload(srv.url, prompts[: args.concurrency], args.max_new, args.concurrency)  # warm-up
-        runs = [run_workload(srv.url, prompts, args.max_new, args.concurrency) for _ in range(args.rounds)]
-        alone = [run_workload(srv.url, [p], args.max_new, 1).outputs[0] for p in prompts[: args.alone]]
-    plugin_loaded = "sglang-fair plugin active" in log
+def summarize(label: str, runs, alone, plugin_loaded: bool) -> dict:
     out = {"label": label, "plugin_loaded": plugin_loaded, "outputs": runs[0].outputs, "alone": alone,
            "out_tps": statistics.median(r.output_tok_per_s for r in runs),
            "total_tps": statistics.median(r.total_tok_per_s for r in runs),
            "wall_s": [round(r.wall_s, 2) for r in runs],
            "stable": all(not mismatches(runs[0].outputs, r.outputs) for r in runs[1:])}
     print(f"{label:>6}: output {out['out_tps']:7.1f} tok/s, prompt+output {out['total_tps']:8.1f} tok/s "
-          f"(median of {args.rounds}; walls {out['wall_s']} s), plugin loaded: {plugin_loaded}", flush=True)
+          f"(median of {len(runs)}; walls {out['wall_s']} s), plugin loaded: {plugin_loaded}", flush=True)
     return out
+
+
+def measure(args, prompts) -> tuple[dict, dict]:
+    model = str(make_model())
+    server_args = cpu_server_args(args.kv_tokens)
+    with server_pair_lock(), \
+            sglang_server(model, server_args, env={"SGLANG_FAIR_CONFIG": None}, startup_timeout_s=600) as stock, \
+            sglang_server(model, server_args, command=SERVE, startup_timeout_s=600) as off:
+        servers = {"stock": stock, "off": off}
+        runs: dict[str, list] = {"stock": [], "off": []}
+        for srv in servers.values():  # warm-up
+            run_workload(srv.url, prompts[: args.concurrency], args.max_new, args.concurrency)
+        for k in range(args.rounds):
+            for label in (("stock", "off") if k % 2 == 0 else ("off", "stock")):
+                run = run_workload(servers[label].url, prompts, args.max_new, args.concurrency)
+                runs[label].append(run)
+                print(f"  round {k}: {label:>5} {run.wall_s:6.1f} s", flush=True)
+        alone = {label: [run_workload(srv.url, [p], args.max_new, 1).outputs[0] for p in prompts[: args.alone]]
+                 for label, srv in servers.items()}
+        logs = {label: srv.log_text() for label, srv in servers.items()}
+    return tuple(summarize(label, runs[label], alone[label], "sglang-fair plugin active" in logs[label])
+                 for label in ("stock", "off"))
 
 
 def main() -> int:
@@ -60,8 +76,7 @@ def main() -> int:
     args = ap.parse_args()
     exit_on_sigterm()
     prompts = fixed_prompts(args.requests, seed=args.seed)
-    stock = measure("stock", None, {"SGLANG_FAIR_CONFIG": None}, args, prompts)
-    off = measure("off", SERVE, None, args, prompts)
+    stock, off = measure(args, prompts)
     if stock["plugin_loaded"] or not off["plugin_loaded"]:
         print("error: the plugin must be inactive in the stock run and active in the off run", file=sys.stderr)
         return 1
@@ -76,7 +91,8 @@ def main() -> int:
             f"`benchmark/off_vs_stock.py` ({platform.machine()}, {platform.processor() or 'cpu'}; embedded model, "
             f"fp32, CPU flags of `cpu_server_args`, KV {args.kv_tokens} tokens). {len(prompts)} greedy requests, "
             f"prompts 32-1024 tokens (seed {args.seed}), {args.max_new} output tokens each, {args.concurrency} in "
-            f"flight; median of {args.rounds} timed passes after a warm-up, servers run one after the other.",
+            f"flight; median of {args.rounds} timed passes after a warm-up, passes alternating between the two "
+            "servers (both up, the idle one sleeping).",
             "",
             "| server | output tok/s | prompt+output tok/s | pass walls (s) |",
             "|---|---|---|---|",
@@ -88,8 +104,8 @@ def main() -> int:
             f"off/stock output throughput: **{ratio:.3f}**. Greedy outputs identical: "
             f"{len(prompts) - len(diff)}/{len(prompts)} sent concurrently, "
             f"{len(stock['alone']) - len(diff_alone)}/{len(stock['alone'])} sent one at a time. With the policy off "
-            "the plugin installs only its start-up check and the status hook, so the difference is run-to-run noise "
-            "on a shared 2-core machine (see the noise note under \"Embedded model\").",
+            "the plugin installs only its start-up check and the status hook (nothing runs per iteration or per "
+            "request), so any difference is run-to-run noise on a shared 2-core machine.",
         ])
         replace_section(Path(__file__).resolve().parents[1] / "docs" / "results.md", TITLE, body)
         print(f"wrote docs/results.md section {TITLE!r}")

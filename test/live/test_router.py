@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from server import cpu_server_args, free_port, sglang_server
+from sglang_fair.live.compare import server_pair_lock
 
 pytestmark = pytest.mark.live
 
@@ -67,25 +68,12 @@ def router(worker_urls: list[str]):
         log.close()
 
 
-@contextlib.contextmanager
-def pair_lock():
-    """Machine-wide: at most one holder of two server slots at a time (single-slot users never wait for a second
-    slot, so whoever holds this lock gets its second slot once some single-slot user finishes)."""
-    import fcntl
-    fd = os.open(os.path.join(tempfile.gettempdir(), "sglang-fair-server-pair.lock"), os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 @pytest.fixture(scope="module")
 def cluster():
     from sglang_fair.model import make_model
     model = str(make_model())
     args = ["--fair-policy", "fair", "--enable-metrics", *cpu_server_args(16384)]
-    with pair_lock(), sglang_server(model, args, command=SERVE, startup_timeout_s=600) as a, \
+    with server_pair_lock(), sglang_server(model, args, command=SERVE, startup_timeout_s=600) as a, \
             sglang_server(model, args, command=SERVE, startup_timeout_s=600) as b, \
             router([a.url, b.url]) as r:
         yield a, b, r
