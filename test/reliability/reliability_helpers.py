@@ -32,11 +32,21 @@ def model_path() -> str:
     return str(make_model())
 
 
-def fair_env(policy: str = "fair", **params) -> dict:
+def fair_env(policy: str = "fair", slo=None, **params) -> dict:
     """SGLANG_FAIR_CONFIG for `python -m sglang.launch_server` (how the tests reach policy params `serve` refuses,
-    such as the chaos testing aid)."""
+    such as the chaos testing aid). `slo`: a config.SloConfig (default SLOs when None)."""
+    from sglang_fair.config import SloConfig
     from sglang_fair.runtime_config import RuntimeConfig
-    return {"SGLANG_FAIR_CONFIG": RuntimeConfig(policy=policy, policy_params=params).to_json()}
+    cfg = RuntimeConfig(policy=policy, policy_params=params, slo=slo or SloConfig())
+    return {"SGLANG_FAIR_CONFIG": cfg.to_json()}
+
+
+def hang_bound_s(serial_s: float, floor_s: float = CLIENT_TIMEOUT_S) -> float:
+    """Client timeout for a batch of requests whose one-at-a-time total is `serial_s`: three times that (plus a
+    minute), never below `floor_s`. Run together they must not take longer than run one after another, give or
+    take retraction and noise; past this bound a request counts as lost (hung). Scaling with the measured serial
+    time keeps the bound meaningful on a slow or shared machine."""
+    return max(floor_s, 3.0 * serial_s + 60.0)
 
 
 def prompt(n: int, rng: random.Random) -> list[int]:

@@ -19,13 +19,14 @@ import re
 import pytest
 
 import reliability_helpers as rh
+from sglang_fair.config import SloConfig
 from sglang_fair.live.server import cpu_server_args, sglang_server
 
 pytestmark = pytest.mark.live
 
-KV_TOKENS = 1536
-PROMPT = 256
-MAX_NEW = 256
+KV_TOKENS = 1024
+PROMPT = 200
+MAX_NEW = 160
 N_PRESSURE = 8
 CHAOS_EVERY = 5
 
@@ -35,8 +36,10 @@ def srv():
     args = [*cpu_server_args(KV_TOKENS), "--chunked-prefill-size", "256", "--enable-metrics",
             # admit against a small share of max_new_tokens, so decodes outgrow the pool and SGLang must retract
             "--schedule-conservativeness", "0.05"]
-    # The fair policy holds back no KV for outputs either: admitted requests outgrow the pool as they decode.
-    env = rh.fair_env("fair", kv_reserve_output_ratio=0.0, chaos={"every_n_steps": CHAOS_EVERY})
+    # The fair policy holds back no KV for outputs either, and loose SLOs make its admission KV-bound rather than
+    # time-bound: admitted requests outgrow the pool as they decode.
+    env = rh.fair_env("fair", slo=SloConfig(ttft_slo_ms=60000.0, tpot_slo_ms=5000.0), kv_reserve_output_ratio=0.0,
+                      chaos={"every_n_steps": CHAOS_EVERY})
     with sglang_server(rh.model_path(), args, env=env, startup_timeout_s=600) as s:
         yield s
 
@@ -50,9 +53,10 @@ def test_kv_pressure_retracts_loses_nothing_and_keeps_greedy_outputs(srv):
     prompts = [rh.prompt(PROMPT, rng) for _ in range(N_PRESSURE)]
     alone = [rh.run_request(srv.url, p, MAX_NEW) for p in prompts]  # each fits the pool on its own
     assert all(o.ok for o in alone), [o.error or o.lost for o in alone]
+    timeout = rh.hang_bound_s(sum(o.latency_s for o in alone))
     retracted_before = _retractions(srv.log_text())
     with cf.ThreadPoolExecutor(N_PRESSURE) as ex:
-        together = list(ex.map(lambda p: rh.run_request(srv.url, p, MAX_NEW), prompts))
+        together = list(ex.map(lambda p: rh.run_request(srv.url, p, MAX_NEW, timeout=timeout), prompts))
     retracted = _retractions(srv.log_text()) - retracted_before
     tally = rh.Tally()
     for o in together:
@@ -82,8 +86,11 @@ def _near_tie_flip(url: str, prompt: list[int], ref: list[int], got: list[int]) 
 def test_policy_faults_fall_back_to_stock_logged_once_counted_and_nothing_lost(srv):
     rng = random.Random(9)
     jobs = [(rh.prompt(rng.choice((40, 300, 700)), rng), rng.choice((8, 32))) for _ in range(16)]
+    largest = rh.run_request(srv.url, rh.prompt(700, rng), 32)
+    assert largest.ok, largest
+    timeout = rh.hang_bound_s(len(jobs) * largest.latency_s)
     with cf.ThreadPoolExecutor(len(jobs)) as ex:
-        outs = list(ex.map(lambda j: rh.run_request(srv.url, j[0], j[1]), jobs))
+        outs = list(ex.map(lambda j: rh.run_request(srv.url, j[0], j[1], timeout=timeout), jobs))
     tally = rh.Tally()
     for o in outs:
         tally.add(o)

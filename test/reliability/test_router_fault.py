@@ -39,6 +39,8 @@ def _router(worker_urls: list[str], policy: str):
     argv = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *worker_urls, "--policy", policy,
             "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1", "--prometheus-port",
             str(prom), "--api-key", API_KEY, "--worker-startup-check-interval", "1", "--log-level", "info"]
+    # In sglang-router 0.3.2 --api-key is both the key it sends to workers and the key its own API asks of
+    # clients (401 without it, /workers and /get_loads included).
     log = tempfile.NamedTemporaryFile(prefix="sglang-router-", suffix=".log", delete=False)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -47,7 +49,7 @@ def _router(worker_urls: list[str], policy: str):
         while True:
             assert proc.poll() is None, open(log.name).read()[-3000:]
             with contextlib.suppress(requests.RequestException, ValueError):
-                listed = requests.get(url + "/workers", timeout=5).json()
+                listed = requests.get(url + "/workers", timeout=5, headers=rh.auth(API_KEY)).json()
                 if len(listed.get("workers", [])) == len(worker_urls):
                     break
             assert time.monotonic() < deadline, "router did not register its workers"
@@ -69,8 +71,8 @@ def _prompt_tokens_total(url: str) -> float:
     return sum(float(v) for v in re.findall(r"^sglang:prompt_tokens_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
 
 
-def _send(url: str, seed: int) -> rh.Outcome:
-    return rh.run_request(url, rh.prompt(PROMPT, random.Random(seed)), MAX_NEW, api_key=API_KEY, timeout=90)
+def _send(url: str, seed: int, timeout: float = rh.CLIENT_TIMEOUT_S) -> rh.Outcome:
+    return rh.run_request(url, rh.prompt(PROMPT, random.Random(seed)), MAX_NEW, api_key=API_KEY, timeout=timeout)
 
 
 def test_killing_one_worker_behind_the_router(tmp_path):
@@ -81,11 +83,14 @@ def test_killing_one_worker_behind_the_router(tmp_path):
     kw = dict(env={"OMP_NUM_THREADS": "1"}, startup_timeout_s=600, command=rh.SERVE, log_dir=None)
     with rh.all_server_slots(), _sglang_server(model, args, **kw) as w1, _sglang_server(model, args, **kw) as w2:
         with _router([w1.url, w2.url], "round_robin") as (router, router_log):
-            loads = requests.get(router + "/get_loads", timeout=30).json()
+            loads = requests.get(router + "/get_loads", timeout=30, headers=rh.auth(API_KEY)).json()
             # both workers before the kill
             with cf.ThreadPoolExecutor(8) as ex:
                 warm = list(ex.map(lambda i: _send(router, i), range(8)))
             assert all(o.ok for o in warm), [o.error or o.lost for o in warm]
+            one = _send(router, 50)
+            assert one.ok, one
+            timeout = rh.hang_bound_s(24 * one.latency_s)  # ~24 requests below, as if served one by one
             share = [_prompt_tokens_total(w.url) for w in (w1, w2)]
             assert all(s > 0 for s in share), share
 
@@ -102,7 +107,7 @@ def test_killing_one_worker_behind_the_router(tmp_path):
             kt = threading.Thread(target=killer)
             kt.start()
             outs = rh.open_loop(router, 3.0, 8.0, lambda i: rh.prompt(PROMPT, random.Random(100 + i)), MAX_NEW,
-                                api_key=API_KEY, seed=2, timeout=90)
+                                api_key=API_KEY, seed=2, timeout=timeout)
             kt.join()
             during = rh.Tally()
             for o in outs:
@@ -110,13 +115,13 @@ def test_killing_one_worker_behind_the_router(tmp_path):
 
             # new traffic after the kill: where does it go?
             survivor_before = _prompt_tokens_total(w2.url)
-            after = [_send(router, 1000 + i) for i in range(8)]
+            after = [_send(router, 1000 + i, timeout) for i in range(8)]
             survivor_gain = _prompt_tokens_total(w2.url) - survivor_before
             tally_after = rh.Tally()
             for o in after:
                 tally_after.add(o)
-            loads_after = requests.get(router + "/get_loads", timeout=30).json()
-            workers_after = requests.get(router + "/workers", timeout=30).json()
+            loads_after = requests.get(router + "/get_loads", timeout=30, headers=rh.auth(API_KEY)).json()
+            workers_after = requests.get(router + "/workers", timeout=30, headers=rh.auth(API_KEY)).json()
     rh.report("router_fault", policy="round_robin", get_loads_before=loads, during=during.figures(),
               after=tally_after.figures(), survivor_prompt_tokens_gain=survivor_gain,
               expected_gain=tally_after.completed * PROMPT, get_loads_after=loads_after,
