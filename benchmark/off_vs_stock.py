@@ -4,7 +4,7 @@
 Both servers run at once (two machine-wide server slots, taken under the pair lock); the timed passes of a fixed
 greedy workload (seeded prompts of 32-1024 tokens, `--max-new` outputs each, `--concurrency` in flight) alternate
 between them, stock first in even rounds and off first in odd ones, so drifting load from other processes on the
-machine hits both alike; the idle server sleeps (--sleep-on-idle). One warm-up pass each first. Prints both
+machine hits both alike; the idle server sleeps (--sleep-on-idle). One full warm-up pass each first. Prints both
 throughputs (median of `--rounds`) and whether every output matched, and with --write replaces the
 "Plugin overhead (--fair-policy off vs stock)" section of docs/results.md.
 
@@ -49,8 +49,8 @@ def measure(args, prompts) -> tuple[dict, dict]:
             sglang_server(model, server_args, command=SERVE, startup_timeout_s=600) as off:
         servers = {"stock": stock, "off": off}
         runs: dict[str, list] = {"stock": [], "off": []}
-        for srv in servers.values():  # warm-up
-            run_workload(srv.url, prompts[: args.concurrency], args.max_new, args.concurrency)
+        for srv in servers.values():  # warm-up: a full pass (a server's first pass over new shapes is 5-10x slower)
+            run_workload(srv.url, prompts, args.max_new, args.concurrency)
         for k in range(args.rounds):
             for label in (("stock", "off") if k % 2 == 0 else ("off", "stock")):
                 run = run_workload(servers[label].url, prompts, args.max_new, args.concurrency)
@@ -91,7 +91,7 @@ def main() -> int:
             f"`benchmark/off_vs_stock.py` ({platform.machine()}, {platform.processor() or 'cpu'}; embedded model, "
             f"fp32, CPU flags of `cpu_server_args`, KV {args.kv_tokens} tokens). {len(prompts)} greedy requests, "
             f"prompts 32-1024 tokens (seed {args.seed}), {args.max_new} output tokens each, {args.concurrency} in "
-            f"flight; median of {args.rounds} timed passes after a warm-up, passes alternating between the two "
+            f"flight; median of {args.rounds} timed passes after a full warm-up pass, passes alternating between the two "
             "servers (both up, the idle one sleeping).",
             "",
             "| server | output tok/s | prompt+output tok/s | pass walls (s) |",
