@@ -91,8 +91,8 @@ def main() -> int:
             f"`benchmark/off_vs_stock.py` ({platform.machine()}, {platform.processor() or 'cpu'}; embedded model, "
             f"fp32, CPU flags of `cpu_server_args`, KV {args.kv_tokens} tokens). {len(prompts)} greedy requests, "
             f"prompts 32-1024 tokens (seed {args.seed}), {args.max_new} output tokens each, {args.concurrency} in "
-            f"flight; median of {args.rounds} timed passes after a full warm-up pass, passes alternating between the two "
-            "servers (both up, the idle one sleeping).",
+            f"flight; median of {args.rounds} timed passes after a full warm-up pass, passes alternating between the "
+            "two servers (both up, the idle one sleeping).",
             "",
             "| server | output tok/s | prompt+output tok/s | pass walls (s) |",
             "|---|---|---|---|",
