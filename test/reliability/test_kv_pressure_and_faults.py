@@ -40,6 +40,9 @@ def srv():
     # time-bound: admitted requests outgrow the pool as they decode.
     env = rh.fair_env("fair", slo=SloConfig(ttft_slo_ms=60000.0, tpot_slo_ms=5000.0), kv_reserve_output_ratio=0.0,
                       chaos={"every_n_steps": CHAOS_EVERY})
+    # SGLang admits a new request only if its prompt plus min(max_new_tokens, this clip) fits: a small clip makes
+    # admission optimistic, so the admitted requests really outgrow the pool (without it no retraction happened).
+    env["SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"] = "4"
     with sglang_server(rh.model_path(), args, env=env, startup_timeout_s=600) as s:
         yield s
 
