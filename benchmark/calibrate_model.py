@@ -49,17 +49,19 @@ def measure(url: str) -> tuple[dict, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="update docs/results.md")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype (default float32)")
     args = ap.parse_args()
     exit_on_sigterm()
     model = make_model()
     cmd = [sys.executable, "-m", "sglang_fair.cli", "serve"]
-    with sglang_server(model, ["--fair-policy", "off", "--disable-radix-cache", *cpu_server_args(32768, float32=False)],
+    with sglang_server(model, ["--fair-policy", "off", "--disable-radix-cache", *cpu_server_args(32768, float32=False),
+                             "--dtype", args.dtype],
                        command=cmd, startup_timeout_s=600) as srv:
         replay(srv.url, [ReplayRequest(0.0, 256, 4)])  # warm-up
         ttft, tpot = measure(srv.url)
     lines = [
         f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores, SGLang on the CPU (torch_native "
-        "attention, bf16), `--fair-policy off`, radix cache off. Client-side times over loopback.",
+        f"attention, {args.dtype}), `--fair-policy off`, radix cache off. Client-side times over loopback.",
         "",
         "| prompt tokens | " + " | ".join(str(n) for n in PROMPTS) + " |",
         "|---|" + "---|" * len(PROMPTS),

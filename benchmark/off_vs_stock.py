@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_section import replace_section  # noqa: E402
 
-from sglang_fair.live.compare import fixed_prompts, mismatches, run_workload, server_pair_lock  # noqa: E402
-from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, sglang_server  # noqa: E402
+from sglang_fair.live.compare import fixed_prompts, mismatches, run_workload  # noqa: E402
+from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, server_slots, sglang_server  # noqa: E402
 from sglang_fair.model import make_model  # noqa: E402
 
 TITLE = "Plugin overhead (--fair-policy off vs stock)"
@@ -44,7 +44,7 @@ def summarize(label: str, runs, alone, plugin_loaded: bool) -> dict:
 def measure(args, prompts) -> tuple[dict, dict]:
     model = str(make_model())
     server_args = cpu_server_args(args.kv_tokens)
-    with server_pair_lock(), \
+    with server_slots(2), \
             sglang_server(model, server_args, env={"SGLANG_FAIR_CONFIG": None}, startup_timeout_s=600) as stock, \
             sglang_server(model, server_args, command=SERVE, startup_timeout_s=600) as off:
         servers = {"stock": stock, "off": off}

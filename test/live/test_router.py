@@ -1,28 +1,23 @@
 """Live: two `sglang-fair serve --fair-policy fair` servers behind sglang-router 0.3.2's power_of_two. A burst of long
 prompts sent straight to server A raises A's /get_load; short requests sent through the router then land on B.
 
-Both machine-wide server slots are held for the whole module (about 2-3 minutes). A two-server user takes a
-machine-wide "pair" lock first: two of them each holding one slot and waiting for the other's would deadlock.
+Both machine-wide server slots are held for the whole module (about 2-3 minutes), taken together (`server_slots(2)`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 import requests
 
-from server import cpu_server_args, free_port, sglang_server
-from sglang_fair.live.compare import server_pair_lock
+from server import cpu_server_args, sglang_server
+from sglang_fair.live.server import server_slots, sglang_router
 
 pytestmark = pytest.mark.live
 
@@ -33,50 +28,15 @@ BURST_PROMPT = 1200
 BURST_NEW = 16
 
 
-@contextlib.contextmanager
-def router(worker_urls: list[str]):
-    """sglang-router 0.3.2 (power_of_two, 1 s load poll) in its own process group on loopback; stopped by pgid."""
-    port, prom = free_port(), free_port()
-    argv = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *worker_urls,
-            "--policy", "power_of_two", "--worker-startup-check-interval", "1", "--host", "127.0.0.1",
-            "--port", str(port), "--prometheus-port", str(prom), "--log-level", "info"]
-    log = tempfile.NamedTemporaryFile(prefix="sglang-router-", suffix=".log", delete=False)
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"router exited with {proc.returncode}:\n{open(log.name).read()[-4000:]}")
-            with contextlib.suppress(requests.RequestException):
-                body = requests.get(url + "/workers", timeout=5).text
-                if all(w in body for w in worker_urls):
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"router did not list both workers:\n{open(log.name).read()[-4000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def cluster():
     from sglang_fair.model import make_model
     model = str(make_model())
     args = ["--fair-policy", "fair", "--enable-metrics", *cpu_server_args(16384)]
-    with server_pair_lock(), sglang_server(model, args, command=SERVE, startup_timeout_s=600) as a, \
+    with server_slots(2), sglang_server(model, args, command=SERVE, startup_timeout_s=600) as a, \
             sglang_server(model, args, command=SERVE, startup_timeout_s=600) as b, \
-            router([a.url, b.url]) as r:
-        yield a, b, r
+            sglang_router([a.url, b.url], "power_of_two", load_poll_s=1) as r:
+        yield a, b, r.url
 
 
 def _load(srv) -> int:

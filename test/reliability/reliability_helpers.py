@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -207,35 +206,3 @@ class RssSampler:
     @property
     def peak(self) -> int:
         return max(self.samples, default=0)
-
-
-@contextlib.contextmanager
-def all_server_slots(wait_s: float = 1800.0):
-    """Hold every machine-wide server slot at once (for a test that runs two servers): taken together or not at
-    all, so two such tests never each hold one slot while waiting for the other. Start the servers with
-    `sglang_fair.live.server._sglang_server` inside (sglang_server would wait for a slot this process holds)."""
-    from sglang_fair.live.server import MAX_SERVERS, SLOT_DIR
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        fds = []
-        for i in range(MAX_SERVERS):
-            fd = os.open(SLOT_DIR / f"sglang-fair-server-slot-{i}.lock", os.O_CREAT | os.O_RDWR, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                break
-            fds.append(fd)
-        if len(fds) == MAX_SERVERS:
-            try:
-                yield
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            return
-        for fd in fds:
-            os.close(fd)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"could not hold all {MAX_SERVERS} server slots within {wait_s:.0f} s")
-        time.sleep(1.0)

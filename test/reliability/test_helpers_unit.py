@@ -1,4 +1,4 @@
-"""The suite's own machinery (no server): the all-slots lock never holds a partial set, outcomes are tallied into
+"""The suite's own machinery (no server): server slots are taken all at once or not at all, outcomes are tallied into
 completed / errored / lost."""
 
 from __future__ import annotations
@@ -9,21 +9,21 @@ import reliability_helpers as rh
 import sglang_fair.live.server as live_server
 
 
-def test_all_server_slots_takes_every_slot_or_none(tmp_path, monkeypatch):
+def test_server_slots_takes_every_slot_or_none(tmp_path, monkeypatch):
     monkeypatch.setattr(live_server, "SLOT_DIR", tmp_path)
     monkeypatch.setattr(live_server, "MAX_SERVERS", 2)
-    with live_server.server_slot(wait_s=1):  # someone else holds one slot
+    with live_server.server_slots(1, wait_s=1):  # someone else holds one slot
         with pytest.raises(TimeoutError):
-            with rh.all_server_slots(wait_s=1.5):
+            with live_server.server_slots(2, wait_s=1.5):
                 pass
         # ... and the failed attempt left the free slot free
-        with live_server.server_slot(wait_s=1):
+        with live_server.server_slots(1, wait_s=1):
             pass
-    with rh.all_server_slots(wait_s=1):
+    with live_server.server_slots(2, wait_s=1):
         with pytest.raises(TimeoutError):  # while all are held, nobody gets one
-            with live_server.server_slot(wait_s=1.5):
+            with live_server.server_slots(1, wait_s=1.5):
                 pass
-    with live_server.server_slot(wait_s=1):  # released on exit
+    with live_server.server_slots(1, wait_s=1):  # released on exit
         pass
 
 
@@ -35,3 +35,16 @@ def test_tally_counts_each_outcome_once():
     f = t.figures()
     assert (f["sent"], f["completed"], f["errored"], f["lost"]) == (4, 2, 1, 1)
     assert f["reasons"] == {"HTTP 400: bad": 1, "LOST client timeout after 5 s": 1}
+
+
+def test_servers_inside_server_slots_use_the_held_slots(tmp_path, monkeypatch):
+    monkeypatch.setattr(live_server, "SLOT_DIR", tmp_path)
+    monkeypatch.setattr(live_server, "MAX_SERVERS", 2)
+    with live_server.server_slots(2, wait_s=1):
+        with live_server._one_slot(), live_server._one_slot():  # both servers get a held slot, no waiting
+            with pytest.raises(TimeoutError):  # a third one would need a new slot: none free
+                with live_server._one_slot(wait_s=1.5):
+                    pass
+    with pytest.raises(ValueError, match="server_slots"):
+        with live_server.server_slots(3):
+            pass

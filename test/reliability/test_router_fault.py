@@ -3,20 +3,16 @@ killed mid-run. Counts what the clients saw (completed / clear error / lost), sh
 lands on the survivor, and checks that the router reaches our /get_load with its --api-key (GET /get_loads on the
 router reports a load >= 0 per worker, -1 when the poll fails).
 
-Needs both machine-wide server slots at once (taken together, `all_server_slots`).
+Needs both machine-wide server slots at once (taken together, `server_slots(2)`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import os
 import random
 import re
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 
@@ -24,46 +20,13 @@ import pytest
 import requests
 
 import reliability_helpers as rh
-from sglang_fair.live.server import _sglang_server, cpu_server_args, free_port
+from sglang_fair.live.server import cpu_server_args, server_slots, sglang_router, sglang_server
 
 pytestmark = pytest.mark.live
 
 API_KEY = "router-test-key"
 PROMPT = 200
 MAX_NEW = 16
-
-
-@contextlib.contextmanager
-def _router(worker_urls: list[str], policy: str):
-    port, prom = free_port(), free_port()
-    argv = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *worker_urls, "--policy", policy,
-            "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1", "--prometheus-port",
-            str(prom), "--api-key", API_KEY, "--worker-startup-check-interval", "1", "--log-level", "info"]
-    # In sglang-router 0.3.2 --api-key is both the key it sends to workers and the key its own API asks of
-    # clients (401 without it, /workers and /get_loads included).
-    log = tempfile.NamedTemporaryFile(prefix="sglang-router-", suffix=".log", delete=False)
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, open(log.name).read()[-3000:]
-            with contextlib.suppress(requests.RequestException, ValueError):
-                listed = requests.get(url + "/workers", timeout=5, headers=rh.auth(API_KEY)).json()
-                if len(listed.get("workers", [])) == len(worker_urls):
-                    break
-            assert time.monotonic() < deadline, "router did not register its workers"
-            time.sleep(0.5)
-        yield url, log.name
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 def _prompt_tokens_total(url: str) -> float:
@@ -80,9 +43,10 @@ def test_killing_one_worker_behind_the_router(tmp_path):
     model = rh.model_path()
     # One torch thread per worker: two schedulers with two spinning OpenMP threads each on a 2-core machine slow
     # each other down by an order of magnitude.
-    kw = dict(env={"OMP_NUM_THREADS": "1"}, startup_timeout_s=600, command=rh.SERVE, log_dir=None)
-    with rh.all_server_slots(), _sglang_server(model, args, **kw) as w1, _sglang_server(model, args, **kw) as w2:
-        with _router([w1.url, w2.url], "round_robin") as (router, router_log):
+    kw = dict(env={"OMP_NUM_THREADS": "1"}, startup_timeout_s=600, command=rh.SERVE)
+    with server_slots(2), sglang_server(model, args, **kw) as w1, sglang_server(model, args, **kw) as w2:
+        with sglang_router([w1.url, w2.url], "round_robin", api_key=API_KEY) as rt:
+            router = rt.url
             loads = requests.get(router + "/get_loads", timeout=30, headers=rh.auth(API_KEY)).json()
             # both workers before the kill
             with cf.ThreadPoolExecutor(8) as ex:

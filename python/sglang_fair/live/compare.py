@@ -8,9 +8,6 @@ model and dtype should return the same tokens; outputs are compared per request.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -65,17 +62,3 @@ def mismatches(a: list[list[int]], b: list[list[int]]) -> list[int]:
     if len(a) != len(b):
         raise ValueError(f"different numbers of outputs: {len(a)} vs {len(b)}")
     return [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-
-
-@contextlib.contextmanager
-def server_pair_lock():
-    """Machine-wide: at most one holder of two server slots at a time. Take it before starting a second server:
-    two users that each hold one slot and wait for another would deadlock (single-slot users never wait for a second
-    slot, so the holder of this lock gets its second slot once one of them finishes)."""
-    import fcntl
-    fd = os.open(os.path.join(tempfile.gettempdir(), "sglang-fair-server-pair.lock"), os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -93,30 +93,71 @@ MAX_SERVERS = int(os.environ.get("SGLANG_FAIR_MAX_SERVERS", "2"))
 SLOT_DIR = Path(tempfile.gettempdir())
 
 
-@contextlib.contextmanager
-def server_slot(wait_s: float = 1800.0) -> Iterator[int]:
-    """Hold one of MAX_SERVERS machine-wide server slots (flock'd files in the temp dir) while a server runs, so
-    tests, demos and benchmarks running side by side never start more SGLang servers than the machine takes.
-    The lock goes with the process, so a killed holder never leaks its slot."""
+_held = {"free": 0}
+"""Slots this process took with `server_slots(n)` and has not yet handed to a server."""
+
+
+def _try_lock(i: int) -> int | None:
     import fcntl
 
+    fd = os.open(SLOT_DIR / f"sglang-fair-server-slot-{i}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def server_slots(n: int = 1, wait_s: float = 1800.0) -> Iterator[None]:
+    """Hold `n` of the MAX_SERVERS machine-wide server slots (flock'd files in the temp dir), all at once or none,
+    so tests, demos and benchmarks running side by side never start more SGLang servers than the machine takes and
+    two callers that each need two servers never deadlock holding one each. Servers started inside with
+    `sglang_server` use the held slots. The locks go with the process, so a killed holder never leaks a slot."""
+    if not 1 <= n <= MAX_SERVERS:
+        raise ValueError(f"server_slots: n must be in 1..{MAX_SERVERS}, got {n}")
     deadline = time.monotonic() + wait_s
     while True:
+        fds = []
         for i in range(MAX_SERVERS):
-            fd = os.open(SLOT_DIR / f"sglang-fair-server-slot-{i}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+            fd = _try_lock(i)
+            if fd is not None:
+                fds.append(fd)
+                if len(fds) == n:
+                    break
+        if len(fds) == n:
+            _held["free"] += n
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            try:
-                yield i
+                yield
             finally:
-                os.close(fd)
+                _held["free"] = max(0, _held["free"] - n)
+                for fd in fds:
+                    os.close(fd)
             return
+        for fd in fds:
+            os.close(fd)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no free SGLang server slot after {wait_s:.0f} s ({MAX_SERVERS} in use)")
+            raise TimeoutError(f"could not hold {n} of {MAX_SERVERS} SGLang server slots within {wait_s:.0f} s")
         time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def _one_slot(wait_s: float = 1800.0) -> Iterator[None]:
+    """A slot for one server: one this process already holds (`server_slots`), else a new one."""
+    if _held["free"] > 0:
+        _held["free"] -= 1
+        try:
+            yield
+        finally:
+            _held["free"] += 1
+        return
+    with server_slots(1, wait_s):
+        _held["free"] -= 1
+        try:
+            yield
+        finally:
+            _held["free"] += 1
 
 
 @contextlib.contextmanager
@@ -125,13 +166,51 @@ def sglang_server(model_path: str | os.PathLike, extra_args: Sequence[str] = (),
                   log_dir: str | os.PathLike | None = None) -> Iterator[Server]:
     """Run `python -m sglang.launch_server` (or `command`) on a free loopback port; yield a Server; stop by pgid.
 
-    `env` entries are added to a copy of os.environ (a value of None removes the variable). Waits for a free
-    machine-wide server slot first (`server_slot`).
+    `env` entries are added to a copy of os.environ (a value of None removes the variable). Uses a server slot
+    this process holds (`server_slots`) or waits for a free one.
     """
-    with server_slot():
+    with _one_slot():
         with _sglang_server(model_path, extra_args, env=env, startup_timeout_s=startup_timeout_s, command=command,
                             log_dir=log_dir) as srv:
             yield srv
+
+
+@contextlib.contextmanager
+def sglang_router(worker_urls: Sequence[str], policy: str = "power_of_two", *, api_key: str | None = None,
+                  load_poll_s: int = 1, extra_args: Sequence[str] = (), startup_timeout_s: float = 120.0,
+                  log_dir: str | os.PathLike | None = None) -> Iterator[Server]:
+    """sglang-router in its own process group on loopback (its Prometheus port too), stopped by pgid; yields once
+    `/workers` lists every worker (the router registers them asynchronously). `load_poll_s` is how often
+    power_of_two polls each worker's `/get_load`. In sglang-router 0.3.2 `api_key` is both the key it sends to
+    workers and the key its own API asks of clients."""
+    import orjson
+
+    port, prom = free_port(), free_port()
+    argv = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *worker_urls, "--policy", policy,
+            "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1", "--prometheus-port",
+            str(prom), "--worker-startup-check-interval", str(load_poll_s), "--log-level", "info", *extra_args]
+    if api_key:
+        argv += ["--api-key", api_key]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    log_fd, log_name = tempfile.mkstemp(prefix="sglang-router-", suffix=".log", dir=log_dir)
+    proc = subprocess.Popen(argv, stdout=log_fd, stderr=subprocess.STDOUT, start_new_session=True)
+    os.close(log_fd)
+    srv = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=Path(log_name))
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sglang-router exited with {proc.returncode}:\n{srv.log_tail()}")
+            with contextlib.suppress(requests.RequestException, ValueError):
+                listed = orjson.loads(requests.get(srv.url + "/workers", timeout=5, headers=headers).content)
+                if len(listed.get("workers", [])) >= len(worker_urls):
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sglang-router did not list its {len(worker_urls)} workers:\n{srv.log_tail()}")
+            time.sleep(0.5)
+        yield srv
+    finally:
+        _stop(proc)
 
 
 @contextlib.contextmanager
