@@ -140,13 +140,31 @@ def _has_cuda() -> bool:
         return False
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this x86 CPU computes bf16 natively (AVX512-BF16 or AMX). Without it torch runs bf16 matmuls through
+    conversions: measured 7x slower than fp32 for the embedded model's shapes on a 2-core AVX2 machine."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_dtype_default(cpuinfo: str | None = None) -> str:
+    """`--dtype` that `serve` adds on a CPU when none is given: the model's own unless bf16 would be emulated."""
+    return "auto" if cpu_has_native_bf16(cpuinfo) else "float32"
+
+
 def sglang_args(rest: list[str], cpu: bool) -> list[str]:
     args = list(rest)
     if not (_given(args, "--model-path") or _given(args, "--model")):
         from .model import make_model
         print("sglang-fair serve: no --model-path given, using the embedded model", file=sys.stderr)
         args += ["--model-path", str(make_model())]
-    defaults = ALWAYS_DEFAULTS + (CPU_DEFAULTS if cpu else ())
+    defaults = ALWAYS_DEFAULTS + ((*CPU_DEFAULTS, ("--dtype", cpu_dtype_default())) if cpu else ())
     for flag, value in defaults:
         if not _given(args, flag):
             args += [flag] if value is None else [flag, value]

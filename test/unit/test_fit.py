@@ -16,9 +16,9 @@ from sglang_fair.core.fit import (FitOptions, OnlineCostFitter, OnlineFitConfig,
                                   save_model_json)
 from sglang_fair.core.presets import PRESETS_DIR, load_preset_doc
 
-# every term carries a sizeable share of some iterations' time, so all five are identifiable
+# every term carries a sizeable share of some iterations' time, so all six are identifiable
 TRUE = CostModel(base_s=0.010, per_prefill_token_s=8e-5, per_attn_token2_s=2.5e-9, per_decode_req_s=2e-4,
-                 per_context_token_s=8e-8)
+                 per_context_token_s=8e-8, per_mixed_context_token_s=4e-8)
 
 
 def iterations(model: CostModel, n: int, *, seed: int, noise: float = 0.02, max_chunk: int = 4096,

@@ -58,6 +58,18 @@ def test_cpu_defaults_are_added_only_where_the_user_gave_none():
     assert "--device" not in gpu and gpu[gpu.index("--host") + 1] == "0.0.0.0" and gpu.count("--host") == 1
 
 
+def test_cpu_dtype_is_float32_unless_the_cpu_computes_bf16_natively(monkeypatch):
+    from sglang_fair import serve
+    assert serve.cpu_dtype_default("flags : fpu sse avx avx2 fma") == "float32"
+    assert serve.cpu_dtype_default("flags : fpu avx2 avx512f avx512_bf16") == "auto"
+    assert serve.cpu_dtype_default("flags : fpu avx2 amx_bf16 amx_tile") == "auto"
+    monkeypatch.setattr(serve, "cpu_dtype_default", lambda cpuinfo=None: "float32")
+    args = sglang_args(["--model-path", "m"], cpu=True)
+    assert args[args.index("--dtype") + 1] == "float32"
+    assert sglang_args(["--model-path", "m", "--dtype", "bfloat16"], cpu=True).count("--dtype") == 1
+    assert "--dtype" not in sglang_args(["--model-path", "m"], cpu=False)
+
+
 def test_corrupt_environment_config_stops_the_process_instead_of_running_stock():
     code = ("import os; os.environ[%r] = '{\"policy\": \"bogus\"}'\n"
             "from sglang_fair.engine.plugin import load\nload()") % ENV_VAR

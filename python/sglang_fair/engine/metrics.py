@@ -22,7 +22,8 @@ _GAUGES = {
     "recent_iter_ms": "Recent measured iteration time (EWMA, ms).",
     "cost_rel_err_ewma": "Relative error of the cost model's prediction (EWMA).",
 }
-_COEF = ("base_s", "per_prefill_token_s", "per_attn_token2_s", "per_decode_req_s", "per_context_token_s")
+_COEF = ("base_s", "per_prefill_token_s", "per_attn_token2_s", "per_decode_req_s", "per_context_token_s",
+         "per_mixed_context_token_s")
 
 
 class FairGauges:

@@ -156,7 +156,10 @@ def predicted_s(cost: CostModel, prefill: Sequence[tuple[int, int]], decodes: Se
     """Predicted iteration time of prefill chunks [(chunk, prefix)] plus decode rows; 0 for an empty batch."""
     if not prefill and not decodes:
         return 0.0
-    return cost.base_s + sum(cost.prefill_s(c, p) for c, p in prefill) + decode_time_s(cost, decodes)
+    t = cost.base_s + sum(cost.prefill_s(c, p) for c, p in prefill) + decode_time_s(cost, decodes)
+    if prefill and decodes:
+        t += cost.mixed_s(sum([r.prefilled_tokens + r.output_tokens for r in decodes]))
+    return t
 
 
 def make_plan(cost: CostModel, prefill: list[tuple[ReqView, int]], decodes: Sequence[ReqView],

@@ -12,6 +12,8 @@ Per iteration:
    `CostModel.max_chunk` for the time left. A waiting request is admitted only if its whole prompt (plus its output
    reservation) fits; the first that does not fit stops admission, so a large prompt is never overtaken for ever.
 4. Non-urgent decodes by ascending slack while time remains; the others are deferred (they keep their KV).
+Decode rows that share a forward with prefill are charged the cost model's mixed term, so where mixing is slow
+(SGLang's CPU backend) fair runs prefill alone and lets decodes with slack sit the step out.
 """
 
 from __future__ import annotations
@@ -142,10 +144,12 @@ class FairPolicy:
         prefill: list[tuple[ReqView, int]] = []
         ratio = p.kv_reserve_output_ratio
         reserve = None
+        # urgent decodes cost more once a prefill shares their forward (CostModel.mixed_s)
+        mix_urgent = cost.mixed_s(sum([r.prefilled_tokens + r.output_tokens for r in urgent])) if urgent else 0.0
         item = head
         while item is not None:
             r, is_new = item
-            rem_t = budget - t
+            rem_t = budget - t - (mix_urgent if not prefill else 0.0)
             if rem_t <= 0 or kv_left <= 0:
                 break
             if r.rid in gone:
@@ -162,6 +166,8 @@ class FairPolicy:
                 c = max(c, min(remaining, kv_left, p.min_prefill_chunk_tokens))
             if c <= 0 or (c < remaining and c < p.min_prefill_chunk_tokens and (prefill or urgent)):
                 break
+            if not prefill:
+                t += mix_urgent
             prefill.append((r, c))
             t += cost.prefill_s(c, r.prefilled_tokens)
             kv_left -= c
@@ -181,6 +187,8 @@ class FairPolicy:
                 [i for i, u in enumerate(urgent_mask) if not u]
             rem_t = budget - t
             per_req, per_ctx = cost.per_decode_req_s, cost.per_context_token_s
+            if prefill:
+                per_ctx += cost.per_mixed_context_token_s
             # each decode costs at least per_req, so at most rem_t / per_req of them can fit
             cap = rem_t / per_req if per_req > 0 else math.inf
             k = min(len(cand), kv_lazy, int(cap) + 1 if cap < len(cand) else len(cand))
