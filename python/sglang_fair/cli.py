@@ -13,6 +13,7 @@ COMMANDS = (
     ("sglang_fair.demo", "add_parser"),
     ("sglang_fair.plan_bench", "add_parser"),
     ("sglang_fair.sim.cli", "add_parsers"),
+    ("sglang_fair.bench.cli", "add_parser"),
 )
 
 

@@ -18,7 +18,7 @@ from sglang_fair.core.presets import PRESETS_DIR, load_preset_doc
 
 # every term carries a sizeable share of some iterations' time, so all six are identifiable
 TRUE = CostModel(base_s=0.010, per_prefill_token_s=8e-5, per_attn_token2_s=2.5e-9, per_decode_req_s=2e-4,
-                 per_context_token_s=8e-8, per_mixed_context_token_s=4e-8)
+                 per_context_token_s=8e-8, per_mixed_decode_req_s=1e-4)
 
 
 def iterations(model: CostModel, n: int, *, seed: int, noise: float = 0.02, max_chunk: int = 4096,
@@ -128,7 +128,8 @@ def test_online_keeps_the_prior_until_enough_samples():
 
 
 def test_online_learns_from_a_wrong_prior_and_follows_a_regime_change():
-    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(window_samples=512, refit_every=32, half_life_samples=96))
+    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(window_samples=512, refit_every=32, half_life_samples=96,
+                                                     options=FitOptions()))  # every term, the quadratic one too
     assert probe_err(fitter.model, TRUE) > 0.3
     feed(fitter, iterations(TRUE, 600, seed=9))
     assert probe_err(fitter.model, TRUE) < 0.02
@@ -137,6 +138,17 @@ def test_online_learns_from_a_wrong_prior_and_follows_a_regime_change():
     assert probe_err(fitter.model, doubled) > 0.05  # one half-life in: still mostly the old regime
     feed(fitter, iterations(doubled, 300, seed=11))
     assert probe_err(fitter.model, doubled) < 0.02
+
+
+def test_online_fit_keeps_the_quadratic_prefill_term_of_its_prior_by_default():
+    """Live, the chunks a policy plans are what the fitter sees: an overestimated quadratic term would make fair plan
+    only short chunks, which can never correct it. By default the online fit leaves that term at the prior's."""
+    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(refit_every=32))
+    feed(fitter, iterations(TRUE, 600, seed=9))
+    assert fitter.n_refits > 0 and fitter.report is not None
+    assert fitter.model.per_attn_token2_s == PRIOR.per_attn_token2_s != TRUE.per_attn_token2_s
+    assert "attn_tokens2" not in fitter.report.fitted_terms
+    assert abs(fitter.model.per_decode_req_s / TRUE.per_decode_req_s - 1) < 0.1  # the linear terms still learn
 
 
 def test_online_outliers_do_not_wreck_the_model():

@@ -4,13 +4,13 @@
                   + per_attn_token2 * sum(chunk * (prefix + chunk))
                   + per_decode_req * n_decodes
                   + per_context_token * sum(decode context)
-                  + per_mixed_context_token * sum(decode context)   [only when the batch also has prefill]
+                  + per_mixed_decode_req * n_decodes   [only when the batch also has prefill]
 
 Linear in its coefficients, so it is fitted by least squares (see fit.py); prefill attention work grows with
 chunk x (prefix + chunk), which is the quadratic term the CPU and GPU profiles both show for long chunks.
 The last term is what a decode row costs beyond a pure decode step when it rides in a prefill forward (SGLang runs
-a mixed batch through its extend path; with the CPU's torch_native attention that path is measurably slower per
-context token, on GPUs the term fits to ~0). Policies that mix prefill with decodes see it, so a mixed step is
+a mixed batch through its extend path; with the CPU's torch_native attention a decode row there costs ~15-35 ms
+instead of ~4 ms in a decode step; on GPUs the term fits to ~0). Policies that mix prefill with decodes see it, so a mixed step is
 planned at its real cost and decodes with slack are better deferred.
 All coefficients are seconds (per unit).
 """
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-FEATURES = ("base", "prefill_tokens", "attn_tokens2", "decode_reqs", "context_tokens", "mixed_context_tokens")
+FEATURES = ("base", "prefill_tokens", "attn_tokens2", "decode_reqs", "context_tokens", "mixed_decode_reqs")
 MAX_CHUNK_TOKENS = 2**31 - 1
 """What max_chunk returns when prefill costs nothing (or the budget is unbounded)."""
 
@@ -34,7 +34,7 @@ class CostModel:
     per_attn_token2_s: float = 0.0
     per_decode_req_s: float = 0.0
     per_context_token_s: float = 0.0
-    per_mixed_context_token_s: float = 0.0
+    per_mixed_decode_req_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -52,9 +52,9 @@ class CostModel:
         """Marginal time of one decode row reading `context_tokens` of KV."""
         return self.per_decode_req_s + self.per_context_token_s * context_tokens
 
-    def mixed_s(self, context_tokens: int) -> float:
-        """Extra time of decode rows with `context_tokens` in all when they share a forward with prefill."""
-        return self.per_mixed_context_token_s * context_tokens
+    def mixed_s(self, n_decodes: int) -> float:
+        """Extra time of `n_decodes` decode rows when they share a forward with prefill."""
+        return self.per_mixed_decode_req_s * n_decodes
 
     def predict(self, prefills: list[tuple[int, int]] | tuple = (), decode_contexts: list[int] | tuple = ()) -> float:
         """Predicted time of an iteration with prefill chunks [(chunk, prefix), ...] and decode rows' contexts."""
@@ -62,7 +62,7 @@ class CostModel:
             return 0.0
         t = self.base_s + sum(self.prefill_s(c, p) for c, p in prefills) + sum(self.decode_s(x) for x in decode_contexts)
         if prefills and decode_contexts:
-            t += self.mixed_s(sum(decode_contexts))
+            t += self.mixed_s(len(decode_contexts))
         return t
 
     def max_chunk(self, remaining_s: float, prefix_tokens: int = 0) -> int:
@@ -94,12 +94,12 @@ class CostModel:
             float(sum(c * (p + c) for c, p in prefills)),
             float(len(decode_contexts)),
             float(sum(decode_contexts)),
-            float(sum(decode_contexts)) if prefills else 0.0,
+            float(len(decode_contexts)) if prefills else 0.0,
         ])
 
     def coefficients(self) -> np.ndarray:
         return np.array([self.base_s, self.per_prefill_token_s, self.per_attn_token2_s,
-                         self.per_decode_req_s, self.per_context_token_s, self.per_mixed_context_token_s])
+                         self.per_decode_req_s, self.per_context_token_s, self.per_mixed_decode_req_s])
 
     @classmethod
     def from_coefficients(cls, coef) -> "CostModel":

@@ -23,7 +23,7 @@ _GAUGES = {
     "cost_rel_err_ewma": "Relative error of the cost model's prediction (EWMA).",
 }
 _COEF = ("base_s", "per_prefill_token_s", "per_attn_token2_s", "per_decode_req_s", "per_context_token_s",
-         "per_mixed_context_token_s")
+         "per_mixed_decode_req_s")
 
 
 class FairGauges:

@@ -158,7 +158,7 @@ def predicted_s(cost: CostModel, prefill: Sequence[tuple[int, int]], decodes: Se
         return 0.0
     t = cost.base_s + sum(cost.prefill_s(c, p) for c, p in prefill) + decode_time_s(cost, decodes)
     if prefill and decodes:
-        t += cost.mixed_s(sum([r.prefilled_tokens + r.output_tokens for r in decodes]))
+        t += cost.mixed_s(len(decodes))
     return t
 
 

@@ -145,7 +145,7 @@ class FairPolicy:
         ratio = p.kv_reserve_output_ratio
         reserve = None
         # urgent decodes cost more once a prefill shares their forward (CostModel.mixed_s)
-        mix_urgent = cost.mixed_s(sum([r.prefilled_tokens + r.output_tokens for r in urgent])) if urgent else 0.0
+        mix_urgent = cost.mixed_s(len(urgent))
         item = head
         while item is not None:
             r, is_new = item
@@ -188,7 +188,7 @@ class FairPolicy:
             rem_t = budget - t
             per_req, per_ctx = cost.per_decode_req_s, cost.per_context_token_s
             if prefill:
-                per_ctx += cost.per_mixed_context_token_s
+                per_req += cost.per_mixed_decode_req_s
             # each decode costs at least per_req, so at most rem_t / per_req of them can fit
             cap = rem_t / per_req if per_req > 0 else math.inf
             k = min(len(cand), kv_lazy, int(cap) + 1 if cap < len(cand) else len(cand))

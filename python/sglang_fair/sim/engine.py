@@ -273,7 +273,7 @@ class Replica:
                 ctx += r.prompt + r.outputs
             t += c.per_decode_req_s * len(plan.decode) + c.per_context_token_s * ctx
             if targets:
-                t += c.per_mixed_context_token_s * ctx
+                t += c.per_mixed_decode_req_s * len(plan.decode)
         t *= self._noise_factor()
         end = self.now + t
         self._run(plan.decode, targets, end)

@@ -1,0 +1,150 @@
+"""`sglang-fair bench`: live A/B capacity benchmark with SGLang's bench_serving on real traces.
+
+    sglang-fair bench --quick --json          # stock vs fair on Azure code, <= 5 min; JSON summary on stdout
+    sglang-fair bench --full --out DIR --docs docs/results.md   # every policy, both Azure traces, cluster, fidelity
+
+Servers run on loopback in their own process groups (at most two at once, machine-wide slots), with
+`--sleep-on-idle`, and are stopped by process group, also when the benchmark is interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="live A/B benchmark: stock SGLang vs our policies under bench_serving",
+                       description=__doc__.split("\n")[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="stock vs fair, Azure code, <= 5 minutes (default)")
+    mode.add_argument("--full", action="store_true", help="all policies, Azure code and conv, cluster, sim fidelity")
+    p.add_argument("--json", action="store_true", help="print the summary JSON on stdout")
+    p.add_argument("--out", default=None, help="folder for results.json, plots and traces (default: a temp folder)")
+    p.add_argument("--docs", default=None, metavar="RESULTS_MD",
+                   help="regenerate the 'Live A/B benchmarks' section of this Markdown file (plots go beside it, "
+                        "in img/live/)")
+    p.add_argument("--policies", default=None, help="comma-separated subset of the mode's policies")
+    p.add_argument("--ttft-slo-ms", type=float, default=None)
+    p.add_argument("--tpot-slo-ms", type=float, default=None)
+    p.add_argument("--no-cluster", action="store_true", help="skip the two-server runs (full mode)")
+    p.set_defaults(func=main)
+
+
+def _config(args):
+    from .policies import LIVE_POLICIES
+    from .runner import full_config, quick_config
+    cfg = full_config() if args.full else quick_config()
+    if args.policies:
+        names = [x.strip() for x in args.policies.split(",") if x.strip()]
+        bad = [n for n in names if n not in LIVE_POLICIES]
+        if bad or not names:
+            raise SystemExit(f"sglang-fair bench: --policies: unknown {bad or names}; choose from "
+                             f"{', '.join(LIVE_POLICIES)}")
+        cfg.policies = names
+    for flag in ("ttft_slo_ms", "tpot_slo_ms"):
+        v = getattr(args, flag)
+        if v is not None:
+            if not v > 0:
+                raise SystemExit(f"sglang-fair bench: --{flag.replace('_', '-')} must be > 0")
+            setattr(cfg, flag, v)
+    if args.no_cluster:
+        cfg.cluster = []
+    return cfg
+
+
+def main(args) -> int:
+    from ..live.server import exit_on_sigterm
+    exit_on_sigterm()
+    cfg = _config(args)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sglang-fair-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    results = run(cfg, out)
+    cmd = "sglang-fair bench " + " ".join(a for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "sglang-fair bench"
+    from . import report
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+    imgs = report.plots(results, out)
+    summary = report.quick_summary(results)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.docs:
+        from ..docs_section import replace_section
+        docs = Path(args.docs)
+        img_dir = docs.parent / "img" / "live"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        for f in imgs:
+            shutil.copy(f, img_dir / f.name)
+        title = "Live A/B benchmarks (quick)" if cfg.mode == "quick" else "Live A/B benchmarks"
+        replace_section(docs, title, report.markdown(results, cmd, "img/live"))
+    print(f"[bench] results in {out}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        for name, p in summary["policies"].items():
+            print(f"{name:>16}: capacity x{p['capacity']:g} ({p['capacity_rps']:.2f} req/s)")
+        print(f"capacity ratio fair/stock: {summary['capacity_ratio_fair_vs_stock']}")
+    return 0
+
+
+def _json_default(o):
+    import numpy as np
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def run(cfg, out: Path) -> dict:
+    from .. import __version__
+    from ..model import make_model
+    from .fidelity import fidelity
+    from .policies import SIM_SPECS
+    from .runner import Bench, machine
+
+    t0 = time.monotonic()
+    bench = Bench(cfg, out, str(make_model()))
+    bench.log = open(out / "bench_serving.log", "w")
+    bench.say("loading bench_serving")
+    import sglang
+    import sglang.benchmark.serving  # noqa: F401  (import once: ~15 s)
+    bench.prepare()
+    results: dict = {"config": cfg.to_json(), "machine": machine(), "date": dt.date.today().isoformat(),
+                     "versions": _versions(__version__, sglang.__version__), "workloads": {}, "single": {},
+                     "cluster": {}}
+    for key, (w, trace, _) in bench.traces.items():
+        results["workloads"][key] = {"rate_rps": trace.rate_rps, "span_s": trace.duration_s,
+                                     "prompt_tokens_mean": float(trace.prompt_tokens.mean()),
+                                     "output_tokens_mean": float(trace.output_tokens.mean()),
+                                     "prompt_tokens_sent_mean": None}
+    order = sorted(cfg.policies, key=lambda n: n != "fair")  # fair first: the others start from its live fit
+    for name in order:
+        results["single"][name] = bench.run_single(name)
+    for key in results["workloads"]:
+        sent = [x for (lbl, k), ps in bench.probes.items() if k == key for p in ps.values() for x in p.input_lens]
+        results["workloads"][key]["prompt_tokens_sent_mean"] = float(sum(sent) / len(sent)) if sent else None
+    first = cfg.workloads[0].trace
+    stock_cap = results["single"].get("stock", {}).get(first, {}).get("capacity") or cfg.start_scale
+    for server_policy, router_policy in cfg.cluster:
+        label = f"2x{server_policy}/{router_policy}"
+        results["cluster"][label] = bench.run_cluster(server_policy, router_policy, start=2.0 * stock_cap)
+    if bench.cost_model_path.exists():
+        results["cost_model"] = json.loads(bench.cost_model_path.read_text())
+        results["fidelity"] = fidelity(
+            bench.probes, bench.traces, {k: v for k, v in SIM_SPECS.items() if k in cfg.policies},
+            str(bench.cost_model_path), ttft_slo_ms=cfg.ttft_slo_ms, tpot_slo_ms=cfg.tpot_slo_ms,
+            kv_tokens=cfg.kv_tokens)
+    results["wall_s"] = time.monotonic() - t0
+    bench.log.close()
+    return results
+
+
+def _versions(ours: str, sglang_version: str) -> dict:
+    try:
+        from importlib.metadata import version
+        router = version("sglang-router")
+    except Exception:
+        router = None
+    return {"sglang_fair": ours, "sglang": sglang_version, "sglang_router": router}

@@ -1,0 +1,36 @@
+"""The server configurations a live benchmark compares. Each is `sglang-fair serve` flags on top of the CPU defaults;
+`off` is stock SGLang (our plugin inert), at the settings a user would pick:
+
+- `stock`: SGLang's default scheduling, chunked prefill 2048, no mixed chunk (a prompt's chunks run back to back and
+  running decodes wait);
+- `stock-mixed-512`: `--enable-mixed-chunk --chunked-prefill-size 512`, SGLang's own stall-free (Sarathi-style)
+  batching with a 512-token budget;
+- `fair`, `slai`: our policies; `sarathi-512`: our Sarathi policy (token budget 512) through the same plugin path.
+"""
+
+from __future__ import annotations
+
+LIVE_POLICIES: dict[str, list[str]] = {
+    "stock": ["--fair-policy", "off", "--chunked-prefill-size", "2048"],
+    "stock-mixed-512": ["--fair-policy", "off", "--chunked-prefill-size", "512", "--enable-mixed-chunk"],
+    "fair": ["--fair-policy", "fair", "--chunked-prefill-size", "2048"],
+    "slai": ["--fair-policy", "slai", "--chunked-prefill-size", "2048"],
+    "sarathi-512": ["--fair-policy", "sarathi", "--fair-param", "token_budget=512", "--chunked-prefill-size", "2048"],
+}
+STOCK = ("stock", "stock-mixed-512")
+"""Policies with our plugin inert (no cost model, no status route)."""
+SIM_SPECS = {"fair": "fair", "slai": "slai", "sarathi-512": "sarathi-512"}
+"""Live policy -> the simulator's spec for the same policy code (stock SGLang has no simulator twin)."""
+
+
+def policy_args(name: str, *, ttft_slo_ms: float, tpot_slo_ms: float, cost_model: str | None = None,
+                save_cost_model: str | None = None) -> list[str]:
+    if name not in LIVE_POLICIES:
+        raise ValueError(f"unknown live policy {name!r}; choose from {', '.join(LIVE_POLICIES)}")
+    args = [*LIVE_POLICIES[name], "--ttft-slo-ms", f"{ttft_slo_ms:g}", "--tpot-slo-ms", f"{tpot_slo_ms:g}"]
+    if name not in STOCK:
+        if cost_model:
+            args += ["--fair-cost-model", cost_model]
+        if save_cost_model:
+            args += ["--fair-save-cost-model", save_cost_model]
+    return args

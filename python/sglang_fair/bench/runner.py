@@ -1,0 +1,216 @@
+"""Run the live benchmark: one server per policy (then a two-server cluster behind sglang-router), capacity search
+with bench_serving probes, everything recorded in one results dict (see report.py for the files it becomes).
+
+Order matters only for the cost model: `fair` runs first with `--fair-save-cost-model`, and the other plugin
+policies start from that live fit (`--fair-cost-model`), as does the simulator replay (fidelity.py).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..live.server import cpu_server_args, server_slots, sglang_router, sglang_server
+from ..metrics import summarize
+from .client import Probe, run_probe
+from .policies import STOCK, policy_args
+from .search import live_capacities
+from .workload import Workload
+
+SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve"]
+
+
+CODE_BURST_S = 585.2
+"""Azure code window start: its burstiest 24 requests within ~17 s (largest inter-arrival CV among such windows)."""
+
+
+@dataclass
+class BenchConfig:
+    mode: str
+    workloads: list[Workload]
+    policies: list[str]
+    ttft_slo_ms: float = 1500.0
+    tpot_slo_ms: float = 150.0
+    start_scale: float = 1.0
+    max_probes: int = 4
+    rel_tol: float = 0.15
+    probe_drain_s: float = 45.0
+    """A probe is cut (aborted, failing) this long after its last scheduled arrival."""
+    warmup_requests: int = 8
+    kv_tokens: int = 32768
+    cluster: list[tuple[str, str]] = field(default_factory=list)
+    """(server policy, router policy) pairs for the two-server runs (on the first workload)."""
+    cluster_max_probes: int = 3
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["workloads"] = [w.to_json() for w in self.workloads]
+        return d
+
+
+def quick_config() -> BenchConfig:
+    return BenchConfig(mode="quick", workloads=[Workload("azure-code", 24, start_s=CODE_BURST_S)],
+                       policies=["fair", "stock"], max_probes=3, rel_tol=0.3, probe_drain_s=30.0, warmup_requests=6)
+
+
+def full_config() -> BenchConfig:
+    return BenchConfig(mode="full",
+                       workloads=[Workload("azure-code", 40, start_s=CODE_BURST_S),
+                                  Workload("azure-conv", 40, output_scale=0.25)],
+                       policies=["fair", "stock", "stock-mixed-512", "slai", "sarathi-512"],
+                       cluster=[("stock", "cache_aware"), ("stock", "round_robin"), ("fair", "power_of_two")])
+
+
+@dataclass
+class Bench:
+    config: BenchConfig
+    out_dir: Path
+    model: str
+    log: object = None
+    traces: dict = field(default_factory=dict)
+    """workload key -> (Workload, Trace, mooncake path)."""
+    probes: dict = field(default_factory=dict)
+    """(label, workload key) -> {scale: Probe}; kept for the simulator replay."""
+
+    @property
+    def cost_model_path(self) -> Path:
+        return self.out_dir / "live-cost-model.json"
+
+    def say(self, msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def prepare(self) -> None:
+        (self.out_dir / "traces").mkdir(parents=True, exist_ok=True)
+        for w in self.config.workloads:
+            key = w.trace
+            path = self.out_dir / "traces" / f"{key}.jsonl"
+            self.traces[key] = (w, w.write(path), path)
+
+    def _probe(self, url: str, key: str, scale: float, abort_urls=None, cap_s=None) -> Probe:
+        _, trace, path = self.traces[key]
+        c = self.config
+        return run_probe(url, self.model, trace, path, scale, work_dir=self.out_dir, ttft_slo_s=c.ttft_slo_ms / 1e3,
+                         tpot_slo_s=c.tpot_slo_ms / 1e3, cap_s=cap_s or trace.duration_s / scale + c.probe_drain_s,
+                         abort_urls=abort_urls,
+                         seed=c.seed, log=self.log)
+
+    def _warm_up(self, url: str, abort_urls=None) -> None:
+        """A first pass over new shapes runs several times slower on the CPU: replay the head of the first workload
+        fast once, unmeasured (for `fair` it is also where the online cost fit starts learning)."""
+        w, trace, _ = next(iter(self.traces.values()))
+        n = min(self.config.warmup_requests, len(trace))
+        key = f"warmup-{n}"
+        if key not in self.traces:
+            path = self.out_dir / "traces" / f"{key}.jsonl"
+            head = Workload(**{**w.to_json(), "n_requests": n})
+            self.traces[key] = (head, head.write(path), path)
+        self._probe(url, key, 4.0, abort_urls=abort_urls, cap_s=90.0)
+
+    def _search(self, label: str, url: str, key: str, start: float, max_probes: int, abort_urls=None) -> dict:
+        c = self.config
+        kept = self.probes.setdefault((label, key), {})
+
+        def evaluate(scale: float):
+            t0 = time.monotonic()
+            p = self._probe(url, key, scale, abort_urls=abort_urls)
+            kept[scale] = p
+            s = summarize(p.records)
+            self.say(f"{label:>16} {key} x{scale:<7.4g} p99 TTFT {s.p99_ttft_s * 1e3:8.0f} ms  p99 TPOT "
+                     f"{s.p99_tpot_s * 1e3:6.0f} ms  attainment {s.attainment:4.2f}"
+                     f"{'  ABORTED' if p.aborted else ''}  ({time.monotonic() - t0:.0f} s)")
+            return s
+
+        res = live_capacities(evaluate, c.ttft_slo_ms / 1e3, c.tpot_slo_ms / 1e3, start, max_probes=max_probes,
+                              rel_tol=c.rel_tol)
+        w, trace, _ = self.traces[key]
+        res["capacity_rps"] = res["capacity"] * trace.rate_rps
+        res["probes"] = {f"{x:g}": _probe_json(kept[x], s) for x, s in res["probes"].items()}
+        return res
+
+    def run_single(self, name: str) -> dict:
+        c = self.config
+        first_plugin = name not in STOCK and not self.cost_model_path.exists()
+        args = policy_args(name, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
+                           cost_model=None if first_plugin or name in STOCK else str(self.cost_model_path),
+                           save_cost_model=str(self.cost_model_path) if name == "fair" else None)
+        args += cpu_server_args(c.kv_tokens, float32=True)
+        self.say(f"starting {name}: sglang-fair serve {' '.join(args)}")
+        out = {"server_args": args}
+        with sglang_server(self.model, args, command=SERVE, startup_timeout_s=600) as srv:
+            self._warm_up(srv.url)
+            for key in self.traces:
+                if key.startswith("warmup-"):
+                    continue
+                out[key] = self._search(name, srv.url, key, c.start_scale, c.max_probes)
+            if name not in STOCK:
+                out["status"] = _status(srv)
+        return out
+
+    def run_cluster(self, server_policy: str, router_policy: str, start: float) -> dict:
+        c = self.config
+        key = c.workloads[0].trace
+        args = policy_args(server_policy, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
+                           cost_model=None if server_policy in STOCK else str(self.cost_model_path))
+        args += ["--enable-metrics", *cpu_server_args(c.kv_tokens, float32=True)]
+        label = f"2x{server_policy}/{router_policy}"
+        self.say(f"starting {label}")
+        # each server pinned to its own core with one torch thread: two schedulers with two OpenMP threads each on
+        # two cores slow each other down by an order of magnitude (docs/reliability.md)
+        cmds = [["taskset", "-c", str(i % 2), *SERVE] for i in range(2)]
+        env = {"OMP_NUM_THREADS": "1"}
+        with server_slots(2), \
+                sglang_server(self.model, args, command=cmds[0], env=env, startup_timeout_s=600) as a, \
+                sglang_server(self.model, args, command=cmds[1], env=env, startup_timeout_s=600) as b, \
+                sglang_router([a.url, b.url], router_policy, load_poll_s=1) as r:
+            urls = [a.url, b.url]
+            self._warm_up(r.url, abort_urls=urls)
+            res = self._search(label, r.url, key, start, c.cluster_max_probes, abort_urls=urls)
+            res["requests_per_worker"] = [_requests_done(u) for u in urls]
+        res.update(server_policy=server_policy, router_policy=router_policy, server_args=args,
+                   pinning="taskset -c 0 / -c 1, OMP_NUM_THREADS=1 per server")
+        return res
+
+
+def _probe_json(p: Probe, s) -> dict:
+    d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.to_dict().items()}
+    d.update(wall_s=p.wall_s, aborted=p.aborted, bench_serving=p.bench,
+             input_tokens_mean=float(np.mean(p.input_lens)) if p.input_lens else None)
+    return d
+
+
+def _status(srv) -> dict:
+    try:
+        rank = srv.get("/sglang_fair/status", timeout=10).json()["ranks"][0]
+    except Exception as exc:  # report, do not fail the benchmark over a status read
+        return {"error": str(exc)}
+    keys = ("planned_iterations", "mixed_forwards", "deferred_total", "cost_rel_err_ewma", "cost_model",
+            "stock_iterations", "faults")
+    return {k: rank.get(k) for k in keys}
+
+
+def _requests_done(url: str) -> float | None:
+    import re
+
+    import requests
+    try:
+        text = requests.get(url + "/metrics", timeout=10).text
+    except requests.RequestException:
+        return None
+    return sum(float(v) for v in re.findall(r"^sglang:num_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+
+
+def machine() -> dict:
+    import os
+    cpu = ""
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version()}
