@@ -37,11 +37,8 @@ prefill attention by the median GEMM ratio (pre/post proj, up/down proj) at n = 
 attention, KV writes and the overhead constant by the median GEMM ratio at n <= 32 (weight-streaming,
 memory-bound). Then the same fit.
 
-`cpu-tiny-llama` is a placeholder prior for the embedded CPU model (hidden 512, 8 layers, torch_native attention,
-2 threads), fitted to 8 server-side calibration points (notes: TTFT for 512/1024/2048/4096-token prompts =
-101/216/701/1923 ms with chunked prefill 2048, so 4096 is two iterations (2048, 0) + (2048, 2048); TPOT with
-N = 1/8/32/64 decoders = 12.7/24.7/63.5/161 ms). The decode context was not varied there, so the per-context term
-is not fitted (0); plain least squares on relative error (8 points, no outlier rejection).
+`cpu-tiny-llama` (the embedded CPU model's prior) is not made here: it is a live online fit saved by
+`sglang-fair serve --fair-save-cost-model` on a CPU machine (its "source" field says how).
 
 Usage: python benchmark/fit_profiles.py [--profiles-dir DIR] [--overhead-ms 1.0] [--json] [--write]
 """
@@ -60,8 +57,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
-from sglang_fair.core.cost_model import FEATURES, CostModel  # noqa: E402
-from sglang_fair.core.fit import FitOptions, fit_cost_model, fit_features, model_json  # noqa: E402
+from sglang_fair.core.cost_model import CostModel  # noqa: E402
+from sglang_fair.core.fit import FitOptions, fit_cost_model, model_json  # noqa: E402
 
 LAYERS = 32
 LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
@@ -72,9 +69,6 @@ L3_A100 = "a100_meta-llama_Meta-Llama-3-8B"
 L2_A100, L2_H100 = "a100_meta-llama_Llama-2-7b-hf", "h100_meta-llama_Llama-2-7b-hf"
 
 # embedded CPU model calibration (hidden 512, 8 layers), milliseconds
-CPU_TTFT_MS = {512: 101.0, 1024: 216.0, 2048: 701.0, 4096: 1923.0}
-CPU_TPOT_MS = {1: 12.7, 8: 24.7, 32: 63.5, 64: 161.0}
-CPU_CHUNK = 2048
 
 
 def default_profiles_dir() -> Path:
@@ -174,23 +168,6 @@ def build_samples(ops: OpTable, attn: list[dict], overhead_ms: float, ratio: Gpu
     return samples
 
 
-def cpu_calibration_fit():
-    """Fit the embedded CPU model's calibration points (see module docstring)."""
-    rows, ys = [], []
-    for n, ms in CPU_TTFT_MS.items():
-        chunks = [(min(CPU_CHUNK, n - p), p) for p in range(0, n, CPU_CHUNK)]
-        row = CostModel.features(chunks, ())
-        row[0] = len(chunks)  # one iteration per chunk
-        rows.append(row)
-        ys.append(ms / 1000.0)
-    for n, ms in CPU_TPOT_MS.items():
-        rows.append(CostModel.features((), [0] * n))
-        ys.append(ms / 1000.0)
-    opts = FitOptions(robust=False, drop_unsupported=False,
-                      terms=("base", "prefill_tokens", "attn_tokens2", "decode_reqs"))
-    return fit_features(np.vstack(rows), np.array(ys), options=opts)
-
-
 def per_kind_error(model: CostModel, samples) -> dict:
     out: dict[str, list[float]] = {}
     for pf, dec, t, kind in samples:
@@ -250,15 +227,7 @@ def main(argv=None) -> int:
         docs[name] = doc
         if not args.json:
             print(describe(name, model, report, kinds))
-    model, report = cpu_calibration_fit()
-    docs["cpu-tiny-llama"] = model_json(model, report, (
-        "PLACEHOLDER prior for the embedded CPU model (random-weight Llama, hidden 512, 8 layers, SGLang torch_native "
-        "attention, 2 threads): least-squares fit of 8 calibration points (TTFT 512/1024/2048/4096 tokens = "
-        "101/216/701/1923 ms at chunk 2048; TPOT N=1/8/32/64 = 12.7/24.7/63.5/161 ms); context term not measured "
-        "(0). Refine online from live iterations."))
-    if not args.json:
-        print(describe("cpu-tiny-llama", model, report, None))
-    else:
+    if args.json:
         print(json.dumps(docs, indent=2))
     if args.write:
         out = REPO / "python" / "sglang_fair" / "presets"

@@ -123,8 +123,7 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
             ratio = f"{rr['capacity'] / s_cap:.2f}x" if s_cap else "-"
             at_stock = rr["probes"].get(f"{s_cap:g}") if s_cap else None
             at_stock_txt = f"{_ms(at_stock['p99_ttft_s'])} / {_ms(at_stock['p99_tpot_s'])}" if at_stock else "-"
-            probes = ", ".join(f"{x}{'' if p['attainment'] is None else ''}"
-                               for x, p in sorted(rr["probes"].items(), key=lambda kv: float(kv[0])))
+            probes = ", ".join(sorted(rr["probes"], key=float))
             lines.append(f"| {name} | {rr['capacity']:g} | {rr['capacity_rps']:.2f} | {ratio} | "
                          f"{_ms(at.get('p99_ttft_s'))} | {_ms(at.get('p99_tpot_s'))} | "
                          f"{at.get('attainment', 0):.2f} | {rr['capacity_attainment_lower_bound']:g} | "

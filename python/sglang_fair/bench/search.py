@@ -34,7 +34,7 @@ def budgeted_capacity(evaluate: Callable[[float], Summary], ok: Callable[[Summar
             hi = x
             if lo is None:
                 x /= 2.0
-    return (float(f"{lo:.4g}") if lo is not None else 0.0), hi
+    return (float(f"{lo:.4g}") if lo is not None else 0.0), (float(f"{hi:.4g}") if hi is not None else None)
 
 
 def live_capacities(evaluate: Callable[[float], Summary], ttft_slo_s: float, tpot_slo_s: float, start: float, *,

@@ -132,52 +132,30 @@ class FairPolicy:
                              note="fair decode-only: urgent decodes exceed budget")
         kv_left = free - len(urgent) - n_lazy  # one token kept per non-urgent decode, so deferring never forces preemption
         if prefills is None and kv_left > 0 and budget > t:
-            # EDF only among as many of the oldest waiting requests as could still start this iteration
-            fit = min(kv_left, cost.max_chunk(budget - t))
-            window = 1 + fit // p.min_prefill_chunk_tokens
-            if p.prefill_window_reqs:
-                window = min(window, p.prefill_window_reqs)
-            prefills = merge_edf(snap.prefilling, lazy_edf(snap.waiting, window))
+            prefills = self._prefill_order(snap, cost.max_chunk(budget - t), kv_left)
             head = next(prefills, None)
 
         # ---- 3. prefills, earliest deadline first ----------------------------------------------------------------
-        prefill: list[tuple[ReqView, int]] = []
-        ratio = p.kv_reserve_output_ratio
-        reserve = None
         # urgent decodes cost more once a prefill shares their forward (CostModel.mixed_s)
         mix_urgent = cost.mixed_s(len(urgent))
-        item = head
-        while item is not None:
-            r, is_new = item
-            rem_t = budget - t - (mix_urgent if not prefill else 0.0)
-            if rem_t <= 0 or kv_left <= 0:
-                break
-            if r.rid in gone:
-                item = next(prefills, None)
-                continue
-            remaining = r.remaining_prompt_tokens
-            if is_new:
-                if reserve is None:  # partial chunks planned so far are already inside the reserve
-                    reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum([c for _, c in prefill])
-                if kv_left - reserve < admission_tokens(r, ratio):
-                    break  # head-of-line: a request that does not fit blocks later ones
-            c = min(remaining, kv_left, cost.max_chunk(rem_t, r.prefilled_tokens))
-            if not running and not prefill:  # the floor put in the budget for this chunk; absorbs float rounding
-                c = max(c, min(remaining, kv_left, p.min_prefill_chunk_tokens))
-            if c <= 0 or (c < remaining and c < p.min_prefill_chunk_tokens and (prefill or urgent)):
-                break
-            if not prefill:
-                t += mix_urgent
-            prefill.append((r, c))
-            t += cost.prefill_s(c, r.prefilled_tokens)
-            kv_left -= c
-            if is_new:
-                reserve += remaining - c + output_reserve_tokens(r, ratio)
-            elif reserve is not None:
-                reserve -= c
-            if c < remaining:
-                break
-            item = next(prefills, None)
+        prefill, t, kv_left = self._fill(snap, head, prefills, budget, t, kv_left, gone, floor=not running,
+                                         strict=bool(urgent), mix_s=mix_urgent)
+
+        # ---- 3b. where mixing is slow: prefill alone while every decode sits the step out, or decodes alone ----------
+        if running and not preempt and cost.per_mixed_decode_req_s > 0 and (snap.prefilling or snap.waiting):
+            t_dec = cost.base_s + decode_time_s(cost, running)  # the decode step that must follow
+            b_budget = min_slack - t_dec
+            alt_kv = free - len(running)
+            if b_budget > cost.base_s and alt_kv > 0:
+                order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv)
+                alt, t_alt, _ = self._fill(snap, next(order, None), order, b_budget, cost.base_s, alt_kv, gone,
+                                           floor=False, strict=True, mix_s=0.0)
+                if sum(c for _, c in alt) > sum(c for _, c in prefill):
+                    return make_plan(cost, alt, [], preempt, b_budget, predicted=t_alt,
+                                     note=f"fair prefill-only budget={b_budget * 1e3:.1f}ms: decodes sit out")
+            if prefill and urgent and t - cost.base_s - decode_time_s(cost, urgent) - mix_urgent < mix_urgent:
+                # the mixed penalty would cost more than the prefill it carries: decode now, prefill alone later
+                prefill, t, kv_left = [], cost.base_s + decode_time_s(cost, urgent), free - len(urgent) - n_lazy
 
         # ---- 4. non-urgent decodes by slack while time remains ---------------------------------------------------
         lazy_decodes: list[ReqView] = []
@@ -204,6 +182,57 @@ class FairPolicy:
         decodes = urgent + lazy_decodes if lazy_decodes else urgent
         return make_plan(cost, prefill, decodes, preempt, budget, predicted=t,
                          note=f"fair budget={budget * 1e3:.1f}ms urgent={len(urgent)} lazy={len(lazy_decodes)}")
+
+    def _prefill_order(self, snap: Snapshot, fit_tokens: int, kv_left: int):
+        """Partial prefills and waiting requests, earliest TTFT deadline first: EDF only among as many of the oldest
+        waiting requests as could still start this iteration."""
+        p = self.params
+        window = 1 + min(kv_left, fit_tokens) // p.min_prefill_chunk_tokens
+        if p.prefill_window_reqs:
+            window = min(window, p.prefill_window_reqs)
+        return merge_edf(snap.prefilling, lazy_edf(snap.waiting, window))
+
+    def _fill(self, snap: Snapshot, item, prefills, budget: float, t: float, kv_left: int, gone: frozenset, *,
+              floor: bool, strict: bool, mix_s: float) -> tuple[list, float, int]:
+        """Prefill chunks EDF while time and KV remain (step 3). `floor`: the first chunk gets at least
+        min_prefill_chunk_tokens (an otherwise idle engine); `strict`: not even the first chunk may be shorter than
+        that (unless it finishes the prompt); `mix_s`: extra time charged when the first prefill joins decodes."""
+        p, cost = self.params, snap.cost
+        prefill: list[tuple[ReqView, int]] = []
+        ratio = p.kv_reserve_output_ratio
+        reserve = None
+        while item is not None:
+            r, is_new = item
+            rem_t = budget - t - (mix_s if not prefill else 0.0)
+            if rem_t <= 0 or kv_left <= 0:
+                break
+            if r.rid in gone:
+                item = next(prefills, None)
+                continue
+            remaining = r.remaining_prompt_tokens
+            if is_new:
+                if reserve is None:  # partial chunks planned so far are already inside the reserve
+                    reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum([c for _, c in prefill])
+                if kv_left - reserve < admission_tokens(r, ratio):
+                    break  # head-of-line: a request that does not fit blocks later ones
+            c = min(remaining, kv_left, cost.max_chunk(rem_t, r.prefilled_tokens))
+            if floor and not prefill:  # the floor put in the budget for this chunk; absorbs float rounding
+                c = max(c, min(remaining, kv_left, p.min_prefill_chunk_tokens))
+            if c <= 0 or (c < remaining and c < p.min_prefill_chunk_tokens and (prefill or strict)):
+                break
+            if not prefill:
+                t += mix_s
+            prefill.append((r, c))
+            t += cost.prefill_s(c, r.prefilled_tokens)
+            kv_left -= c
+            if is_new:
+                reserve += remaining - c + output_reserve_tokens(r, ratio)
+            elif reserve is not None:
+                reserve -= c
+            if c < remaining:
+                break
+            item = next(prefills, None)
+        return prefill, t, kv_left
 
     def _decode_slacks(self, running, now: float) -> list[float]:
         """Slack of each running request's next token. Anchor "first_token": first_token_s + j * tpot (the TPOT
