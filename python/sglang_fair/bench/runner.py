@@ -84,6 +84,7 @@ class Bench:
 
     def prepare(self) -> None:
         (self.out_dir / "traces").mkdir(parents=True, exist_ok=True)
+        self.cost_model_path.unlink(missing_ok=True)  # a fit left by an earlier run in this folder must not leak in
         for w in self.config.workloads:
             key = w.trace
             path = self.out_dir / "traces" / f"{key}.jsonl"
