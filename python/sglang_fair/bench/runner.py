@@ -34,6 +34,8 @@ class BenchConfig:
     ttft_slo_ms: float = 2000.0
     tpot_slo_ms: float = 200.0
     start_scale: float = 1.0
+    start_scales: dict = field(default_factory=dict)
+    """Per-trace first probe (trace name -> rate scale); others start at start_scale."""
     max_probes: int = 4
     rel_tol: float = 0.15
     probe_drain_s: float = 45.0
@@ -58,8 +60,10 @@ def quick_config() -> BenchConfig:
 
 def full_config() -> BenchConfig:
     return BenchConfig(mode="full",
-                       workloads=[Workload("azure-code", 40), Workload("azure-conv", 40, output_scale=0.25)],
-                       max_probes=3, rel_tol=0.3, cluster_max_probes=2,
+                       workloads=[Workload("azure-code", 40), Workload("azure-conv", 40, prompt_scale=0.2,
+                                                                        output_scale=0.25)],
+                       start_scale=0.7, start_scales={"azure-conv": 2.0}, max_probes=3, rel_tol=0.3,
+                       cluster_max_probes=2,
                        policies=["fair", "stock", "stock-mixed-512", "slai", "sarathi-512"],
                        cluster=[("stock", "cache_aware"), ("stock", "round_robin"), ("fair", "power_of_two")])
 
@@ -145,7 +149,7 @@ class Bench:
             for key in self.traces:
                 if key.startswith("warmup-"):
                     continue
-                out[key] = self._search(name, srv.url, key, c.start_scale, c.max_probes)
+                out[key] = self._search(name, srv.url, key, c.start_scales.get(key, c.start_scale), c.max_probes)
             if name not in STOCK:
                 out["status"] = _status(srv)
         return out
