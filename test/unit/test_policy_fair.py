@@ -191,3 +191,21 @@ def test_plan_is_deterministic_and_instance_free():
 def test_bad_params_rejected(kw):
     with pytest.raises(ValueError):
         FairParams(**kw)
+
+
+def test_catchup_tokens_let_a_decode_fall_behind_by_what_its_next_tokens_can_win_back():
+    # d0 got its first token at 1.0 and has 10 tokens left; one decode step costs 5.2 ms against a 100 ms TPOT
+    d0 = make_running("d0", prompt_tokens=100, output_tokens=1, first_token_s=1.0, max_new_tokens=11)
+    snap = make_snapshot(now=1.0, running=[d0], waiting=[make_req("p", prompt_tokens=4000, arrival_s=1.0)])
+    strict = FairPolicy().plan(snap)
+    loose = FairPolicy(catchup_tokens=4).plan(snap)
+    step = COST.base_s + COST.decode_s(101)
+    assert strict.budget_s == pytest.approx(0.1)  # per-token deadline: one TPOT of slack
+    assert loose.budget_s == pytest.approx(0.1 + 4 * (0.1 - step))  # + 4 tokens' catch-up
+    assert loose.prefill_tokens > strict.prefill_tokens
+    # no catch-up from tokens it will not produce: with 2 left only 1 can win time back
+    d1 = make_running("d1", prompt_tokens=100, output_tokens=1, first_token_s=1.0, max_new_tokens=3)
+    snap = make_snapshot(now=1.0, running=[d1], waiting=[make_req("p", prompt_tokens=4000, arrival_s=1.0)])
+    assert FairPolicy(catchup_tokens=4).plan(snap).budget_s == pytest.approx(0.1 + (0.1 - step))
+    with pytest.raises(ValueError, match="catchup_tokens"):
+        FairPolicy(catchup_tokens=-1)

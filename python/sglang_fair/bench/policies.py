@@ -5,7 +5,8 @@
   running decodes wait);
 - `stock-mixed-512`: `--enable-mixed-chunk --chunked-prefill-size 512`, SGLang's own stall-free (Sarathi-style)
   batching with a 512-token budget;
-- `fair`, `slai`: our policies; `sarathi-512`: our Sarathi policy (token budget 512) through the same plugin path.
+- `fair`, `slai`: our policies; `sarathi-512`: our Sarathi policy (token budget 512) through the same plugin path;
+- `fair-catchup16`: `fair` with `catchup_tokens=16` (decodes may fall behind by what 16 tokens can win back).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ LIVE_POLICIES: dict[str, list[str]] = {
     "stock": ["--fair-policy", "off", "--chunked-prefill-size", "2048"],
     "stock-mixed-512": ["--fair-policy", "off", "--chunked-prefill-size", "512", "--enable-mixed-chunk"],
     "fair": ["--fair-policy", "fair", "--chunked-prefill-size", "2048"],
+    "fair-catchup16": ["--fair-policy", "fair", "--fair-param", "catchup_tokens=16", "--chunked-prefill-size", "2048"],
     "slai": ["--fair-policy", "slai", "--chunked-prefill-size", "2048"],
     "sarathi-512": ["--fair-policy", "sarathi", "--fair-param", "token_budget=512", "--chunked-prefill-size", "2048"],
 }
 STOCK = ("stock", "stock-mixed-512")
 """Policies with our plugin inert (no cost model, no status route)."""
-SIM_SPECS = {"fair": "fair", "slai": "slai", "sarathi-512": "sarathi-512"}
+SIM_SPECS = {"fair": "fair", "fair-catchup16": "fair@catchup_tokens=16", "slai": "slai", "sarathi-512": "sarathi-512"}
 """Live policy -> the simulator's spec for the same policy code (stock SGLang has no simulator twin)."""
 
 

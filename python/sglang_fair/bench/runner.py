@@ -140,7 +140,7 @@ class Bench:
         first_plugin = name not in STOCK and not self.cost_model_path.exists()
         args = policy_args(name, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
                            cost_model=None if first_plugin or name in STOCK else str(self.cost_model_path),
-                           save_cost_model=str(self.cost_model_path) if name == "fair" else None)
+                           save_cost_model=str(self.cost_model_path) if first_plugin else None)
         args += cpu_server_args(c.kv_tokens, float32=True)
         self.say(f"starting {name}: sglang-fair serve {' '.join(args)}")
         out = {"server_args": args}

@@ -46,6 +46,11 @@ class FairParams:
     """Decode deadlines: "first_token" = first_token_s + j * tpot_slo (keeps the TPOT metric, which is measured from
     the first token; falls back to "arrival" for a request whose first token time is unknown) or "arrival" =
     arrival + ttft_slo + j * tpot_slo (the FairBatching envelope, which lets TTFT slack delay decodes)."""
+    catchup_tokens: int = 0
+    """With the first-token anchor: a decode may fall behind its per-token deadline by what its next
+    `catchup_tokens` tokens (at most those it still has to produce) can win back at the current decode step time,
+    `min(k, remaining - 1) * max(0, tpot_slo - step)`, since TPOT is an average over the output (0: per-token deadlines,
+    as the paper). The `max_token_gap_tpot` guard still bounds every gap."""
     prefill_window_reqs: int = 256
     """Waiting requests are taken EDF among the oldest few, then FCFS. The window is 1 + (prompt tokens that can
     still fit this iteration) // min_prefill_chunk_tokens, capped by this (0: no cap). Bounds the planning cost of a
@@ -64,6 +69,7 @@ class FairParams:
             raise ValueError(f"max_token_gap_tpot must be >= 1 (math.inf disables it), got {g!r}")
         check_ratio("kv_reserve_output_ratio", self.kv_reserve_output_ratio)
         check_int_at_least("prefill_window_reqs", self.prefill_window_reqs, 0)
+        check_int_at_least("catchup_tokens", self.catchup_tokens, 0)
         if self.decode_anchor not in ("first_token", "arrival"):
             raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
 
@@ -86,6 +92,11 @@ class FairPolicy:
         # ---- 1. budget and urgency ----------------------------------------------------------------------------------
         if running:
             slacks = self._decode_slacks(running, now)
+            if p.catchup_tokens and p.decode_anchor == "first_token":
+                step = cost.base_s + decode_time_s(cost, running)
+                k = p.catchup_tokens
+                slacks = [s + min(k, max(0, r.max_new_tokens - r.output_tokens - 1)) * max(0.0, r.tpot_slo_s - step)
+                          for s, r in zip(slacks, running)]
             min_slack = min(slacks)
             tpots = [r.tpot_slo_s for r in running]
             tpot_min = min(tpots)
