@@ -44,7 +44,7 @@ def fidelity(probes: dict, traces: dict, specs: dict, cost_model_path: str, **kw
     simulator twin in `specs`; `probes` is Bench.probes ((label, key) -> {scale: Probe})."""
     out: dict = {}
     for (label, key), by_scale in probes.items():
-        if label not in specs or key.startswith("warmup-"):
+        if label not in specs:
             continue
         trace = traces[key][1]
         rows = [compare_probe(specs[label], trace, p, cost_model_path, **kw)

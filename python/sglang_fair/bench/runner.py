@@ -85,6 +85,8 @@ class Bench:
     log: object = None
     traces: dict = field(default_factory=dict)
     """workload key -> (Workload, Trace, mooncake path)."""
+    warmup: tuple = ()
+    """(Workload, Trace, path) of the unmeasured warm-up replay: the head of the first workload."""
     probes: dict = field(default_factory=dict)
     """(label, workload key) -> {scale: Probe}; kept for the simulator replay."""
 
@@ -102,9 +104,14 @@ class Bench:
             key = w.trace
             path = self.out_dir / "traces" / f"{key}.jsonl"
             self.traces[key] = (w, w.write(path), path)
+        w = self.config.workloads[0]
+        head = Workload(**{**w.to_json(), "n_requests": min(self.config.warmup_requests, w.n_requests)})
+        path = self.out_dir / "traces" / f"warmup-{head.n_requests}.jsonl"
+        self.warmup = (head, head.write(path), path)
 
-    def _probe(self, url: str, key: str, scale: float, abort_urls=None, cap_s=None) -> Probe:
-        _, trace, path = self.traces[key]
+    def _probe(self, url: str, key: str | tuple, scale: float, abort_urls=None, cap_s=None) -> Probe:
+        """`key`: a workload key of `traces`, or a (workload, trace, path) entry itself."""
+        _, trace, path = self.traces[key] if isinstance(key, str) else key
         c = self.config
         return run_probe(url, self.model, trace, path, scale, work_dir=self.out_dir, ttft_slo_s=c.ttft_slo_ms / 1e3,
                          tpot_slo_s=c.tpot_slo_ms / 1e3, cap_s=cap_s or trace.duration_s / scale + c.probe_drain_s,
@@ -114,14 +121,7 @@ class Bench:
     def _warm_up(self, url: str, abort_urls=None) -> None:
         """A first pass over new shapes runs several times slower on the CPU: replay the head of the first workload
         fast once, unmeasured (for `fair` it is also where the online cost fit starts learning)."""
-        w, trace, _ = next(iter(self.traces.values()))
-        n = min(self.config.warmup_requests, len(trace))
-        key = f"warmup-{n}"
-        if key not in self.traces:
-            path = self.out_dir / "traces" / f"{key}.jsonl"
-            head = Workload(**{**w.to_json(), "n_requests": n})
-            self.traces[key] = (head, head.write(path), path)
-        self._probe(url, key, 4.0, abort_urls=abort_urls, cap_s=90.0)
+        self._probe(url, self.warmup, 4.0, abort_urls=abort_urls, cap_s=90.0)
 
     def _search(self, label: str, url: str, key: str, start: float, max_probes: int, abort_urls=None) -> dict:
         c = self.config
@@ -156,8 +156,6 @@ class Bench:
         with sglang_server(self.model, args, command=SERVE, startup_timeout_s=600) as srv:
             self._warm_up(srv.url)
             for key in self.traces:
-                if key.startswith("warmup-"):
-                    continue
                 out[key] = self._search(name, srv.url, key, c.start_scales.get(key, c.start_scale), c.max_probes)
             if name not in STOCK:
                 out["status"] = _status(srv)
