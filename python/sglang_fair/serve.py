@@ -10,6 +10,7 @@ errors) and stops the server with a clear message otherwise. Signals are forward
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -30,7 +31,19 @@ CPU_DEFAULTS = (
     ("--max-total-tokens", "32768"),
     ("--mem-fraction-static", "0.1"),
     ("--sleep-on-idle", None),
+    ("--disable-overlap-schedule", None),
 )
+"""SGLang flags `serve` adds on a CPU where the user gave none. The overlap loop exists to hide host work behind an
+accelerator's forward; on the CPU the forward runs inside `run_batch`, so the loop only processes every result one
+forward late: each token reached the client an iteration late, and the policy planned from output counts one token
+behind (live: a decode step run twice in a row because the first one's tokens were not counted yet)."""
+CPU_FAIR_PARAMS = {"catchup_tokens": 16}
+"""`fair` parameters `serve` adds on a CPU where the user gave none. On SGLang's CPU backend (torch_native) chunking
+a prompt is expensive (each chunk re-reads its prefix: ~0.11 ms per prefix token per chunk, on top of ~20-45 ms fixed
+cost per forward) and a decode row in a prefill forward costs ~20 ms, so per-token decode deadlines (catchup 0) cut
+prompts into ~100-token chunks and lost to stock SGLang's whole-prompt prefill by 2.5x in P99 TTFT on the quick
+window; letting decodes fall behind by what 16 tokens can win back (TPOT is an average) closed that gap
+(docs/results.md). In the simulator with the GPU presets catch-up lowers capacity, so it is not the policy default."""
 ALWAYS_DEFAULTS = (("--host", "127.0.0.1"),)
 READY_TIMEOUT_S = 900.0
 
@@ -158,6 +171,14 @@ def cpu_dtype_default(cpuinfo: str | None = None) -> str:
     return "auto" if cpu_has_native_bf16(cpuinfo) else "float32"
 
 
+def with_cpu_policy_defaults(cfg: RuntimeConfig) -> RuntimeConfig:
+    """`cfg` with CPU_FAIR_PARAMS added where the user set none (policy `fair` only)."""
+    if cfg.policy != "fair":
+        return cfg
+    params = {**CPU_FAIR_PARAMS, **cfg.policy_params}
+    return cfg if params == cfg.policy_params else dataclasses.replace(cfg, policy_params=params)
+
+
 def sglang_args(rest: list[str], cpu: bool) -> list[str]:
     args = list(rest)
     if not (_given(args, "--model-path") or _given(args, "--model")):
@@ -224,6 +245,8 @@ def main(argv: list[str]) -> int:
         parser.error(str(exc))  # exits 2, before any model loads
     cpu = not _has_cuda()
     args = sglang_args(rest, cpu)
+    if cpu:
+        cfg = with_cpu_policy_defaults(cfg)
     env = dict(os.environ, **{ENV_VAR: cfg.to_json()})
     if cpu:
         env.setdefault("SGLANG_USE_CPU_ENGINE", "1")

@@ -209,3 +209,20 @@ def test_catchup_tokens_let_a_decode_fall_behind_by_what_its_next_tokens_can_win
     assert FairPolicy(catchup_tokens=4).plan(snap).budget_s == pytest.approx(0.1 + (0.1 - step))
     with pytest.raises(ValueError, match="catchup_tokens"):
         FairPolicy(catchup_tokens=-1)
+
+
+def test_a_prefill_only_step_must_carry_its_fixed_cost_in_prefill_work():
+    # mixing is slow (20 ms per decode row), four decodes have one TPOT (100 ms) of slack, a prompt waits
+    running = [make_running(f"d{i}", prompt_tokens=100, output_tokens=1, first_token_s=1.0) for i in range(4)]
+    waiting = [make_req("p", prompt_tokens=400, arrival_s=0.9)]
+    for base_s, alone in ((0.005, True), (0.03, True), (0.04, False)):
+        cost = CostModel(**{**COST.to_dict(), "per_mixed_decode_req_s": 0.02, "base_s": base_s})
+        plan = fair().plan(make_snapshot(now=1.0, running=running, waiting=waiting, cost=cost))
+        t_dec = cost.base_s + sum(cost.decode_s(r.context_tokens) for r in running)
+        # 30 ms fixed cost: the 69 ms left before the decode step hold 39 ms of prefill, worth a step of its own;
+        # 40 ms: the 59 ms left would hold 19 ms of prefill - the decodes run now and the prompt gets a step later
+        assert ("prefill-only" in plan.note) is alone, (base_s, plan.note)
+        if alone:
+            assert plan.predicted_s - cost.base_s >= cost.base_s and plan.predicted_s <= 0.1 - t_dec + 1e-9
+        else:
+            assert len(plan.decode) == 4

@@ -70,6 +70,19 @@ def test_cpu_dtype_is_float32_unless_the_cpu_computes_bf16_natively(monkeypatch)
     assert "--dtype" not in sglang_args(["--model-path", "m"], cpu=False)
 
 
+def test_cpu_runs_without_the_overlap_loop_and_fair_gets_its_cpu_parameters():
+    from sglang_fair.serve import CPU_FAIR_PARAMS, with_cpu_policy_defaults
+    assert "--disable-overlap-schedule" in sglang_args(["--model-path", "m"], cpu=True)
+    assert "--disable-overlap-schedule" not in sglang_args(["--model-path", "m"], cpu=False)
+    parse = build_parser().parse_known_args
+    cfg = with_cpu_policy_defaults(runtime_config(parse(["--fair-policy", "fair"])[0]))
+    assert cfg.policy_params == CPU_FAIR_PARAMS and cfg.policy_params["catchup_tokens"] > 0
+    given = runtime_config(parse(["--fair-policy", "fair", "--fair-param", "catchup_tokens=0"])[0])
+    assert with_cpu_policy_defaults(given).policy_params == {"catchup_tokens": 0}  # the user's value wins
+    other = runtime_config(parse(["--fair-policy", "sarathi"])[0])
+    assert with_cpu_policy_defaults(other) is other
+
+
 def test_corrupt_environment_config_stops_the_process_instead_of_running_stock():
     code = ("import os; os.environ[%r] = '{\"policy\": \"bogus\"}'\n"
             "from sglang_fair.engine.plugin import load\nload()") % ENV_VAR

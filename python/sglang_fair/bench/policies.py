@@ -6,23 +6,28 @@
 - `stock-mixed-512`: `--enable-mixed-chunk --chunked-prefill-size 512`, SGLang's own stall-free (Sarathi-style)
   batching with a 512-token budget;
 - `fair`, `slai`: our policies; `sarathi-512`: our Sarathi policy (token budget 512) through the same plugin path;
-- `fair-catchup16`: `fair` with `catchup_tokens=16` (decodes may fall behind by what 16 tokens can win back).
+  on a CPU `serve` gives `fair` its CPU parameters (`serve.CPU_FAIR_PARAMS`: catch-up 16 tokens);
+- `fair-strict`: `fair` with `catchup_tokens=0`, per-token decode deadlines (the policy default, as the paper).
 """
 
 from __future__ import annotations
+
+from ..serve import CPU_FAIR_PARAMS
 
 LIVE_POLICIES: dict[str, list[str]] = {
     "stock": ["--fair-policy", "off", "--chunked-prefill-size", "2048"],
     "stock-mixed-512": ["--fair-policy", "off", "--chunked-prefill-size", "512", "--enable-mixed-chunk"],
     "fair": ["--fair-policy", "fair", "--chunked-prefill-size", "2048"],
-    "fair-catchup16": ["--fair-policy", "fair", "--fair-param", "catchup_tokens=16", "--chunked-prefill-size", "2048"],
+    "fair-strict": ["--fair-policy", "fair", "--fair-param", "catchup_tokens=0", "--chunked-prefill-size", "2048"],
     "slai": ["--fair-policy", "slai", "--chunked-prefill-size", "2048"],
     "sarathi-512": ["--fair-policy", "sarathi", "--fair-param", "token_budget=512", "--chunked-prefill-size", "2048"],
 }
 STOCK = ("stock", "stock-mixed-512")
 """Policies with our plugin inert (no cost model, no status route)."""
-SIM_SPECS = {"fair": "fair", "fair-catchup16": "fair@catchup_tokens=16", "slai": "slai", "sarathi-512": "sarathi-512"}
-"""Live policy -> the simulator's spec for the same policy code (stock SGLang has no simulator twin)."""
+SIM_SPECS = {"fair": "fair@" + "@".join(f"{k}={v}" for k, v in CPU_FAIR_PARAMS.items()),
+             "fair-strict": "fair@catchup_tokens=0", "slai": "slai", "sarathi-512": "sarathi-512"}
+"""Live policy -> the simulator's spec for the same policy code (stock SGLang has no simulator twin); the live
+servers run on the CPU, so `fair` carries serve's CPU parameters."""
 
 
 def policy_args(name: str, *, ttft_slo_ms: float, tpot_slo_ms: float, cost_model: str | None = None,

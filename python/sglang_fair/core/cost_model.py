@@ -105,6 +105,14 @@ class CostModel:
     def from_coefficients(cls, coef) -> "CostModel":
         return cls(*(max(0.0, float(x)) for x in coef))
 
+    def scaled(self, factor: float) -> "CostModel":
+        """Every term multiplied by `factor` (the headroom a planner keeps for iterations slower than predicted)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"scale factor must be finite and > 0, got {factor!r}")
+        if factor == 1.0:
+            return self
+        return CostModel.from_coefficients(self.coefficients() * factor)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

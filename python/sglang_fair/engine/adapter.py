@@ -17,6 +17,7 @@ import math
 import time
 
 from ..core.cost_model import CostModel
+from ..core.headroom import Headroom
 from ..core.registry import make_policy
 from ..core.types import Plan, Snapshot
 from ..runtime_config import RuntimeConfig
@@ -89,6 +90,7 @@ class FairAdapter:
             from ..policies.chaos import ChaosParams, ChaosPolicy
             self.policy = ChaosPolicy(self.policy, ChaosParams(**chaos))
         self.prior, self.cost_source = load_cost_model(cfg.cost_model, str(getattr(sched, "device", "cpu")))
+        self.headroom = Headroom()
         self.fitter = None
         if cfg.online_fit:
             from ..core.fit import OnlineCostFitter
@@ -137,8 +139,14 @@ class FairAdapter:
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     @property
-    def cost(self) -> CostModel:
+    def fitted_cost(self) -> CostModel:
+        """The cost model as fitted (what is saved and reported)."""
         return self.fitter.model if self.fitter is not None else self.prior
+
+    @property
+    def cost(self) -> CostModel:
+        """The cost model plans use: the fit scaled by the observed headroom (core/headroom.py)."""
+        return self.fitted_cost.scaled(self.headroom.factor)
 
     def _fault(self, kind: str, detail: str) -> None:
         self.faults[kind] += 1
@@ -171,7 +179,7 @@ class FairAdapter:
             self.stock_iterations += 1
             return original(sched, running_batch)
         self.planned_iterations += 1
-        self.recent_plans.append({"running": len(snap.running), "decode": len(plan.decode),
+        self.recent_plans.append({"t_s": t0, "running": len(snap.running), "decode": len(plan.decode),
                                   "first_token_known": sum(r.first_token_s is not None for r in snap.running),
                                   "prefill_tokens": plan.prefill_tokens, "waiting": len(snap.waiting),
                                   "budget_ms": plan.budget_s * 1000.0 if math.isfinite(plan.budget_s) else None,
@@ -273,8 +281,9 @@ class FairAdapter:
         self._prev_done = t_done
         if not (prefills or decodes) or measured <= 0:
             return
-        predicted = self.cost.predict(prefills, decodes)
-        self.recent_samples.append({"prefills": [list(p) for p in prefills[:8]], "n_decode": len(decodes),
+        predicted = self.fitted_cost.predict(prefills, decodes)
+        self.headroom.observe(predicted, measured)
+        self.recent_samples.append({"t_start_s": t_start, "t_done_s": t_done, "prefills": [list(p) for p in prefills[:8]], "n_decode": len(decodes),
                                     "decode_ctx": int(sum(decodes)), "measured_ms": measured * 1000.0,
                                     "predicted_ms": predicted * 1000.0})
         self.measured_iterations += 1
@@ -334,7 +343,8 @@ class FairAdapter:
             "num_waiting_reqs": len(snap.waiting) + len(snap.prefilling),
             "kv_used_tokens": snap.kv_used_tokens,
             "kv_capacity_tokens": snap.kv_capacity_tokens,
-            "cost_model": self.cost.to_dict(),
+            "cost_model": self.fitted_cost.to_dict(),
+            "cost_headroom": self.headroom.factor,
             "cost_model_source": self.cost_source,
             "cost_fit_samples": self.fitter.n_samples if self.fitter is not None else 0,
             "faults": dict(self.faults),
@@ -356,4 +366,4 @@ class FairAdapter:
 
     def save_cost_model(self, path: str) -> None:
         from ..core.fit import save_model_json
-        save_model_json(path, self.cost, self.fitter.report if self.fitter else None, source="live online fit")
+        save_model_json(path, self.fitted_cost, self.fitter.report if self.fitter else None, source="live online fit")

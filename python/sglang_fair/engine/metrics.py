@@ -21,6 +21,7 @@ _GAUGES = {
     "token_load": "Token load served on /get_load (lower = more room).",
     "recent_iter_ms": "Recent measured iteration time (EWMA, ms).",
     "cost_rel_err_ewma": "Relative error of the cost model's prediction (EWMA).",
+    "cost_headroom": "Factor plans scale the fitted cost model by (quantile of measured/predicted, >= 1).",
 }
 _COEF = ("base_s", "per_prefill_token_s", "per_attn_token2_s", "per_decode_req_s", "per_context_token_s",
          "per_mixed_decode_req_s")

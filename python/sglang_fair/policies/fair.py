@@ -157,11 +157,13 @@ class FairPolicy:
             t_dec = cost.base_s + decode_time_s(cost, running)  # the decode step that must follow
             b_budget = min_slack - t_dec
             alt_kv = free - len(running)
-            if b_budget > cost.base_s and alt_kv > 0:
+            if b_budget > 2.0 * cost.base_s and alt_kv > 0:
                 order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv)
                 alt, t_alt, _ = self._fill(snap, next(order, None), order, b_budget, cost.base_s, alt_kv, gone,
                                            floor=False, strict=True, mix_s=0.0)
-                if sum(c for _, c in alt) > sum(c for _, c in prefill):
+                # a step of its own must carry at least its fixed cost in prefill work (live: 19-token steps at
+                # ~45 ms base each halved prefill throughput); otherwise decode now and prefill with the slack won
+                if sum(c for _, c in alt) > sum(c for _, c in prefill) and t_alt >= 2.0 * cost.base_s:
                     return make_plan(cost, alt, [], preempt, b_budget, predicted=t_alt,
                                      note=f"fair prefill-only budget={b_budget * 1e3:.1f}ms: decodes sit out")
             if prefill and urgent and t - cost.base_s - decode_time_s(cost, urgent) - mix_urgent < mix_urgent:
