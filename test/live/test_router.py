@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import re
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ import pytest
 import requests
 
 from server import cpu_server_args, sglang_server
-from sglang_fair.live.server import server_slots, sglang_router
+from sglang_fair.live.server import requests_served, server_slots, sglang_router
 
 pytestmark = pytest.mark.live
 
@@ -44,8 +43,9 @@ def _load(srv) -> int:
 
 
 def _requests_done(srv) -> int:
-    text = srv.get("/metrics", timeout=10).text
-    return int(sum(float(v) for v in re.findall(r"^sglang:num_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)))
+    n = requests_served(srv.url)
+    assert n is not None, "the server's /metrics could not be read"
+    return int(n)
 
 
 def _generate(url, ids, max_new, timeout=300):

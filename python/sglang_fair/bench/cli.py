@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--docs", default=None, metavar="RESULTS_MD",
                    help="regenerate the 'Live A/B benchmarks' section of this Markdown file (plots go beside it, "
                         "in img/live/)")
-    p.add_argument("--policies", default=None, help="comma-separated subset of the mode's policies")
+    p.add_argument("--policies", default=None,
+                   help="comma-separated policies to run instead of the mode's (also: fair-strict)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("--no-cluster", action="store_true", help="skip the two-server runs (full mode)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..live.server import cpu_server_args, server_slots, sglang_router, sglang_server
+from ..live.server import cpu_server_args, requests_served, server_slots, sglang_router, sglang_server
 from ..metrics import summarize
 from .client import Probe, run_probe
 from .policies import STOCK, policy_args
@@ -183,7 +183,7 @@ class Bench:
             urls = [a.url, b.url]
             self._warm_up(r.url, abort_urls=urls)
             res = self._search(label, r.url, key, start, c.cluster_max_probes, abort_urls=urls)
-            res["requests_per_worker"] = [_requests_done(u) for u in urls]
+            res["requests_per_worker"] = [requests_served(u) for u in urls]
         res.update(server_policy=server_policy, router_policy=router_policy, server_args=args,
                    pinning="taskset -c 0 / -c 1, OMP_NUM_THREADS=1 per server")
         return res
@@ -204,17 +204,6 @@ def _status(srv) -> dict:
     keys = ("planned_iterations", "mixed_forwards", "deferred_total", "cost_rel_err_ewma", "cost_model",
             "stock_iterations", "faults")
     return {k: rank.get(k) for k in keys}
-
-
-def _requests_done(url: str) -> float | None:
-    import re
-
-    import requests
-    try:
-        text = requests.get(url + "/metrics", timeout=10).text
-    except requests.RequestException:
-        return None
-    return sum(float(v) for v in re.findall(r"^sglang:num_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
 
 
 def machine() -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import requests
 
@@ -192,25 +193,15 @@ def sglang_router(worker_urls: Sequence[str], policy: str = "power_of_two", *, a
     if api_key:
         argv += ["--api-key", api_key]
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    log_fd, log_name = tempfile.mkstemp(prefix="sglang-router-", suffix=".log", dir=log_dir)
-    proc = subprocess.Popen(argv, stdout=log_fd, stderr=subprocess.STDOUT, start_new_session=True)
-    os.close(log_fd)
-    srv = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=Path(log_name))
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sglang-router exited with {proc.returncode}:\n{srv.log_tail()}")
-            with contextlib.suppress(requests.RequestException, ValueError):
-                listed = orjson.loads(requests.get(srv.url + "/workers", timeout=5, headers=headers).content)
-                if len(listed.get("workers", [])) >= len(worker_urls):
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"sglang-router did not list its {len(worker_urls)} workers:\n{srv.log_tail()}")
-            time.sleep(0.5)
+
+    def ready(srv: Server) -> bool:
+        listed = orjson.loads(requests.get(srv.url + "/workers", timeout=5, headers=headers).content)
+        return len(listed.get("workers", [])) >= len(worker_urls)
+
+    with _spawned(argv, url=f"http://127.0.0.1:{port}", ready=ready, startup_timeout_s=startup_timeout_s,
+                  what=f"sglang-router (listing its {len(worker_urls)} workers)", log_prefix="sglang-router-",
+                  log_dir=log_dir) as srv:
         yield srv
-    finally:
-        _stop(proc)
 
 
 @contextlib.contextmanager
@@ -226,24 +217,49 @@ def _sglang_server(model_path, extra_args, *, env, startup_timeout_s, command, l
             full_env.pop(k, None)
         else:
             full_env[k] = str(v)
-    log_fd, log_name = tempfile.mkstemp(prefix="sglang-server-", suffix=".log", dir=log_dir)
-    proc = subprocess.Popen(argv, stdout=log_fd, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    with _spawned(argv, env=full_env, url=f"http://127.0.0.1:{port}", ready=_healthy,
+                  startup_timeout_s=startup_timeout_s, what="SGLang server", log_prefix="sglang-server-",
+                  log_dir=log_dir) as srv:
+        yield srv
+
+
+def _healthy(srv: Server) -> bool:
+    return requests.get(srv.url + "/health", timeout=5).status_code == 200
+
+
+@contextlib.contextmanager
+def _spawned(argv: list[str], *, url: str, ready: Callable[[Server], bool], startup_timeout_s: float, what: str,
+             log_prefix: str, log_dir=None, env: dict | None = None) -> Iterator[Server]:
+    """Start `argv` in its own process group (output to a temp log), wait until `ready(server)` (connection errors
+    and bad bodies count as not yet), yield the Server, stop it by process group."""
+    log_fd, log_name = tempfile.mkstemp(prefix=log_prefix, suffix=".log", dir=log_dir)
+    proc = subprocess.Popen(argv, stdout=log_fd, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     os.close(log_fd)
-    srv = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=Path(log_name))
+    srv = Server(url=url, proc=proc, log_path=Path(log_name))
     try:
         deadline = time.monotonic() + startup_timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"SGLang server exited with {proc.returncode} during start-up:\n{srv.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"SGLang server not healthy after {startup_timeout_s:.0f} s:\n{srv.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(srv.url + "/health", timeout=5).status_code == 200:
+                raise RuntimeError(f"{what} exited with {proc.returncode} during start-up:\n{srv.log_tail()}")
+            with contextlib.suppress(requests.RequestException, ValueError):
+                if ready(srv):
                     break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not ready after {startup_timeout_s:.0f} s:\n{srv.log_tail()}")
             time.sleep(0.5)
         yield srv
     finally:
         _stop(proc)
+
+
+def requests_served(url: str) -> float | None:
+    """Requests a server has finished since start (`sglang:num_requests_total` on its /metrics, which needs
+    `--enable-metrics`); None when the endpoint cannot be read."""
+    try:
+        text = requests.get(url + "/metrics", timeout=10).text
+    except requests.RequestException:
+        return None
+    return sum(float(v) for v in re.findall(r"^sglang:num_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
 
 
 def exit_on_sigterm() -> None:
