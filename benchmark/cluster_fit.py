@@ -22,8 +22,8 @@ from sglang_fair.model import make_model
 def learned(srv) -> str:
     r = srv.get("/sglang_fair/status", timeout=10).json()["ranks"][0]
     cm = r["cost_model"]
-    return (f"prefill {cm['per_prefill_token_s'] * 1e3:.2f} ms/token, decode row {cm['per_decode_req_s'] * 1e3:.1f} ms, "
-            f"mixed row {cm['per_mixed_decode_req_s'] * 1e3:.1f} ms, base {cm['base_s'] * 1e3:.1f} ms, "
+    return (f"prefill {cm['per_prefill_token_s'] * 1e3:.2f} ms/token, "
+            f"decode row {cm['per_decode_req_s'] * 1e3:.1f} ms, mixed row {cm['per_mixed_decode_req_s'] * 1e3:.1f} ms, base {cm['base_s'] * 1e3:.1f} ms, "
             f"headroom {r['cost_headroom']:.2f}, {r['measured_iterations']} iterations")
 
 def main() -> int:

@@ -283,7 +283,8 @@ class FairAdapter:
             return
         predicted = self.fitted_cost.predict(prefills, decodes)
         self.headroom.observe(predicted, measured)
-        self.recent_samples.append({"t_start_s": t_start, "t_done_s": t_done, "prefills": [list(p) for p in prefills[:8]], "n_decode": len(decodes),
+        self.recent_samples.append({"t_start_s": t_start, "t_done_s": t_done,
+                                    "prefills": [list(p) for p in prefills[:8]], "n_decode": len(decodes),
                                     "decode_ctx": int(sum(decodes)), "measured_ms": measured * 1000.0,
                                     "predicted_ms": predicted * 1000.0})
         self.measured_iterations += 1
