@@ -7,12 +7,14 @@ policies start from that live fit (`--fair-cost-model`), as does the simulator r
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -164,14 +166,18 @@ class Bench:
                 out["status"] = _status(srv)
         return out
 
-    def run_cluster(self, server_policy: str, router_policy: str, start: float) -> dict:
+    def cluster_args(self, server_policy: str, cost_model: str | None = None) -> list[str]:
+        """Server flags of the two-server runs; plugin policies start from `cost_model` (default: the live fit)."""
         c = self.config
-        key = c.workloads[0].trace
+        if server_policy not in STOCK and cost_model is None:
+            cost_model = str(self.cost_model_path)
         args = policy_args(server_policy, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
-                           cost_model=None if server_policy in STOCK else str(self.cost_model_path))
-        args += ["--enable-metrics", *NO_CACHE, *cpu_server_args(c.kv_tokens, float32=True)]
-        label = f"2x{server_policy}/{router_policy}"
-        self.say(f"starting {label}")
+                           cost_model=None if server_policy in STOCK else cost_model)
+        return args + ["--enable-metrics", *NO_CACHE, *cpu_server_args(c.kv_tokens, float32=True)]
+
+    @contextlib.contextmanager
+    def cluster(self, args: list[str], router_policy: str) -> Iterator[tuple]:
+        """Two servers with `args` behind sglang-router, warmed up: yields (router, [server a, server b])."""
         # each server pinned to its own core with one torch thread: two schedulers with two OpenMP threads each on
         # two cores slow each other down by an order of magnitude (docs/reliability.md)
         cmds = [["taskset", "-c", str(i % 2), *SERVE] for i in range(2)]
@@ -180,8 +186,17 @@ class Bench:
                 sglang_server(self.model, args, command=cmds[0], env=env, startup_timeout_s=600) as a, \
                 sglang_server(self.model, args, command=cmds[1], env=env, startup_timeout_s=600) as b, \
                 sglang_router([a.url, b.url], router_policy, load_poll_s=1) as r:
-            urls = [a.url, b.url]
-            self._warm_up(r.url, abort_urls=urls)
+            self._warm_up(r.url, abort_urls=[a.url, b.url])
+            yield r, [a, b]
+
+    def run_cluster(self, server_policy: str, router_policy: str, start: float) -> dict:
+        c = self.config
+        key = c.workloads[0].trace
+        args = self.cluster_args(server_policy)
+        label = f"2x{server_policy}/{router_policy}"
+        self.say(f"starting {label}")
+        with self.cluster(args, router_policy) as (r, servers):
+            urls = [s.url for s in servers]
             res = self._search(label, r.url, key, start, c.cluster_max_probes, abort_urls=urls)
             res["requests_per_worker"] = [requests_served(u) for u in urls]
         res.update(server_policy=server_policy, router_policy=router_policy, server_args=args,
