@@ -41,9 +41,8 @@ CPU_FAIR_PARAMS = {"catchup_tokens": 16}
 """`fair` parameters `serve` adds on a CPU where the user gave none. On SGLang's CPU backend (torch_native) chunking
 a prompt is expensive (each chunk re-reads its prefix: ~0.11 ms per prefix token per chunk, on top of ~20-45 ms fixed
 cost per forward) and a decode row in a prefill forward costs ~20 ms, so per-token decode deadlines (catchup 0) cut
-prompts into ~100-token chunks and lost to stock SGLang's whole-prompt prefill by 2.5x in P99 TTFT on the quick
-window; letting decodes fall behind by what 16 tokens can win back (TPOT is an average) closed that gap
-(docs/results.md). In the simulator with the GPU presets catch-up lowers capacity, so it is not the policy default."""
+prompts into ~100-token chunks: on the quick window capacity 0.25 against stock SGLang's 0.5 (whole-prompt prefill);
+letting decodes fall behind by what 16 tokens can win back (TPOT is an average) reached 0.7071 (docs/results.md). In the simulator with the GPU presets catch-up lowers capacity, so it is not the policy default."""
 ALWAYS_DEFAULTS = (("--host", "127.0.0.1"),)
 READY_TIMEOUT_S = 900.0
 
