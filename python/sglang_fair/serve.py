@@ -44,6 +44,25 @@ cost per forward) and a decode row in a prefill forward costs ~20 ms, so per-tok
 prompts into ~100-token chunks: on the quick window capacity 0.25 against stock SGLang's 0.5 (whole-prompt prefill);
 letting decodes fall behind by what 16 tokens can win back (TPOT is an average) reached 0.7071 (docs/results.md). In the simulator with the GPU presets catch-up lowers capacity, so it is not the policy default."""
 ALWAYS_DEFAULTS = (("--host", "127.0.0.1"),)
+REFUSED_SGLANG_FLAGS = (
+    (("--dp-size", "--data-parallel-size"), lambda v: _int(v) > 1, "data parallelism"),
+    (("--attn-dp-size", "--attention-data-parallel-size"), lambda v: _int(v) > 1, "DP attention"),
+    (("--enable-dp-attention",), None, "DP attention"),
+    (("--pp-size", "--pipeline-parallel-size"), lambda v: _int(v) > 1, "pipeline parallelism"),
+    (("--speculative-algorithm",), lambda v: v.lower() not in ("", "none"), "speculative decoding"),
+    (("--disaggregation-mode",), lambda v: v != "null", "PD disaggregation"),
+    (("--chunked-prefill-size",), lambda v: _int(v) <= 0, "chunked prefill disabled"),
+    (("--prefill-decode-interval",), lambda v: _int(v) > 0, "a prefill/decode interval"),
+    (("--enable-priority-scheduling",), None, "request priorities (plans do not take priorities into account)"),
+    (("--schedule-policy",), lambda v: v != "fcfs", "a waiting-queue order other than fcfs (the plan orders it)"),
+    (("--enable-prefill-delayer",), None, "the prefill delayer (it would veto planned prefills)"),
+    (("--dllm-algorithm",), None, "diffusion LLMs"),
+    (("--enable-hisparse",), None, "HiSparse"),
+    (("--is-embedding",), None, "embedding models"),
+)
+"""SGLang flags an active policy refuses: (spellings, refused-if(value) or None for a switch, what it turns on).
+Checked on the command line before anything loads; the scheduler refuses the same configurations however they were
+set (config file, Engine API): engine/selftest.unsupported_features."""
 READY_TIMEOUT_S = 900.0
 
 
@@ -118,6 +137,30 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"--fair-cost-model: {exc}") from None
     return cfg
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 1  # not a number: neither refused here nor accepted, SGLang's own parser reports it
+
+
+def refused_sglang_flags(cfg: RuntimeConfig, args: list[str]) -> list[str]:
+    """The SGLang flags in `args` that `cfg`'s policy refuses, each as 'FLAG VALUE (what it turns on)'."""
+    if not cfg.active:
+        return []
+    out = []
+    for spellings, refused, what in REFUSED_SGLANG_FLAGS:
+        for flag in spellings:
+            if not _given(args, flag):
+                continue
+            value = _value(args, flag, "")
+            if refused is None:
+                out.append(f"{flag} ({what})")
+            elif refused(value):
+                out.append(f"{flag} {value} ({what})")
+    return out
 
 
 def _save_cost_model_path(path: str | None) -> str | None:
@@ -242,6 +285,9 @@ def main(argv: list[str]) -> int:
         cfg = runtime_config(ns)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2, before any model loads
+    refused = refused_sglang_flags(cfg, rest)
+    if refused:
+        parser.error(f"--fair-policy {cfg.policy} does not support: {'; '.join(refused)} (use --fair-policy off)")
     cpu = not _has_cuda()
     args = sglang_args(rest, cpu)
     if cpu:

@@ -7,7 +7,9 @@ Exceptions, not SystemExit). The AROUND hook on Scheduler.__init__ then runs `ve
 instance, so a half-applied hook set stops the scheduler child with a clear message.
 
 Pinned to SGLang 0.5.23 (the private names `_collect_inflight_batches` and `_reqs_finishing_inflight` included);
-another version fails loudly unless SGLANG_FAIR_ALLOW_UNTESTED_SGLANG=1. See patches/README.md for each target.
+another version fails loudly unless SGLANG_FAIR_ALLOW_UNTESTED_SGLANG=1. The SGLang internals used without a hook and
+the refused configurations are checked by engine/selftest.py (at registration and in Scheduler.__init__); per-request
+SLOs are checked at the scheduler's intake (engine/intake.py). See patches/README.md for each target.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..runtime_config import RuntimeConfig
+from . import intake, selftest
+from .selftest import unsupported_features
 
 logger = logging.getLogger("sglang_fair")
 
@@ -59,6 +63,10 @@ def _make_init_hook(cfg: RuntimeConfig, specs: list[HookSpec]):
         if problems:
             raise RuntimeError("sglang-fair --fair-policy %s does not support: %s (use --fair-policy off)"
                                % (cfg.policy, "; ".join(problems)))
+        missing = selftest.missing_live_internals(self) if cfg.active else []
+        if missing:
+            raise RuntimeError("sglang-fair: the scheduler lacks what --fair-policy %s relies on: %s (use --fair-policy "
+                               "off)" % (cfg.policy, "; ".join(missing)))
         verify_live(self, specs)
         if cfg.active:
             from .adapter import FairAdapter
@@ -135,6 +143,13 @@ def around_calc_priority(original, self, waiting_queue, *args, **kwargs):
     return result
 
 
+def _make_intake_hook(cfg: RuntimeConfig):
+    def before_add_request_to_queue(self, req, *args, **kwargs):
+        intake.check_request(req, cfg.slo)  # an invalid SLO aborts the request here (engine/intake.py)
+        return None
+    return before_add_request_to_queue
+
+
 def _make_state_hook(cfg: RuntimeConfig):
     def after_get_internal_state(result, self, *args, **kwargs):
         sched = self.scheduler
@@ -167,6 +182,7 @@ def hook_specs(cfg: RuntimeConfig) -> list[HookSpec]:
             HookSpec(f"{_SCHED}._collect_inflight_batches", "after", after_collect_inflight_batches, True),
             HookSpec(f"{_SCHED}.pause_generation", "before", before_pause_generation, True),
             HookSpec(f"{_POLICY}.calc_priority", "around", around_calc_priority, True),
+            HookSpec(f"{_SCHED}._add_request_to_queue", "before", _make_intake_hook(cfg), True),
         ]
     init_spec = HookSpec(f"{_SCHED}.__init__", "around", None, False)  # fn filled below (needs the list)
     specs.append(init_spec)
@@ -190,6 +206,8 @@ def register(cfg: RuntimeConfig) -> list[HookSpec]:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     check_version()
+    if cfg.active:
+        selftest.require_internals()  # SystemExit naming what this SGLang lacks (before any hook applies)
     kinds = {"around": HookType.AROUND, "after": HookType.AFTER, "before": HookType.BEFORE}
     specs = hook_specs(cfg)
     for s in specs:
@@ -246,32 +264,3 @@ def verify_live(scheduler, specs: list[HookSpec]) -> None:
             bad.append(s.target)
     if bad:
         raise RuntimeError("sglang-fair: hooks not live in the scheduler (half-applied hook set): " + ", ".join(bad))
-
-
-def unsupported_features(sched) -> list[str]:
-    """Scheduler configurations an active policy rejects, each with the flag that causes it."""
-    from sglang.srt.runtime_context import get_parallel
-    out = []
-    if not sched.chunked_prefill_size or sched.chunked_prefill_size <= 0:
-        out.append("chunked prefill disabled (--chunked-prefill-size must be > 0)")
-    par = get_parallel()
-    if getattr(par, "dp_size", 1) != 1:
-        out.append("data parallelism (--dp-size > 1)")
-    if getattr(par, "pp_size", 1) != 1:
-        out.append("pipeline parallelism (--pp-size > 1)")
-    if not sched.spec_algorithm.is_none():
-        out.append("speculative decoding (--speculative-algorithm)")
-    mode = getattr(sched, "disaggregation_mode", None)
-    if mode is not None and getattr(mode, "value", "null") != "null":
-        out.append("PD disaggregation (--disaggregation-mode)")
-    if getattr(sched, "dllm_config", None) is not None:
-        out.append("diffusion LLMs (--dllm-algorithm)")
-    if getattr(sched, "prefill_decode_interval", 0):
-        out.append("--prefill-decode-interval")
-    if getattr(sched, "enable_hisparse", False):
-        out.append("HiSparse")
-    if getattr(sched, "enable_priority_preemption", False):
-        out.append("priority preemption (--enable-priority-scheduling with preemption)")
-    if not getattr(sched, "is_generation", True):
-        out.append("embedding/reward models")
-    return out
