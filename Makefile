@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export SGLANG_USE_CPU_ENGINE ?= $(shell $(PY) -c "import torch,sys; sys.stdout.write('0' if torch.cuda.is_available() else '1')" 2>/dev/null || echo 1)
 
-.PHONY: setup demo test test-fast clean-venv
+.PHONY: setup demo test test-fast wheel-check clean-venv
 
 setup:
 	@bash patches/cpu-compat/install.sh $(VENV) $(CURDIR)
@@ -16,6 +16,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not live" test
+
+# the base install without SGLang: wheel <= 5 MB, fresh venv, `capacity` from an unrelated folder
+wheel-check:
+	bash test/wheel_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,6 +1,7 @@
 """Fit the iteration cost model to real GPU operator profiles and (with --write) ship the result as presets.
 
-Data: `<shared>/profiles/vidur/` (microsoft/vidur's profiling data, MIT; times are median ms PER LAYER):
+Data: the package's copy of `profiles/vidur/` (microsoft/vidur's profiling data, MIT, gzip-compressed; with
+$SGLANG_FAIR_SHARED or --profiles-dir a plain or gzip copy elsewhere; times are median ms PER LAYER):
   - `a100_meta-llama_Meta-Llama-3-8B/mlp.csv`: every non-attention operator of one layer vs `num_tokens` (TP 1 rows
     used; duplicate `num_tokens` rows are merged by their median);
   - `a100_meta-llama_Meta-Llama-3-8B/attention_sampled_tp1.csv`: attention (`attn_ms`) and KV write
@@ -48,7 +49,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -59,6 +59,7 @@ sys.path.insert(0, str(REPO / "python"))
 
 from sglang_fair.core.cost_model import CostModel  # noqa: E402
 from sglang_fair.core.fit import FitOptions, fit_cost_model, model_json  # noqa: E402
+from sglang_fair.data import find_csv, open_text, profiles_dir  # noqa: E402
 
 LAYERS = 32
 LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
@@ -72,8 +73,7 @@ L2_A100, L2_H100 = "a100_meta-llama_Llama-2-7b-hf", "h100_meta-llama_Llama-2-7b-
 
 
 def default_profiles_dir() -> Path:
-    shared = os.environ.get("SGLANG_FAIR_SHARED")
-    return (Path(shared) if shared else REPO.parent / "shared") / "profiles" / "vidur"
+    return profiles_dir()
 
 
 class OpTable:
@@ -81,7 +81,7 @@ class OpTable:
 
     def __init__(self, path: Path, tp: int = 1) -> None:
         by_n: dict[int, list[dict]] = {}
-        with open(path, newline="") as fh:
+        with open_text(path) as fh:
             for row in csv.DictReader(fh):
                 if int(row["num_tensor_parallel_workers"]) == tp:
                     by_n.setdefault(int(row["num_tokens"]), []).append(row)
@@ -100,7 +100,7 @@ class OpTable:
 
 
 def read_attention(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
+    with open_text(path) as fh:
         lines = [ln for ln in fh if not ln.startswith("#")]
     rows = list(csv.DictReader(lines))
     for r in rows:
@@ -197,18 +197,19 @@ def describe(name: str, model: CostModel, report, kinds: dict | None) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profiles-dir", type=Path, default=None,
-                    help="vidur profiles folder (default: <shared>/profiles/vidur; $SGLANG_FAIR_SHARED sets <shared>)")
+                    help="vidur profiles folder (default: the package's copy, or <shared>/profiles/vidur when "
+                         "$SGLANG_FAIR_SHARED is set)")
     ap.add_argument("--overhead-ms", type=float, default=1.0, help="per-iteration LM head + sampling, A100 ms")
     ap.add_argument("--json", action="store_true", help="print the presets as JSON instead of a table")
     ap.add_argument("--write", action="store_true", help="write python/sglang_fair/presets/*.json")
     args = ap.parse_args(argv)
     pdir = args.profiles_dir or default_profiles_dir()
     if not pdir.is_dir():
-        ap.error(f"profiles folder not found: {pdir} (use --profiles-dir or set SGLANG_FAIR_SHARED)")
+        ap.error(f"--profiles-dir: folder not found: {pdir}")
 
-    ops = OpTable(pdir / L3_A100 / "mlp.csv")
-    attn = read_attention(pdir / L3_A100 / "attention_sampled_tp1.csv")
-    ratio = GpuRatio(OpTable(pdir / L2_A100 / "mlp.csv"), OpTable(pdir / L2_H100 / "mlp.csv"))
+    ops = OpTable(find_csv(pdir / L3_A100, "mlp.csv"))
+    attn = read_attention(find_csv(pdir / L3_A100, "attention_sampled_tp1.csv"))
+    ratio = GpuRatio(OpTable(find_csv(pdir / L2_A100, "mlp.csv")), OpTable(find_csv(pdir / L2_H100, "mlp.csv")))
     cmd = f"python benchmark/fit_profiles.py --overhead-ms {args.overhead_ms:g}"
     common = (f"Vidur operator profiles (microsoft/vidur, MIT), Llama-3-8B TP1: per-iteration samples = 32 x (layer "
               f"ops + attention + KV write) + embedding + {args.overhead_ms:g} ms LM head/sampling constant; see "

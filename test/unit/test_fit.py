@@ -202,19 +202,12 @@ def test_save_without_report(tmp_path):
 
 
 # ---- the shipped presets are what benchmark/fit_profiles.py produces from the profiles -----------------------------
-def _shared_profiles() -> Path:
-    root = Path(os.environ["SGLANG_FAIR_SHARED"]) if "SGLANG_FAIR_SHARED" in os.environ else (
-        Path(__file__).resolve().parents[3] / "shared")
-    return root / "profiles" / "vidur"
-
-
-@pytest.mark.skipif(not _shared_profiles().is_dir(), reason="GPU profiles not available")
 def test_shipped_presets_match_the_fit_script(capsys):
     script = Path(__file__).resolve().parents[2] / "benchmark" / "fit_profiles.py"
     spec = importlib.util.spec_from_file_location("fit_profiles", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--profiles-dir", str(_shared_profiles()), "--json"]) == 0
+    assert mod.main(["--json"]) == 0  # the profiles shipped in the package
     docs = json.loads(capsys.readouterr().out)
     for name, doc in docs.items():
         shipped = load_preset_doc(PRESETS_DIR / f"{name}.json")

@@ -9,6 +9,7 @@ Servers run on loopback in their own process groups (at most two at once, machin
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -34,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("--no-cluster", action="store_true", help="skip the two-server runs (full mode)")
+    from ..sim.cli import add_trace_shaping
+    add_trace_shaping(p)
     p.set_defaults(func=main)
 
 
@@ -56,6 +59,11 @@ def _config(args):
             setattr(cfg, flag, v)
     if args.no_cluster:
         cfg.cluster = []
+    if args.max_context_tokens is not None and args.max_context_tokens < 3:
+        raise SystemExit("sglang-fair bench: --max-context-tokens must be >= 3")
+    if args.spread_arrivals or args.max_context_tokens is not None:
+        cfg.workloads = [dataclasses.replace(w, spread_arrivals=args.spread_arrivals,
+                                             max_context_tokens=args.max_context_tokens) for w in cfg.workloads]
     return cfg
 
 
@@ -119,7 +127,7 @@ def run(cfg, out: Path) -> dict:
         results["workloads"][key] = {"rate_rps": trace.rate_rps, "span_s": trace.duration_s,
                                      "prompt_tokens_mean": float(trace.prompt_tokens.mean()),
                                      "output_tokens_mean": float(trace.output_tokens.mean()),
-                                     "prompt_tokens_sent_mean": None}
+                                     "context_clipped": trace.context_clipped, "prompt_tokens_sent_mean": None}
     # fair (else the first plugin policy) first: it saves its live cost fit, the other plugin policies start from it
     order = sorted(cfg.policies, key=lambda n: (n != "fair", n in STOCK))
     for name in order:

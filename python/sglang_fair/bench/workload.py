@@ -35,6 +35,10 @@ class Workload:
     max_prompt_tokens: int = 1024
     max_output_tokens: int = 128
     seed: int = 0
+    spread_arrivals: bool = False
+    """Spread requests that share a timestamp up to the next distinct one (traces logged on a coarse clock)."""
+    max_context_tokens: int | None = None
+    """Clip each scaled request so prompt + output <= this (the served model's context)."""
 
     def __post_init__(self) -> None:
         if self.n_requests < 1:
@@ -44,20 +48,25 @@ class Workload:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.max_prompt_tokens < 1 or self.max_output_tokens < 2:
             raise ValueError("max_prompt_tokens must be >= 1 and max_output_tokens >= 2")
+        if self.max_context_tokens is not None and self.max_context_tokens < 3:
+            raise ValueError(f"max_context_tokens must be >= 3, got {self.max_context_tokens}")
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def build(self, shared=None) -> Trace:
         """The scaled window at rate scale 1, arrivals starting at 0."""
-        full = load_trace(self.trace, shared=shared, seed=self.seed)
+        full = load_trace(self.trace, shared=shared, seed=self.seed, spread_arrivals=self.spread_arrivals)
         win = full.window(self.start_s).head(self.n_requests)
         if len(win) < self.n_requests:
             raise ValueError(f"trace {self.trace} has only {len(win)} requests after {self.start_s} s "
                              f"(asked for {self.n_requests})")
         p = np.clip(np.rint(win.prompt_tokens * self.prompt_scale), 1, self.max_prompt_tokens).astype(np.int64)
         o = np.clip(np.rint(win.output_tokens * self.output_scale), 2, self.max_output_tokens).astype(np.int64)
-        return Trace(f"{self.trace}[{self.start_s:g}s+{self.n_requests}]", win.arrival_s - win.arrival_s[0], p, o)
+        trace = Trace(f"{self.trace}[{self.start_s:g}s+{self.n_requests}]", win.arrival_s - win.arrival_s[0], p, o)
+        if self.max_context_tokens is not None:
+            trace = trace.clip_context(self.max_context_tokens)
+        return trace
 
     def write(self, path: str | Path, shared=None) -> Trace:
         """Write the scaled window as mooncake JSONL; return it."""

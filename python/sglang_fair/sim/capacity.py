@@ -126,9 +126,17 @@ class CapacityResult:
     capacity_rps: float
     evaluations: dict
     """{scale: Summary} of every run made."""
+    why: tuple[str, ...] = ()
+    """Why no rate scale met the tail criterion (empty when one did)."""
+    why_attainment: tuple[str, ...] = ()
+    """Why no rate scale met the attainment criterion (empty when one did)."""
+    figures_at_scale: float | None = None
+    """The scale the P99 figures were taken at: the capacity, or the lowest scale tried when the capacity is 0."""
 
     def to_json(self) -> dict:
         return {"capacity": self.capacity, "capacity_attainment": self.capacity_attainment,
+                "why": list(self.why), "why_attainment": list(self.why_attainment),
+                "figures_at_scale": self.figures_at_scale,
                 "p99_ttft_ms": self.p99_ttft_ms, "p99_tpot_ms": self.p99_tpot_ms,
                 "attainment_at_capacity": self.attainment_at_capacity, "bound_scale": self.bound_scale,
                 "bound_fraction": self.bound_fraction, "capacity_rps": self.capacity_rps,
@@ -139,21 +147,86 @@ class CapacityResult:
 
 def find_capacity(run: Callable[[float], SimResult], trace, cost: CostModel, ttft_slo_s: float, tpot_slo_s: float,
                   *, gpus: int = 1, attainment_target: float = 0.9, rel_tol: float = 0.03,
-                  start: float | None = None) -> tuple[CapacityResult, Search]:
-    """Both capacities of `run` on `trace`, with the bound and the metrics at the tail capacity."""
+                  start: float | None = None,
+                  full_run: Callable[[float], SimResult] | None = None) -> tuple[CapacityResult, Search]:
+    """Both capacities of `run` on `trace`, with the bound and the metrics at the tail capacity.
+
+    When the capacity is 0 the metrics are those of the lowest scale tried, from `full_run` (the same run without
+    stopping early, so the P99 figures are finite) when given; `why` says what no scale could meet."""
     bound = stability_bound_scale(trace, cost, tpot_slo_s, gpus)
     search = Search(run)
     x0 = start if start is not None else max(bound * 0.5, 1e-3)
     cap = bisect_capacity(search, lambda s: meets_tail(s, ttft_slo_s, tpot_slo_s), x0, rel_tol=rel_tol)
     cap_att = bisect_capacity(search, lambda s: meets_attainment(s, attainment_target), max(cap, x0),
                               rel_tol=rel_tol)
-    at = search.evaluate(cap) if cap > 0 else None
+    at_scale = cap if cap > 0 else min(search.summaries)
+    at = search.evaluate(at_scale) if cap > 0 or full_run is None else summarize(full_run(at_scale).records)
+    n = len(trace)
+    lowest = (at_scale, at) if cap == 0 else (min(search.summaries), search.summaries[min(search.summaries)])
+    why = () if cap > 0 else explain_no_capacity(trace, cost, ttft_slo_s, tpot_slo_s, math.floor(0.01 * (n - 1)),
+                                                   "P99", lowest)
+    why_att = () if cap_att > 0 else explain_no_capacity(
+        trace, cost, ttft_slo_s, tpot_slo_s, math.floor((1.0 - attainment_target) * n),
+        f"{attainment_target:.0%} attainment", lowest)
     return CapacityResult(
         capacity=cap, capacity_attainment=cap_att,
-        p99_ttft_ms=at.p99_ttft_s * 1e3 if at else math.nan, p99_tpot_ms=at.p99_tpot_s * 1e3 if at else math.nan,
-        attainment_at_capacity=at.attainment if at else math.nan,
+        p99_ttft_ms=at.p99_ttft_s * 1e3, p99_tpot_ms=at.p99_tpot_s * 1e3, attainment_at_capacity=at.attainment,
         bound_scale=bound, bound_fraction=cap / bound if bound > 0 else math.nan,
-        capacity_rps=cap * trace.rate_rps, evaluations=dict(search.summaries)), search
+        capacity_rps=cap * trace.rate_rps, evaluations=dict(search.summaries), why=why, why_attainment=why_att,
+        figures_at_scale=at_scale), search
+
+
+def explain_no_capacity(trace, cost: CostModel, ttft_slo_s: float, tpot_slo_s: float, allowed_misses: int,
+                        criterion: str, lowest: tuple[float, Summary] | None = None) -> tuple[str, ...]:
+    """Why no rate scale meets a criterion that tolerates `allowed_misses` SLO misses, from lower bounds that hold at
+    every scale (scaling divides arrival gaps, so requests that share a timestamp arrive together at every scale):
+
+    - a prefill takes at least base + b * p + a * p^2 / 2 whichever way it is chunked (the cost model charges chunk x
+      (prefix + chunk)), so a request whose bound exceeds the TTFT SLO misses it even when served alone;
+    - the requests of one burst (same arrival time) cannot all start sooner than their prefill bounds added up in
+      the best order (shortest first), so those whose running sum passes the TTFT SLO miss it at any scale;
+    - a request's decode steps take at least base + decode_s(prompt) each, so if that exceeds the TPOT SLO it misses
+      it even when served alone.
+    The last line gives the figures at the lowest scale tried (`lowest` = (scale, its summary)), when given."""
+    reasons = []
+    p = trace.prompt_tokens.astype(np.float64)
+    work = p * cost.per_prefill_token_s + cost.per_attn_token2_s * p * p / 2.0
+    late = np.zeros(len(p), dtype=bool)
+    alone = work + cost.base_s > ttft_slo_s
+    uniq, inverse, counts = np.unique(trace.arrival_s, return_inverse=True, return_counts=True)
+    worst = None  # (late in burst, size, time, seconds of prefill)
+    for g in np.flatnonzero(counts > 1):
+        idx = np.flatnonzero(inverse == g)
+        order = idx[np.argsort(work[idx], kind="stable")]
+        lates = order[cost.base_s + np.cumsum(work[order]) > ttft_slo_s]
+        late[lates] = True
+        k = int(np.count_nonzero(~alone[lates]))
+        if k and (worst is None or k > worst[0]):
+            worst = (k, len(idx), float(uniq[g]), float(cost.base_s + work[idx].sum()))
+    late |= alone
+    if alone.any():
+        reasons.append(f"{int(alone.sum())} requests miss the TTFT SLO ({ttft_slo_s * 1e3:g} ms) even when served "
+                       f"alone (their prefill alone exceeds it)")
+    if worst:
+        k, size, t, sec = worst
+        reasons.append(f"a burst of {size} simultaneous requests at t={t:.1f} s cannot meet the TTFT SLO at any scale: "
+                       f"their prefills alone take {sec:.2f} s, so at least {k} of them start late")
+    tpot_floor = cost.base_s + cost.per_decode_req_s + cost.per_context_token_s * p
+    tpot_alone = (trace.output_tokens > 1) & (tpot_floor > tpot_slo_s)
+    if tpot_alone.any():
+        reasons.append(f"{int(tpot_alone.sum())} requests miss the TPOT SLO ({tpot_slo_s * 1e3:g} ms) even when served "
+                       f"alone (one decode step of theirs takes longer)")
+    n_late = int(np.count_nonzero(late | tpot_alone))
+    if reasons:
+        reasons.append(f"together {n_late} of {len(p)} requests miss an SLO at every scale; {criterion} allows "
+                       f"{allowed_misses}" if n_late > allowed_misses else
+                       f"together {n_late} of {len(p)} requests miss an SLO at every scale ({criterion} allows "
+                       f"{allowed_misses}); the rest is queueing at the scales tried")
+    if lowest:
+        lo, s = lowest
+        reasons.append(f"at the lowest scale tried ({lo:g}): P99 TTFT {s.p99_ttft_s * 1e3:.0f} ms, P99 TPOT "
+                       f"{s.p99_tpot_s * 1e3:.1f} ms, attainment {s.attainment:.3f}, {s.finished} of {s.n} finished")
+    return tuple(reasons)
 
 
 def late_limit(n_requests: int, attainment_target: float = 0.9) -> int:

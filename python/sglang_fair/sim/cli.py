@@ -73,7 +73,8 @@ def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int =
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", required=True, help="azure-code | azure-conv | sharegpt | path to a CSV/JSONL trace")
-    p.add_argument("--shared", default=None, help="shared data root (default: $SGLANG_FAIR_SHARED or ../shared)")
+    p.add_argument("--shared", default=None, help="data folder replacing the shipped traces (<shared>/traces/*.csv; "
+                   "default: $SGLANG_FAIR_SHARED, else the copies inside the package)")
     p.add_argument("--preset", default="a100-llama3-8b", help="cost-model preset name or JSON path")
     p.add_argument("--ttft-slo-ms", type=float, default=2000.0)
     p.add_argument("--tpot-slo-ms", type=float, default=100.0)
@@ -85,6 +86,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration-s", type=float, default=None, help="trace window length (s, unscaled)")
     p.add_argument("--max-prompt-tokens", type=int, default=None)
     p.add_argument("--max-output-tokens", type=int, default=None)
+    add_trace_shaping(p)
     p.add_argument("--poisson-rate-rps", type=float, default=1.0, help="ShareGPT arrival rate at scale 1")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--router", choices=ROUTERS, default="fair")
@@ -92,10 +94,34 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
 
+def add_trace_shaping(p: argparse.ArgumentParser) -> None:
+    """Options for traces as users bring them (shared by sim, capacity and bench)."""
+    p.add_argument("--spread-arrivals", action="store_true",
+                   help="spread requests that share a timestamp evenly up to the next distinct timestamp")
+    p.add_argument("--max-context-tokens", type=int, default=None, metavar="N",
+                   help="clip each request so prompt + output <= N (the served model's context); the count is reported")
+
+
+def trace_error(command: str, exc: Exception) -> SystemExit:
+    """One line naming the command and the file/line/field (from the loader's message), exit status 2."""
+    print(f"sglang-fair {command}: --trace: {exc}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def _setup(args):
-    trace = load_trace(args.trace, shared=args.shared, seed=args.seed, poisson_rate_rps=args.poisson_rate_rps,
-                       limit=args.limit, start_s=args.start_s, duration_s=args.duration_s,
-                       max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
+    if args.max_context_tokens is not None and args.max_context_tokens < 2:
+        print(f"sglang-fair {args.command}: --max-context-tokens must be >= 2", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        trace = load_trace(args.trace, shared=args.shared, seed=args.seed, poisson_rate_rps=args.poisson_rate_rps,
+                           limit=args.limit, start_s=args.start_s, duration_s=args.duration_s,
+                           max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
+                           spread_arrivals=args.spread_arrivals, max_context_tokens=args.max_context_tokens)
+    except (OSError, ValueError) as exc:
+        raise trace_error(args.command, exc) from None
+    if trace.context_clipped:
+        print(f"sglang-fair {args.command}: --max-context-tokens {args.max_context_tokens}: clipped "
+              f"{trace.context_clipped} of {len(trace)} requests", file=sys.stderr)
     cost = load_preset(args.preset)
     engine = EngineConfig(kv_capacity_tokens=args.kv_capacity_tokens, ttft_slo_ms=args.ttft_slo_ms,
                           tpot_slo_ms=args.tpot_slo_ms, noise_cv=args.noise_cv, seed=args.seed)
@@ -106,6 +132,8 @@ def _header(args, trace) -> dict:
     return {"trace": args.trace, "requests": len(trace), "trace_rate_rps": trace.rate_rps, "preset": args.preset,
             "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "seed": args.seed,
             "window": {"start_s": args.start_s, "duration_s": args.duration_s, "limit": args.limit},
+            "spread_arrivals": args.spread_arrivals, "max_context_tokens": args.max_context_tokens,
+            "context_clipped": trace.context_clipped,
             "replicas": args.replicas, "router": args.router if args.replicas > 1 else None,
             "kv_capacity_tokens": args.kv_capacity_tokens, "noise_cv": args.noise_cv}
 
@@ -139,8 +167,10 @@ def cmd_capacity(args) -> int:
         reps = 1 if spec.startswith("windserve") else args.replicas
         run = make_runner(trace, spec, cost, engine, replicas=reps, router=args.router,
                           load_poll_interval_s=args.load_poll_interval_s)
+        full = make_runner(trace, spec, cost, engine, replicas=reps, router=args.router,
+                           load_poll_interval_s=args.load_poll_interval_s, stop_late=False)
         res, search = find_capacity(run, trace, cost, args.ttft_slo_ms / 1000.0, args.tpot_slo_ms / 1000.0,
-                                    gpus=gpus, rel_tol=args.rel_tol)
+                                    gpus=gpus, rel_tol=args.rel_tol, full_run=full)
         results[spec], searches[spec] = res, search
     out = {**_header(args, trace), "criterion": {"tail": "P99 TTFT <= ttft_slo and P99 TPOT <= tpot_slo",
                                                  "attainment": ">= 90% of requests meet both SLOs"},
@@ -155,6 +185,11 @@ def cmd_capacity(args) -> int:
         for k, r in results.items():
             print(f"{k:>16} {r.capacity:>9.3f} {r.capacity_attainment:>8.3f} {r.p99_ttft_ms:>11.0f} "
                   f"{r.p99_tpot_ms:>11.1f} {r.bound_fraction:>10.2f}")
+        for k, r in results.items():
+            for label, lines in (("tail", r.why), ("attainment", r.why_attainment)):
+                if lines:
+                    print(f"{k}: no rate scale meets the {label} criterion:")
+                    print("".join(f"  - {line}\n" for line in lines), end="")
     return 0
 
 
@@ -179,7 +214,7 @@ def add_parsers(subparsers) -> None:
 def main(argv=None) -> int:
     """Standalone entry (`python -m sglang_fair.sim.cli sim ...`) until the package CLI registers add_parsers."""
     ap = argparse.ArgumentParser(prog="sglang-fair")
-    add_parsers(ap.add_subparsers(dest="cmd", required=True))
+    add_parsers(ap.add_subparsers(dest="command", required=True))
     args = ap.parse_args(argv)
     return args.func(args)
 

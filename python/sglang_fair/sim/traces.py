@@ -14,37 +14,26 @@ Malformed files raise ValueError naming the file and the line.
 from __future__ import annotations
 
 import csv
+import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-TRACE_FILES = {
-    "azure-code": "AzureLLMInferenceTrace_code.csv",
-    "azure-conv": "AzureLLMInferenceTrace_conv.csv",
-    "sharegpt": "sharegpt_8k_filtered_stats_llama2_tokenizer.csv",
-}
-SHARED_ENV = "SGLANG_FAIR_SHARED"
+from ..data import SHARED_ENV, TRACE_FILES, open_text, plain_name, trace_path
 
-
-def shared_dir(override: str | os.PathLike | None = None) -> Path:
-    """The shared data root: `override`, else $SGLANG_FAIR_SHARED, else the `shared/` folder beside the repo root."""
-    if override:
-        return Path(override)
-    env = os.environ.get(SHARED_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared"
 
 
 def resolve_trace_path(name_or_path: str | os.PathLike, shared: str | os.PathLike | None = None) -> Path:
-    """A trace name (`azure-code`, `azure-conv`, `sharegpt`) or a file path -> an existing path."""
+    """A trace name (`azure-code`, `azure-conv`, `sharegpt`: the shipped copy, or `<shared>/traces/` with an
+    override) or a file path (plain or `.gz`) -> an existing path."""
     key = str(name_or_path)
-    path = shared_dir(shared) / "traces" / TRACE_FILES[key] if key in TRACE_FILES else Path(key)
+    path = trace_path(key, shared) if key in TRACE_FILES else Path(key)
     if not path.is_file():
-        raise FileNotFoundError(f"trace {key!r}: no such file {path} (set {SHARED_ENV} or pass a path)")
+        hint = f" (unset {SHARED_ENV} to use the shipped copy)" if key in TRACE_FILES else ""
+        raise FileNotFoundError(f"trace {key!r}: no such file {path}{hint}")
     return path
 
 
@@ -56,6 +45,8 @@ class Trace:
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    context_clipped: int = 0
+    """How many requests `clip_context` shortened (the commands report it)."""
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -82,14 +73,14 @@ class Trace:
         arr = self.arrival_s[idx] if arrival is None else arrival
         if len(arr):
             arr = arr - arr[0]
-        return Trace(name or self.name, np.asarray(arr, dtype=np.float64),
-                     self.prompt_tokens[idx].copy(), self.output_tokens[idx].copy())
+        return replace(self, name=name or self.name, arrival_s=np.asarray(arr, dtype=np.float64),
+                       prompt_tokens=self.prompt_tokens[idx].copy(), output_tokens=self.output_tokens[idx].copy())
 
     def scaled(self, rate_scale: float) -> "Trace":
         """Same requests with every inter-arrival gap divided by `rate_scale`."""
         if not rate_scale > 0:
             raise ValueError(f"rate_scale must be > 0, got {rate_scale!r}")
-        return Trace(self.name, self.arrival_s / rate_scale, self.prompt_tokens, self.output_tokens)
+        return replace(self, arrival_s=self.arrival_s / rate_scale)
 
     def head(self, n: int) -> "Trace":
         return self._with(slice(0, max(0, int(n))))
@@ -104,7 +95,30 @@ class Trace:
         """Lengths clipped to the given maxima (requests are kept)."""
         p = self.prompt_tokens if max_prompt_tokens is None else np.minimum(self.prompt_tokens, max_prompt_tokens)
         o = self.output_tokens if max_output_tokens is None else np.minimum(self.output_tokens, max_output_tokens)
-        return Trace(self.name, self.arrival_s, p, o)
+        return replace(self, prompt_tokens=p, output_tokens=o)
+
+    def clip_context(self, max_context_tokens: int) -> "Trace":
+        """Each request clipped so prompt + output <= `max_context_tokens` (the prompt gives way first; an output
+        of the whole context keeps one prompt token); `context_clipped` counts the requests changed."""
+        if int(max_context_tokens) < 2:
+            raise ValueError(f"max_context_tokens must be >= 2, got {max_context_tokens!r}")
+        o = np.minimum(self.output_tokens, int(max_context_tokens) - 1)
+        p = np.minimum(self.prompt_tokens, int(max_context_tokens) - o)
+        n = int(np.count_nonzero((p != self.prompt_tokens) | (o != self.output_tokens)))
+        return replace(self, prompt_tokens=p, output_tokens=o, context_clipped=self.context_clipped + n)
+
+    def spread_arrivals(self) -> "Trace":
+        """Requests that share a timestamp spread evenly from it up to the next distinct timestamp (a trace logged
+        on a coarse clock); the last group spreads over the median gap between distinct timestamps. Unchanged when
+        every timestamp is distinct or all requests share one."""
+        t = self.arrival_s
+        uniq, start, counts = np.unique(t, return_index=True, return_counts=True)
+        if len(uniq) in (len(t), 1) or len(t) < 2:
+            return self
+        gaps = np.diff(uniq)
+        span = np.append(gaps, np.median(gaps))
+        k = np.arange(len(t)) - np.repeat(start, counts)
+        return replace(self, arrival_s=t + k * np.repeat(span / counts, counts))
 
 
 def _fail(path, line: int, msg: str):
@@ -122,7 +136,7 @@ def _int_field(path, line: int, value: str, col: str) -> int:
 
 
 def _read_csv(path: Path, required: tuple[str, ...]):
-    with open(path, newline="") as f:
+    with open_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -141,16 +155,19 @@ def _read_csv(path: Path, required: tuple[str, ...]):
 
 
 def _finish(name: str, path: Path, arrival, prompt, output, lines) -> Trace:
+    """Arrays -> Trace; timestamps must already be non-decreasing (the first decrease is named by its line)."""
     if not arrival:
         raise ValueError(f"{path}: no requests")
     arr = np.asarray(arrival, dtype=np.float64)
-    order = np.argsort(arr, kind="stable")
-    p, o = np.asarray(prompt, dtype=np.int64)[order], np.asarray(output, dtype=np.int64)[order]
+    down = np.flatnonzero(np.diff(arr) < 0)
+    if len(down):
+        _fail(path, lines[down[0] + 1], "timestamps must be non-decreasing (this request arrives before the one "
+                                        f"on line {lines[down[0]]})")
+    p, o = np.asarray(prompt, dtype=np.int64), np.asarray(output, dtype=np.int64)
     for arr_, col in ((p, "prompt length"), (o, "output length")):
         bad = np.flatnonzero(arr_ < 1)
         if len(bad):
-            _fail(path, lines[order[bad[0]]], f"{col} must be >= 1")
-    arr = arr[order]
+            _fail(path, lines[bad[0]], f"{col} must be >= 1")
     return Trace(name, arr - arr[0], p, o)
 
 
@@ -169,7 +186,7 @@ def load_azure(path: str | os.PathLike, name: str | None = None) -> Trace:
     if not ts:
         raise ValueError(f"{path}: no requests")
     t_ns = np.array(ts, dtype="datetime64[ns]").astype(np.int64)
-    return _finish(name or path.stem, path, list((t_ns - t_ns.min()) / 1e9), prompt, output, lines)
+    return _finish(name or plain_name(path).stem, path, list((t_ns - t_ns[0]) / 1e9), prompt, output, lines)
 
 
 def load_sharegpt(path: str | os.PathLike, *, poisson_rate_rps: float = 1.0, seed: int = 0,
@@ -187,14 +204,14 @@ def load_sharegpt(path: str | os.PathLike, *, poisson_rate_rps: float = 1.0, see
         raise ValueError(f"{path}: no requests")
     gaps = np.random.default_rng(seed).exponential(1.0 / poisson_rate_rps, size=len(prompt))
     gaps[0] = 0.0
-    return _finish(name or path.stem, path, list(np.cumsum(gaps)), prompt, output, lines)
+    return _finish(name or plain_name(path).stem, path, list(np.cumsum(gaps)), prompt, output, lines)
 
 
 def load_mooncake(path: str | os.PathLike, name: str | None = None) -> Trace:
     """bench_serving mooncake JSONL (timestamp in ms, input_length, output_length) -> Trace."""
     path = Path(path)
     arrival, prompt, output, lines = [], [], [], []
-    with open(path, "rb") as f:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -214,7 +231,7 @@ def load_mooncake(path: str | os.PathLike, name: str | None = None) -> Trace:
             prompt.append(_int_field(path, lineno, rec["input_length"], "input_length"))
             output.append(_int_field(path, lineno, rec["output_length"], "output_length"))
             lines.append(lineno)
-    return _finish(name or path.stem, path, arrival, prompt, output, lines)
+    return _finish(name or plain_name(path).stem, path, arrival, prompt, output, lines)
 
 
 def write_mooncake(path: str | os.PathLike, trace: Trace, *, hash_block_tokens: int | None = 128) -> None:
@@ -237,18 +254,21 @@ def write_mooncake(path: str | os.PathLike, trace: Trace, *, hash_block_tokens: 
 def load_trace(name_or_path: str | os.PathLike, *, shared: str | os.PathLike | None = None, seed: int = 0,
                poisson_rate_rps: float = 1.0, limit: int | None = None, start_s: float = 0.0,
                duration_s: float | None = None, max_prompt_tokens: int | None = None,
-               max_output_tokens: int | None = None) -> Trace:
-    """Load a trace by name or path (format from the name, the extension or the header), then window/limit/clip.
+               max_output_tokens: int | None = None, spread_arrivals: bool = False,
+               max_context_tokens: int | None = None) -> Trace:
+    """Load a trace by name or path (format from the name, the extension or the header), then shape it.
 
-    The time window (`start_s`, `duration_s`, seconds of the unscaled trace) applies before `limit` (first N).
+    In this order: `spread_arrivals` (over the whole trace), the time window (`start_s`, `duration_s`, seconds of the
+    unscaled trace), `limit` (first N), the per-length maxima, then `max_context_tokens` (prompt + output <= N; the
+    returned trace's `context_clipped` counts the requests it shortened).
     """
     path = resolve_trace_path(name_or_path, shared)
     key = str(name_or_path)
-    label = key if key in TRACE_FILES else path.stem
-    if path.suffix in (".jsonl", ".json"):
+    label = key if key in TRACE_FILES else plain_name(path).stem
+    if plain_name(path).suffix in (".jsonl", ".json"):
         trace = load_mooncake(path, label)
     else:
-        with open(path, newline="") as f:
+        with open_text(path) as f:
             header = f.readline()
         if "TIMESTAMP" in header:
             trace = load_azure(path, label)
@@ -256,12 +276,16 @@ def load_trace(name_or_path: str | os.PathLike, *, shared: str | os.PathLike | N
             trace = load_sharegpt(path, poisson_rate_rps=poisson_rate_rps, seed=seed, name=label)
         else:
             raise ValueError(f"{path}:1: unknown trace format (header {header.strip()!r})")
+    if spread_arrivals:
+        trace = trace.spread_arrivals()
     if start_s or duration_s is not None:
         trace = trace.window(start_s, duration_s)
     if limit is not None:
         trace = trace.head(limit)
     if max_prompt_tokens is not None or max_output_tokens is not None:
         trace = trace.clipped(max_prompt_tokens, max_output_tokens)
+    if max_context_tokens is not None:
+        trace = trace.clip_context(max_context_tokens)
     if not len(trace):
         raise ValueError(f"{path}: no requests left after window/limit")
     return trace
