@@ -8,12 +8,13 @@ Deferral (a running request sits out a forward but keeps its KV and request-pool
   `future_map.output_tokens_buf[req_pool_idx]`, keyed by the row, so a row can stay parked for several steps.
 - rejoin: at the start of every `get_next_batch_to_run` the parked rows that are still unfinished are merged back
   (or become the running batch), so every iteration's policy sees every running request and decides afresh.
-Never deferred:
-- the whole step, when the batch carries state a shallow split cannot divide: active penalizers (frequency /
-  presence / repetition / min-new-tokens share one orchestrator), custom logit processors, grammar-constrained rows,
-  sampling masks, speculative decoding, beam search;
-- rows that return logprobs (mixed forwards exclude them anyway), and rows the in-flight result finishes
-  (overlap loop);
+Sampling state is split, not shared: the parked copy gets its own `sampling_info` whose list/dict fields are
+copies and whose penalizer orchestrator is a copy bound to the parked batch (each penalizer bound to that copy), so
+filter, merge and SGLang's own replacement of the running batch after a mixed or prefill step never see another
+batch's rows. Penalties (frequency / presence / repetition / min-new-tokens), custom logit processors and grammar
+rows are therefore deferrable. Never deferred:
+- the whole step, when the batch carries state we do not split: sampling masks, speculative decoding, beam search;
+- rows that return logprobs, and rows the in-flight result finishes (overlap loop);
 - anything, when the full running batch would not fit the next decode in KV: stock retraction then sees every row.
 At least one row always stays active unless the step runs a prefill.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import weakref
 from typing import Iterable
 
 ORDER_ATTR = "_sglang_fair_order"
@@ -40,16 +42,7 @@ ORDER_ATTR = "_sglang_fair_order"
 def batch_deferral_blocker(batch) -> str | None:
     """Why no row of `batch` may be deferred this step (None: deferral allowed)."""
     info = batch.sampling_info
-    if info is None:
-        return None
-    orch = getattr(info, "penalizer_orchestrator", None)
-    if orch is not None and orch.is_required:
-        return "penalizers"
-    if getattr(info, "has_custom_logit_processor", False):
-        return "custom_logit_processor"
-    if getattr(batch, "has_grammar", False):
-        return "grammar"
-    if any(getattr(info, "return_sampling_masks", None) or ()):
+    if info is not None and any(getattr(info, "return_sampling_masks", None) or ()):
         return "sampling_masks"
     if getattr(batch, "spec_info", None) is not None:
         return "speculative"
@@ -59,7 +52,34 @@ def batch_deferral_blocker(batch) -> str | None:
 
 
 def row_deferrable(req) -> bool:
-    return not req.finished() and not req.return_logprob and req.grammar is None
+    return not req.finished() and not req.return_logprob
+
+
+def split_sampling_info(info, batch):
+    """A copy of SamplingBatchInfo `info` for `batch` that shares no mutable state with `info`: list and dict fields
+    copied, the penalizer orchestrator copied and bound to `batch` (its penalizers bound to the copy). Tensors stay
+    shared until the next filter (which re-indexes them into new tensors); in-place penalty updates only happen to
+    rows of a batch that runs, after that filter."""
+    new = dataclasses.replace(info)
+    for f in dataclasses.fields(info):
+        v = getattr(info, f.name)
+        if isinstance(v, (list, dict)):
+            setattr(new, f.name, copy.copy(v))
+    orch = getattr(info, "penalizer_orchestrator", None)
+    if orch is not None:
+        new.penalizer_orchestrator = _copy_orchestrator(orch, batch)
+    return new
+
+
+def _copy_orchestrator(orch, batch):
+    new = copy.copy(orch)
+    new.batch = batch  # the orchestrator's weakref setter: prepare() during merge sizes tensors from batch.reqs
+    new.penalizers = {}
+    for key, pen in orch.penalizers.items():
+        p = copy.copy(pen)
+        p._orchestrator_ref = weakref.ref(new)
+        new.penalizers[key] = p
+    return new
 
 
 class Parking:
@@ -87,7 +107,7 @@ class Parking:
         if not park_idx:
             return 0
         parked = copy.copy(running_batch)
-        parked.sampling_info = dataclasses.replace(running_batch.sampling_info)
+        parked.sampling_info = split_sampling_info(running_batch.sampling_info, parked)
         parked.filter_batch(keep_indices=park_idx)
         running_batch.filter_batch(keep_indices=keep_idx)
         self.batch = parked
