@@ -16,8 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docs_section import replace_section  # noqa: E402
+from sglang_fair.bench.docs_section import replace_section  # noqa: E402
 
 from sglang_fair.live.replay import ReplayRequest, replay  # noqa: E402
 from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, sglang_server  # noqa: E402

@@ -19,8 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docs_section import replace_section  # noqa: E402
+from sglang_fair.bench.docs_section import replace_section  # noqa: E402
 
 from sglang_fair.live.compare import fixed_prompts, mismatches, run_workload  # noqa: E402
 from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, server_slots, sglang_server  # noqa: E402

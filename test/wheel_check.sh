@@ -5,7 +5,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-python3 -m pip wheel -q --disable-pip-version-check --no-deps -w "$W/dist" "$ROOT" 2> >(grep -v "is ignored: it is neither" >&2)
+mkdir "$W/src"  # build from a copy: an in-tree build/ folder left by an earlier build must not leak into the wheel
+(cd "$ROOT" && tar --exclude=./.venv --exclude=./.git --exclude=./build -cf - .) | tar -xf - -C "$W/src"
+python3 -m pip wheel -q --disable-pip-version-check --no-deps -w "$W/dist" "$W/src" 2> >(grep -v "is ignored: it is neither" >&2)
 whl=$(ls "$W"/dist/sglang_fair-*.whl)
 size=$(stat -c %s "$whl")
 echo "wheel-check: $(basename "$whl") is $size bytes"

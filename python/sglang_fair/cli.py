@@ -11,7 +11,7 @@ COMMANDS = (
     ("sglang_fair.serve", "add_parser"),
     ("sglang_fair.model", "add_parser"),
     ("sglang_fair.demo", "add_parser"),
-    ("sglang_fair.plan_bench", "add_parser"),
+    ("sglang_fair.bench.plan_bench", "add_parser"),
     ("sglang_fair.sim.cli", "add_parsers"),
     ("sglang_fair.bench.cli", "add_parser"),
 )

@@ -11,7 +11,7 @@ import sys
 
 from .live.replay import replay, request_times, requests_from_trace
 from .live.server import cpu_server_args, exit_on_sigterm, sglang_server
-from .metrics import summarize
+from .core.metrics import summarize
 from .model import make_model
 from .serve import _has_cuda
 

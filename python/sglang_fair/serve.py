@@ -123,7 +123,7 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
     except ValueError as exc:
         raise ValueError(str(exc).replace("load_horizon_ms", "--fair-load-horizon-ms")) from None
     if cfg.active:
-        from .core.registry import make_policy
+        from .policies import make_policy
 
         try:
             make_policy(cfg.policy, **params)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from factories import make_req, make_running, make_snapshot
-from sglang_fair.core.registry import make_policy
+from sglang_fair.policies import make_policy
 from sglang_fair.engine.adapter import validate_plan
 from sglang_fair.policies.chaos import COUNTED_KINDS, FAULT_KINDS, ChaosParams, ChaosPolicy
 

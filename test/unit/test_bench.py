@@ -12,7 +12,7 @@ from sglang_fair.bench.report import markdown, quick_summary
 from sglang_fair.bench.search import budgeted_capacity, live_capacities
 from sglang_fair.bench.workload import Workload
 from sglang_fair.core.cost_model import CostModel
-from sglang_fair.metrics import summarize
+from sglang_fair.core.metrics import summarize
 from sglang_fair.policies.fair import FairPolicy
 from sglang_fair.sim.traces import Trace, load_mooncake
 

@@ -6,8 +6,8 @@ import pytest
 from factories import COST, make_trace
 
 from sglang_fair.core.cost_model import CostModel
-from sglang_fair.core.registry import make_policy
-from sglang_fair.metrics import RequestTimes
+from sglang_fair.policies import make_policy
+from sglang_fair.core.metrics import RequestTimes
 from sglang_fair.sim.capacity import (Search, bisect_capacity, find_capacity, mean_work_s, stability_bound_rps)
 from sglang_fair.sim.cli import parse_policy_spec
 from sglang_fair.sim.cluster import ClusterConfig, Router, simulate_cluster
@@ -122,7 +122,7 @@ def test_bisection_finds_the_threshold_of_a_monotone_run():
         calls.append(scale)
         return _result(0.5 if scale <= 1.7 else 1.5)
 
-    from sglang_fair.metrics import meets_tail
+    from sglang_fair.core.metrics import meets_tail
     cap = bisect_capacity(Search(run), lambda s: meets_tail(s, 1.0, 0.2), 0.5, rel_tol=0.01)
     assert 1.7 / 1.01 <= cap <= 1.7
     assert cap == max(c for c in calls if c <= 1.7)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sglang_fair.metrics import (RequestTimes, lateness_s, meets_attainment, meets_slo, meets_tail, summarize, tbt_s,
+from sglang_fair.core.metrics import (RequestTimes, lateness_s, meets_attainment, meets_slo, meets_tail, summarize, tbt_s,
                                  tpot_s, ttft_s)
 
 

@@ -11,7 +11,7 @@ import pytest
 from factories import COST, batch_of, kv_after, make_req, make_running, make_running_with_slack, make_snapshot
 
 from sglang_fair.core.cost_model import CostModel
-from sglang_fair.core.registry import make_policy
+from sglang_fair.policies import make_policy
 from sglang_fair.policies.fair import FairParams, FairPolicy
 
 NOW = 100.0

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sglang_fair.core.cost_model import CostModel
-from sglang_fair.core.registry import make_policy, policy_names
+from sglang_fair.policies import make_policy, policy_names
 from sglang_fair.core.types import ReqView, Snapshot
 from sglang_fair.policies.common import edf_key, lazy_edf
 from sglang_fair.policies.fair import FairParams, FairPolicy

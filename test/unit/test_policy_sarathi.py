@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from factories import COST, batch_of, kv_after, make_req, make_running, make_snapshot
 
-from sglang_fair.core.registry import make_policy
+from sglang_fair.policies import make_policy
 from sglang_fair.policies.sarathi import SarathiParams, SarathiPolicy
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from factories import kv_after, make_req, make_running, make_snapshot
 
-from sglang_fair.core.registry import make_policy
+from sglang_fair.policies import make_policy
 from sglang_fair.policies.slai import SlaiParams, SlaiPolicy, last_schedulable_s
 
 NOW = 50.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from factories import COST, make_trace
 
-from sglang_fair.core.registry import make_policy
+from sglang_fair.policies import make_policy
 from sglang_fair.core.types import Plan, ReqView
-from sglang_fair.metrics import summarize, tbt_s, tpot_s, ttft_s
+from sglang_fair.core.metrics import summarize, tbt_s, tpot_s, ttft_s
 from sglang_fair.sim.engine import EngineConfig, Replica, SimRequest, fast_view, simulate
 
 CFG = EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, kv_capacity_tokens=10_000, record_token_times=True)

@@ -81,7 +81,7 @@ def main(args) -> int:
     summary = report.quick_summary(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.docs:
-        from ..docs_section import replace_section
+        from .docs_section import replace_section
         docs = Path(args.docs)
         img_dir = docs.parent / "img" / "live"
         img_dir.mkdir(parents=True, exist_ok=True)

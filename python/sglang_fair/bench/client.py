@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 import requests
 
-from ..metrics import RequestTimes
+from ..core.metrics import RequestTimes
 from ..sim.traces import Trace
 
 

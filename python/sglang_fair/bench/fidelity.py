@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.presets import load_preset
-from ..core.registry import make_policy
-from ..metrics import summarize
+from ..policies import make_policy
+from ..core.metrics import summarize
 from ..sim.cli import parse_policy_spec
 from ..sim.engine import EngineConfig, simulate
 from ..sim.traces import Trace

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from ..live.server import cpu_server_args, requests_served, server_slots, sglang_router, sglang_server
-from ..metrics import summarize
+from ..core.metrics import summarize
 from .client import Probe, run_probe
 from .policies import STOCK, policy_args
 from .search import live_capacities

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from ..metrics import Summary, meets_attainment, meets_tail
+from ..core.metrics import Summary, meets_attainment, meets_tail
 
 
 def budgeted_capacity(evaluate: Callable[[float], Summary], ok: Callable[[Summary], bool], start: float, *,

@@ -18,7 +18,7 @@ import time
 
 from ..core.cost_model import CostModel
 from ..core.headroom import Headroom
-from ..core.registry import make_policy
+from ..policies import make_policy
 from ..core.types import Plan, Snapshot
 from ..runtime_config import RuntimeConfig
 from . import deferral

@@ -118,7 +118,7 @@ def requests_from_trace(trace, *, length_scale: float = 1.0, max_prompt_tokens: 
 
 def request_times(records: list[ReplayRecord], ttft_slo_ms: float, tpot_slo_ms: float) -> list:
     """ReplayRecords as metrics.RequestTimes (the one metrics module shared with the simulator)."""
-    from ..metrics import RequestTimes
+    from ..core.metrics import RequestTimes
 
     out = []
     for i, rec in enumerate(records):

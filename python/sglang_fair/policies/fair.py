@@ -13,7 +13,9 @@ Per iteration:
    reservation) fits; the first that does not fit stops admission, so a large prompt is never overtaken for ever.
 4. Non-urgent decodes by ascending slack while time remains; the others are deferred (they keep their KV).
 Decode rows that share a forward with prefill are charged the cost model's mixed term, so where mixing is slow
-(SGLang's CPU backend) fair runs prefill alone and lets decodes with slack sit the step out.
+(SGLang's CPU backend) fair runs prefill alone and lets decodes with slack sit the step out. Where the engine cannot
+mix (`Snapshot.mixing_allowed` false) every plan is prefill-only (decodes sit out, the prefill budget leaving room for
+the decode step after it) or decode-only (urgent decodes, or a prefill too small to be worth its own step).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 from dataclasses import dataclass
 from heapq import nsmallest
 
-from ..core.registry import register_policy
+from .registry import register_policy
 from ..core.types import Plan, ReqView, Snapshot
 from .common import (admission_tokens, check_int_at_least, check_ratio, decode_time_s, edf_key, lazy_edf,
                      make_plan, merge_edf, outstanding_reserve_tokens, output_reserve_tokens, preempt_until)
@@ -147,13 +149,16 @@ class FairPolicy:
             head = next(prefills, None)
 
         # ---- 3. prefills, earliest deadline first ----------------------------------------------------------------
-        # urgent decodes cost more once a prefill shares their forward (CostModel.mixed_s)
-        mix_urgent = cost.mixed_s(len(urgent))
+        # urgent decodes cost more once a prefill shares their forward (CostModel.mixed_s); where the engine cannot
+        # mix at all, no prefill may join them
+        no_mix = not snap.mixing_allowed
+        mix_urgent = math.inf if no_mix and urgent else cost.mixed_s(len(urgent))
         prefill, t, kv_left = self._fill(snap, head, prefills, budget, t, kv_left, gone, floor=not running,
                                          strict=bool(urgent), mix_s=mix_urgent)
 
         # ---- 3b. where mixing is slow: prefill alone while every decode sits the step out, or decodes alone ----------
-        if running and not preempt and cost.per_mixed_decode_req_s > 0 and (snap.prefilling or snap.waiting):
+        if (running and not preempt and (cost.per_mixed_decode_req_s > 0 or no_mix)
+                and (snap.prefilling or snap.waiting)):
             t_dec = cost.base_s + decode_time_s(cost, running)  # the decode step that must follow
             b_budget = min_slack - t_dec
             alt_kv = free - len(running)
@@ -173,7 +178,7 @@ class FairPolicy:
         # ---- 4. non-urgent decodes by slack while time remains ---------------------------------------------------
         lazy_decodes: list[ReqView] = []
         kv_lazy = kv_left + n_lazy  # KV the non-urgent decodes may use (>= n_lazy unless KV was already short)
-        if n_lazy and budget - t >= cost.per_decode_req_s and kv_lazy > 0:
+        if n_lazy and budget - t >= cost.per_decode_req_s and kv_lazy > 0 and not (no_mix and prefill):
             cand = [i for i, u in enumerate(urgent_mask) if not u and running[i].rid not in gone] if gone else \
                 [i for i, u in enumerate(urgent_mask) if not u]
             rem_t = budget - t

@@ -3,15 +3,16 @@
 Every iteration: all running decodes (one token each), then the partial prefills in order, then new prefills FCFS,
 each chunk = min(remaining prompt, token_budget - tokens already in the batch). Decode tokens count against the
 budget, as SGLang's mixed chunk subtracts the running batch size from `--chunked-prefill-size`. A decode is never
-deferred; when KV cannot hold one more token per running request, requests are preempted latest arrival first
-(partial prefills before decodes), as vLLM does.
+deferred, except where the engine cannot mix (`Snapshot.mixing_allowed` false): then, as SGLang without mixed chunk,
+a step with prefill work is prefill-only and the decodes run in the next step. When KV cannot hold one more token
+per running request, requests are preempted latest arrival first (partial prefills before decodes), as vLLM does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.registry import register_policy
+from .registry import register_policy
 from ..core.types import Plan, ReqView, Snapshot
 from .common import (admission_tokens, check_int_at_least, check_ratio, make_plan, outstanding_reserve_tokens,
                      output_reserve_tokens, preempt_until)
@@ -52,7 +53,8 @@ class SarathiPolicy:
         gone = frozenset(preempt)
         decodes = [r for r in running if r.rid not in gone] if gone else list(running)
         kv_left = free - len(decodes)
-        tokens_left = p.token_budget - len(decodes)
+        no_mix = not snap.mixing_allowed  # then a prefill step carries no decode (SGLang without mixed chunk)
+        tokens_left = p.token_budget - (0 if no_mix else len(decodes))
         prefill: list[tuple[ReqView, int]] = []
         for r in snap.prefilling:
             if tokens_left <= 0 or kv_left <= 0:
@@ -77,5 +79,7 @@ class SarathiPolicy:
                 tokens_left -= c
                 kv_left -= c
                 reserve += r.remaining_prompt_tokens - c + output_reserve_tokens(r, ratio)
+        if no_mix and prefill:
+            decodes = []  # prefill first, as SGLang runs it without mixing; the decodes run in the next step
         return make_plan(snap.cost, prefill, decodes, preempt, float("inf"),
                          note=f"sarathi budget={p.token_budget} left={tokens_left}")

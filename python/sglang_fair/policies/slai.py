@@ -8,8 +8,9 @@ offset = 5 iterations (10 when KV usage >= 96 %). Per iteration, under a token b
 3. new prefills shortest prompt first, strict-SLO users first when `user_priority`; admission stops at the first
    request whose prompt does not fit in KV;
 4. non-critical decodes in LST order fill what is left.
-Decodes that do not make it are deferred. When a decode needs KV and none is free, unscheduled partial prefills are
-preempted latest first, and failing that the decode itself.
+Decodes that do not make it are deferred. Where the engine cannot mix (`Snapshot.mixing_allowed` false), a step
+with critical decodes is decode-only and otherwise prefill-only when there is prefill work. When a decode needs KV
+and none is free, unscheduled partial prefills are preempted latest first, and failing that the decode itself.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 from dataclasses import dataclass
 from heapq import heapify, heappop
 
-from ..core.registry import register_policy
+from .registry import register_policy
 from ..core.types import Plan, ReqView, Snapshot
 from .common import (admission_tokens, check_int_at_least, check_ratio, make_plan,
                      outstanding_reserve_tokens, output_reserve_tokens)
@@ -109,14 +110,15 @@ class SlaiPolicy:
                 used += 1
 
         take_decodes(critical_only=True)
-        while paused and used < p.token_budget and free > 0:
+        no_mix = not snap.mixing_allowed  # then critical decodes run alone, or prefill runs alone
+        while paused and used < p.token_budget and free > 0 and not (no_mix and decodes):
             r = paused.pop(0)
             c = min(r.remaining_prompt_tokens, p.token_budget - used, free)
             if c > 0:
                 prefill.append((r, c))
                 used += c
                 free -= c
-        if used < p.token_budget and snap.waiting:
+        if used < p.token_budget and snap.waiting and not (no_mix and decodes):
             gone = frozenset(preempt)
             ratio = p.kv_reserve_output_ratio
             reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum(c for _, c in prefill)
@@ -141,6 +143,7 @@ class SlaiPolicy:
                 used += c
                 free -= c
                 reserve += r.remaining_prompt_tokens - c + output_reserve_tokens(r, ratio)
-        take_decodes(critical_only=False)
+        if not (no_mix and prefill):
+            take_decodes(critical_only=False)
         return make_plan(snap.cost, prefill, decodes, preempt, math.inf,
                          note=f"slai offset={off * 1e3:.1f}ms decodes={len(decodes)} tokens={used}")

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.cost_model import CostModel
-from ..metrics import Summary, meets_attainment, meets_tail, summarize
+from ..core.metrics import Summary, meets_attainment, meets_tail, summarize
 from .engine import SimResult
 
 

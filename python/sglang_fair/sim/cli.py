@@ -17,7 +17,7 @@ import orjson
 from tqdm import tqdm
 
 from ..core.presets import load_preset
-from ..core.registry import make_policy
+from ..policies import make_policy
 from .capacity import find_capacity, late_limit, stability_bound_scale
 from .cluster import ROUTERS, ClusterConfig, simulate_cluster
 from .engine import DEFAULT_KV_CAPACITY_TOKENS, EngineConfig, SimResult, simulate

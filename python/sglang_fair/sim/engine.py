@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.cost_model import CostModel
 from ..core.types import Plan, ReqView, Snapshot
-from ..metrics import RequestTimes
+from ..core.metrics import RequestTimes
 
 # ---- fast ReqView construction (the simulator builds millions): set the slots directly, same object as ReqView(...)
 _new = object.__new__
@@ -352,7 +352,7 @@ class SimResult:
     preemptions: int
 
     def summary(self):
-        from ..metrics import summarize
+        from ..core.metrics import summarize
         return summarize(self.records)
 
 

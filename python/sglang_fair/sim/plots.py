@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..metrics import tpot_s, ttft_s  # noqa: E402
+from ..core.metrics import tpot_s, ttft_s  # noqa: E402
 
 
 def write_plots(out_dir: Path, results: dict, searches: dict, prefix: str = "") -> list[str]:

@@ -16,9 +16,9 @@ import time
 import numpy as np
 import orjson
 
-from .core.cost_model import CostModel
-from .core.registry import make_policy, policy_names
-from .core.types import ReqView, Snapshot
+from ..core.cost_model import CostModel
+from ..policies import make_policy, policy_names
+from ..core.types import ReqView, Snapshot
 
 DEFAULT_COST_PRESET = "a100-llama3-8b"
 FALLBACK_COST = CostModel(base_s=0.010, per_prefill_token_s=7.7e-5, per_attn_token2_s=2.4e-9,
@@ -92,7 +92,7 @@ def run_bench(policies: list[str], running: list[int], waiting: int, repeat: int
 
 def _load_cost(name: str) -> CostModel:
     try:
-        from .core.presets import load_preset
+        from ..core.presets import load_preset
     except ImportError:  # presets not shipped: the same model, hard-coded
         return FALLBACK_COST
     return load_preset(name)

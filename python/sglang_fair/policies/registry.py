@@ -1,10 +1,12 @@
-"""Open policy registry: adding a policy is one new file plus `@register_policy("name")`."""
+"""Open policy registry: adding a policy is one new file plus `@register_policy("name")` (and its import in
+`policies/__init__.py`). Import `make_policy` / `policy_names` from `sglang_fair.policies`, which registers the
+built-in policies first."""
 
 from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from .types import Plan, Snapshot
+from ..core.types import Plan, Snapshot
 
 
 class Policy(Protocol):
@@ -28,17 +30,11 @@ def register_policy(name: str):
 
 
 def policy_names() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def make_policy(name: str, **params) -> Policy:
     """Build a registered policy; `params` are its config dataclass fields (unknown keys raise)."""
-    _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**params)
-
-
-def _load_builtin() -> None:
-    from .. import policies  # noqa: F401  (imports register the built-in policies)
