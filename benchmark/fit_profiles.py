@@ -9,11 +9,12 @@ $SGLANG_FAIR_SHARED or --profiles-dir a plain or gzip copy elsewhere; times are 
     (batch size, kv size) rows;
   - `{a100,h100}_meta-llama_Llama-2-7b-hf/mlp.csv`: the same operators of a similar model on both GPUs.
 
-How one iteration's time is built (Llama-3-8B: 32 layers, TP 1), following Vidur's per-block sum:
+How one iteration's time is built (Llama-3-8B: 32 layers, TP 1), following Vidur's per-block sum (the reading of the
+profiles and this construction live in `sglang_fair/emulate/profiles.py`, shared with the emulated device):
   t = 32 * [ sum over layer ops(num_tokens) + attn_prefill + attn_decode + kv_save ] + emb(num_tokens) + overhead
   - layer ops = input_layernorm, attn_pre_proj, attn_rope, attn_post_proj, post_attention_layernorm, mlp_up_proj,
     mlp_act, mlp_down_proj, add (each once, as Vidur sums them), linearly interpolated in num_tokens = prefill
-    tokens + decode rows (the grid is 1, 2, 4, then every 8 to 256 tokens);
+    tokens + decode rows (a grid of 451 points from 1 to 32768 tokens);
   - attn_prefill / attn_decode: the measured attention row itself (no interpolation: every sample is built on a
     measured (chunk, kv) or (batch, kv) point); a mixed batch adds its prefill row and its decode row, as Vidur does;
   - kv_save: a decode-only batch uses its decode row's value; a batch with a prefill uses the prefill rows'
@@ -47,7 +48,6 @@ Usage: python benchmark/fit_profiles.py [--profiles-dir DIR] [--overhead-ms 1.0]
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -59,113 +59,12 @@ sys.path.insert(0, str(REPO / "python"))
 
 from sglang_fair.core.cost_model import CostModel  # noqa: E402
 from sglang_fair.core.fit import FitOptions, fit_cost_model, model_json  # noqa: E402
-from sglang_fair.data import find_csv, open_text, profiles_dir  # noqa: E402
-
-LAYERS = 32
-LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
-             "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
-GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
-MIX_CHUNKS = (256, 512, 1024, 2048)
-L3_A100 = "a100_meta-llama_Meta-Llama-3-8B"
-L2_A100, L2_H100 = "a100_meta-llama_Llama-2-7b-hf", "h100_meta-llama_Llama-2-7b-hf"
-
-# embedded CPU model calibration (hidden 512, 8 layers), milliseconds
-
+from sglang_fair.data import find_csv, profiles_dir  # noqa: E402
+from sglang_fair.emulate.profiles import (L2_A100, L2_H100, L3_A100, GpuRatio, OpTable,  # noqa: E402
+                                          build_samples, read_attention)
 
 def default_profiles_dir() -> Path:
     return profiles_dir()
-
-
-class OpTable:
-    """Per-layer operator medians (ms) vs num_tokens for one TP degree, interpolated linearly."""
-
-    def __init__(self, path: Path, tp: int = 1) -> None:
-        by_n: dict[int, list[dict]] = {}
-        with open_text(path) as fh:
-            for row in csv.DictReader(fh):
-                if int(row["num_tensor_parallel_workers"]) == tp:
-                    by_n.setdefault(int(row["num_tokens"]), []).append(row)
-        if not by_n:
-            raise ValueError(f"{path}: no rows with num_tensor_parallel_workers == {tp}")
-        self.tokens = np.array(sorted(by_n), dtype=float)
-        self.ms = {op: np.array([np.median([float(r[f"time_stats.{op}.median"]) for r in by_n[int(n)]])
-                                 for n in self.tokens]) for op in LAYER_OPS + ("emb",)}
-
-    def op(self, name: str, n: float) -> float:
-        return float(np.interp(n, self.tokens, self.ms[name]))
-
-    def layer(self, n: float, scale=None) -> float:
-        """Sum of the layer's non-attention ops at n tokens; `scale(op, n)` multiplies each op (H100 derivation)."""
-        return sum(self.op(o, n) * (scale(o, n) if scale else 1.0) for o in LAYER_OPS)
-
-
-def read_attention(path: Path) -> list[dict]:
-    with open_text(path) as fh:
-        lines = [ln for ln in fh if not ln.startswith("#")]
-    rows = list(csv.DictReader(lines))
-    for r in rows:
-        for k in ("batch_size", "prefill_chunk_size", "kv_cache_size"):
-            r[k] = int(r[k])
-        for k in ("attn_ms", "kv_cache_save_ms"):
-            r[k] = float(r[k])
-    return rows
-
-
-class GpuRatio:
-    """H100/A100 time ratios per operator vs num_tokens, from the Llama-2-7B profiles on both GPUs."""
-
-    def __init__(self, a100: OpTable, h100: OpTable) -> None:
-        if not np.array_equal(a100.tokens, h100.tokens):
-            raise ValueError("A100 and H100 Llama-2-7B profiles have different num_tokens grids")
-        self.tokens = a100.tokens
-        self.ratio = {o: h100.ms[o] / a100.ms[o] for o in LAYER_OPS + ("emb",)}
-        gemm = np.vstack([self.ratio[o] for o in GEMM_OPS])
-        self.gemm = np.median(gemm, axis=0)
-        self.memory_bound = float(np.median(gemm[:, self.tokens <= 32]))
-
-    def op(self, name: str, n: float) -> float:
-        return float(np.interp(n, self.tokens, self.ratio[name]))
-
-    def compute(self, n: float) -> float:
-        return float(np.interp(n, self.tokens, self.gemm))
-
-
-def build_samples(ops: OpTable, attn: list[dict], overhead_ms: float, ratio: GpuRatio | None = None) -> list:
-    """[(prefills, decode_contexts, seconds, kind)] as described in the module docstring."""
-    prefill = [r for r in attn if r["kind"] == "prefill"]
-    chunked = [r for r in attn if r["kind"] == "chunked_prefill"]
-    decode = [r for r in attn if r["kind"] == "decode"]
-    pf_tokens = np.array([r["prefill_chunk_size"] for r in prefill], dtype=float)
-    pf_save = np.array([r["kv_cache_save_ms"] for r in prefill])
-    mem = ratio.memory_bound if ratio else 1.0
-    scale = ratio.op if ratio else None
-
-    def iteration_ms(pf_row, dec_row) -> float:
-        n_pf = pf_row["prefill_chunk_size"] if pf_row else 0
-        n_dec = dec_row["batch_size"] if dec_row else 0
-        n = n_pf + n_dec
-        per_layer = ops.layer(n, scale)
-        if pf_row:
-            per_layer += pf_row["attn_ms"] * (ratio.compute(n_pf) if ratio else 1.0)
-            per_layer += float(np.interp(n, pf_tokens, pf_save)) * mem
-        if dec_row:
-            per_layer += dec_row["attn_ms"] * mem
-            if not pf_row:
-                per_layer += dec_row["kv_cache_save_ms"] * mem
-        emb = ops.op("emb", n) * (ratio.op("emb", n) if ratio else 1.0)
-        return LAYERS * per_layer + emb + overhead_ms * mem
-
-    def sample(pf_row, dec_row, kind):
-        prefills = [(pf_row["prefill_chunk_size"], pf_row["kv_cache_size"])] if pf_row else []
-        decodes = [dec_row["kv_cache_size"]] * dec_row["batch_size"] if dec_row else []
-        return prefills, decodes, iteration_ms(pf_row, dec_row) / 1000.0, kind
-
-    samples = [sample(r, None, "prefill") for r in prefill]
-    samples += [sample(r, None, "chunked_prefill") for r in chunked]
-    samples += [sample(None, d, "decode") for d in decode]
-    mix_dec = [d for d in decode if d["batch_size"] <= 256][::3]
-    samples += [sample(p, d, "mixed") for p in prefill if p["prefill_chunk_size"] in MIX_CHUNKS for d in mix_dec]
-    return samples
 
 
 def per_kind_error(model: CostModel, samples) -> dict:
