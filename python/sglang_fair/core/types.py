@@ -83,6 +83,10 @@ class Snapshot:
     """The current iteration-cost estimate."""
     recent_iter_s: float = 0.0
     """Mean measured iteration time over the recent past (0 when unknown); SLAI's `mean batch time`."""
+    mixing_allowed: bool = True
+    """Whether one forward may carry prefill chunks and decode rows together. False where the engine cannot mix
+    (SGLang: a server flag that bans mixed chunks, or a running or queued request that returns logprobs): a plan
+    must then be prefill-only or decode-only."""
 
     @property
     def kv_free_tokens(self) -> int:

@@ -21,7 +21,7 @@ from ..core.headroom import Headroom
 from ..policies import make_policy
 from ..core.types import Plan, Snapshot
 from ..runtime_config import RuntimeConfig
-from . import deferral
+from . import deferral, sglang_view
 from .snapshot import SnapshotBuilder
 
 logger = logging.getLogger("sglang_fair")
@@ -76,6 +76,8 @@ def validate_plan(plan: Plan, snap: Snapshot) -> str | None:
         return "a decode planned twice"
     if plan.is_empty and (snap.running or snap.prefilling or snap.waiting):
         return "empty plan while requests are pending"
+    if plan.prefill and plan.decode and not snap.mixing_allowed:
+        return "mixed plan where the engine cannot mix"
     return None
 
 
@@ -103,6 +105,8 @@ class FairAdapter:
             self.saver = CostModelSaver(cfg.save_cost_model)
             atexit.register(self._save_at_exit)
         self.builder = SnapshotBuilder(cfg.slo)
+        self.mixing_bans = sglang_view.mixing_bans(sched)
+        self.prefix_matcher = sglang_view.PrefixMatcher()
         self.parking = deferral.Parking()
         self.running_views = deferral.install_running_view(sched, self.parking)
         self.horizon_s = (cfg.load_horizon_ms or cfg.slo.ttft_slo_ms) / 1000.0
@@ -155,8 +159,13 @@ class FairAdapter:
             logger.warning("sglang-fair fault %s: %s (counted in status.faults; logged once per kind)", kind, detail)
 
     def snapshot(self, running_reqs, now: float | None = None) -> Snapshot:
+        running_reqs = list(running_reqs)
         return self.builder.build(self.sched, running_reqs, now=time.perf_counter() if now is None else now,
-                                  cost=self.cost, recent_iter_s=self.recent_iter_s)
+                                  cost=self.cost, recent_iter_s=self.recent_iter_s,
+                                  mixing_allowed=self.mixing_allowed(running_reqs))
+
+    def mixing_allowed(self, running_reqs) -> bool:
+        return not self.mixing_bans and sglang_view.mixing_allowed(self.sched, running_reqs)
 
     # ---- hook bodies --------------------------------------------------------------------------------------------
     def rejoin(self, running_batch):
@@ -166,7 +175,9 @@ class FairAdapter:
     def form_prefill(self, original, sched, running_batch):
         """Replaces one call of Scheduler.get_new_batch_prefill(running_batch) -> NextBatchPlan."""
         t0 = time.perf_counter()
+        sglang_view.admit_ready_grammar(sched)  # SGLang does this only inside the call a plan may skip
         try:
+            self.prefix_matcher.match(sched)
             snap = self.snapshot(running_batch.reqs, now=t0)
             plan = self.policy.plan(snap)
             problem = validate_plan(plan, snap)
@@ -223,7 +234,7 @@ class FairAdapter:
             reqs = self._resolve_prefill(sched, plan, snap)
             mixed = n_decode > 0 and bool(plan.decode)
             ctl = deferral.PrefillControl(sched, prefill_reqs=reqs, chunk_tokens=plan.prefill_tokens,
-                                          n_decode=n_decode, mixed=mixed)
+                                          n_decode=n_decode, mixed=mixed, parked_reqs=self.parking.reqs)
             t_orig = time.perf_counter()
             try:
                 result = original(sched, running_batch)
@@ -268,12 +279,13 @@ class FairAdapter:
         except Exception as exc:
             self._fault("features", f"{type(exc).__name__}: {exc}")
             return
-        self._launches.append((prefills, decodes, t_start, t_end))
+        self._launches.append((prefills, decodes, t_start, t_end, list(batch.reqs)))
 
     def on_result(self, t_done: float) -> None:
         if not self._launches:
             return
-        prefills, decodes, t_start, t_end = self._launches.popleft()
+        prefills, decodes, t_start, t_end, reqs = self._launches.popleft()
+        self.builder.token_times.observe(reqs, t_done)  # each row's latest token, whatever forward produced it
         if self.sync_device:  # CPU forward runs inside run_batch
             measured = t_end - t_start
         else:  # accelerator: launch .. result processed, not before the previous batch was done
@@ -312,6 +324,7 @@ class FairAdapter:
     def status(self) -> dict:
         sched = self.sched
         running = list(sched.running_batch.reqs) + self.parking.reqs
+        running += sglang_view.unmerged_rows(sched, running)
         snap = self.snapshot(running)
         budget, load = admission_budget(snap, self.horizon_s)
         fin = lambda x: x if math.isfinite(x) else None  # noqa: E731  (JSON has no inf)
@@ -327,6 +340,8 @@ class FairAdapter:
             "deferred_total": self.deferred_total,
             "plan_deferred_rows": self.plan_deferred_rows,
             "mixed_forwards": self.mixed_forwards,
+            "mixing_allowed": snap.mixing_allowed,
+            "mixing_banned_by": list(self.mixing_bans),
             "reordered_plans": self.reordered,
             "preempt_left_to_sglang": self.preempt_left_to_sglang,
             "no_defer_reasons": dict(self.no_defer_reasons),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import weakref
 from typing import Iterable
 
@@ -167,10 +168,24 @@ def install_running_view(sched, parking: "Parking") -> list[str]:
 
 
 class PrefillControl:
-    """Sets the scheduler's prefill knobs for one `get_new_batch_prefill` call; `restore()` puts them back."""
+    """Sets the scheduler's prefill knobs for one `get_new_batch_prefill` call; `restore()` puts them back.
 
-    def __init__(self, sched, *, prefill_reqs: list, chunk_tokens: int, n_decode: int, mixed: bool) -> None:
+    Also for that call: the grammar queue is hidden (the adapter polled it this step: sglang_view.admit_ready_grammar),
+    and with `parked_reqs` PrefillAdder reserves their future output KV as it does for the running batch's rows
+    (`memory_budget.total_offset`), since parked rows decode again later."""
+
+    def __init__(self, sched, *, prefill_reqs: list, chunk_tokens: int, n_decode: int, mixed: bool,
+                 parked_reqs: list = ()) -> None:
         self.sched = sched
+        gm = getattr(sched, "grammar_manager", None)
+        self._grammar = None
+        if gm is not None and getattr(gm, "grammar_queue", None):
+            self._grammar = (gm, gm.grammar_queue)
+            gm.grammar_queue = []
+        if parked_reqs:
+            base = sched.get_prefill_adder_class()
+            parked = list(parked_reqs)
+            sched.get_prefill_adder_class = lambda: functools.partial(_adder_reserving, base, parked)
         self._saved = (sched.chunked_prefill_size, sched.is_mixed_chunk, sched.waiting_queue)
         full = sched.waiting_queue
         planned = [r for r in prefill_reqs if r is not sched.chunked_req]
@@ -191,7 +206,19 @@ class PrefillControl:
         sched.chunked_prefill_size, sched.is_mixed_chunk, _ = self._saved
         if hasattr(sched.policy, ORDER_ATTR):
             delattr(sched.policy, ORDER_ATTR)
+        if "get_prefill_adder_class" in vars(sched):
+            del sched.get_prefill_adder_class
+        if self._grammar is not None:
+            gm, queue = self._grammar
+            gm.grammar_queue = queue + gm.grammar_queue
         self.admitted = admitted
+
+
+def _adder_reserving(base, parked: list, *args, **kwargs):
+    """`base(*args, **kwargs)` (a PrefillAdder) whose KV budget also holds the parked rows' future outputs."""
+    adder = base(*args, **kwargs)
+    adder.memory_budget.total_offset += sum(adder._get_running_request_total_token_offset(r) for r in parked)
+    return adder
 
 
 def apply_plan_order(policy_obj, waiting_queue: list) -> None:

@@ -5,11 +5,14 @@ Clock: `time.perf_counter()` in the scheduler process, the clock SGLang itself s
 
 Mapping (SGLang 0.5.23):
 - running    <- the running batch's unfinished requests (parked rows are merged back before the snapshot is taken);
-                prefilled = prompt length, output = len(output_ids), last token = time_stats.last_decode_finish_time
-                (or prefill_finished_time before the first decode).
+                prefilled = prompt length, output = len(output_ids), last token = the latest of `TokenTimes` (when
+                a processed result last added a token to the request, whichever forward produced it),
+                time_stats.last_decode_finish_time and prefill_finished_time. SGLang stamps
+                last_decode_finish_time only on the decode result path, not for decode rows of a mixed forward.
 - prefilling <- `scheduler.chunked_req` (the one partially prefilled request); prefilled = req.prefix_len.
 - waiting    <- `scheduler.waiting_queue` sorted by arrival (SGLang sorts that list in place by its own policy);
-                prefilled = req.prefix_len, the radix-cache hit of the latest prefix match (0 without radix cache).
+                prefilled = req.prefix_len, the radix-cache hit of the latest prefix match (0 without radix cache;
+                the adapter matches the waiting view itself, see FairAdapter.match_waiting_prefixes).
 - arrival    <- time_stats.scheduler_recv_time (when the scheduler received the request); first token <-
                 time_stats.prefill_finished_time (a retracted request keeps its original first-token time).
 - KV         <- capacity max_total_num_tokens; used = capacity - allocator.available_size() - evictable cache.
@@ -72,6 +75,7 @@ class SnapshotBuilder:
 
     def __init__(self, slo: SloConfig) -> None:
         self.slo = slo
+        self.token_times = TokenTimes()
         self.bad_slo_requests = 0
         self._bad_seen: set[str] = set()
         self.recent_custom_slos: collections.OrderedDict = collections.OrderedDict()
@@ -101,7 +105,8 @@ class SnapshotBuilder:
         first = (ts.prefill_finished_time or None) if n_out else None  # set once; kept across retraction
         if state == "running":
             prompt, prefilled = n_prompt, n_prompt
-            last = ts.last_decode_finish_time or ts.prefill_finished_time or None
+            last = max(ts.last_decode_finish_time or 0.0, ts.prefill_finished_time or 0.0,
+                       self.token_times.get(req.rid)) or None
         else:
             prompt = n_prompt + n_out
             prefilled = min(int(req.prefix_len), prompt)
@@ -113,7 +118,7 @@ class SnapshotBuilder:
                        first_token_s=float(first) if first else None)
 
     def build(self, sched, running_reqs: Iterable, *, now: float, cost: CostModel,
-              recent_iter_s: float = 0.0) -> Snapshot:
+              recent_iter_s: float = 0.0, mixing_allowed: bool = True) -> Snapshot:
         running = tuple(self.view(r, "running") for r in running_reqs if not r.finished())
         chunked = sched.chunked_req
         prefilling = (self.view(chunked, "prefilling"),) if chunked is not None and not chunked.finished() else ()
@@ -122,7 +127,44 @@ class SnapshotBuilder:
                                 if r.rid not in skip and not r.finished()), key=lambda v: v.arrival_s))
         capacity, used = kv_usage(sched)
         return Snapshot(now=now, running=running, prefilling=prefilling, waiting=waiting,
-                        kv_capacity_tokens=capacity, kv_used_tokens=used, cost=cost, recent_iter_s=recent_iter_s)
+                        kv_capacity_tokens=capacity, kv_used_tokens=used, cost=cost, recent_iter_s=recent_iter_s,
+                        mixing_allowed=mixing_allowed)
+
+
+class TokenTimes:
+    """When each request last received a token, from the results SGLang processed (perf_counter clock).
+
+    `observe(reqs, t)` after a forward's result is processed: a request whose output count grew since the last
+    observation gets time `t`. Finished requests are dropped; at most MAX requests are remembered (oldest update
+    dropped first), so aborted requests cannot accumulate."""
+
+    MAX = 65536
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def observe(self, reqs: Iterable, t: float) -> None:
+        seen = self._seen
+        for req in reqs:
+            rid = req.rid
+            if req.finished():
+                seen.pop(rid, None)
+                continue
+            n = len(req.output_ids)
+            old = seen.get(rid)
+            if n and (old is None or old[0] != n):
+                seen.pop(rid, None)
+                seen[rid] = (n, t)
+        while len(seen) > self.MAX:
+            del seen[next(iter(seen))]
+
+    def get(self, rid: str) -> float:
+        """The time of the request's latest observed token (0.0 when none was observed)."""
+        v = self._seen.get(rid)
+        return v[1] if v is not None else 0.0
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 def kv_usage(sched) -> tuple[int, int]:

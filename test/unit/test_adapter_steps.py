@@ -1,0 +1,285 @@
+"""FairAdapter's step against a stand-in scheduler carrying the SGLang 0.5.23 attributes the adapter reads and sets
+(queues, grammar manager, radix cache, last batch, KV pool): issue 13 items 1 (grammar requests reach the plan),
+3 (the status counts rows of the unmerged last batch), 4 (each row's last token time, whatever forward produced it),
+5 (PrefillAdder reserves KV for parked rows), 6 (prefix hits of the whole waiting view) and 8 (mixing constraints).
+The live tests (test/live/test_structured_penalties.py) check the same against the real scheduler."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from sglang_fair.config import SloConfig
+from sglang_fair.engine import deferral, sglang_view
+from sglang_fair.engine.adapter import FairAdapter, validate_plan
+from sglang_fair.runtime_config import RuntimeConfig
+
+pytest.importorskip("sglang.srt.managers.schedule_batch")
+from sglang.srt.model_executor.forward_batch_info import ForwardMode  # noqa: E402
+
+
+class Req:
+    """The Req attributes the adapter and the snapshot builder read."""
+
+    def __init__(self, rid: str, *, prompt: int = 100, outputs: int = 0, recv: float = 1.0, prefill_done: float = 0.0,
+                 last_decode: float = 0.0, logprob: bool = False, max_new: int = 64) -> None:
+        self.rid = rid
+        self.time_stats = SimpleNamespace(scheduler_recv_time=recv, wait_queue_entry_time=recv,
+                                          prefill_finished_time=prefill_done, last_decode_finish_time=last_decode)
+        self.sampling_params = SimpleNamespace(custom_params=None, max_new_tokens=max_new, ignore_eos=False)
+        self.origin_input_ids = list(range(prompt))
+        self.output_ids = [7] * outputs
+        self.prefix_len = 0
+        self.return_logprob = logprob
+        self.beam_group = None
+        self.input_embeds = None
+        self.is_retracted = False
+        self.grammar = None
+        self.done = False
+        self.seqlen = prompt + outputs
+
+    def finished(self) -> bool:
+        return self.done
+
+    def __repr__(self) -> str:
+        return self.rid
+
+
+class GrammarManager:
+    def __init__(self, queue) -> None:
+        self.grammar_queue = list(queue)
+        self.polls = 0
+
+    def has_waiting_grammars(self) -> bool:
+        return bool(self.grammar_queue)
+
+    def get_ready_grammar_requests(self):
+        self.polls += 1
+        ready, self.grammar_queue = self.grammar_queue, []
+        return ready
+
+
+class Tree:
+    def __init__(self, hits: dict | None = None) -> None:
+        self.hits = hits or {}
+
+    def supports_prefix_sharing(self) -> bool:
+        return True
+
+    def evictable_size(self) -> int:
+        return 0
+
+
+class Batch:
+    def __init__(self, reqs, mode=ForwardMode.DECODE) -> None:
+        self.reqs = list(reqs)
+        self.forward_mode = mode
+        self.decoding_reqs = None
+        self.extend_lens = self.prefix_lens = None
+
+    def is_empty(self) -> bool:
+        return not self.reqs
+
+
+class Sched:
+    def __init__(self, *, waiting=(), running=(), grammar=(), tree=None, capacity=65536, free=60000) -> None:
+        self.device = "cpu"
+        self.waiting_queue = list(waiting)
+        self.chunked_req = None
+        self.running_batch = Batch(running)
+        self.last_batch = None
+        self.grammar_manager = GrammarManager(grammar)
+        self.tree_cache = tree or Tree()
+        self.max_total_num_tokens = capacity
+        self.token_to_kv_pool_allocator = SimpleNamespace(available_size=lambda: free)
+        self.chunked_prefill_size = 2048
+        self.is_mixed_chunk = False
+        self.policy = SimpleNamespace()
+        self.server_args = SimpleNamespace(enable_mixed_chunk=False)
+        self.calls = []
+
+    def _add_request_to_queue(self, req) -> None:
+        self.waiting_queue.append(req)
+
+
+def adapter(sched, **params) -> FairAdapter:
+    cfg = RuntimeConfig(policy="fair", slo=SloConfig(ttft_slo_ms=2000.0, tpot_slo_ms=200.0), policy_params=params,
+                        online_fit=False)
+    return FairAdapter(sched, cfg)
+
+
+def fake_original(calls):
+    """Stands in for Scheduler.get_new_batch_prefill: records what it saw, admits the whole narrowed queue."""
+    def original(sched, running_batch):
+        calls.append({"waiting": list(sched.waiting_queue), "grammar_queue": list(sched.grammar_manager.grammar_queue),
+                      "mixed": sched.is_mixed_chunk, "chunk": sched.chunked_prefill_size})
+        admitted, sched.waiting_queue = sched.waiting_queue, []
+        batch = Batch(admitted, ForwardMode.EXTEND) if admitted else None
+        return SimpleNamespace(batch_to_run=batch, running_batch=running_batch)
+    return original
+
+
+@pytest.fixture(autouse=True)
+def no_radix_matching(monkeypatch):
+    """SGLang's match_kv_cache against the stand-in tree: the hit recorded for the rid."""
+    import sglang.srt.mem_cache.common as common
+
+    def match(req, tree, *a, **kw):
+        req.prefix_len = tree.hits.get(req.rid, 0)
+    monkeypatch.setattr(common, "match_kv_cache", match)
+
+
+# ---- item 1: grammar ----------------------------------------------------------------------------------------------
+def test_a_ready_grammar_request_on_an_idle_server_is_planned_and_prefilled():
+    """Before the fix the plan was empty (the request sat in grammar_queue) and SGLang's original, which moves ready
+    grammar requests, was never called: the request hung."""
+    g = Req("json", prompt=50, recv=9.0)
+    sched = Sched(grammar=[g])
+    ad = adapter(sched)
+    calls = []
+    result = ad.form_prefill(fake_original(calls), sched, sched.running_batch)
+    assert result.batch_to_run is not None and result.batch_to_run.reqs == [g]
+    assert calls[0]["grammar_queue"] == []  # hidden during the call: polled once per step, by the adapter
+    assert sched.grammar_manager.polls == 1 and sched.waiting_queue == []
+
+
+def test_grammar_queue_is_restored_after_the_call():
+    waiting = Req("w", prompt=40)
+    pending = Req("compiling")
+    sched = Sched(waiting=[waiting])
+    sched.grammar_manager.grammar_queue = [pending]
+    sched.grammar_manager.get_ready_grammar_requests = lambda: []  # still compiling
+    ad = adapter(sched)
+    calls = []
+    ad.form_prefill(fake_original(calls), sched, sched.running_batch)
+    assert calls[0]["grammar_queue"] == [] and sched.grammar_manager.grammar_queue == [pending]
+
+
+# ---- item 3: status -----------------------------------------------------------------------------------------------
+def test_status_counts_rows_of_the_last_batch_not_merged_yet():
+    """After a mixed step SGLang replaced the running batch with an empty one; its decodes and the new decode are in
+    last_batch until the next step merges them. Before the fix they vanished from the status and /get_load."""
+    rows = [Req(f"d{i}", outputs=3, prefill_done=2.0, last_decode=3.0) for i in range(3)]
+    new = Req("new", outputs=1, prefill_done=3.5)
+    chunked = Req("chunk", prompt=900)
+    sched = Sched(running=[])
+    sched.chunked_req = chunked
+    sched.last_batch = Batch([new, chunked, *rows], ForwardMode.MIXED)
+    st = adapter(sched).status()
+    assert st["num_running_reqs"] == 4
+    assert st["num_waiting_reqs"] == 1  # the chunked request
+    sched.last_batch = Batch(rows, ForwardMode.DECODE)  # a decode batch is the running batch itself
+    sched.running_batch = Batch(rows)
+    assert adapter(sched).status()["num_running_reqs"] == 3
+
+
+# ---- item 4: token times ------------------------------------------------------------------------------------------
+def test_rows_decoded_in_a_mixed_forward_get_their_token_time():
+    """SGLang stamps last_decode_finish_time only on the decode result path; a row decoded in a mixed forward kept
+    the old stamp, so the token-gap guard saw a growing gap. The adapter takes the time the result was processed."""
+    d = Req("d", outputs=4, prefill_done=1.0, last_decode=2.0)
+    sched = Sched(running=[d])
+    ad = adapter(sched)
+    mixed = Batch([Req("p"), d], ForwardMode.MIXED)
+    mixed.decoding_reqs, mixed.extend_lens, mixed.prefix_lens = [d], [64, 1], [0, 103]
+    ad.on_run_batch(mixed, 5.0, 5.3)
+    d.output_ids.append(9)  # SGLang's result processing (last_decode_finish_time untouched)
+    ad.on_result(5.31)
+    view = ad.snapshot([d], now=5.4).running[0]
+    assert view.last_token_s == 5.31
+    ad.on_run_batch(Batch([d]), 5.4, 5.45)  # a forward that produced no new token for d (e.g. it finished elsewhere)
+    ad.on_result(5.5)
+    assert ad.snapshot([d], now=5.6).running[0].last_token_s == 5.31
+    d.time_stats.last_decode_finish_time = 6.0  # SGLang's own stamp, when newer, wins
+    assert ad.snapshot([d], now=6.1).running[0].last_token_s == 6.0
+
+
+# ---- item 5: KV for parked rows -------------------------------------------------------------------------------------
+class FakeAdder:
+    """PrefillAdder's KV reservation for running rows (schedule_policy.py: memory_budget.total_offset)."""
+
+    def __init__(self, running_batch, ratio=0.5) -> None:
+        self.new_token_ratio = ratio
+        self.memory_budget = SimpleNamespace(total_offset=0)
+        self.memory_budget.total_offset += sum(self._get_running_request_total_token_offset(r)
+                                               for r in running_batch.reqs)
+
+    def _get_running_request_total_token_offset(self, req) -> float:
+        return (req.sampling_params.max_new_tokens - len(req.output_ids)) * self.new_token_ratio
+
+
+def test_prefill_adder_reserves_future_output_kv_of_parked_rows():
+    kept, parked = Req("k", outputs=4, max_new=64), Req("p", outputs=14, max_new=64)
+    sched = Sched(waiting=[Req("w")])
+    sched.get_prefill_adder_class = None  # set below; the real one is a Scheduler method
+    del sched.get_prefill_adder_class
+    type(sched).get_prefill_adder_class = lambda self: FakeAdder
+    try:
+        ctl = deferral.PrefillControl(sched, prefill_reqs=list(sched.waiting_queue), chunk_tokens=100, n_decode=1,
+                                      mixed=True, parked_reqs=[parked])
+        adder = sched.get_prefill_adder_class()(Batch([kept]))
+        assert adder.memory_budget.total_offset == (64 - 4) * 0.5 + (64 - 14) * 0.5
+        ctl.restore()
+        assert sched.get_prefill_adder_class() is FakeAdder
+    finally:
+        del type(sched).get_prefill_adder_class
+
+
+# ---- item 6: prefix hits -----------------------------------------------------------------------------------------
+def test_prefix_hits_of_unplanned_waiting_requests_reach_the_snapshot():
+    waiting = [Req(f"w{i}", prompt=900, recv=1.0 + i) for i in range(100)]
+    hits = {r.rid: 800 for r in waiting}
+    sched = Sched(waiting=waiting, tree=Tree(hits))
+    ad = adapter(sched)
+    calls = []
+    ad.form_prefill(fake_original(calls), sched, sched.running_batch)
+    snap = ad.snapshot([])
+    assert len(snap.waiting) + len(calls[0]["waiting"]) == 100
+    assert all(v.prefilled_tokens == 800 for v in snap.waiting)
+    # the head is matched again every step (a later hit), the tail only once
+    sched.tree_cache.hits = {r.rid: 896 for r in waiting}
+    ad.prefix_matcher.match(sched)
+    by = {v.rid: v.prefilled_tokens for v in ad.snapshot([]).waiting}
+    oldest = sorted(sched.waiting_queue, key=lambda r: r.time_stats.wait_queue_entry_time)
+    assert by[oldest[0].rid] == 896 and by[oldest[-1].rid] == 800
+
+
+# ---- item 8: mixing -----------------------------------------------------------------------------------------------
+def test_mixing_constraints_reach_the_snapshot_and_mixed_plans_are_refused():
+    d = Req("d", outputs=3, prefill_done=1.0, last_decode=1.5)
+    lp = Req("lp", outputs=3, prefill_done=1.0, last_decode=1.5, logprob=True)
+    sched = Sched(waiting=[Req("w")], running=[d])
+    ad = adapter(sched)
+    assert ad.snapshot([d], now=2.0).mixing_allowed
+    assert not ad.snapshot([d, lp], now=2.0).mixing_allowed
+    sched.waiting_queue.append(Req("wlp", logprob=True))
+    snap = ad.snapshot([d], now=2.0)
+    assert not snap.mixing_allowed
+    from sglang_fair.core.types import Plan
+    assert validate_plan(Plan(prefill=(("w", 10),), decode=("d",)), snap) == "mixed plan where the engine cannot mix"
+    assert validate_plan(Plan(prefill=(("w", 10),)), snap) is None
+
+
+def test_server_flags_that_ban_mixing():
+    sched = Sched()
+    assert sglang_view.mixing_bans(sched) == []
+    sched.server_args = SimpleNamespace(enable_mixed_chunk=False, enable_cp_tp_group_sharing=True,
+                                        enable_layernorm_sp=True)
+    assert sglang_view.mixing_bans(sched) == ["CP-TP group sharing", "--enable-layernorm-sp"]
+    ad = adapter(sched)
+    assert not ad.snapshot([], now=1.0).mixing_allowed
+    assert ad.status()["mixing_banned_by"] == ["CP-TP group sharing", "--enable-layernorm-sp"]
+    sched.server_args.enable_mixed_chunk = True  # SGLang validated mixing for this server itself
+    assert sglang_view.mixing_bans(sched) == []
+
+
+def test_a_plan_that_may_not_mix_runs_prefill_without_is_mixed_chunk():
+    d = [Req(f"d{i}", outputs=3, prefill_done=1.0, last_decode=1.5, logprob=True) for i in range(2)]
+    sched = Sched(waiting=[Req("w", prompt=300)], running=d)
+    sched.running_batch.check_decode_mem = lambda: True
+    ad = adapter(sched)
+    calls = []
+    ad.form_prefill(fake_original(calls), sched, sched.running_batch)
+    assert not ad.faults
+    assert all(not c["mixed"] for c in calls)
