@@ -14,8 +14,10 @@ as a top-level body field, which is where the OpenAI client's `extra_body={"cust
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
+import time
 from typing import Any
 
 import orjson
@@ -148,12 +150,56 @@ def build_status(cfg: RuntimeConfig, ranks: list[dict]) -> dict:
     }
 
 
-def build_load(ranks: list[dict]) -> list[dict]:
-    """The shape sglang-router's power_of_two reads: a JSON array whose entries' num_tokens add up to the load."""
+def build_load(ranks: list[dict], age_s: float | None = 0.0) -> list[dict]:
+    """The shape sglang-router's power_of_two reads: a JSON array whose entries' num_tokens add up to the load.
+    `age_s`: how old the figures are (None: the scheduler has not answered yet, the entry reads 0)."""
+    if not ranks:
+        return [{"dp_rank": 0, "num_tokens": 0, "admission_budget_tokens": None, "num_running_reqs": None,
+                 "num_waiting_reqs": None, "age_s": None}]
     return [{"dp_rank": i, "num_tokens": int(r.get("token_load", 0)),
              "admission_budget_tokens": r.get("admission_budget_tokens"),
-             "num_running_reqs": r.get("num_running_reqs"), "num_waiting_reqs": r.get("num_waiting_reqs")}
+             "num_running_reqs": r.get("num_running_reqs"), "num_waiting_reqs": r.get("num_waiting_reqs"),
+             "age_s": age_s}
             for i, r in enumerate(ranks)]
+
+
+class LoadCache:
+    """/get_load's figures: the scheduler's latest answer, never an error while the server is up.
+
+    sglang-router 0.3.2 reads a failed or timed-out /get_load as -1, i.e. as the least loaded worker, so the endpoint
+    must not wait on a scheduler that is busy with a long forward (the internal-state RPC is answered between
+    iterations only). `get()` starts one refresh (never more than one in flight), waits for it at most `wait_s`
+    (`first_wait_s` before any answer) and otherwise answers with the last figures; a refresh that fails keeps them.
+    """
+
+    def __init__(self, fetch, *, wait_s: float = 0.5, first_wait_s: float = 10.0, clock=time.monotonic) -> None:
+        self.fetch = fetch
+        self.wait_s, self.first_wait_s = wait_s, first_wait_s
+        self.clock = clock
+        self.ranks: list[dict] | None = None
+        self.updated: float | None = None
+        self.refresh_failures = 0
+        self._task = None
+
+    async def _refresh(self) -> None:
+        try:
+            ranks = await self.fetch()
+        except Exception:  # noqa: BLE001  (the last figures stay; the next request tries again)
+            self.refresh_failures += 1
+            return
+        self.ranks, self.updated = ranks, self.clock()
+
+    async def get(self) -> list[dict]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._refresh())
+        wait = self.wait_s if self.ranks is not None else self.first_wait_s
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=wait)
+        except asyncio.TimeoutError:
+            pass
+        if self.ranks is None:
+            return build_load([], None)
+        return build_load(self.ranks, round(self.clock() - self.updated, 3))
 
 
 def install(cfg: RuntimeConfig) -> None:
@@ -163,8 +209,10 @@ def install(cfg: RuntimeConfig) -> None:
     async def status():
         return ORJSONResponse(build_status(cfg, await scheduler_states()))
 
+    load_cache = LoadCache(scheduler_states)
+
     async def get_load():
-        return ORJSONResponse(build_load(await scheduler_states()))
+        return ORJSONResponse(await load_cache.get())
 
     app.add_api_route(STATUS_PATH, status, methods=["GET"])
     app.add_api_route(LOAD_PATH, get_load, methods=["GET"])
