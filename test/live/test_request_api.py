@@ -29,7 +29,8 @@ def cost_path(tmp_path_factory):
 def srv(cost_path):
     from sglang_fair.model import make_model
     args = ["--fair-policy", "fair", "--fair-save-cost-model", str(cost_path), *cpu_server_args(8192)]
-    with sglang_server(str(make_model()), args, command=SERVE, startup_timeout_s=600) as s:
+    env = {"SGLANG_ENABLE_REQUEST_DECOMPRESSION": "1"}  # zstd bodies (x-body-compressed), for the intake test
+    with sglang_server(str(make_model()), args, command=SERVE, env=env, startup_timeout_s=600) as s:
         yield s
 
 
@@ -118,6 +119,36 @@ def test_each_invalid_kind_gets_400_naming_the_key_and_the_server_keeps_serving(
     assert ok.status_code == 200 and len(ok.json()["output_ids"]) == 8
     after = _status(srv)
     assert after["bad_slo_requests"] == before["bad_slo_requests"] == 0  # none reached the scheduler
+    assert not after["faults"]
+
+
+def test_invalid_slo_that_passes_the_http_check_is_aborted_at_the_scheduler_intake(srv):
+    """Bodies the HTTP check cannot read (a JSON escape in the key, a zstd-compressed body) still reach the scheduler,
+    whose intake finishes the request with an error naming the key instead of serving it with the defaults."""
+    import zstandard
+
+    before = _status(srv)
+    hidden = '"custom\\u005fparams"'  # the key, spelled so the body never contains the bytes custom_params
+    gen = f'{{"input_ids": [11, 12, 13], "sampling_params": {{"max_new_tokens": 2, {hidden}: {{"ttft_slo_ms": -5}}}}}}'
+    r = _raw_post(srv, "/generate", gen)
+    assert r.status_code == 400 and "ttft_slo_ms" in r.text, r.text
+    stream = gen.replace('{"input_ids"', '{"stream": true, "input_ids"')
+    r = _raw_post(srv, "/generate", stream)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    reason = events[-1]["meta_info"]["finish_reason"]  # a stream ends with SGLang's abort event
+    assert (reason["type"], reason["status_code"]) == ("abort", 400) and "ttft_slo_ms" in reason["message"], r.text
+    cmp = f'{{"model": "default", "prompt": "x", "max_tokens": 2, {hidden}: {{"tpot_slo_ms": 0}}}}'
+    r = _raw_post(srv, "/v1/completions", cmp)
+    assert r.status_code == 400 and "tpot_slo_ms" in r.text, r.text
+    packed = zstandard.ZstdCompressor().compress(
+        b'{"input_ids": [11, 12], "sampling_params": {"max_new_tokens": 2, "custom_params": {"tpot_ms": 9}}}')
+    r = requests.post(srv.url + "/generate", data=packed, timeout=60,
+                      headers={"content-type": "application/json", "x-body-compressed": "zstd"})
+    assert r.status_code == 400 and "tpot_ms" in r.text, r.text
+    ok = _generate(srv, custom_params={"tpot_slo_ms": 300})
+    assert ok.status_code == 200 and len(ok.json()["output_ids"]) == 8
+    after = _status(srv)
+    assert after["bad_slo_requests"] == before["bad_slo_requests"]  # the snapshot never saw an invalid SLO
     assert not after["faults"]
 
 
