@@ -23,6 +23,7 @@ from sglang_fair.sim.capacity import find_capacity
 from sglang_fair.sim.cli import make_runner
 from sglang_fair.sim.engine import EngineConfig
 from sglang_fair.sim.plots import write_plots
+from sglang_fair.sim.routers import ROUTERS
 from sglang_fair.sim.traces import load_trace
 
 PRESET = "a100-llama3-8b"
@@ -34,7 +35,6 @@ WINDOWS = {  # trace -> load_trace kwargs (window of the unscaled trace)
     "sharegpt": {"limit": 1000},
 }
 REL_TOL = 0.06
-ROUTERS = ["round_robin", "least_outstanding", "cache_aware", "power_of_two", "fair"]
 CLUSTER_TRACE = "azure-conv"
 CLUSTER_WINDOW = {"duration_s": 180.0}
 CLUSTER_POLICIES = ["fair", "sarathi-512"]

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test" / "reliability"))
-import reliability_helpers as rh  # noqa: E402
-
-from sglang_fair.live.replay import ReplayRequest, replay  # noqa: E402
-from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, sglang_server  # noqa: E402
+from sglang_fair.live.monitor import RssSampler, group_rss_bytes, wait_idle
+from sglang_fair.live.replay import ReplayRequest, replay
+from sglang_fair.live.server import (SERVE_COMMAND, cpu_server_args, embedded_model_path, exit_on_sigterm,
+                                     sglang_server)
 
 
 def request_mix(args, n: int, seed: int) -> list[tuple[int, int]]:
@@ -86,8 +85,8 @@ def run_phase(url: str, args, name: str, rate: float, minutes: float, pgid: int 
     arrivals = arrivals[arrivals < dur]
     mix = request_mix(args, len(arrivals), seed)
     reqs = [ReplayRequest(arrival_s=float(a), prompt_tokens=p, output_tokens=o) for a, (p, o) in zip(arrivals, mix)]
-    sampler = rh.RssSampler(pgid, 2.0) if pgid else None
-    rss0 = rh.group_rss_bytes(pgid) if pgid else 0
+    sampler = RssSampler(pgid, 2.0) if pgid else None
+    rss0 = group_rss_bytes(pgid) if pgid else 0
     t0 = time.monotonic()
     if sampler:
         sampler.__enter__()
@@ -98,14 +97,14 @@ def run_phase(url: str, args, name: str, rate: float, minutes: float, pgid: int 
         if sampler:
             sampler.__exit__(None, None, None)
     wall = time.monotonic() - t0
-    idle = rh.wait_idle(url, args.api_key, timeout_s=120)
+    idle = wait_idle(url, args.api_key, timeout_s=120)
     out = {"phase": name, "rate_rps": round(rate, 3), "minutes": minutes, "wall_s": round(wall, 1),
            **classify(recs), **latency(recs),
            "kv_used_after": idle.get("kv_used_tokens"), "running_after": idle.get("num_running_reqs"),
            "deferred_after": idle.get("deferred_now"), "faults": idle.get("faults")}
     if pgid:
         out.update(rss_start_mb=rss0 >> 20, rss_peak_mb=sampler.peak >> 20,
-                   rss_end_mb=rh.group_rss_bytes(pgid) >> 20)
+                   rss_end_mb=group_rss_bytes(pgid) >> 20)
     return out
 
 
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
         srv_args = ["--fair-policy", args.policy, "--enable-metrics", *cpu_server_args(32768)]
         if args.api_key:
             srv_args += ["--api-key", args.api_key]
-        with sglang_server(rh.model_path(), srv_args, command=rh.SERVE, startup_timeout_s=900) as srv:
+        with sglang_server(embedded_model_path(), srv_args, command=SERVE_COMMAND, startup_timeout_s=900) as srv:
             results = soak(srv.url, args, srv.proc.pid)
             if srv.proc.poll() is not None:
                 print("soak: the server died", file=sys.stderr)

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-
-def check_positive(name: str, value: float) -> float:
-    """Raise ValueError naming `name` unless value is a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+from .core.checks import check_positive
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,29 +6,23 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import contextlib
 import json
-import os
 import random
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
-import psutil
 import requests
 
-SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve"]
+from sglang_fair.live.monitor import RssSampler, auth, fair_state, group_rss_bytes, wait_idle  # noqa: F401
+from sglang_fair.live.server import SERVE_COMMAND, embedded_model_path
+
+SERVE = list(SERVE_COMMAND)
 CLIENT_TIMEOUT_S = 120.0
 """No request may take longer than this: a request still open after it counts as lost (a hang)."""
 
 
 def model_path() -> str:
-    env = os.environ.get("SGLANG_FAIR_TEST_MODEL")
-    if env:
-        return env
-    from sglang_fair.model import make_model
-    return str(make_model())
+    return embedded_model_path()
 
 
 def fair_env(policy: str = "fair", slo=None, **params) -> dict:
@@ -50,10 +44,6 @@ def hang_bound_s(serial_s: float, floor_s: float = CLIENT_TIMEOUT_S) -> float:
 
 def prompt(n: int, rng: random.Random) -> list[int]:
     return [rng.randrange(10, 4000) for _ in range(n)]
-
-
-def auth(api_key: str | None) -> dict:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def generate(url: str, ids: list[int], max_new: int, *, api_key: str | None = None, custom: dict | None = None,
@@ -151,58 +141,3 @@ def open_loop(url: str, rate_rps: float, duration_s: float, make_ids, max_new: i
 
     with cf.ThreadPoolExecutor(max(1, len(arrivals))) as ex:
         return list(ex.map(one, enumerate(arrivals)))
-
-
-def fair_state(url: str, api_key: str | None = None) -> dict:
-    states = requests.get(url + "/server_info", timeout=30, headers=auth(api_key)).json()["internal_states"]
-    assert len(states) == 1
-    return states[0]["sglang_fair"]
-
-
-def wait_idle(url: str, api_key: str | None = None, timeout_s: float = 60.0) -> dict:
-    """Poll until no request is running, waiting or parked and the KV pool holds nothing; return the last state."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        st = fair_state(url, api_key)
-        if (st["kv_used_tokens"] == 0 and st["num_running_reqs"] == 0 and st["num_waiting_reqs"] == 0
-                and st["deferred_now"] == 0):
-            return st
-        if time.monotonic() > deadline:
-            return st
-        time.sleep(0.3)
-
-
-def group_rss_bytes(pgid: int) -> int:
-    total = 0
-    for p in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid:
-                total += p.memory_info().rss
-    return total
-
-
-class RssSampler:
-    """Samples the RSS of a process group every `period_s` in a thread (context manager)."""
-
-    def __init__(self, pgid: int, period_s: float = 0.5) -> None:
-        self.pgid, self.period_s = pgid, period_s
-        self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(group_rss_bytes(self.pgid))
-            self._stop.wait(self.period_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak(self) -> int:
-        return max(self.samples, default=0)

@@ -10,7 +10,8 @@ from sglang_fair.policies import make_policy
 from sglang_fair.core.metrics import RequestTimes
 from sglang_fair.sim.capacity import (Search, bisect_capacity, find_capacity, mean_work_s, stability_bound_rps)
 from sglang_fair.sim.cli import parse_policy_spec
-from sglang_fair.sim.cluster import ClusterConfig, Router, simulate_cluster
+from sglang_fair.sim.cluster import ClusterConfig, simulate_cluster
+from sglang_fair.sim.routers import make_router
 from sglang_fair.sim.engine import EngineConfig, Replica, SimRequest, SimResult, simulate
 from sglang_fair.sim.windserve import WindServeConfig, simulate_windserve
 
@@ -20,7 +21,7 @@ B, P, D = COST.base_s, COST.per_prefill_token_s, COST.per_decode_req_s
 
 def router(kind, n=3, **kw):
     reps = [Replica(make_policy("sarathi"), COST, CFG, index=k) for k in range(n)]
-    return Router(ClusterConfig(replicas=n, router=kind, **kw), reps, 1.0), reps
+    return make_router(ClusterConfig(replicas=n, router=kind, **kw), reps, 1.0), reps
 
 
 def req(i, prompt=100, out=4):

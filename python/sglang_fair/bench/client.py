@@ -24,6 +24,7 @@ import orjson
 import requests
 
 from ..core.metrics import RequestTimes
+from ..live.monitor import Background
 from ..sim.traces import Trace
 
 
@@ -51,31 +52,22 @@ def _bench_argv(base_url: str, model: str, trace_path: Path, scale: float, n: in
             str(out_path), "--output-details", "--disable-tqdm", "--warmup-requests", "0", "--seed", str(seed)]
 
 
-class _Watchdog:
+class _Watchdog(Background):
     """After `cap_s`, ask each server to abort everything, every 2 s, until stopped."""
 
     def __init__(self, servers: list[str], cap_s: float) -> None:
+        super().__init__()
         self.servers, self.cap_s, self.fired = servers, cap_s, False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        if self._stop.wait(self.cap_s):
+    def run(self, stop: threading.Event) -> None:
+        if stop.wait(self.cap_s):
             return
         self.fired = True
-        while not self._stop.is_set():
+        while not stop.is_set():
             for url in self.servers:
                 with contextlib.suppress(requests.RequestException):
                     requests.post(url + "/abort_request", json={"abort_all": True, "rid": ""}, timeout=5)
-            self._stop.wait(2.0)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+            stop.wait(2.0)
 
 
 def run_probe(base_url: str, model: str, trace: Trace, trace_path: Path, scale: float, *, work_dir: Path,

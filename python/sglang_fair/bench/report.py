@@ -7,10 +7,6 @@ import math
 from pathlib import Path
 
 
-def _cap(d: dict) -> float:
-    return float(d.get("capacity", 0.0))
-
-
 def _at_capacity(res: dict) -> dict:
     """The probe at the capacity scale (or, when nothing passed, the lowest probe)."""
     probes = res.get("probes", {})

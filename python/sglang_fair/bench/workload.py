@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.checks import check_positive
 from ..sim.traces import Trace, load_trace, write_mooncake
 
 MOONCAKE_BLOCK_TOKENS = 128
@@ -44,8 +45,7 @@ class Workload:
         if self.n_requests < 1:
             raise ValueError(f"n_requests must be >= 1, got {self.n_requests}")
         for name in ("prompt_scale", "output_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            check_positive(name, getattr(self, name))
         if self.max_prompt_tokens < 1 or self.max_output_tokens < 2:
             raise ValueError("max_prompt_tokens must be >= 1 and max_output_tokens >= 2")
         if self.max_context_tokens is not None and self.max_context_tokens < 3:

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 from .cost_model import CostModel
+from .kv import DEFAULT_OUTPUT_RESERVE_RATIO, output_reserve_tokens
 from .types import Snapshot
 
 
@@ -68,7 +69,8 @@ def router_load_tokens(budget_tokens: int, idle_tokens: int) -> int:
     return max(0, int(idle_tokens) - int(budget_tokens))
 
 
-def prefill_admission_budget(snap: Snapshot, horizon_s: float, kv_reserve_output_ratio: float = 0.1) -> AdmissionBudget:
+def prefill_admission_budget(snap: Snapshot, horizon_s: float,
+                             kv_reserve_output_ratio: float = DEFAULT_OUTPUT_RESERVE_RATIO) -> AdmissionBudget:
     """The new prefill tokens this instance can still admit within `horizon_s` (see the module docstring)."""
     if not (horizon_s > 0 and math.isfinite(horizon_s)):
         raise ValueError(f"horizon_s must be a finite number > 0, got {horizon_s!r}")
@@ -97,7 +99,7 @@ def prefill_admission_budget(snap: Snapshot, horizon_s: float, kv_reserve_output
     prefilling_outputs = sum(max(0, r.max_new_tokens - r.output_tokens) for r in snap.prefilling)
     waiting_outputs = sum(max(0, r.max_new_tokens - r.output_tokens) for r in snap.waiting)
     kv_need = (sum(r.remaining_prompt_tokens for r in (*snap.prefilling, *snap.waiting))
-               + math.ceil(kv_reserve_output_ratio * (outputs_owed + prefilling_outputs + waiting_outputs)))
+               + output_reserve_tokens(outputs_owed + prefilling_outputs + waiting_outputs, kv_reserve_output_ratio))
     kv_tokens = snap.kv_free_tokens - kv_need
     idle = min(_tokens_in(cost, horizon_s), snap.kv_capacity_tokens)  # what an empty instance would report
     return AdmissionBudget(horizon_s=horizon_s, decode_s=decode, queued_prefill_s=queued, time_tokens=time_tokens,

@@ -26,6 +26,19 @@ from typing import Callable, Iterator, Sequence
 
 import requests
 
+SERVE_COMMAND = (sys.executable, "-m", "sglang_fair.cli", "serve")
+"""`sglang-fair serve` as a command line for `sglang_server(command=...)` (this interpreter, no PATH lookup)."""
+MODEL_ENV = "SGLANG_FAIR_TEST_MODEL"
+
+
+def embedded_model_path() -> str:
+    """$SGLANG_FAIR_TEST_MODEL, else the embedded local model (made on first use; random weights, local tokenizer)."""
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return env
+    from ..model import make_model
+    return str(make_model())
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -6,33 +6,21 @@ comprehensions with plain attribute access (on CPython 3.11 they beat `map(attrg
 
 from __future__ import annotations
 
-import math
 from heapq import heappop, heappush
 from itertools import islice
 from operator import le
 from typing import Iterable, Iterator, Sequence
 
 from ..core.cost_model import CostModel
+from ..core.kv import output_reserve_tokens as reserve_for
 from ..core.types import Plan, ReqView, Snapshot
 
-
-
-def check_ratio(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-
-
-def check_int_at_least(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 # ---- KV accounting ----------------------------------------------------------------------------------------------
 def output_reserve_tokens(req: ReqView, ratio: float) -> int:
     """KV tokens held back for a request's future outputs: ceil(ratio * outputs still to come)."""
-    if ratio <= 0.0:
-        return 0
-    return math.ceil(ratio * max(0, req.max_new_tokens - req.output_tokens))
+    return reserve_for(req.max_new_tokens - req.output_tokens, ratio)
 
 
 def outstanding_reserve_tokens(snap: Snapshot, ratio: float, exclude: frozenset[str] = frozenset()) -> int:
@@ -47,7 +35,7 @@ def outstanding_reserve_tokens(snap: Snapshot, ratio: float, exclude: frozenset[
     if ratio > 0.0:
         outputs = (sum([r.max_new_tokens - r.output_tokens for r in running])
                    + sum([r.max_new_tokens - r.output_tokens for r in prefilling]))
-        tokens += math.ceil(ratio * max(0, outputs))
+        tokens += reserve_for(outputs, ratio)
     return max(0, tokens)
 
 
@@ -77,10 +65,6 @@ def preempt_until(free: int, need: int, victims: Iterable[tuple[ReqView, bool]])
 
 
 # ---- ordering ---------------------------------------------------------------------------------------------------
-def ttft_deadline(req: ReqView) -> float:
-    return req.arrival_s + req.ttft_slo_s
-
-
 def edf_key(req: ReqView) -> tuple[float, float, str]:
     """Earliest-deadline-first key of a prefill (its first token's deadline), ties by arrival then rid."""
     return (req.arrival_s + req.ttft_slo_s, req.arrival_s, req.rid)

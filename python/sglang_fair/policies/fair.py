@@ -24,10 +24,12 @@ import math
 from dataclasses import dataclass
 from heapq import nsmallest
 
-from .registry import register_policy
+from ..core.checks import check_int_at_least, check_ratio
+from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
-from .common import (admission_tokens, check_int_at_least, check_ratio, decode_time_s, edf_key, lazy_edf,
+from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf,
                      make_plan, merge_edf, outstanding_reserve_tokens, output_reserve_tokens, preempt_until)
+from .registry import register_policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class FairParams:
     max_token_gap_tpot: float = 5.0
     """A decode becomes urgent when, after this iteration, its gap since its last token would exceed this many of its
     own tpot_slo (a TBT guard on top of the envelope; math.inf disables it)."""
-    kv_reserve_output_ratio: float = 0.1
+    kv_reserve_output_ratio: float = DEFAULT_OUTPUT_RESERVE_RATIO
     """Fraction of admitted requests' outstanding max_new_tokens held back in KV before admitting another."""
     decode_anchor: str = "first_token"
     """Decode deadlines: "first_token" = first_token_s + j * tpot_slo (keeps the TPOT metric, which is measured from
@@ -257,12 +259,8 @@ class FairPolicy:
         measured from the first token, as the metrics define it), falling back to the arrival envelope when the
         first token time is unknown; anchor "arrival": arrival + ttft + j * tpot (the paper's envelope)."""
         if self.params.decode_anchor == "first_token":
-            try:
-                return [(r.arrival_s + r.ttft_slo_s if (f := r.first_token_s) is None else f)
-                        + r.output_tokens * r.tpot_slo_s - now for r in running]
-            except AttributeError:  # views built without the slot set (older callers)
-                return [(r.arrival_s + r.ttft_slo_s if (f := getattr(r, "first_token_s", None)) is None else f)
-                        + r.output_tokens * r.tpot_slo_s - now for r in running]
+            return [(r.arrival_s + r.ttft_slo_s if (f := r.first_token_s) is None else f)
+                    + r.output_tokens * r.tpot_slo_s - now for r in running]
         return [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s - now for r in running]
 
     @staticmethod

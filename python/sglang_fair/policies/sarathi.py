@@ -12,17 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import register_policy
+from ..core.checks import check_int_at_least, check_ratio
+from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
-from .common import (admission_tokens, check_int_at_least, check_ratio, make_plan, outstanding_reserve_tokens,
+from .common import (admission_tokens, make_plan, outstanding_reserve_tokens,
                      output_reserve_tokens, preempt_until)
+from .registry import register_policy
 
 
 @dataclass(frozen=True, slots=True)
 class SarathiParams:
     token_budget: int = 512
     """Tokens per iteration, decodes included (SGLang `--chunked-prefill-size`; 512 strict, 2048 relaxed)."""
-    kv_reserve_output_ratio: float = 0.1
+    kv_reserve_output_ratio: float = DEFAULT_OUTPUT_RESERVE_RATIO
     """Fraction of each admitted request's outstanding max_new_tokens held back in KV before admitting another
     (SGLang's `new_token_ratio`, which decays to about 0.1 in steady state)."""
 

@@ -19,10 +19,12 @@ import math
 from dataclasses import dataclass
 from heapq import heapify, heappop
 
-from .registry import register_policy
+from ..core.checks import check_int_at_least, check_ratio
+from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
-from .common import (admission_tokens, check_int_at_least, check_ratio, make_plan,
+from .common import (admission_tokens, make_plan,
                      outstanding_reserve_tokens, output_reserve_tokens)
+from .registry import register_policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ class SlaiParams:
     memory_limit_fraction: float = 0.96
     user_priority: bool = True
     """Strict-SLO (paying) users' prompts before relaxed users' prompts."""
-    kv_reserve_output_ratio: float = 0.1
+    kv_reserve_output_ratio: float = DEFAULT_OUTPUT_RESERVE_RATIO
     """Fraction of admitted requests' outstanding max_new_tokens held back in KV before admitting another."""
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.checks import check_non_negative, check_positive
 from ..core.cost_model import CostModel
 from ..core.types import Plan, ReqView, Snapshot
 from ..core.metrics import RequestTimes
@@ -69,10 +70,8 @@ class EngineConfig:
         if self.kv_capacity_tokens < 1 or self.waiting_view_limit < 1 or self.recent_window < 1:
             raise ValueError("kv_capacity_tokens, waiting_view_limit and recent_window must be >= 1")
         for name in ("ttft_slo_ms", "tpot_slo_ms", "idle_tick_ms"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
-        if not self.noise_cv >= 0:
-            raise ValueError("noise_cv must be >= 0")
+            check_positive(name, getattr(self, name))
+        check_non_negative("noise_cv", self.noise_cv)
 
 
 class SimRequest:
