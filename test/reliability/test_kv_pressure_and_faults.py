@@ -1,8 +1,10 @@
 """Live reliability on one fair-policy server with a small KV pool and the `chaos` testing aid switched on
 (policies/chaos.py: every CHAOS_EVERY-th planning step the policy raises or returns an invalid plan):
 
-- KV pressure: more long requests than the pool holds force SGLang's retraction while the fair policy plans;
-  nothing is lost and fp32 greedy outputs equal each request run alone (unpressured) on the same server;
+- KV pressure: more long requests than the pool holds, and SGLang's own retraction switch (SGLANG_TEST_RETRACT: the
+  decode batch is retracted every RETRACT_EVERY-th forward as if the pool were full, so retraction happens on every
+  run), while the fair policy plans; nothing is lost and fp32 greedy outputs equal each request run alone
+  (unpressured) on the same server;
 - policy faults: every injected fault makes that one step stock SGLang, is logged once per kind, counted in
   /sglang_fair/status and /metrics, and every request still completes.
 
@@ -29,6 +31,7 @@ PROMPT = 200
 MAX_NEW = 160
 N_PRESSURE = 8
 CHAOS_EVERY = 5
+RETRACT_EVERY = 7
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +46,14 @@ def srv():
     # SGLang admits a new request only if its prompt plus min(max_new_tokens, this clip) fits: a small clip makes
     # admission optimistic, so the admitted requests really outgrow the pool (without it no retraction happened).
     env["SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"] = "4"
+    # Whether the pool really fills depends on timing; SGLang's test switch retracts deterministically as well.
+    env.update(SGLANG_TEST_RETRACT="1", SGLANG_TEST_RETRACT_INTERVAL=str(RETRACT_EVERY))
     with sglang_server(rh.model_path(), args, env=env, startup_timeout_s=600) as s:
         yield s
 
 
 def _retractions(log: str) -> int:
-    return sum(int(m) for m in re.findall(r"Retract requests\. #retracted_reqs: (\d+)", log))
+    return sum(int(m) for m in re.findall(r"(?:Retract requests|Testing retraction)\. #retracted_reqs: (\d+)", log))
 
 
 def test_kv_pressure_retracts_loses_nothing_and_keeps_greedy_outputs(srv):
@@ -72,12 +77,10 @@ def test_kv_pressure_retracts_loses_nothing_and_keeps_greedy_outputs(srv):
               retracted_reqs=retracted, **tally.figures(), greedy_differ=len(differ),
               differ_explained_by_reprefill=len(explained), kv_used_after=idle["kv_used_tokens"],
               faults=idle["faults"])
+    assert retracted > 0, "SGLang never retracted: the test's retraction switch did not reach the scheduler"
     assert tally.lost == 0 and tally.errored == 0, tally.reasons
     assert idle["kv_used_tokens"] == 0 and idle["num_running_reqs"] == 0 and idle["deferred_now"] == 0
     assert differ == explained, f"requests {sorted(set(differ) - set(explained))} differ from their unpressured run"
-    if retracted == 0:  # everything above held, but this run did not reach the retraction path
-        pytest.skip("the pool never filled, so SGLang did not retract on this run (forced retraction with deferral "
-                    "is covered by test/live/test_scheduler_hooks.py, normal loop, SGLANG_TEST_RETRACT=1)")
 
 
 def _near_tie_flip(url: str, prompt: list[int], ref: list[int], got: list[int]) -> bool:

@@ -10,6 +10,8 @@ from factories import kv_after, make_req, make_running, make_snapshot
 from sglang_fair.policies import make_policy
 from sglang_fair.policies.slai import SlaiParams, SlaiPolicy, last_schedulable_s
 
+DEFAULTS = SlaiParams()
+BUDGET, MAX_DECODES = DEFAULTS.token_budget, DEFAULTS.max_decodes
 NOW = 50.0
 ITER = 0.02  # mean iteration time: offset 5 -> 100 ms, offset 10 -> 200 ms
 
@@ -30,7 +32,8 @@ def test_worked_example_step_by_step():
     #   b: NOW-0.42+0.5-0.1 = NOW-0.02 (critical)   c: NOW-0.1+0.5-0.1 = NOW+0.3 (not critical)
     # 1. critical decodes in LST order: d, a, b -> 3 tokens
     # 2. partial prefill p: 300 tokens -> 303
-    # 3. new prefills, strict first then shortest: z (strict, 200) -> 503; y (50) gets the last 9; x (300) none
+    # 3. new prefills, strict first then shortest: z (strict, 200) -> 503; y (50) gets the last 9 of the default
+    #    budget (512); x (300) none
     # 4. no tokens left for c: deferred
     run = [dec("c", tpot=0.5, last_ago=0.1, arrival=0.5), dec("b", tpot=0.5, last_ago=0.42, arrival=2.0),
            dec("a", tpot=0.1, last_ago=0.05, arrival=1.0), dec("d", tpot=0.1, last_ago=0.2, arrival=3.0)]
@@ -43,7 +46,7 @@ def test_worked_example_step_by_step():
     assert plan.decode == ("d", "a", "b")
     assert plan.prefill == (("p", 300), ("z", 200), ("y", 9))
     assert plan.deferred(snap) == ("c",)
-    assert len(plan.decode) + plan.prefill_tokens == 512
+    assert len(plan.decode) + plan.prefill_tokens == BUDGET
 
 
 def test_equal_lst_ties_go_by_arrival():
@@ -79,8 +82,8 @@ def test_high_kv_usage_doubles_the_offset():
                          kv_capacity_tokens=100_000)
     assert held < 96_000
     pol = SlaiPolicy(kv_reserve_output_ratio=0.0)
-    assert pol.plan(low).decode == () and pol.plan(low).prefill == (("w", 512),)
-    assert pol.plan(high).decode == ("e",) and pol.plan(high).prefill == (("w", 511),)
+    assert pol.plan(low).decode == () and pol.plan(low).prefill == (("w", BUDGET),)
+    assert pol.plan(high).decode == ("e",) and pol.plan(high).prefill == (("w", BUDGET - 1),)
 
 
 def test_unknown_iteration_time_means_zero_offset():
@@ -93,12 +96,13 @@ def test_unknown_iteration_time_means_zero_offset():
 
 
 def test_at_most_max_decodes_and_token_budget():
-    run = [dec(f"d{i:03d}", tpot=0.1, last_ago=0.5, arrival=float(i)) for i in range(200)]  # all critical
+    n = MAX_DECODES + 72
+    run = [dec(f"d{i:03d}", tpot=0.1, last_ago=0.5, arrival=float(i)) for i in range(n)]  # all critical
     snap = make_snapshot(now=NOW, running=run, recent_iter_s=ITER, waiting=[make_req("w", prompt_tokens=5000)])
     plan = make_policy("slai").plan(snap)
-    assert len(plan.decode) == 128 and plan.decode[0] == "d000"
-    assert plan.prefill == (("w", 384),)
-    assert len(plan.deferred(snap)) == 72
+    assert len(plan.decode) == MAX_DECODES and plan.decode[0] == "d000"
+    assert plan.prefill == (("w", BUDGET - MAX_DECODES),)
+    assert len(plan.deferred(snap)) == n - MAX_DECODES
 
 
 def test_critical_decode_preempts_latest_paused_prefill_when_kv_is_full():

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from heapq import heapify, heappop
 
-from ..core.checks import check_int_at_least, check_ratio
+from ..core.checks import check_int_at_least, check_non_negative, check_ratio
 from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
 from .common import (admission_tokens, make_plan,
@@ -47,9 +47,7 @@ class SlaiParams:
         check_int_at_least("token_budget", self.token_budget, 1)
         check_int_at_least("max_decodes", self.max_decodes, 1)
         for name in ("offset_iters", "high_memory_offset_iters"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+            check_non_negative(name, getattr(self, name))
         check_ratio("memory_limit_fraction", self.memory_limit_fraction)
         check_ratio("kv_reserve_output_ratio", self.kv_reserve_output_ratio)
         if not isinstance(self.user_priority, bool):
