@@ -18,7 +18,7 @@ One iteration (Llama-3-8B: 32 layers, TP 1), following Vidur's per-block sum (`I
   - attn_prefill / attn_decode: given by the caller (the fit script passes measured rows; the device model
     interpolates); a mixed batch adds its prefill and its decode attention, as Vidur does;
   - kv_save: a decode-only batch uses the decode value; a batch with a prefill uses the prefill rows'
-    kv_cache_save interpolated at n;
+    kv_cache_save interpolated at n (proportional to n past the last row, 16384 tokens);
   - emb: the embedding op, once per iteration;
   - overhead: a constant (default 1.0 ms on the A100): the LM head for the last position of each sequence
     (128256 x 4096 bf16 weights = 1.05 GB read once, ~0.55 ms at 2 TB/s) plus logits processing and sampling
@@ -51,9 +51,17 @@ L2_A100, L2_H100 = "a100_meta-llama_Llama-2-7b-hf", "h100_meta-llama_Llama-2-7b-
 DEFAULT_OVERHEAD_MS = 1.0
 
 
+def interp_proportional(n: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """Linear interpolation of (xs, ys) at n; past the last point proportional to n (a token-linear operator: twice
+    the tokens, twice the time), below the first point clamped."""
+    if n > xs[-1]:
+        return float(ys[-1] * n / xs[-1])
+    return float(np.interp(n, xs, ys))
+
+
 class OpTable:
-    """Per-layer operator medians (ms) vs num_tokens for one TP degree, interpolated linearly (clamped at the ends:
-    callers that go past the grid extrapolate themselves)."""
+    """Per-layer operator medians (ms) vs num_tokens for one TP degree, interpolated linearly; past the grid's last
+    point (32768 tokens) proportional to num_tokens (no profile sample lies there)."""
 
     def __init__(self, path: Path, tp: int = 1) -> None:
         by_n: dict[int, list[dict]] = {}
@@ -68,7 +76,7 @@ class OpTable:
                                  for n in self.tokens]) for op in LAYER_OPS + ("emb",)}
 
     def op(self, name: str, n: float) -> float:
-        return float(np.interp(n, self.tokens, self.ms[name]))
+        return interp_proportional(n, self.tokens, self.ms[name])
 
     def layer(self, n: float, scale: Callable[[str, float], float] | None = None) -> float:
         """Sum of the layer's non-attention ops at n tokens; `scale(op, n)` multiplies each op (H100 derivation)."""
@@ -147,7 +155,7 @@ class IterationBuilder:
         if prefill_attn:
             for chunk, attn_ms in prefill_attn:
                 per_layer += attn_ms * (self.ratio.compute(chunk) if self.ratio else 1.0)
-            per_layer += float(np.interp(n, self.pf_tokens, self.pf_save)) * self.mem
+            per_layer += interp_proportional(n, self.pf_tokens, self.pf_save) * self.mem
         if n_decode:
             per_layer += decode_attn_ms * self.mem
             if not prefill_attn:
