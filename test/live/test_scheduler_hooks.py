@@ -211,19 +211,19 @@ def test_half_applied_hooks_stop_the_scheduler():
 def test_invalid_plans_are_named_and_valid_ones_pass():
     from factories import make_req, make_running, make_snapshot
     from sglang_fair.core.types import Plan
-    from sglang_fair.engine.adapter import validate_plan
+    from sglang_fair.core.plan_check import plan_problem
 
     snap = make_snapshot(running=[make_running("d0"), make_running("d1")],
                          prefilling=[make_req("p", prompt_tokens=300, prefilled_tokens=100)],
                          waiting=[make_req("w", prompt_tokens=50)])
-    assert validate_plan(Plan(prefill=(("p", 200), ("w", 10)), decode=("d0",)), snap) is None
-    assert "unknown" in validate_plan(Plan(prefill=(("x", 5),)), snap)
-    assert "outside" in validate_plan(Plan(prefill=(("p", 201),)), snap)
-    assert "outside" in validate_plan(Plan(prefill=(("w", 0),)), snap)
-    assert "twice" in validate_plan(Plan(prefill=(("w", 5), ("w", 5))), snap)
-    assert "non-running" in validate_plan(Plan(decode=("w",)), snap)
-    assert "empty plan" in validate_plan(Plan(), snap)
-    assert validate_plan(Plan(), make_snapshot()) is None
+    assert plan_problem(Plan(prefill=(("p", 200), ("w", 10)), decode=("d0",)), snap) is None
+    assert "unknown" in plan_problem(Plan(prefill=(("x", 5),)), snap)
+    assert "outside" in plan_problem(Plan(prefill=(("p", 201),)), snap)
+    assert "outside" in plan_problem(Plan(prefill=(("w", 0),)), snap)
+    assert "twice" in plan_problem(Plan(prefill=(("w", 5), ("w", 5))), snap)
+    assert "non-running" in plan_problem(Plan(decode=("w",)), snap)
+    assert "empty plan" in plan_problem(Plan(), snap)
+    assert plan_problem(Plan(), make_snapshot()) is None
 
 
 def test_request_slos_parsed_or_rejected_with_the_key():

@@ -7,7 +7,7 @@ import pytest
 
 from factories import make_req, make_running, make_snapshot
 from sglang_fair.policies import make_policy
-from sglang_fair.engine.adapter import validate_plan
+from sglang_fair.core.plan_check import plan_problem
 from sglang_fair.policies.chaos import COUNTED_KINDS, FAULT_KINDS, ChaosParams, ChaosPolicy
 
 
@@ -29,7 +29,7 @@ def test_every_counted_fault_is_caught_by_the_adapter_checks(kind, snap_name):
         with pytest.raises(RuntimeError, match="chaos"):
             chaos.plan(snap)
     else:
-        assert validate_plan(chaos.plan(snap), snap) is not None
+        assert plan_problem(chaos.plan(snap), snap) is not None
     assert chaos.injected == {kind: 1}
 
 
@@ -38,7 +38,7 @@ def test_kv_overflow_is_a_valid_plan(snap_name):
     snap = _snaps()[snap_name]
     chaos = ChaosPolicy(make_policy("fair"), ChaosParams(every_n_steps=1, kinds=("kv_overflow",)))
     plan = chaos.plan(snap)
-    assert validate_plan(plan, snap) is None
+    assert plan_problem(plan, snap) is None
     if snap.waiting or snap.prefilling:
         assert plan.prefill_tokens == sum(r.remaining_prompt_tokens for r in (*snap.prefilling, *snap.waiting))
 
@@ -48,7 +48,7 @@ def test_schedule_is_every_nth_call_cycling_through_kinds():
     inner = make_policy("sarathi")
     chaos = ChaosPolicy(inner, ChaosParams(every_n_steps=3, kinds=("unknown_rid", "empty_plan")))
     plans = [chaos.plan(snap) for _ in range(12)]
-    faulty = [i for i, p in enumerate(plans) if validate_plan(p, snap) is not None]
+    faulty = [i for i, p in enumerate(plans) if plan_problem(p, snap) is not None]
     assert faulty == [2, 5, 8, 11]
     assert chaos.injected == {"unknown_rid": 2, "empty_plan": 2}
     assert all(plans[i] == inner.plan(snap) for i in range(12) if i not in faulty)

@@ -12,7 +12,8 @@ import pytest
 
 from sglang_fair.config import SloConfig
 from sglang_fair.engine import deferral, sglang_view
-from sglang_fair.engine.adapter import FairAdapter, validate_plan
+from sglang_fair.core.plan_check import plan_problem
+from sglang_fair.engine.adapter import FairAdapter
 from sglang_fair.runtime_config import RuntimeConfig
 
 pytest.importorskip("sglang.srt.managers.schedule_batch")
@@ -257,8 +258,8 @@ def test_mixing_constraints_reach_the_snapshot_and_mixed_plans_are_refused():
     snap = ad.snapshot([d], now=2.0)
     assert not snap.mixing_allowed
     from sglang_fair.core.types import Plan
-    assert validate_plan(Plan(prefill=(("w", 10),), decode=("d",)), snap) == "mixed plan where the engine cannot mix"
-    assert validate_plan(Plan(prefill=(("w", 10),)), snap) is None
+    assert plan_problem(Plan(prefill=(("w", 10),), decode=("d",)), snap) == "mixed plan where the engine cannot mix"
+    assert plan_problem(Plan(prefill=(("w", 10),)), snap) is None
 
 
 def test_server_flags_that_ban_mixing():

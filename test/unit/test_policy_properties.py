@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sglang_fair.core.cost_model import CostModel
+from sglang_fair.core.plan_check import plan_problem
 from sglang_fair.policies import make_policy, policy_names
 from sglang_fair.core.types import ReqView, Snapshot
 from sglang_fair.policies.common import edf_key, lazy_edf
@@ -62,15 +63,9 @@ def snapshots(draw):
 
 
 def assert_valid(snap: Snapshot, plan) -> None:
-    running = {r.rid for r in snap.running}
-    queued = {r.rid: r for r in (*snap.prefilling, *snap.waiting)}
-    pre_rids = [rid for rid, _ in plan.prefill]
-    assert len(set(plan.decode)) == len(plan.decode) and set(plan.decode) <= running
-    assert len(set(pre_rids)) == len(pre_rids)
-    assert set(plan.preempt) <= running | {r.rid for r in snap.prefilling}
-    assert not set(plan.preempt) & (set(plan.decode) | set(pre_rids))
-    for rid, c in plan.prefill:
-        assert 1 <= c <= queued[rid].remaining_prompt_tokens
+    """The engines' contract (core.plan_check; an idle plan is allowed, as in the simulator), plus: the plan fits
+    the KV pool and its predicted time is the cost model's for exactly that batch."""
+    assert plan_problem(plan, snap, allow_empty=True) is None
     assert kv_after(snap, plan) <= snap.kv_capacity_tokens
     assert plan.predicted_s == pytest.approx(snap.cost.predict(*batch_of(snap, plan)), rel=1e-9, abs=1e-12)
 

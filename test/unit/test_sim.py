@@ -103,7 +103,7 @@ def _replica(policy, cfg=CFG, reqs=((0.0, 100, 3),)):
 
 
 @pytest.mark.parametrize("plan, match", [
-    (Plan(prefill=(("nope", 10),)), "unknown rid"),
+    (Plan(prefill=(("nope", 10),)), "prefill of unknown"),
     (Plan(prefill=(("r0", 101),)), "outside 1..100"),
     (Plan(prefill=(("r0", 0),)), "outside"),
     (Plan(prefill=(("r0", 10), ("r0", 10))), "twice"),

@@ -101,6 +101,10 @@ class Plan:
     running requests that decode one token in this forward; running requests in neither `decode` nor `preempt`
     are deferred (they keep their KV and rejoin a later iteration); `preempt` lists running or prefilling requests
     whose KV is released so they restart from the waiting queue.
+
+    `preempt` is binding in the simulator and advisory live: the SGLang adapter decodes the named rows as usual and
+    leaves freeing KV to SGLang's own retraction (its status counts them as `preempt_left_to_sglang`).
+    Every engine checks a plan with `core.plan_check.plan_problem` before carrying it out.
     """
 
     prefill: tuple[tuple[str, int], ...] = ()

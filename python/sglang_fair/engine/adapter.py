@@ -18,8 +18,9 @@ import time
 
 from ..core.cost_model import CostModel
 from ..core.headroom import Headroom
-from ..policies import make_policy
+from ..core.plan_check import plan_problem
 from ..core.types import Plan, Snapshot
+from ..policies import make_policy
 from ..runtime_config import RuntimeConfig
 from . import deferral, sglang_view
 from .snapshot import SnapshotBuilder
@@ -51,34 +52,6 @@ def admission_budget(snap: Snapshot, horizon_s: float) -> tuple[int, int]:
     from ..core.load import prefill_admission_budget
     b = prefill_admission_budget(snap, horizon_s)
     return int(b.tokens), int(b.router_load_tokens)
-
-
-def validate_plan(plan: Plan, snap: Snapshot) -> str | None:
-    """Why `plan` cannot be carried out against `snap` (None when it can)."""
-    if not isinstance(plan, Plan):
-        return f"policy returned {type(plan).__name__}, not Plan"
-    running = {r.rid for r in snap.running}
-    pending = {r.rid: r for r in (*snap.prefilling, *snap.waiting)}
-    seen: set[str] = set()
-    for rid, chunk in plan.prefill:
-        if rid in seen:
-            return f"request {rid} planned twice"
-        seen.add(rid)
-        req = pending.get(rid)
-        if req is None:
-            return f"prefill of unknown or running request {rid}"
-        if not isinstance(chunk, int) or chunk <= 0 or chunk > max(req.remaining_prompt_tokens, 1):
-            return f"prefill chunk {chunk!r} of {rid} outside 1..{req.remaining_prompt_tokens}"
-    for rid in plan.decode:
-        if rid not in running:
-            return f"decode of non-running request {rid}"
-    if len(set(plan.decode)) != len(plan.decode):
-        return "a decode planned twice"
-    if plan.is_empty and (snap.running or snap.prefilling or snap.waiting):
-        return "empty plan while requests are pending"
-    if plan.prefill and plan.decode and not snap.mixing_allowed:
-        return "mixed plan where the engine cannot mix"
-    return None
 
 
 class FairAdapter:
@@ -180,7 +153,7 @@ class FairAdapter:
             self.prefix_matcher.match(sched)
             snap = self.snapshot(running_batch.reqs, now=t0)
             plan = self.policy.plan(snap)
-            problem = validate_plan(plan, snap)
+            problem = plan_problem(plan, snap)
         except Exception as exc:  # a policy bug must not take the server down
             self._fault("policy_exception", f"{type(exc).__name__}: {exc}")
             self.stock_iterations += 1

@@ -11,7 +11,7 @@ variable directly. Every `every_n_steps`-th call returns a fault instead of the 
 through `kinds` in order; all other calls return the wrapped policy's plan unchanged. Deterministic (a call
 counter, no clock, no randomness), so a test knows how many faults it injected from the number of calls.
 
-Fault kinds (each must be caught by `engine.adapter.validate_plan` or the adapter's exception guard, except
+Fault kinds (each must be caught by `core.plan_check.plan_problem` or the adapter's exception guard, except
 `kv_overflow`, which is a *valid* plan that asks for more than the KV pool holds: SGLang's own admission check must
 absorb it without a fault):
 """
@@ -37,7 +37,7 @@ FAULT_KINDS = {
 }
 __doc__ += "".join(f"\n- `{k}`: {v}" for k, v in FAULT_KINDS.items())
 
-# Kinds whose plan validate_plan must reject / that must raise, i.e. that the adapter counts as a fault.
+# Kinds whose plan plan_problem must reject / that must raise, i.e. that the adapter counts as a fault.
 COUNTED_KINDS = tuple(k for k in FAULT_KINDS if k != "kv_overflow")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..core.checks import check_non_negative, check_positive
 from ..core.cost_model import CostModel
+from ..core.plan_check import plan_problem
 from ..core.types import Plan, ReqView, Snapshot
 from ..core.metrics import RequestTimes
 
@@ -186,42 +187,23 @@ class Replica:
     def _pending(self, rid: str) -> SimRequest | None:
         return self.prefilling.get(rid) or self.waiting.get(rid) or self.requeued.get(rid)
 
-    def _validate(self, plan: Plan) -> tuple[int, list]:
-        """Check the plan against the engine state; returns (kv tokens freed by preemption, prefill targets)."""
+    def _validate(self, plan: Plan, snap: Snapshot) -> list:
+        """The shared plan check (core.plan_check), then what only the simulator checks: the KV the step needs
+        fits after preemption frees its victims' KV (preemption is binding here). Returns the prefill targets."""
         name = getattr(self.policy, "name", type(self.policy).__name__)
-        pre = plan.preempt
-        if len(set(pre)) != len(pre):
-            raise ValueError(f"{name}: duplicate rid in preempt {pre}")
-        freed = 0
-        for rid in pre:
-            r = self.running.get(rid) or self.prefilling.get(rid)
-            if r is None:
-                raise ValueError(f"{name}: preempt names unknown or not-resident rid {rid!r}")
-            freed += r.prefilled + r.outputs
-        pre_set = set(pre)
-        targets = []
-        seen = set()
-        for rid, chunk in plan.prefill:
-            r = self._pending(rid)
-            if r is None:
-                raise ValueError(f"{name}: prefill names unknown rid {rid!r}")
-            if rid in seen or rid in pre_set:
-                raise ValueError(f"{name}: rid {rid!r} prefilled twice or both prefilled and preempted")
-            seen.add(rid)
-            if not isinstance(chunk, (int, np.integer)) or chunk < 1 or chunk > r.prefill_len - r.prefilled:
-                raise ValueError(f"{name}: prefill chunk {chunk!r} for {rid!r} outside 1..{r.prefill_len - r.prefilled}")
-            targets.append((r, int(chunk)))
-        dec = plan.decode
-        if len(set(dec)) != len(dec):
-            raise ValueError(f"{name}: duplicate rid in decode")
-        for rid in dec:
-            if rid not in self.running or rid in pre_set:
-                raise ValueError(f"{name}: decode names unknown, non-running or preempted rid {rid!r}")
-        grow = sum(c for _, c in targets) + len(dec)
+        problem = plan_problem(plan, snap, allow_empty=True)
+        if problem:
+            raise ValueError(f"{name}: {problem}")
+        freed = sum(r.prefilled + r.outputs for r in map(self._resident, plan.preempt))
+        targets = [(self._pending(rid), int(chunk)) for rid, chunk in plan.prefill]
+        grow = sum(c for _, c in targets) + len(plan.decode)
         if self.kv_used - freed + grow > self.config.kv_capacity_tokens:
             raise ValueError(f"{name}: plan overflows KV: used {self.kv_used} - freed {freed} + {grow} > "
                              f"capacity {self.config.kv_capacity_tokens}")
-        return freed, targets
+        return targets
+
+    def _resident(self, rid: str) -> SimRequest:
+        return self.running.get(rid) or self.prefilling[rid]
 
     def _preempt(self, rids) -> None:
         for rid in rids:
@@ -244,7 +226,7 @@ class Replica:
         """Plan and run one iteration starting at self.now; returns its duration (0 for an empty plan)."""
         snap = self.snapshot()
         plan = self.policy.plan(snap)
-        _, targets = self._validate(plan)
+        targets = self._validate(plan, snap)
         if plan.preempt:
             self._preempt(plan.preempt)
         if not targets and not plan.decode:
