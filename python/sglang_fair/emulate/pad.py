@@ -1,0 +1,139 @@
+"""Padding SGLang's forward to the emulated accelerator's time.
+
+The seam is `Scheduler.run_batch(batch)`: with `--disable-overlap-schedule` (which `sglang-fair serve` sets on a
+CPU) the whole forward, sampling included, runs inside it, and the scheduler processes the result right after it
+returns. `Padder.run` wraps it: it reads the batch's shape (`batch_shape`), runs the real forward, then waits until
+`start + emulated time` of exactly that batch, so the scheduler, the policies' cost fit and the clients see the
+emulated GPU's iteration time. Scheduling work outside `run_batch` stays real (it is host work on a GPU server
+too). When the real forward is longer than the emulated time there is nothing to wait for: that iteration is an
+*overrun* (counted; raise the dilation until overruns are rare).
+
+Waiting: `sleep` to within `spin_s` (0.5 ms) of the deadline, then a busy-wait on the clock, because a plain
+sleep on Linux overshoots by 50-100 us or more on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from .device import DeviceModel
+
+logger = logging.getLogger("sglang_fair")
+
+SPIN_S = 0.0005
+
+
+def batch_shape(batch) -> tuple[list[tuple[int, int]], list[int]]:
+    """(prefill chunks [(new tokens, prefix tokens)], decode contexts) of a SGLang ScheduleBatch about to run.
+
+    - decode batch: one row per request, context = its sequence length with the token being decoded
+      (`seq_lens_cpu`, else each request's `seqlen`);
+    - extend batch (prefill, chunked prefill, or MIXED = a prefill with the running decodes folded in): per request
+      `extend_lens[i]` new tokens after `prefix_lens[i]` cached ones; the rows of `decoding_reqs` (a mixed batch's
+      decodes, extend length 1) are decode rows of context prefix + 1;
+    - anything else (idle, prebuilt): empty."""
+    mode = batch.forward_mode
+    reqs = list(batch.reqs or ())
+    if mode.is_decode():
+        seq = getattr(batch, "seq_lens_cpu", None)
+        lens = seq.tolist() if seq is not None and len(seq) == len(reqs) else [r.seqlen for r in reqs]
+        return [], [int(x) for x in lens]
+    if not mode.is_extend():
+        return [], []
+    decoding = {id(r) for r in (getattr(batch, "decoding_reqs", None) or ())}
+    ext, pre = list(batch.extend_lens or ()), list(batch.prefix_lens or ())
+    prefills, decodes = [], []
+    for i, req in enumerate(reqs):
+        e = int(ext[i]) if i < len(ext) else 0
+        p = int(pre[i]) if i < len(pre) else 0
+        if id(req) in decoding:
+            decodes.append(p + 1)
+        elif e > 0:
+            prefills.append((e, p))
+    return prefills, decodes
+
+
+@dataclass
+class PadCounters:
+    """What the padder did, all times in seconds (emulated = the device model's; real = the CPU forward's)."""
+
+    iterations: int = 0
+    overruns: int = 0
+    emulated_s: float = 0.0
+    real_s: float = 0.0
+    waited_s: float = 0.0
+    overrun_s: float = 0.0
+    max_overrun_s: float = 0.0
+    late_s_max: float = 0.0
+    """Largest lateness of a padded iteration's end past its deadline (the wait's own precision)."""
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["overrun_fraction"] = self.overruns / self.iterations if self.iterations else 0.0
+        return d
+
+
+class Padder:
+    """Wraps one scheduler's `run_batch` (see the module docstring). `clock`/`sleep` are injectable for tests."""
+
+    def __init__(self, device: DeviceModel, *, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep, spin_s: float = SPIN_S,
+                 log_every_s: float | None = 30.0) -> None:
+        if spin_s < 0:
+            raise ValueError("spin_s must be >= 0")
+        self.device, self.clock, self.sleep, self.spin_s = device, clock, sleep, spin_s
+        self.counters = PadCounters()
+        self.log_every_s = log_every_s
+        self._last_log = clock()
+
+    def wait_until(self, deadline: float) -> float:
+        """Return when `clock()` >= deadline (sleep, then spin for the last `spin_s`); returns the clock then."""
+        now = self.clock()
+        remaining = deadline - now
+        if remaining > self.spin_s:
+            self.sleep(remaining - self.spin_s)
+            now = self.clock()
+        while now < deadline:
+            now = self.clock()
+        return now
+
+    def run(self, original: Callable, sched, batch, *args, **kwargs):
+        """`original(sched, batch, ...)`, returning no earlier than its start + the batch's emulated time."""
+        t0 = self.clock()
+        prefills, decodes = batch_shape(batch)
+        emulated = self.device.sample_s(prefills, decodes) if (prefills or decodes) else 0.0
+        result = original(sched, batch, *args, **kwargs)
+        t1 = self.clock()
+        self.account(t0, t1, emulated)
+        return result
+
+    def account(self, t0: float, t1: float, emulated_s: float) -> None:
+        """Book one forward that ran from t0 to t1 and should take `emulated_s`: wait for the rest, or count an
+        overrun. Forwards of empty batches (emulated 0) are not counted."""
+        if emulated_s <= 0:
+            return
+        c = self.counters
+        real = t1 - t0
+        c.iterations += 1
+        c.emulated_s += emulated_s
+        c.real_s += real
+        if real > emulated_s:
+            c.overruns += 1
+            c.overrun_s += real - emulated_s
+            c.max_overrun_s = max(c.max_overrun_s, real - emulated_s)
+        else:
+            deadline = t0 + emulated_s
+            end = self.wait_until(deadline)
+            c.waited_s += end - t1
+            c.late_s_max = max(c.late_s_max, end - deadline)
+        if self.log_every_s is not None and t1 - self._last_log >= self.log_every_s:
+            self._last_log = t1
+            logger.info("emulated device %s: %s", self.device.spec.text(), self.summary())
+
+    def summary(self) -> str:
+        c = self.counters
+        return (f"{c.iterations} iterations, {c.overruns} overruns ({c.overrun_s * 1e3:.0f} ms, max "
+                f"{c.max_overrun_s * 1e3:.1f} ms), emulated {c.emulated_s:.2f} s, real forward {c.real_s:.2f} s")
