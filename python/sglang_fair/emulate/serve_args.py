@@ -1,0 +1,102 @@
+"""`sglang-fair serve --emulate-device PRESET[:DILATION] [--emulate-jitter-cv CV] [--emulate-seed N]`.
+
+`split_emulate_args(argv)` takes our flags out of the command line before anything else parses it and returns an
+`EmulatedServe` (or None without `--emulate-device`); it works with every `--fair-policy`, `off` included. The
+emulated server is SGLang's real server on the CPU with:
+  - the device spec in the server's environment (`hook.ENV_VAR`): the padder makes every forward last as long as
+    the emulated GPU's (`pad.py`);
+  - `--max-total-tokens` = the emulated GPU's KV pool for Llama-3-8B (`device.kv_pool_tokens`, about 425k tokens on
+    80 GB), `--chunked-prefill-size 8192` (SGLang's default on an 80 GB GPU) and `--disable-overlap-schedule`
+    (the padder needs the forward inside run_batch), each only where the user gave none;
+  - without `--model-path`, the micro model (`MICRO_SPEC`: 2 layers, hidden 64, random weights, the embedded
+    model's tokenizer): its real forward is small enough to fit inside most emulated iterations, and its KV cache
+    (1 KiB per token in float32) makes a 425k-token pool 0.4 GB. A larger model may need --max-total-tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import TinyLlamaSpec
+from .device import DeviceSpec, kv_pool_tokens, parse_device_spec
+from .hook import ENV_VAR, spec_to_env
+
+FLAG, JITTER_FLAG, SEED_FLAG = "--emulate-device", "--emulate-jitter-cv", "--emulate-seed"
+MICRO_SPEC = TinyLlamaSpec(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=1,
+                           num_key_value_heads=1)
+"""The micro model for emulated runs: 2 layers, hidden 64 (one head of 64), the embedded model's tokenizer and
+context (8192, as Llama-3-8B)."""
+EMULATED_GPU_CHUNKED_PREFILL = 8192
+
+
+def _take(argv: list[str], flag: str) -> tuple[list[str], str | None]:
+    out, value, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == flag:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ValueError(f"{flag} expects a value")
+            value = argv[i + 1]
+            i += 2
+            continue
+        if a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        else:
+            out.append(a)
+        i += 1
+    return out, value
+
+
+def _given(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+@dataclass(frozen=True)
+class EmulatedServe:
+    spec: DeviceSpec
+
+    def sglang_args(self, args: list[str]) -> list[str]:
+        """`args` plus the emulated GPU's server flags the user did not give (model: the micro model)."""
+        out = list(args)
+        if not (_given(out, "--model-path") or _given(out, "--model")):
+            from ..model import make_model
+            out += ["--model-path", str(make_model(MICRO_SPEC))]
+        for flag, value in (("--max-total-tokens", str(kv_pool_tokens())),
+                            ("--chunked-prefill-size", str(EMULATED_GPU_CHUNKED_PREFILL)),
+                            ("--disable-overlap-schedule", None)):
+            if not _given(out, flag):
+                out += [flag] if value is None else [flag, value]
+        return out
+
+    def env(self) -> dict[str, str]:
+        return {ENV_VAR: spec_to_env(self.spec)}
+
+    def banner(self) -> str:
+        return (f"sglang-fair serve: EMULATED device {self.spec.text()} (Vidur profiles; every forward padded to "
+                f"the emulated time; jitter cv {self.spec.jitter_cv:g})")
+
+
+def split_emulate_args(argv: list[str]) -> tuple[list[str], EmulatedServe | None]:
+    """(argv without our flags, EmulatedServe or None). ValueError names the flag at fault."""
+    argv, text = _take(list(argv), FLAG)
+    argv, cv = _take(argv, JITTER_FLAG)
+    argv, seed = _take(argv, SEED_FLAG)
+    if text is None:
+        extra = [f for f, v in ((JITTER_FLAG, cv), (SEED_FLAG, seed)) if v is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} need {FLAG}")
+        return argv, None
+    try:
+        jitter = float(cv) if cv is not None else 0.0
+    except ValueError:
+        raise ValueError(f"{JITTER_FLAG} must be a number, got {cv!r}") from None
+    try:
+        seed_n = int(seed) if seed is not None else 0
+    except ValueError:
+        raise ValueError(f"{SEED_FLAG} must be an integer, got {seed!r}") from None
+    try:
+        spec = parse_device_spec(text, jitter_cv=jitter, seed=seed_n)
+    except ValueError as exc:
+        msg = str(exc).replace("jitter_cv", JITTER_FLAG)
+        raise ValueError(f"{FLAG if JITTER_FLAG not in msg else JITTER_FLAG}: {msg}") from None
+    return argv, EmulatedServe(spec)

@@ -1,0 +1,105 @@
+"""`--emulate-device` flag handling (emulate/serve_args.py) and the scheduler hook (emulate/hook.py), without SGLang."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from sglang_fair.emulate import hook
+from sglang_fair.emulate.device import DeviceSpec, kv_pool_tokens
+from sglang_fair.emulate.serve_args import MICRO_SPEC, split_emulate_args
+
+from test_emulate_pad import decode_batch, sleeping_forward
+
+
+# ---- flags -------------------------------------------------------------------------------------------------------
+def test_no_flag_leaves_argv_alone():
+    argv = ["--fair-policy", "off", "--port", "30001"]
+    assert split_emulate_args(argv) == (argv, None)
+
+
+@pytest.mark.parametrize("argv", [["--emulate-device", "h100-llama3-8b:20", "--port", "1"],
+                                  ["--port", "1", "--emulate-device=h100-llama3-8b:20"]])
+def test_flag_is_taken_out_and_parsed(argv):
+    rest, emu = split_emulate_args(argv)
+    assert rest == ["--port", "1"]
+    assert emu.spec == DeviceSpec("h100-llama3-8b", dilation=20.0)
+
+
+def test_jitter_and_seed():
+    rest, emu = split_emulate_args(["--emulate-jitter-cv", "0.05", "--emulate-device", "a100-llama3-8b",
+                                    "--emulate-seed", "3", "--fair-policy", "fair"])
+    assert rest == ["--fair-policy", "fair"] and (emu.spec.jitter_cv, emu.spec.seed) == (0.05, 3)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--emulate-device"], "--emulate-device expects a value"),
+    (["--emulate-device", "--port"], "--emulate-device expects a value"),
+    (["--emulate-device", "tpu-v5"], "--emulate-device: unknown emulated device 'tpu-v5'"),
+    (["--emulate-device", "a100-llama3-8b:x"], "--emulate-device: dilation .* must be a number"),
+    (["--emulate-device", "a100-llama3-8b", "--emulate-jitter-cv", "lots"], "--emulate-jitter-cv must be a number"),
+    (["--emulate-device", "a100-llama3-8b", "--emulate-jitter-cv", "-1"], "--emulate-jitter-cv"),
+    (["--emulate-device", "a100-llama3-8b", "--emulate-seed", "1.5"], "--emulate-seed must be an integer"),
+    (["--emulate-jitter-cv", "0.1"], "need --emulate-device"),
+])
+def test_flag_errors_name_the_flag(argv, match):
+    with pytest.raises(ValueError, match=match):
+        split_emulate_args(argv)
+
+
+def test_server_args_size_the_kv_pool_like_the_gpu():
+    _, emu = split_emulate_args(["--emulate-device", "a100-llama3-8b"])
+    args = emu.sglang_args(["--model-path", "/m"])
+    assert args[:2] == ["--model-path", "/m"]
+    assert args[args.index("--max-total-tokens") + 1] == str(kv_pool_tokens())
+    assert args[args.index("--chunked-prefill-size") + 1] == "8192" and "--disable-overlap-schedule" in args
+    mine = emu.sglang_args(["--model-path", "/m", "--max-total-tokens", "5000", "--chunked-prefill-size=512"])
+    assert mine.count("--max-total-tokens") == 1 and "5000" in mine and "--chunked-prefill-size" not in mine
+    assert hook.spec_from_env(emu.env()) == emu.spec
+    assert "EMULATED" in emu.banner()
+
+
+def test_micro_model_is_small():
+    assert (MICRO_SPEC.num_hidden_layers, MICRO_SPEC.hidden_size) == (2, 64)
+    assert MICRO_SPEC.hidden_size // MICRO_SPEC.num_attention_heads == 64
+
+
+# ---- environment and hooks -------------------------------------------------------------------------------------------
+def test_spec_round_trips_through_the_environment():
+    spec = DeviceSpec("h100-llama3-8b", dilation=7.5, jitter_cv=0.1, seed=4)
+    assert hook.spec_from_env({hook.ENV_VAR: hook.spec_to_env(spec)}) == spec
+    assert hook.spec_from_env({}) is None and hook.spec_from_env({hook.ENV_VAR: " "}) is None
+
+
+@pytest.mark.parametrize("raw,match", [("{", "not JSON"), ("[1]", "JSON object"), ('{"speed": 2}', "unknown fields"),
+                                       ('{"preset": "tpu"}', "unknown emulated device")])
+def test_bad_environment_is_refused(raw, match):
+    with pytest.raises(ValueError, match=match):
+        hook.spec_from_env({hook.ENV_VAR: raw})
+    with pytest.raises(SystemExit, match="invalid SGLANG_FAIR_EMULATE_DEVICE"):
+        hook.register_from_env({hook.ENV_VAR: raw})
+
+
+def test_no_environment_registers_nothing():
+    assert hook.register_from_env({}) is None
+
+
+def test_run_batch_hook_pads_and_reports_in_the_internal_state():
+    around, after = hook._make_hooks(DeviceSpec("a100-llama3-8b", dilation=2.0))
+    sched = SimpleNamespace(enable_overlap=False)
+    assert hook.padder_of(sched) is None
+    assert around(sleeping_forward(0.0), sched, decode_batch([1000] * 8)) == "result"
+    padder = hook.padder_of(sched)
+    assert padder is not None and padder.counters.iterations == 1
+    result = after(SimpleNamespace(internal_state={}), SimpleNamespace(scheduler=sched))
+    state = result.internal_state[hook.STATE_KEY]
+    assert state["spec"] == "a100-llama3-8b:2" and state["active"] and state["iterations"] == 1
+    json.dumps(state)
+
+
+def test_run_batch_hook_refuses_the_overlap_scheduler():
+    around, _ = hook._make_hooks(DeviceSpec())
+    with pytest.raises(RuntimeError, match="--disable-overlap-schedule"):
+        around(sleeping_forward(0.0), SimpleNamespace(enable_overlap=True), decode_batch([10]))
