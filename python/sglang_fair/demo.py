@@ -13,7 +13,7 @@ from .live.replay import replay, request_times, requests_from_trace
 from .live.server import cpu_server_args, exit_on_sigterm, sglang_server
 from .core.metrics import summarize
 from .model import make_model
-from .serve import _has_cuda
+from .config import has_cuda
 
 
 def add_parser(subparsers) -> None:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "sglang_fair.cli", "serve"]
     server_args = ["--fair-policy", args.policy, "--ttft-slo-ms", str(args.ttft_slo_ms),
                    "--tpot-slo-ms", str(args.tpot_slo_ms), "--enable-metrics"]
-    if not _has_cuda():
+    if not has_cuda():
         server_args += cpu_server_args(max_total_tokens=32768, float32=False)
     print(f"demo: {len(reqs)} requests of {args.trace} (rate x{args.rate_scale}, prompt length x{args.length_scale}, "
           f"<= {args.max_prompt_tokens} prompt / {args.max_output_tokens} output tokens) over {trace.duration_s:.1f} s; "

@@ -10,7 +10,6 @@ errors) and stops the server with a clear message otherwise. Signals are forward
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -18,33 +17,13 @@ import subprocess
 import sys
 import time
 
-from .config import SloConfig
-from .runtime_config import ENV_VAR, POLICY_CHOICES, RuntimeConfig
+from .config import (CPU_DEFAULTS, ENV_VAR, POLICY_CHOICES, RuntimeConfig, SloConfig, cpu_dtype_default, has_cuda,
+                     parse_param, with_cpu_policy_defaults)
+from .core.checks import FieldError
 
-# Flags SGLang needs on a machine without CUDA (see docs/usage.md); each is added only if the user did not give it.
-CPU_DEFAULTS = (
-    ("--device", "cpu"),
-    ("--attention-backend", "torch_native"),
-    ("--disable-cuda-graph", None),
-    ("--sampling-backend", "pytorch"),
-    ("--grammar-backend", "none"),
-    ("--max-total-tokens", "32768"),
-    ("--mem-fraction-static", "0.1"),
-    ("--sleep-on-idle", None),
-    ("--disable-overlap-schedule", None),
-)
-"""SGLang flags `serve` adds on a CPU where the user gave none. The overlap loop exists to hide host work behind an
-accelerator's forward; on the CPU the forward runs inside `run_batch`, so the loop only processes every result one
-forward late: each token reached the client an iteration late, and the policy planned from output counts one token
-behind (live: a decode step run twice in a row because the first one's tokens were not counted yet)."""
-CPU_FAIR_PARAMS = {"catchup_tokens": 16}
-"""`fair` parameters `serve` adds on a CPU where the user gave none. On SGLang's CPU backend (torch_native) chunking
-a prompt is expensive (each chunk re-reads its prefix: ~0.11 ms per prefix token per chunk, on top of ~20-45 ms fixed
-cost per forward) and a decode row in a prefill forward costs ~20 ms, so per-token decode deadlines (catchup 0) cut
-prompts into ~100-token chunks: on the quick window capacity 0.25 against stock SGLang's 0.5 (whole-prompt prefill);
-letting decodes fall behind by what 16 tokens can win back (TPOT is an average) reached 0.7071 (docs/results.md). In the simulator with the GPU presets catch-up lowers capacity, so it is not the policy default."""
 ALWAYS_DEFAULTS = (("--host", "127.0.0.1"),)
 REFUSED_SGLANG_FLAGS = (
+    (("--tp-size", "--tensor-parallel-size"), lambda v: _int(v) > 1, "tensor parallelism"),
     (("--dp-size", "--data-parallel-size"), lambda v: _int(v) > 1, "data parallelism"),
     (("--attn-dp-size", "--attention-data-parallel-size"), lambda v: _int(v) > 1, "DP attention"),
     (("--enable-dp-attention",), None, "DP attention"),
@@ -55,6 +34,7 @@ REFUSED_SGLANG_FLAGS = (
     (("--prefill-decode-interval",), lambda v: _int(v) > 0, "a prefill/decode interval"),
     (("--enable-priority-scheduling",), None, "request priorities (plans do not take priorities into account)"),
     (("--schedule-policy",), lambda v: v != "fcfs", "a waiting-queue order other than fcfs (the plan orders it)"),
+    (("--enable-pdmux",), None, "PD multiplexing"),
     (("--enable-prefill-delayer",), None, "the prefill delayer (it would veto planned prefills)"),
     (("--dllm-algorithm",), None, "diffusion LLMs"),
     (("--enable-hisparse",), None, "HiSparse"),
@@ -92,36 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_param(text: str) -> tuple[str, object]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--fair-param expects KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
+FLAG_OF_FIELD = {"policy": "--fair-policy", "ttft_slo_ms": "--ttft-slo-ms", "tpot_slo_ms": "--tpot-slo-ms",
+                 "load_horizon_ms": "--fair-load-horizon-ms"}
+"""The flag that sets each validated config field (errors name the flag, not the field)."""
 
 
 def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
     """Validate our flags; raises ValueError whose message names the flag."""
-    if ns.fair_policy not in POLICY_CHOICES:
-        raise ValueError(f"--fair-policy must be one of {', '.join(POLICY_CHOICES)}, got {ns.fair_policy!r}")
     try:
-        slo = SloConfig(ttft_slo_ms=ns.ttft_slo_ms, tpot_slo_ms=ns.tpot_slo_ms)
+        params = dict(parse_param(t) for t in ns.fair_param)
     except ValueError as exc:
-        msg = str(exc)
-        raise ValueError("--" + msg.replace("_slo_ms", "-slo-ms", 1)) from None
-    params = dict(_parse_param(t) for t in ns.fair_param)
+        raise ValueError(f"--fair-param: {exc}") from None
     save_path = _save_cost_model_path(ns.fair_save_cost_model)
     if save_path is not None and ns.fair_no_online_fit:
         raise ValueError("--fair-save-cost-model needs the online fit (drop --fair-no-online-fit)")
     try:
-        cfg = RuntimeConfig(policy=ns.fair_policy, slo=slo, policy_params=params, cost_model=ns.fair_cost_model,
-                            online_fit=not ns.fair_no_online_fit, load_horizon_ms=ns.fair_load_horizon_ms,
-                            save_cost_model=save_path)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("load_horizon_ms", "--fair-load-horizon-ms")) from None
+        cfg = RuntimeConfig(policy=ns.fair_policy, slo=SloConfig(ttft_slo_ms=ns.ttft_slo_ms, tpot_slo_ms=ns.tpot_slo_ms),
+                            policy_params=params, cost_model=ns.fair_cost_model, online_fit=not ns.fair_no_online_fit,
+                            load_horizon_ms=ns.fair_load_horizon_ms, save_cost_model=save_path)
+    except FieldError as exc:
+        raise ValueError(f"{FLAG_OF_FIELD.get(exc.field, exc.field)} {exc.problem}") from None
     if cfg.active:
         from .policies import make_policy
 
@@ -185,40 +155,6 @@ def _value(args: list[str], flag: str, default: str | None = None) -> str | None
         if a.startswith(flag + "="):
             return a.split("=", 1)[1]
     return default
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-        return bool(torch.cuda.is_available())
-    except Exception:  # no torch, or a broken CUDA install: treat as CPU
-        return False
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this x86 CPU computes bf16 natively (AVX512-BF16 or AMX). Without it torch runs bf16 matmuls through
-    conversions: measured 7x slower than fp32 for the embedded model's shapes on a 2-core AVX2 machine."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = set(cpuinfo.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def cpu_dtype_default(cpuinfo: str | None = None) -> str:
-    """`--dtype` that `serve` adds on a CPU when none is given: the model's own unless bf16 would be emulated."""
-    return "auto" if cpu_has_native_bf16(cpuinfo) else "float32"
-
-
-def with_cpu_policy_defaults(cfg: RuntimeConfig) -> RuntimeConfig:
-    """`cfg` with CPU_FAIR_PARAMS added where the user set none (policy `fair` only)."""
-    if cfg.policy != "fair":
-        return cfg
-    params = {**CPU_FAIR_PARAMS, **cfg.policy_params}
-    return cfg if params == cfg.policy_params else dataclasses.replace(cfg, policy_params=params)
 
 
 def sglang_args(rest: list[str], cpu: bool) -> list[str]:
@@ -288,7 +224,7 @@ def main(argv: list[str]) -> int:
     refused = refused_sglang_flags(cfg, rest)
     if refused:
         parser.error(f"--fair-policy {cfg.policy} does not support: {'; '.join(refused)} (use --fair-policy off)")
-    cpu = not _has_cuda()
+    cpu = not has_cuda()
     args = sglang_args(rest, cpu)
     if cpu:
         cfg = with_cpu_policy_defaults(cfg)

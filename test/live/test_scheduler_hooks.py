@@ -35,7 +35,7 @@ def _model_path() -> str:
 
 
 def _fair_env(policy: str, **params) -> dict:
-    from sglang_fair.runtime_config import RuntimeConfig
+    from sglang_fair.config import RuntimeConfig
     return {"SGLANG_FAIR_CONFIG": RuntimeConfig(policy=policy, policy_params=params).to_json()}
 
 
@@ -196,7 +196,7 @@ class TestNormalLoopWithRetraction:
 def test_half_applied_hooks_stop_the_scheduler():
     """verify_live names each target whose live attribute is not our wrapper."""
     from sglang_fair.engine import scheduler_hooks as sh
-    from sglang_fair.runtime_config import RuntimeConfig
+    from sglang_fair.config import RuntimeConfig
 
     specs = sh.hook_specs(RuntimeConfig(policy="fair"))
 

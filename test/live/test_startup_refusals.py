@@ -20,7 +20,7 @@ pytestmark = pytest.mark.live
 def test_scheduler_refuses_a_flag_set_past_serve(flag, tmp_path):
     from sglang_fair.live.server import server_slots
     from sglang_fair.model import make_model
-    from sglang_fair.runtime_config import ENV_VAR, RuntimeConfig
+    from sglang_fair.config import ENV_VAR, RuntimeConfig
 
     env = {**os.environ, ENV_VAR: RuntimeConfig(policy="fair").to_json(), "SGLANG_USE_CPU_ENGINE": "1"}
     argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(make_model()), "--host", "127.0.0.1",

@@ -29,7 +29,7 @@ def fair_env(policy: str = "fair", slo=None, **params) -> dict:
     """SGLANG_FAIR_CONFIG for `python -m sglang.launch_server` (how the tests reach policy params `serve` refuses,
     such as the chaos testing aid). `slo`: a config.SloConfig (default SLOs when None)."""
     from sglang_fair.config import SloConfig
-    from sglang_fair.runtime_config import RuntimeConfig
+    from sglang_fair.config import RuntimeConfig
     cfg = RuntimeConfig(policy=policy, policy_params=params, slo=slo or SloConfig())
     return {"SGLANG_FAIR_CONFIG": cfg.to_json()}
 

@@ -14,7 +14,7 @@ from sglang_fair.config import SloConfig
 from sglang_fair.engine import deferral, sglang_view
 from sglang_fair.core.plan_check import plan_problem
 from sglang_fair.engine.adapter import FairAdapter
-from sglang_fair.runtime_config import RuntimeConfig
+from sglang_fair.config import RuntimeConfig
 
 pytest.importorskip("sglang.srt.managers.schedule_batch")
 from sglang.srt.model_executor.forward_batch_info import ForwardMode  # noqa: E402

@@ -56,7 +56,7 @@ def test_write_is_atomic_and_replaces_an_existing_file(tmp_path):
 
 
 def test_serve_flag_reaches_the_runtime_config_as_an_absolute_path(tmp_path, monkeypatch):
-    from sglang_fair.runtime_config import ENV_VAR, RuntimeConfig
+    from sglang_fair.config import ENV_VAR, RuntimeConfig
     from sglang_fair.serve import build_parser, runtime_config
 
     monkeypatch.chdir(tmp_path)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sglang_fair.config import SloConfig
 from sglang_fair.engine.http import RequestSloValidator, request_slo_problem
-from sglang_fair.engine.snapshot import MAX_SLO_MS, SLO_KEYS, TPOT_KEY, TTFT_KEY, parse_request_slos
+from sglang_fair.config import MAX_SLO_MS, SLO_KEYS, TPOT_KEY, TTFT_KEY, parse_request_slos
 
 DFLT = SloConfig(ttft_slo_ms=1000.0, tpot_slo_ms=100.0)
 

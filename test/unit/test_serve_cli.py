@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sglang_fair.runtime_config import ENV_VAR, RuntimeConfig
+from sglang_fair.config import ENV_VAR, RuntimeConfig
 from sglang_fair.serve import build_parser, runtime_config, sglang_args
 
 
@@ -71,7 +71,7 @@ def test_cpu_dtype_is_float32_unless_the_cpu_computes_bf16_natively(monkeypatch)
 
 
 def test_cpu_runs_without_the_overlap_loop_and_fair_gets_its_cpu_parameters():
-    from sglang_fair.serve import CPU_FAIR_PARAMS, with_cpu_policy_defaults
+    from sglang_fair.config import CPU_FAIR_PARAMS, with_cpu_policy_defaults
     assert "--disable-overlap-schedule" in sglang_args(["--model-path", "m"], cpu=True)
     assert "--disable-overlap-schedule" not in sglang_args(["--model-path", "m"], cpu=False)
     parse = build_parser().parse_known_args

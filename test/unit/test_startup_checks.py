@@ -14,7 +14,7 @@ import pytest
 
 from sglang_fair.config import SloConfig
 from sglang_fair.engine import intake, scheduler_hooks, selftest
-from sglang_fair.runtime_config import RuntimeConfig
+from sglang_fair.config import RuntimeConfig
 from sglang_fair.serve import refused_sglang_flags
 
 

@@ -5,23 +5,26 @@
   running decodes wait);
 - `stock-mixed-512`: `--enable-mixed-chunk --chunked-prefill-size 512`, SGLang's own stall-free (Sarathi-style)
   batching with a 512-token budget;
-- `fair`, `slai`: our policies; `sarathi-512`: our Sarathi policy (token budget 512) through the same plugin path;
-  on a CPU `serve` gives `fair` its CPU parameters (`serve.CPU_FAIR_PARAMS`: catch-up 16 tokens);
+- every registered policy by its name (`fair`, `slai`, `sarathi`, ...) through the plugin; `sarathi-512`: our Sarathi
+  policy with a 512-token budget;
+  on a CPU `serve` gives `fair` its CPU parameters (`config.CPU_FAIR_PARAMS`: catch-up 16 tokens);
 - `fair-strict`: `fair` with `catchup_tokens=0`, per-token decode deadlines (the policy default, as the paper).
 """
 
 from __future__ import annotations
 
-from ..serve import CPU_FAIR_PARAMS
+from ..config import CPU_FAIR_PARAMS, OFF
+from ..policies import policy_names
 
 LIVE_POLICIES: dict[str, list[str]] = {
-    "stock": ["--fair-policy", "off", "--chunked-prefill-size", "2048"],
-    "stock-mixed-512": ["--fair-policy", "off", "--chunked-prefill-size", "512", "--enable-mixed-chunk"],
-    "fair": ["--fair-policy", "fair", "--chunked-prefill-size", "2048"],
+    "stock": ["--fair-policy", OFF, "--chunked-prefill-size", "2048"],
+    "stock-mixed-512": ["--fair-policy", OFF, "--chunked-prefill-size", "512", "--enable-mixed-chunk"],
+    **{name: ["--fair-policy", name, "--chunked-prefill-size", "2048"] for name in policy_names()},
     "fair-strict": ["--fair-policy", "fair", "--fair-param", "catchup_tokens=0", "--chunked-prefill-size", "2048"],
-    "slai": ["--fair-policy", "slai", "--chunked-prefill-size", "2048"],
     "sarathi-512": ["--fair-policy", "sarathi", "--fair-param", "token_budget=512", "--chunked-prefill-size", "2048"],
 }
+"""Every registered policy under its own name through the plugin, plus the stock configurations and named
+variants (a new policy file is a live benchmark choice with no edit here)."""
 STOCK = ("stock", "stock-mixed-512")
 """Policies with our plugin inert (no cost model, no status route)."""
 SIM_SPECS = {"fair": "fair@" + "@".join(f"{k}={v}" for k, v in CPU_FAIR_PARAMS.items()),

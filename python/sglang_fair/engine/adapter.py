@@ -21,7 +21,7 @@ from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
 from ..core.types import Plan, Snapshot
 from ..policies import make_policy
-from ..runtime_config import RuntimeConfig
+from ..config import RuntimeConfig
 from . import deferral, sglang_view
 from .snapshot import SnapshotBuilder
 

@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 
 from ..config import SloConfig
-from ..runtime_config import RuntimeConfig
-from .snapshot import parse_request_slos
+from ..config import RuntimeConfig
+from ..config import parse_request_slos
 
 STATUS_PATH = "/sglang_fair/status"
 LOAD_PATH = "/get_load"

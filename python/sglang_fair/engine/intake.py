@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..config import SloConfig
-from .snapshot import parse_request_slos
+from ..config import parse_request_slos
 
 ERROR_PREFIX = "sglang-fair: invalid per-request SLO: "
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 
-from ..runtime_config import ENV_VAR, RuntimeConfig
+from ..config import ENV_VAR, RuntimeConfig
 
 logger = logging.getLogger("sglang_fair")
 

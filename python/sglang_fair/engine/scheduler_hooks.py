@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..runtime_config import RuntimeConfig
+from ..config import RuntimeConfig
 from . import intake, selftest
 from .selftest import unsupported_features
 

@@ -21,51 +21,17 @@ prefilling requests `prompt_tokens` is the fill length (prompt + outputs so far)
 In the overlap loop the result of the previous forward is processed after the next batch is scheduled, so output
 counts of rows in the in-flight batch are one token behind (the same view stock SGLang schedules with).
 
-Per-request SLOs come from `sampling_params.custom_params`: {"ttft_slo_ms": float, "tpot_slo_ms": float,
-"strict": bool}; missing keys take the RuntimeConfig defaults. Values must be finite numbers in (0, 1 hour]; any
-other key starting with "ttft" or "tpot" is rejected as a likely typo. `parse_request_slos` is also what the HTTP
-layer (engine/http.py) uses to reject bad values with 400 before a request reaches the scheduler.
+Per-request SLOs come from `sampling_params.custom_params`, parsed by `config.slo.parse_request_slos`.
 """
 
 from __future__ import annotations
 
 import collections
-import math
-from typing import Any, Iterable, Mapping
+from typing import Iterable
 
-from ..config import SloConfig
+from ..config import SLO_KEYS, SloConfig, parse_request_slos
 from ..core.cost_model import CostModel
 from ..core.types import ReqView, Snapshot
-
-TTFT_KEY = "ttft_slo_ms"
-TPOT_KEY = "tpot_slo_ms"
-STRICT_KEY = "strict"
-SLO_KEYS = (TTFT_KEY, TPOT_KEY, STRICT_KEY)
-MAX_SLO_MS = 3_600_000.0
-"""Largest per-request SLO accepted (one hour): anything longer is a unit mistake, not an SLO."""
-
-
-def parse_request_slos(custom_params: Mapping[str, Any] | None, default: SloConfig) -> tuple[float, float, bool]:
-    """(ttft_slo_s, tpot_slo_s, strict) for one request; raises ValueError naming the bad key."""
-    if not custom_params:
-        return default.ttft_slo_s, default.tpot_slo_s, False
-    if not isinstance(custom_params, Mapping):
-        raise ValueError(f"custom_params must be an object, got {type(custom_params).__name__}")
-    for key in custom_params:
-        if isinstance(key, str) and key.startswith(("ttft", "tpot")) and key not in SLO_KEYS:
-            raise ValueError(f"unknown SLO key {key!r} in custom_params (known: {', '.join(SLO_KEYS)})")
-    out = []
-    for key, dflt in ((TTFT_KEY, default.ttft_slo_ms), (TPOT_KEY, default.tpot_slo_ms)):
-        v = custom_params.get(key, dflt)
-        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
-                or v > MAX_SLO_MS):
-            raise ValueError(f"{key} must be a finite number in (0, {MAX_SLO_MS:.0f}] (milliseconds), got {v!r}")
-        out.append(float(v) / 1000.0)
-    strict = custom_params.get(STRICT_KEY, False)
-    if not isinstance(strict, bool):
-        raise ValueError(f"{STRICT_KEY} must be true or false, got {strict!r}")
-    return out[0], out[1], strict
-
 
 class SnapshotBuilder:
     """Builds one Snapshot per iteration; remembers nothing between iterations except fault counts and the SLOs of

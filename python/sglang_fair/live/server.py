@@ -48,7 +48,7 @@ def free_port() -> int:
 
 def cpu_server_args(max_total_tokens: int = 16384, *, float32: bool = True) -> list[str]:
     """SGLang flags for a CPU-only machine: the ones `sglang-fair serve` adds, with our own KV size."""
-    from ..serve import CPU_DEFAULTS
+    from ..config import CPU_DEFAULTS
 
     args: list[str] = []
     for flag, value in CPU_DEFAULTS:

@@ -8,7 +8,6 @@ with `--replicas 2`).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ from typing import Callable
 import orjson
 from tqdm import tqdm
 
+from ..config import parse_param
 from ..core.presets import load_preset
 from ..policies import make_policy
 from .capacity import find_capacity, late_limit, stability_bound_scale
@@ -25,17 +25,9 @@ from .traces import load_trace
 from .windserve import WindServeConfig, simulate_windserve
 
 
-def _value(text: str):
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "inf": math.inf}.get(text.lower(), text)
-
-
 def parse_policy_spec(spec: str) -> tuple[str, dict]:
-    """'sarathi-512' -> ('sarathi', {'token_budget': 512}); 'fair@min_budget_ms=10' -> ('fair', {...})."""
+    """'sarathi-512' -> ('sarathi', {'token_budget': 512}); 'fair@min_budget_ms=10' -> ('fair', {...}). Parameters
+    use serve's `--fair-param KEY=VALUE` syntax (config.parse_param), joined by '@'."""
     head, *pairs = spec.strip().split("@")
     params: dict = {}
     name = head
@@ -44,10 +36,11 @@ def parse_policy_spec(spec: str) -> tuple[str, dict]:
         if tail.isdigit():
             name, params["token_budget"] = base, int(tail)
     for pair in pairs:
-        key, eq, val = pair.partition("=")
-        if not eq or not key:
-            raise ValueError(f"bad policy parameter {pair!r} in {spec!r} (want key=value)")
-        params[key] = _value(val)
+        try:
+            key, value = parse_param(pair)
+        except ValueError as exc:
+            raise ValueError(f"bad policy parameter in {spec!r}: {exc}") from None
+        params[key] = value
     if not name:
         raise ValueError(f"empty policy name in {spec!r}")
     return name, params

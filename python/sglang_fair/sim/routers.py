@@ -19,15 +19,22 @@ periodically), so they may be that stale; 0 reads them fresh at every arrival.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from ..core.load import prefill_admission_budget
 from .engine import Replica, SimRequest
 
-if TYPE_CHECKING:
-    from .cluster import ClusterConfig
+
+class RouterConfig(Protocol):
+    """What a router reads of `cluster.ClusterConfig`."""
+
+    router: str
+    load_poll_interval_s: float
+    balance_abs_threshold: int
+    balance_rel_threshold: float
+    seed: int
 
 _REGISTRY: dict[str, type["Router"]] = {}
 
@@ -44,7 +51,7 @@ def register_router(name: str) -> Callable[[type["Router"]], type["Router"]]:
 class Router:
     """Picks a replica for each arriving request; told about dispatches and completions."""
 
-    def __init__(self, cfg: "ClusterConfig", replicas: list[Replica], horizon_s: float):
+    def __init__(self, cfg: RouterConfig, replicas: list[Replica], horizon_s: float):
         self.cfg, self.replicas, self.horizon_s = cfg, replicas, horizon_s
         n = len(replicas)
         self.in_flight = [0] * n
@@ -145,7 +152,7 @@ ROUTERS = tuple(_REGISTRY)
 """Registered router names."""
 
 
-def make_router(cfg: "ClusterConfig", replicas: list[Replica], horizon_s: float) -> Router:
+def make_router(cfg: RouterConfig, replicas: list[Replica], horizon_s: float) -> Router:
     if cfg.router not in _REGISTRY:
         raise ValueError(f"unknown router {cfg.router!r}; choose one of {', '.join(ROUTERS)}")
     return _REGISTRY[cfg.router](cfg, replicas, horizon_s)

@@ -1,19 +1,41 @@
 """What `sglang-fair serve` hands to the plugin in every SGLang process: one JSON blob in an environment variable.
 
 Absent variable = plugin inactive (plain `sglang serve` / `python -m sglang.launch_server` stay stock).
-Pure data: no sglang imports here.
+Pure data: no sglang imports here. Policy parameters use one syntax everywhere (`--fair-param KEY=VALUE` in `serve`,
+`NAME@KEY=VALUE@...` in the simulator's policy specs): `parse_param`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
-from .config import SloConfig, check_positive
+from ..core.checks import FieldError, check_positive
+from ..policies import policy_names
+from .slo import SloConfig
 
 ENV_VAR = "SGLANG_FAIR_CONFIG"
-POLICY_CHOICES = ("fair", "slai", "sarathi", "off")
+OFF = "off"
+POLICY_CHOICES = (*policy_names(), OFF)
+"""Every registered policy, and `off` (stock SGLang batching)."""
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' -> (key, value): VALUE as JSON (numbers, true/false, null, strings in quotes, lists, objects),
+    `inf`/`-inf` as infinities, anything else as the plain string. Raises ValueError on a missing '=' or key."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    special = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+    if raw.strip().lower() in special:
+        return key, special[raw.strip().lower()]
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
 
 
 @dataclass(frozen=True)
@@ -35,7 +57,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_CHOICES:
-            raise ValueError(f"--fair-policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}")
+            raise FieldError("policy", f"must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}")
         if self.load_horizon_ms is not None:
             check_positive("load_horizon_ms", self.load_horizon_ms)
         if self.save_cost_model is not None and not self.online_fit:
@@ -43,7 +65,7 @@ class RuntimeConfig:
 
     @property
     def active(self) -> bool:
-        return self.policy != "off"
+        return self.policy != OFF
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
