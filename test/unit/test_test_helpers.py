@@ -1,11 +1,11 @@
-"""The suite's own machinery (no server): server slots are taken all at once or not at all, outcomes are tallied into
+"""The test suites' own machinery (no server): server slots are taken all at once or not at all, outcomes are tallied into
 completed / errored / lost."""
 
 from __future__ import annotations
 
 import pytest
 
-import reliability_helpers as rh
+from reliability import reliability_helpers as rh  # test/reliability (a namespace package under test/)
 import sglang_fair.live.server as live_server
 
 
