@@ -2,6 +2,7 @@
 
     python benchmark/sim_capacity.py --part single  --out out/sim_capacity   # per-trace table + plots
     python benchmark/sim_capacity.py --part cluster --out out/sim_capacity   # routers x replicas + WindServe
+    python benchmark/sim_capacity.py --part stock   --out out/sim_stock      # + SGLang's default, RAD, admission
     python benchmark/sim_capacity.py --render out/sim_capacity               # markdown tables from the JSON
 
 Each run is bounded by a trace window (WINDOWS below) so the whole set finishes in well under 20 minutes on one core.
@@ -35,6 +36,9 @@ WINDOWS = {  # trace -> load_trace kwargs (window of the unscaled trace)
     "sharegpt": {"limit": 1000},
 }
 REL_TOL = 0.06
+STOCK_POLICIES = ["fair", "fair@admission=demote", "sarathi-512", "sarathi-2048", "sglang-default",
+                  "sglang-mixed-2048", "slai", "rad"]
+"""Part "stock" (docs/results.md, "Simulated capacity: SGLang's default, RAD, admission"); `--policies` overrides."""
 CLUSTER_TRACE = "azure-conv"
 CLUSTER_WINDOW = {"duration_s": 180.0}
 CLUSTER_POLICIES = ["fair", "sarathi-512"]
@@ -62,6 +66,29 @@ def part_single(out: Path, shared) -> None:
                              "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall, **res.to_json()})
             write_plots(out / "img", results, searches, prefix=f"{name}_tpot{tpot:.0f}_")
     (out / "single.json").write_text(json.dumps(rows, indent=1))
+
+
+def part_stock(out: Path, shared, policies: list[str], traces: list[str]) -> None:
+    """Like part_single, for STOCK_POLICIES; also records how many requests were demoted at the tail capacity.
+    Rows are appended to stock.json as each cell finishes (a cut-short sweep keeps what it measured)."""
+    cost = load_preset(PRESET)
+    path = out / "stock.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    done = {(r["trace"], r["tpot_slo_ms"], r["policy"]) for r in rows}
+    for name in traces:
+        win = WINDOWS[name]
+        trace = load_trace(name, shared=shared, **win)
+        for tpot in (100.0, 200.0):
+            for spec in tqdm(policies, desc=f"{name} tpot={tpot:.0f}", file=sys.stderr):
+                if (name, tpot, spec) in done:
+                    continue
+                res, search, wall = capacity(trace, spec, cost, tpot)
+                at = search.results.get(float(f"{res.capacity:.6g}")) if res.capacity > 0 else None
+                demoted = sum(r.demoted for r in at.records) if at is not None else None
+                rows.append({"trace": name, "window": win, "requests": len(trace), "trace_rate_rps": trace.rate_rps,
+                             "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall, "demoted_at_capacity": demoted,
+                             **res.to_json()})
+                path.write_text(json.dumps(rows, indent=1))
 
 
 def part_cluster(out: Path, shared) -> None:
@@ -102,6 +129,22 @@ def render(out: Path) -> str:
                          f"{_f(r['capacity'])} | {_f(ratio, 2)} | {_f(r['capacity_attainment'])} | "
                          f"{_f(r['p99_ttft_ms'], 0)} | {_f(r['p99_tpot_ms'], 1)} | {_f(r['bound_scale'])} | "
                          f"{_f(r['bound_fraction'], 2)} |")
+    stock = json.loads((out / "stock.json").read_text()) if (out / "stock.json").exists() else []
+    if stock:
+        lines += ([""] if lines else []) + [
+                  "| trace (window) | TPOT SLO | policy | capacity (tail) | this / fair | capacity (90% att.) | "
+                  "P99 TTFT ms | P99 TPOT ms | demoted at cap. | bound fraction |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in stock:
+            fair = next((x for x in stock if x["trace"] == r["trace"] and x["tpot_slo_ms"] == r["tpot_slo_ms"]
+                         and x["policy"] == "fair"), None)
+            ratio = r["capacity"] / fair["capacity"] if fair and fair["capacity"] > 0 else float("nan")
+            win = ", ".join(f"{k}={v:g}" for k, v in r["window"].items())
+            dem = "-" if r["demoted_at_capacity"] is None else str(r["demoted_at_capacity"])
+            lines.append(f"| {r['trace']} ({win}; {r['requests']} req) | {r['tpot_slo_ms']:.0f} ms | {r['policy']} | "
+                         f"{_f(r['capacity'])} | {_f(ratio, 2)} | {_f(r['capacity_attainment'])} | "
+                         f"{_f(r['p99_ttft_ms'], 0)} | {_f(r['p99_tpot_ms'], 1)} | {dem} | "
+                         f"{_f(r['bound_fraction'], 2)} |")
     cl = json.loads((out / "cluster.json").read_text()) if (out / "cluster.json").exists() else []
     if cl:
         lines += ["", "| replicas | router | policy | capacity (tail) | capacity (90% att.) | P99 TTFT ms | "
@@ -125,7 +168,10 @@ def render(out: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["single", "cluster", "all"], default="all")
+    ap.add_argument("--part", choices=["single", "cluster", "stock", "all"], default="all",
+                    help="all = single + cluster (stock only when asked for)")
+    ap.add_argument("--policies", default=",".join(STOCK_POLICIES), help="part stock: comma-separated policy specs")
+    ap.add_argument("--traces", default=",".join(WINDOWS), help="part stock: comma-separated traces")
     ap.add_argument("--out", default="out/sim_capacity")
     ap.add_argument("--shared", default=None)
     ap.add_argument("--render", default=None, help="print the markdown tables from a results directory and exit")
@@ -140,6 +186,9 @@ def main() -> int:
         part_single(out, args.shared)
     if args.part in ("cluster", "all"):
         part_cluster(out, args.shared)
+    if args.part == "stock":
+        part_stock(out, args.shared, [p for p in args.policies.split(",") if p],
+                   [t for t in args.traces.split(",") if t])
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(render(out))
     return 0

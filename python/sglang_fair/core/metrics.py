@@ -7,7 +7,8 @@ Definitions (seconds on the caller's clock):
 - Envelope deadline of token j (j = 0 first): arrival + ttft_slo + j * tpot_slo; lateness = max over tokens of
   (token time - deadline), using every token time when known, else the first and the last token.
 - A request meets its SLO when it finished (produced all its outputs), TTFT <= ttft_slo and TPOT <= tpot_slo.
-A request that never produced a token counts as missing its SLO; its TTFT is +inf in percentiles.
+A request that never produced a token counts as missing its SLO; its TTFT is +inf in percentiles. So does a request
+that a policy demoted to best effort (`RequestTimes.demoted`, SLO-aware admission): an SLO miss whenever it is served.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class RequestTimes:
     """Outputs the request asked for; None when unknown (then any produced output counts as finished)."""
     token_times_s: tuple[float, ...] | None = None
     """Every output token's time, when recorded."""
+    demoted: bool = False
+    """The scheduler demoted it to best effort (its TTFT SLO could no longer be met): counted as an SLO miss, with
+    TTFT +inf in percentiles."""
 
     @property
     def finished(self) -> bool:
@@ -75,7 +79,7 @@ def lateness_s(r: RequestTimes) -> float:
 
 
 def meets_slo(r: RequestTimes) -> bool:
-    return r.finished and ttft_s(r) <= r.ttft_slo_s and tpot_s(r) <= r.tpot_slo_s
+    return not r.demoted and r.finished and ttft_s(r) <= r.ttft_slo_s and tpot_s(r) <= r.tpot_slo_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +120,7 @@ def _pct(x: np.ndarray, q: float) -> float:
 def summarize(records: Sequence[RequestTimes] | Iterable[RequestTimes]) -> Summary:
     recs = list(records)
     n = len(recs)
-    ttft = np.array([ttft_s(r) for r in recs], dtype=np.float64)
+    ttft = np.array([math.inf if r.demoted else ttft_s(r) for r in recs], dtype=np.float64)
     tpot = np.array([tpot_s(r) for r in recs if r.first_token_s is not None and r.n_outputs > 1], dtype=np.float64)
     late = np.array([lateness_s(r) for r in recs], dtype=np.float64)
     met = sum(1 for r in recs if meets_slo(r))

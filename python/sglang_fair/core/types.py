@@ -116,6 +116,10 @@ class Plan:
     """Predicted iteration time of this plan under Snapshot.cost."""
     note: str = field(default="", compare=False)
     """Free text for logs (why the plan looks as it does)."""
+    demoted: tuple[str, ...] = ()
+    """Waiting or prefilling requests the policy has demoted to best effort this step (their TTFT SLO can no longer be
+    met; `fair` with admission="demote"). Accounting only: the simulator marks them, and counts each as an SLO miss;
+    the live adapter ignores it."""
 
     @property
     def prefill_tokens(self) -> int:

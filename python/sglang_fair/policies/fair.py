@@ -16,17 +16,24 @@ Decode rows that share a forward with prefill are charged the cost model's mixed
 (SGLang's CPU backend) fair runs prefill alone and lets decodes with slack sit the step out. Where the engine cannot
 mix (`Snapshot.mixing_allowed` false) every plan is prefill-only (decodes sit out, the prefill budget leaving room for
 the decode step after it) or decode-only (urgent decodes, or a prefill too small to be worth its own step).
+
+SLO-aware admission (`admission="demote"`, beyond the paper; default "off"): a waiting request whose first token
+cannot be on time even by an optimistic estimate (EDF queue ahead of it, prefilled at the share of each TPOT the running
+decodes leave, no per-iteration cost) is demoted to best effort: it goes after every on-time prefill and is listed in
+`Plan.demoted` (the simulator counts it as an SLO miss). Stateless: a request is re-judged every step.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from heapq import nsmallest
+from itertools import chain
 
 from ..core.checks import check_int_at_least, check_ratio
 from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
+from .admission import hopeless_split
 from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf,
                      make_plan, merge_edf, outstanding_reserve_tokens, output_reserve_tokens, preempt_until)
 from .registry import register_policy
@@ -59,6 +66,10 @@ class FairParams:
     """Waiting requests are taken EDF among the oldest few, then FCFS. The window is 1 + (prompt tokens that can
     still fit this iteration) // min_prefill_chunk_tokens, capped by this (0: no cap). Bounds the planning cost of a
     long queue; see docs/design.md."""
+    admission: str = "off"
+    """SLO-aware admission: "off" (every request is served EDF) or "demote" (a waiting request whose TTFT can no
+    longer be met is served after the on-time ones and reported in `Plan.demoted`). Rejection (HTTP 429) is not
+    implemented."""
 
     def __post_init__(self) -> None:
         for name in ("min_budget_ms", "max_budget_ms"):
@@ -76,6 +87,8 @@ class FairParams:
         check_int_at_least("catchup_tokens", self.catchup_tokens, 0)
         if self.decode_anchor not in ("first_token", "arrival"):
             raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
+        if self.admission not in ("off", "demote"):
+            raise ValueError(f"admission must be 'off' or 'demote', got {self.admission!r}")
 
 
 @register_policy("fair")
@@ -86,6 +99,15 @@ class FairPolicy:
         self.params = params if params is not None else FairParams(**kw)
 
     def plan(self, snap: Snapshot) -> Plan:
+        if self.params.admission == "demote" and snap.waiting:
+            on_time, demoted = hopeless_split(snap)
+            if demoted:
+                plan = self._plan(snap, on_time, demoted)
+                return replace(plan, demoted=tuple([r.rid for r in demoted]))
+        return self._plan(snap, snap.waiting, ())
+
+    def _plan(self, snap: Snapshot, waiting, demoted) -> Plan:
+        """The FairBatching plan with `waiting` served EDF and then `demoted` (in its order)."""
         p = self.params
         now, cost, running = snap.now, snap.cost, snap.running
         if not running and not snap.prefilling and not snap.waiting:
@@ -122,7 +144,9 @@ class FairPolicy:
             urgent = [r for r, u in zip(running, urgent_mask) if u]
         else:
             slacks, urgent_mask, urgent = [], [], []
-            prefills = merge_edf(snap.prefilling, lazy_edf(snap.waiting, p.prefill_window_reqs))
+            prefills = merge_edf(snap.prefilling, lazy_edf(waiting, p.prefill_window_reqs))
+            if demoted:
+                prefills = chain(prefills, [(r, True) for r in demoted])
             head = next(prefills, None)  # (request, is_waiting) with the earliest TTFT deadline
             h = head[0]
             # No running decode has an envelope to protect: spend the whole cap on prefill (bigger chunks are
@@ -147,7 +171,7 @@ class FairPolicy:
                              note="fair decode-only: urgent decodes exceed budget")
         kv_left = free - len(urgent) - n_lazy  # one token kept per non-urgent decode, so deferring never forces preemption
         if prefills is None and kv_left > 0 and budget > t:
-            prefills = self._prefill_order(snap, cost.max_chunk(budget - t), kv_left)
+            prefills = self._prefill_order(snap, cost.max_chunk(budget - t), kv_left, waiting, demoted)
             head = next(prefills, None)
 
         # ---- 3. prefills, earliest deadline first ----------------------------------------------------------------
@@ -165,7 +189,7 @@ class FairPolicy:
             b_budget = min_slack - t_dec
             alt_kv = free - len(running)
             if b_budget > 2.0 * cost.base_s and alt_kv > 0:
-                order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv)
+                order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv, waiting, demoted)
                 alt, t_alt, _ = self._fill(snap, next(order, None), order, b_budget, cost.base_s, alt_kv, gone,
                                            floor=False, strict=True, mix_s=0.0)
                 # a step of its own must carry at least its fixed cost in prefill work (live: 19-token steps at
@@ -203,14 +227,15 @@ class FairPolicy:
         return make_plan(cost, prefill, decodes, preempt, budget, predicted=t,
                          note=f"fair budget={budget * 1e3:.1f}ms urgent={len(urgent)} lazy={len(lazy_decodes)}")
 
-    def _prefill_order(self, snap: Snapshot, fit_tokens: int, kv_left: int):
+    def _prefill_order(self, snap: Snapshot, fit_tokens: int, kv_left: int, waiting, demoted=()):
         """Partial prefills and waiting requests, earliest TTFT deadline first: EDF only among as many of the oldest
-        waiting requests as could still start this iteration."""
+        waiting requests as could still start this iteration; demoted requests after all of them."""
         p = self.params
         window = 1 + min(kv_left, fit_tokens) // p.min_prefill_chunk_tokens
         if p.prefill_window_reqs:
             window = min(window, p.prefill_window_reqs)
-        return merge_edf(snap.prefilling, lazy_edf(snap.waiting, window))
+        order = merge_edf(snap.prefilling, lazy_edf(waiting, window))
+        return chain(order, [(r, True) for r in demoted]) if demoted else order
 
     def _fill(self, snap: Snapshot, item, prefills, budget: float, t: float, kv_left: int, gone: frozenset, *,
               floor: bool, strict: bool, mix_s: float) -> tuple[list, float, int]:

@@ -79,7 +79,7 @@ class SimRequest:
     """Mutable per-request state owned by one replica."""
 
     __slots__ = ("rid", "arrival", "prompt", "target", "ttft_slo", "tpot_slo", "strict", "prefill_len",
-                 "prefilled", "outputs", "first", "last", "times", "preemptions")
+                 "prefilled", "outputs", "first", "last", "times", "preemptions", "demoted")
 
     def __init__(self, rid: str, arrival: float, prompt: int, target: int, ttft_slo: float, tpot_slo: float,
                  strict: bool = False, record_times: bool = False):
@@ -89,6 +89,8 @@ class SimRequest:
         self.first = self.last = None
         self.times = [] if record_times else None
         self.preemptions = 0
+        self.demoted = False
+        """Set once a plan lists the request in `Plan.demoted` (then it counts as an SLO miss)."""
 
     def pending_view(self) -> ReqView:
         return fast_view(self.rid, self.arrival, self.prefill_len, self.ttft_slo, self.tpot_slo, self.prefilled,
@@ -100,7 +102,8 @@ class SimRequest:
 
     def record(self) -> RequestTimes:
         return RequestTimes(self.rid, self.arrival, self.first, self.last, self.outputs, self.ttft_slo,
-                            self.tpot_slo, self.target, tuple(self.times) if self.times is not None else None)
+                            self.tpot_slo, self.target, tuple(self.times) if self.times is not None else None,
+                            self.demoted)
 
 
 class Replica:
@@ -227,6 +230,11 @@ class Replica:
         snap = self.snapshot()
         plan = self.policy.plan(snap)
         targets = self._validate(plan, snap)
+        for rid in plan.demoted:  # best effort from now on: an SLO miss whenever it is served
+            r = self._pending(rid)
+            if r is None:
+                raise ValueError(f"plan demotes unknown or running rid {rid!r}")
+            r.demoted = True
         if plan.preempt:
             self._preempt(plan.preempt)
         if not targets and not plan.decode:

@@ -1,0 +1,77 @@
+"""`fair` with SLO-aware admission (`admission="demote"`): a request whose TTFT deadline can no longer be met is
+demoted to best effort, served after on-time work, flagged in the plan and counted as an SLO miss by the simulator."""
+
+from __future__ import annotations
+
+import pytest
+from factories import COST, make_req, make_running, make_snapshot, make_trace
+
+from sglang_fair.core.metrics import RequestTimes, meets_slo, summarize
+from sglang_fair.policies import make_policy
+from sglang_fair.policies.admission import hopeless_split
+from sglang_fair.policies.fair import FairParams
+from sglang_fair.sim.engine import EngineConfig, simulate
+
+NOW = 10.0
+
+
+def queue():
+    # TTFT 1 s. "late" arrived 0.95 s ago and needs 0.2 s of prefill: hopeless. "ok" arrived just now.
+    late = make_req("late", arrival_s=NOW - 0.95, prompt_tokens=2000)
+    ok = make_req("ok", arrival_s=NOW - 0.01, prompt_tokens=500)
+    return make_snapshot(now=NOW, waiting=[late, ok])
+
+
+def test_a_hopeless_request_is_demoted_and_served_after_on_time_ones():
+    snap = queue()
+    off = make_policy("fair").plan(snap)
+    assert off.prefill[0][0] == "late" and off.demoted == ()  # EDF: the older deadline first
+    plan = make_policy("fair", admission="demote").plan(snap)
+    assert plan.demoted == ("late",)
+    assert [rid for rid, _ in plan.prefill][:1] == ["ok"]  # on-time work first, the demoted one after
+    assert dict(plan.prefill).get("ok") == 500
+
+
+def test_demotion_counts_the_queue_ahead_and_the_decode_share():
+    # each request alone is feasible; the second one behind the first is not
+    a = make_req("a", arrival_s=NOW - 0.2, prompt_tokens=5000)  # 0.5 s of prefill
+    b = make_req("b", arrival_s=NOW - 0.1, prompt_tokens=5000)
+    snap = make_snapshot(now=NOW, waiting=[a, b])
+    on_time, demoted = hopeless_split(snap)
+    assert [r.rid for r in on_time] == ["a"] and [r.rid for r in demoted] == ["b"]
+    # running decodes that take 60% of every TPOT leave 40% for prefill: now "a" is hopeless too
+    running = [make_running(f"d{i}", arrival_s=NOW - 1.0) for i in range(275)]  # 5 ms + 275 x 0.2 ms = 60 ms
+    on_time, demoted = hopeless_split(make_snapshot(now=NOW, waiting=[a, b], running=running))
+    assert on_time == [] and [r.rid for r in demoted] == ["a", "b"]
+
+
+def test_no_demotion_without_pressure_and_the_parameter_is_checked():
+    snap = make_snapshot(now=NOW, waiting=[make_req("w", arrival_s=NOW)])
+    assert make_policy("fair", admission="demote").plan(snap) == make_policy("fair").plan(snap)
+    with pytest.raises(ValueError, match="admission"):
+        FairParams(admission="reject")
+
+
+def test_demoted_requests_count_as_misses():
+    rec = RequestTimes("a", 0.0, 0.5, 1.0, 5, 1.0, 0.2, 5)
+    assert meets_slo(rec)
+    demoted = RequestTimes("a", 0.0, 0.5, 1.0, 5, 1.0, 0.2, 5, demoted=True)
+    assert not meets_slo(demoted)
+    s = summarize([demoted] * 2 + [rec] * 98)
+    assert s.attainment == 0.98 and s.p99_ttft_s == float("inf")
+
+
+def test_simulator_records_demotion_and_demote_protects_the_rest_of_a_burst():
+    # a burst of 30 prompts of 2000 tokens (0.2 s each at 1e-4 s/token): at most ~5 can start within 1 s
+    rows = [(0.0, 2000, 20) for _ in range(30)] + [(1.0 + 0.05 * i, 200, 20) for i in range(20)]
+    trace = make_trace(rows)
+    cfg = EngineConfig(ttft_slo_ms=1000.0, tpot_slo_ms=100.0)
+    off = simulate(trace, make_policy("fair"), COST, cfg)
+    dem = simulate(trace, make_policy("fair", admission="demote"), COST, cfg)
+    assert not any(r.demoted for r in off.records)
+    flagged = [r for r in dem.records if r.demoted]
+    assert flagged and all(r.finished for r in dem.records)
+    assert all(r.first_token_s - r.arrival_s > 1.0 for r in flagged)  # demoted ones were indeed late
+    late_arrivals = dem.records[30:]  # the prompts after the burst are on time once the hopeless ones step aside
+    assert all(meets_slo(r) for r in late_arrivals)
+    assert sum(meets_slo(r) for r in dem.records) > sum(meets_slo(r) for r in off.records)
