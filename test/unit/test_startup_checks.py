@@ -28,7 +28,7 @@ def fake_scheduler(**overrides):
 
 
 def fake_parallel(**overrides):
-    return SimpleNamespace(**{"dp_size": 1, "attn_dp_size": 1, "pp_size": 1, **overrides})
+    return SimpleNamespace(**{"tp_size": 1, "dp_size": 1, "attn_dp_size": 1, "pp_size": 1, **overrides})
 
 
 @pytest.fixture
@@ -51,6 +51,13 @@ def test_dp_attention_is_refused_naming_the_flag(parallel):
     assert len(problems) == 1 and "--enable-dp-attention" in problems[0] and "--attn-dp-size" in problems[0]
 
 
+def test_tensor_parallelism_is_refused_naming_the_flag(parallel):
+    # Each TP rank plans on its own clock and measurements: the ranks' batches for one forward could differ.
+    parallel.tp_size = 2
+    problems = scheduler_hooks.unsupported_features(fake_scheduler())
+    assert len(problems) == 1 and "--tp-size" in problems[0]
+
+
 def test_priority_scheduling_is_refused_even_without_preemption(parallel):
     problems = scheduler_hooks.unsupported_features(fake_scheduler(enable_priority_scheduling=True))
     assert len(problems) == 1 and "--enable-priority-scheduling" in problems[0]
@@ -61,6 +68,7 @@ def test_priority_scheduling_is_refused_even_without_preemption(parallel):
     ({"schedule_policy": "priority"}, "--schedule-policy priority"),
     ({"prefill_delayer": object()}, "--enable-prefill-delayer"),
     ({"enable_priority_preemption": True}, "--enable-priority-scheduling"),
+    ({"enable_pdmux": True}, "--enable-pdmux"),
 ])
 def test_other_silently_overridden_features_are_refused(parallel, overrides, flag):
     problems = scheduler_hooks.unsupported_features(fake_scheduler(**overrides))
@@ -74,6 +82,8 @@ def test_other_silently_overridden_features_are_refused(parallel, overrides, fla
     (["--enable-priority-scheduling"], "--enable-priority-scheduling"),
     (["--schedule-policy", "lpm"], "--schedule-policy"),
     (["--chunked-prefill-size", "-1"], "--chunked-prefill-size"),
+    (["--tensor-parallel-size", "2"], "--tensor-parallel-size"),
+    (["--enable-pdmux"], "--enable-pdmux"),
 ])
 def test_serve_refuses_these_flags_before_anything_loads(args, flag):
     cfg = RuntimeConfig(policy="fair")
@@ -83,8 +93,9 @@ def test_serve_refuses_these_flags_before_anything_loads(args, flag):
 
 def test_serve_accepts_the_harmless_spellings():
     cfg = RuntimeConfig(policy="slai")
-    ok = ["--dp-size", "1", "--attn-dp-size=1", "--schedule-policy", "fcfs", "--chunked-prefill-size", "512",
-          "--speculative-algorithm", "NONE", "--disaggregation-mode", "null", "--enable-mixed-chunk"]
+    ok = ["--tp-size", "1", "--dp-size", "1", "--attn-dp-size=1", "--schedule-policy", "fcfs",
+          "--chunked-prefill-size", "512", "--speculative-algorithm", "NONE", "--disaggregation-mode", "null",
+          "--enable-mixed-chunk"]
     assert refused_sglang_flags(cfg, ok) == []
 
 

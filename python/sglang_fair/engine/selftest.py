@@ -53,6 +53,11 @@ def unsupported_features(sched, par: Any = None) -> list[str]:
     out = []
     if not sched.chunked_prefill_size or sched.chunked_prefill_size <= 0:
         out.append("chunked prefill disabled (--chunked-prefill-size must be > 0)")
+    if getattr(par, "tp_size", 1) != 1:
+        # SGLang's TP ranks each run a scheduler and form their batches independently (only requests are broadcast),
+        # relying on batch formation being deterministic. Plans read each rank's own clock and measured iteration
+        # times, so the ranks could form different batches for one collective forward.
+        out.append("tensor parallelism (--tp-size > 1)")
     if getattr(par, "dp_size", 1) != 1:
         out.append("data parallelism (--dp-size > 1)")
     if getattr(par, "attn_dp_size", 1) != 1:
@@ -80,6 +85,9 @@ def unsupported_features(sched, par: Any = None) -> list[str]:
     if policy != "fcfs":
         # Every planned prefill restores the plan's order after SGLang's sort, so another order would be ignored.
         out.append(f"--schedule-policy {policy} (the policy orders the waiting queue; only the default fcfs)")
+    if getattr(sched, "enable_pdmux", False):
+        out.append("PD multiplexing (--enable-pdmux): its event loop forms batches without the hooks that rejoin "
+                   "deferred decodes")
     if getattr(sched, "prefill_delayer", None) is not None:
         out.append("the prefill delayer (--enable-prefill-delayer)")
     if not getattr(sched, "is_generation", True):
