@@ -48,10 +48,11 @@ def test_attention_surfaces_hit_every_sampled_row(profiles, devices):
 
 
 def test_h100_is_faster_than_a100(devices):
+    h100, a100 = devices["h100-llama3-8b"], devices["a100-llama3-8b"]
     for batch in ([(2048, 0)], [(64, 4096)], []):
         for dec in ([], [1024] * 64):
             if batch or dec:
-                assert devices["h100-llama3-8b"].iteration_s(batch, dec) < devices["a100-llama3-8b"].iteration_s(batch, dec)
+                assert h100.iteration_s(batch, dec) < a100.iteration_s(batch, dec)
 
 
 # ---- any batch, monotone in tokens ----------------------------------------------------------------------------------

@@ -103,3 +103,15 @@ def test_run_batch_hook_refuses_the_overlap_scheduler():
     around, _ = hook._make_hooks(DeviceSpec())
     with pytest.raises(RuntimeError, match="--disable-overlap-schedule"):
         around(sleeping_forward(0.0), SimpleNamespace(enable_overlap=True), decode_batch([10]))
+
+
+def test_planner_starts_from_the_device_preset_times_the_dilation(tmp_path):
+    from sglang_fair.core.presets import load_preset
+
+    _, emu = split_emulate_args(["--emulate-device", "h100-llama3-8b:4"])
+    argv = emu.with_planner_prior(["--fair-policy", "fair"], tmp_path)
+    assert argv[:2] == ["--fair-policy", "fair"] and argv[2] == "--fair-cost-model"
+    got, want = load_preset(argv[3]), load_preset("h100-llama3-8b")
+    assert got.coefficients() == pytest.approx(4 * want.coefficients())
+    mine = ["--fair-cost-model", "a100-llama3-8b"]
+    assert emu.with_planner_prior(mine, tmp_path) == mine

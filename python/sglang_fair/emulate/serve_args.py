@@ -8,6 +8,9 @@ emulated server is SGLang's real server on the CPU with:
   - `--max-total-tokens` = the emulated GPU's KV pool for Llama-3-8B (`device.kv_pool_tokens`, about 425k tokens on
     80 GB), `--chunked-prefill-size 8192` (SGLang's default on an 80 GB GPU) and `--disable-overlap-schedule`
     (the padder needs the forward inside run_batch), each only where the user gave none;
+  - for `fair`/`slai` without `--fair-cost-model`, the planner's starting cost model is the emulated GPU's preset
+    (fitted by benchmark/fit_profiles.py to the same profiles) x the dilation (`with_planner_prior`), not the CPU
+    model's prior; the online fit then follows the measured (emulated) iteration times;
   - without `--model-path`, the micro model (`MICRO_SPEC`: 2 layers, hidden 64, random weights, the embedded
     model's tokenizer): its real forward is small enough to fit inside most emulated iterations, and its KV cache
     (1 KiB per token in float32) makes a 425k-token pool 0.4 GB. A larger model may need --max-total-tokens.
@@ -16,6 +19,7 @@ emulated server is SGLang's real server on the CPU with:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..model import TinyLlamaSpec
 from .device import DeviceSpec, kv_pool_tokens, parse_device_spec
@@ -67,6 +71,24 @@ class EmulatedServe:
             if not _given(out, flag):
                 out += [flag] if value is None else [flag, value]
         return out
+
+    def with_planner_prior(self, argv: list[str], folder: Path | None = None) -> list[str]:
+        """`argv` (our flags) plus `--fair-cost-model FILE` where none is given: the device's preset with every
+        coefficient x the dilation, written to `folder` (default: beside the cached models)."""
+        if _given(argv, "--fair-cost-model"):
+            return list(argv)
+        from ..core.fit import save_model_json
+        from ..core.presets import load_preset
+        from ..model import default_cache_dir
+
+        k = self.spec.dilation
+        folder = Path(folder) if folder is not None else default_cache_dir().parent / "emulated"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.spec.preset}-x{k:g}.json"
+        save_model_json(path, load_preset(self.spec.preset).scaled(k),
+                        source=f"the {self.spec.preset} preset x {k:g} (dilation of the emulated device "
+                               f"{self.spec.text()}), written by sglang-fair serve --emulate-device")
+        return [*argv, "--fair-cost-model", str(path)]
 
     def env(self) -> dict[str, str]:
         return {ENV_VAR: spec_to_env(self.spec)}
