@@ -284,3 +284,14 @@ def test_a_plan_that_may_not_mix_runs_prefill_without_is_mixed_chunk():
     ad.form_prefill(fake_original(calls), sched, sched.running_batch)
     assert not ad.faults
     assert all(not c["mixed"] for c in calls)
+
+
+def test_a_stock_step_after_a_policy_fault_does_not_poll_grammar_twice():
+    sched = Sched(waiting=[Req("w")], grammar=[Req("json")])
+    ad = adapter(sched)
+    ad.policy = SimpleNamespace(plan=lambda snap: 1 / 0)
+    calls = []
+    ad.form_prefill(fake_original(calls), sched, sched.running_batch)
+    assert ad.faults["policy_exception"] == 1
+    assert sched.grammar_manager.polls == 1 and calls[0]["grammar_queue"] == []
+    assert [r.rid for r in calls[0]["waiting"]] == ["w", "json"]

@@ -157,11 +157,13 @@ class FairAdapter:
         except Exception as exc:  # a policy bug must not take the server down
             self._fault("policy_exception", f"{type(exc).__name__}: {exc}")
             self.stock_iterations += 1
-            return original(sched, running_batch)
+            with sglang_view.grammar_queue_hidden(sched):  # polled above: once per step on every rank
+                return original(sched, running_batch)
         if problem is not None:
             self._fault("invalid_plan", problem)
             self.stock_iterations += 1
-            return original(sched, running_batch)
+            with sglang_view.grammar_queue_hidden(sched):
+                return original(sched, running_batch)
         self.planned_iterations += 1
         self.recent_plans.append({"t_s": t0, "running": len(snap.running), "decode": len(plan.decode),
                                   "first_token_known": sum(r.first_token_s is not None for r in snap.running),

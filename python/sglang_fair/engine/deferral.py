@@ -36,6 +36,8 @@ import functools
 import weakref
 from typing import Iterable
 
+from .sglang_view import grammar_queue_hidden
+
 ORDER_ATTR = "_sglang_fair_order"
 """Set on SGLang's SchedulePolicy object while a planned prefill is being formed: {Req: rank}."""
 
@@ -177,11 +179,8 @@ class PrefillControl:
     def __init__(self, sched, *, prefill_reqs: list, chunk_tokens: int, n_decode: int, mixed: bool,
                  parked_reqs: list = ()) -> None:
         self.sched = sched
-        gm = getattr(sched, "grammar_manager", None)
-        self._grammar = None
-        if gm is not None and getattr(gm, "grammar_queue", None):
-            self._grammar = (gm, gm.grammar_queue)
-            gm.grammar_queue = []
+        self._grammar = grammar_queue_hidden(sched)
+        self._grammar.__enter__()
         if parked_reqs:
             base = sched.get_prefill_adder_class()
             parked = list(parked_reqs)
@@ -208,9 +207,7 @@ class PrefillControl:
             delattr(sched.policy, ORDER_ATTR)
         if "get_prefill_adder_class" in vars(sched):
             del sched.get_prefill_adder_class
-        if self._grammar is not None:
-            gm, queue = self._grammar
-            gm.grammar_queue = queue + gm.grammar_queue
+        self._grammar.__exit__(None, None, None)
         self.admitted = admitted
 
 

@@ -21,6 +21,7 @@ this step may mix prefill and decode, and rows of the last extend batch not merg
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import weakref
 
@@ -48,6 +49,21 @@ def admit_ready_grammar(sched) -> int:
     for req in ready:
         sched._add_request_to_queue(req)
     return len(ready)
+
+
+@contextlib.contextmanager
+def grammar_queue_hidden(sched):
+    """SGLang's grammar queue reads as empty inside the block (the adapter polled it this step; a second poll would
+    count twice towards the grammar time-out, and with TP it is a collective every rank must call equally often)."""
+    gm = getattr(sched, "grammar_manager", None)
+    if gm is None or not getattr(gm, "grammar_queue", None):
+        yield
+        return
+    queue, gm.grammar_queue = gm.grammar_queue, []
+    try:
+        yield
+    finally:
+        gm.grammar_queue = queue + gm.grammar_queue
 
 
 def mixing_bans(sched) -> list[str]:
