@@ -96,7 +96,8 @@ def test_pads_to_the_emulated_time_within_a_millisecond():
     c = pad.counters
     assert c.iterations == 20 and c.overruns <= 2  # a preempted 2 ms sleep can outlast 20 ms on a loaded machine
     assert c.emulated_s == pytest.approx(0.4) and 0.04 <= c.real_s
-    assert c.waited_s <= c.emulated_s - c.real_s + 0.02
+    if c.overruns == 0:  # each padded wait = the rest of its emulated time + its lateness
+        assert c.emulated_s - c.real_s <= c.waited_s <= c.emulated_s - c.real_s + c.iterations * c.late_s_max
 
 
 def test_pads_to_the_real_device_model():
