@@ -21,7 +21,7 @@ import logging
 import os
 from typing import Mapping
 
-from .device import DeviceModel, DeviceSpec
+from .spec import DeviceSpec
 
 logger = logging.getLogger("sglang_fair")
 
@@ -62,6 +62,7 @@ def padder_of(scheduler):
 
 
 def _make_hooks(spec: DeviceSpec):
+    from .device import DeviceModel
     from .pad import Padder
 
     def around_run_batch(original, self, batch, *args, **kwargs):

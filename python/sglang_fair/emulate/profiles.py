@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..data import find_csv, open_text, profiles_dir
+from .spec import DEFAULT_OVERHEAD_MS
 
 LAYERS = 32
 LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
@@ -48,7 +49,6 @@ GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 MIX_CHUNKS = (256, 512, 1024, 2048)
 L3_A100 = "a100_meta-llama_Meta-Llama-3-8B"
 L2_A100, L2_H100 = "a100_meta-llama_Llama-2-7b-hf", "h100_meta-llama_Llama-2-7b-hf"
-DEFAULT_OVERHEAD_MS = 1.0
 
 
 def interp_proportional(n: float, xs: np.ndarray, ys: np.ndarray) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model import TinyLlamaSpec
-from .device import DeviceSpec, kv_pool_tokens, parse_device_spec
+from .spec import DeviceSpec, kv_pool_tokens, parse_device_spec
 from .hook import ENV_VAR, spec_to_env
 
 FLAG, JITTER_FLAG, SEED_FLAG = "--emulate-device", "--emulate-jitter-cv", "--emulate-seed"
