@@ -4,8 +4,6 @@ benchmark/off_vs_stock.py, not here. The two servers run one after the other."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from server import cpu_server_args, sglang_server
@@ -13,15 +11,12 @@ from sglang_fair.live.compare import fixed_prompts, mismatches, run_workload
 
 pytestmark = pytest.mark.live
 
-SERVE_OFF = [sys.executable, "-m", "sglang_fair.cli", "serve", "--fair-policy", "off"]
 MAX_NEW = 12
 
 
-def _outputs(command, env) -> tuple[list, list, str]:
-    from sglang_fair.model import make_model
+def _outputs(model_path, command, env) -> tuple[list, list, str]:
     prompts = fixed_prompts(8, seed=3, max_tokens=700)
-    with sglang_server(str(make_model()), cpu_server_args(16384), command=command, env=env,
-                       startup_timeout_s=600) as srv:
+    with sglang_server(model_path, cpu_server_args(16384), command=command, env=env, startup_timeout_s=600) as srv:
         together = run_workload(srv.url, prompts, MAX_NEW, len(prompts)).outputs
         alone = [run_workload(srv.url, [p], MAX_NEW, 1).outputs[0] for p in prompts]
         status = srv.get("/sglang_fair/status")
@@ -29,9 +24,9 @@ def _outputs(command, env) -> tuple[list, list, str]:
     return together, alone, srv.log_text(), body
 
 
-def test_fair_policy_off_gives_stock_greedy_outputs():
-    stock_together, stock_alone, stock_log, stock_status = _outputs(None, {"SGLANG_FAIR_CONFIG": None})
-    off_together, off_alone, off_log, off_status = _outputs(SERVE_OFF, None)
+def test_fair_policy_off_gives_stock_greedy_outputs(model_path, serve_command):
+    stock_together, stock_alone, stock_log, stock_status = _outputs(model_path, None, {"SGLANG_FAIR_CONFIG": None})
+    off_together, off_alone, off_log, off_status = _outputs(model_path, [*serve_command, "--fair-policy", "off"], None)
     assert "sglang-fair plugin active" not in stock_log and stock_status is None
     assert "sglang-fair plugin active" in off_log and "hooks verified: policy=off" in off_log
     assert off_status["policy"] == "off" and not off_status["active"] and off_status["hooks_verified"]

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import sys
 import time
 
 import pytest
 import requests
 
 from server import cpu_server_args, sglang_server
+from sglang_fair.live.compare import post_generate, prompt_ids
 
 pytestmark = pytest.mark.live
-
-SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve"]
-
 
 @pytest.fixture(scope="module")
 def cost_path(tmp_path_factory):
@@ -26,11 +23,10 @@ def cost_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def srv(cost_path):
-    from sglang_fair.model import make_model
+def srv(cost_path, model_path, serve_command):
     args = ["--fair-policy", "fair", "--fair-save-cost-model", str(cost_path), *cpu_server_args(8192)]
     env = {"SGLANG_ENABLE_REQUEST_DECOMPRESSION": "1"}  # zstd bodies (x-body-compressed), for the intake test
-    with sglang_server(str(make_model()), args, command=SERVE, env=env, startup_timeout_s=600) as s:
+    with sglang_server(model_path, args, command=serve_command, env=env, startup_timeout_s=600) as s:
         yield s
 
 
@@ -41,13 +37,7 @@ def _status(srv) -> dict:
 
 
 def _generate(srv, n_prompt=24, max_new=8, custom_params=None, rid=None, seed=0):
-    sp = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
-    if custom_params is not None:
-        sp["custom_params"] = custom_params
-    body = {"input_ids": [(seed * 131 + i * 17) % 4000 + 10 for i in range(n_prompt)], "sampling_params": sp}
-    if rid:
-        body["rid"] = rid
-    return srv.post("/generate", json=body, timeout=240)
+    return post_generate(srv.url, prompt_ids(n_prompt, seed), max_new, custom_params=custom_params, rid=rid, timeout_s=240)
 
 
 def _openai(srv, path, custom_params, rid=None, stream=False):

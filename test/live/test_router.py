@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import sys
 import threading
 import time
 
@@ -20,7 +19,6 @@ from sglang_fair.live.server import requests_served, server_slots, sglang_router
 
 pytestmark = pytest.mark.live
 
-SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve"]
 N_BURST = 6
 N_ROUTED = 16
 BURST_PROMPT = 1200
@@ -28,12 +26,10 @@ BURST_NEW = 16
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from sglang_fair.model import make_model
-    model = str(make_model())
+def cluster(model_path, serve_command):
     args = ["--fair-policy", "fair", "--enable-metrics", *cpu_server_args(16384)]
-    with server_slots(2), sglang_server(model, args, command=SERVE, startup_timeout_s=600) as a, \
-            sglang_server(model, args, command=SERVE, startup_timeout_s=600) as b, \
+    with server_slots(2), sglang_server(model_path, args, command=serve_command, startup_timeout_s=600) as a, \
+            sglang_server(model_path, args, command=serve_command, startup_timeout_s=600) as b, \
             sglang_router([a.url, b.url], "power_of_two", load_poll_s=1) as r:
         yield a, b, r.url
 
@@ -48,14 +44,7 @@ def _requests_done(srv) -> int:
     return int(n)
 
 
-def _generate(url, ids, max_new, timeout=300):
-    body = {"input_ids": ids, "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}}
-    r = requests.post(url + "/generate", json=body, timeout=timeout)
-    r.raise_for_status()
-    return r.json()
-
-
-def test_loaded_server_reports_more_load_and_the_router_sends_new_requests_to_the_other(cluster):
+def test_loaded_server_reports_more_load_and_the_router_sends_new_requests_to_the_other(cluster, generate_ok):
     a, b, router_url = cluster
     assert _load(a) == 0 and _load(b) == 0  # idle instances read 0
     done_a, done_b = _requests_done(a), _requests_done(b)
@@ -72,7 +61,7 @@ def test_loaded_server_reports_more_load_and_the_router_sends_new_requests_to_th
     poller.start()
     with cf.ThreadPoolExecutor(N_BURST + N_ROUTED) as ex:
         # The burst: long prompts, more prefill work than A can do within its TTFT horizon, and a KV-full queue.
-        burst = [ex.submit(_generate, a.url, [(k * 977 + i * 13) % 4000 + 10 for i in range(BURST_PROMPT)], BURST_NEW)
+        burst = [ex.submit(generate_ok, a.url, [(k * 977 + i * 13) % 4000 + 10 for i in range(BURST_PROMPT)], BURST_NEW)
                  for k in range(N_BURST)]
         deadline = time.monotonic() + 60
         while not (loads and loads[-1][0] > 0):
@@ -82,7 +71,7 @@ def test_loaded_server_reports_more_load_and_the_router_sends_new_requests_to_th
         load_a_at_routing = _load(a)
         routed = []
         for k in range(N_ROUTED):  # short requests through the router, spread over ~2 s
-            routed.append(ex.submit(_generate, router_url, [(k * 31 + i) % 4000 + 10 for i in range(16)], 4))
+            routed.append(ex.submit(generate_ok, router_url, [(k * 31 + i) % 4000 + 10 for i in range(16)], 4))
             time.sleep(0.12)
         routed_out = [f.result() for f in routed]
         burst_out = [f.result() for f in burst]

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import random
 import threading
 import time
@@ -20,23 +19,11 @@ import pytest
 import requests
 
 from server import cpu_server_args, sglang_server
+from sglang_fair.live.compare import generate
+from sglang_fair.live.monitor import fair_state, wait_idle
 
 MAX_NEW = 8
 KV_TOKENS = 16384
-
-
-def _model_path() -> str:
-    """The embedded model (`sglang-fair make-model`, cached), or SGLANG_FAIR_TEST_MODEL."""
-    env = os.environ.get("SGLANG_FAIR_TEST_MODEL")
-    if env:
-        return env
-    from sglang_fair.model import make_model
-    return str(make_model())
-
-
-def _fair_env(policy: str, **params) -> dict:
-    from sglang_fair.config import RuntimeConfig
-    return {"SGLANG_FAIR_CONFIG": RuntimeConfig(policy=policy, policy_params=params).to_json()}
 
 
 def _prompts(seed: int = 0) -> list[list[int]]:
@@ -45,12 +32,7 @@ def _prompts(seed: int = 0) -> list[list[int]]:
 
 
 def _generate(srv, input_ids, max_new=MAX_NEW, custom_params=None, timeout=240) -> dict:
-    sp = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
-    if custom_params:
-        sp["custom_params"] = custom_params
-    r = requests.post(srv.url + "/generate", json={"input_ids": input_ids, "sampling_params": sp}, timeout=timeout)
-    r.raise_for_status()
-    return r.json()
+    return generate(srv.url, input_ids, max_new, custom_params=custom_params, timeout_s=timeout)
 
 
 def _generate_all(srv, prompts, max_new=MAX_NEW) -> list[list[int]]:
@@ -59,32 +41,18 @@ def _generate_all(srv, prompts, max_new=MAX_NEW) -> list[list[int]]:
 
 
 def _fair_state(srv) -> dict:
-    states = requests.get(srv.url + "/server_info", timeout=30).json()["internal_states"]
-    assert len(states) == 1
-    return states[0]["sglang_fair"]
+    return fair_state(srv.url)
 
 
 def _wait_kv_idle(srv, timeout_s=30.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        st = _fair_state(srv)
-        if st["kv_used_tokens"] == 0 and st["num_running_reqs"] == 0 and st["deferred_now"] == 0:
-            return st
-        if time.monotonic() > deadline:
-            return st
-        time.sleep(0.3)
+    return wait_idle(srv.url, timeout_s=timeout_s)
 
 
 @pytest.fixture(scope="module")
-def model_path():
-    return _model_path()
-
-
-@pytest.fixture(scope="module")
-def stock_outputs(model_path):
+def stock_outputs(model_path, fair_env):
     """Reference greedy outputs from `--fair-policy off` (plugin loaded, stock batching): concurrent, and each request
     alone."""
-    with sglang_server(model_path, cpu_server_args(KV_TOKENS), env=_fair_env("off")) as srv:
+    with sglang_server(model_path, cpu_server_args(KV_TOKENS), env=fair_env("off")) as srv:
         assert "sglang-fair scheduler hooks verified: policy=off" in srv.log_text()
         assert not _fair_state(srv)["active"]
         prompts = _prompts()
@@ -103,10 +71,10 @@ def _assert_identical(fair_out, stock_together, stock_alone):
 class TestOverlapLoop:
     @pytest.fixture(scope="class")
     @classmethod
-    def srv(cls, model_path, stock_outputs):
+    def srv(cls, model_path, stock_outputs, fair_env):
         args = cpu_server_args(KV_TOKENS) + ["--chunked-prefill-size", "512", "--enable-metrics"]
         # A 250 ms cap on the iteration budget: a 1200-token prompt cannot fit in one iteration with the decodes.
-        with sglang_server(model_path, args, env=_fair_env("fair", max_budget_ms=250.0)) as s:
+        with sglang_server(model_path, args, env=fair_env("fair", max_budget_ms=250.0)) as s:
             yield s
 
     def test_hooks_verified_and_greedy_identical(self, srv, stock_outputs):
@@ -173,10 +141,10 @@ class TestOverlapLoop:
 class TestNormalLoopWithRetraction:
     @pytest.fixture(scope="class")
     @classmethod
-    def srv(cls, model_path, stock_outputs):
+    def srv(cls, model_path, stock_outputs, fair_env):
         args = cpu_server_args(KV_TOKENS) + ["--chunked-prefill-size", "256", "--disable-overlap-schedule"]
         # SGLang's own switch: retract decodes every 3rd forward, as if the KV pool were full.
-        with sglang_server(model_path, args, env={**_fair_env("fair"), "SGLANG_TEST_RETRACT": "1"}) as s:
+        with sglang_server(model_path, args, env={**fair_env("fair"), "SGLANG_TEST_RETRACT": "1"}) as s:
             yield s
 
     def test_greedy_identical_and_retraction_completes(self, srv, stock_outputs):

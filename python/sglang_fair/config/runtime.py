@@ -70,6 +70,10 @@ class RuntimeConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def to_env(self) -> dict[str, str]:
+        """The environment entry that hands this config to the plugin (`serve` sets it for its child)."""
+        return {ENV_VAR: self.to_json()}
+
     @classmethod
     def from_json(cls, text: str) -> "RuntimeConfig":
         d = json.loads(text)

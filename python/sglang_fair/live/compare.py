@@ -23,10 +23,26 @@ def fixed_prompts(n: int, *, seed: int = 0, min_tokens: int = 32, max_tokens: in
     return [[int(t) for t in rng.integers(10, vocab + 10, size=int(k))] for k in lengths]
 
 
-def generate(url: str, input_ids: list[int], max_new_tokens: int, timeout_s: float = 600.0) -> dict:
-    body = {"input_ids": input_ids,
-            "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "ignore_eos": True}}
-    r = requests.post(url + "/generate", json=body, timeout=timeout_s)
+def prompt_ids(n: int, seed: int = 0) -> list[int]:
+    """A deterministic prompt of `n` token ids without a generator (ids 10..4009)."""
+    return [(seed * 131 + i * 17) % 4000 + 10 for i in range(n)]
+
+
+def post_generate(url: str, input_ids: list[int], max_new_tokens: int, *, custom_params: dict | None = None,
+                  rid: str | None = None, timeout_s: float = 600.0) -> requests.Response:
+    """POST /generate: greedy, exactly `max_new_tokens` tokens (ignore_eos); the raw response."""
+    sp = {"temperature": 0.0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
+    if custom_params is not None:
+        sp["custom_params"] = custom_params
+    body = {"input_ids": input_ids, "sampling_params": sp}
+    if rid:
+        body["rid"] = rid
+    return requests.post(url + "/generate", json=body, timeout=timeout_s)
+
+
+def generate(url: str, input_ids: list[int], max_new_tokens: int, **kw) -> dict:
+    """`post_generate`, raising on an HTTP error; the response body."""
+    r = post_generate(url, input_ids, max_new_tokens, **kw)
     r.raise_for_status()
     return r.json()
 
