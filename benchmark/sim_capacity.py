@@ -91,16 +91,16 @@ def part_stock(out: Path, shared, policies: list[str], traces: list[str]) -> Non
                 path.write_text(json.dumps(rows, indent=1))
 
 
-def part_cluster(out: Path, shared) -> None:
+def part_cluster(out: Path, shared, routers=ROUTERS, windserve: bool = True) -> None:
     cost = load_preset(PRESET)
     trace = load_trace(CLUSTER_TRACE, shared=shared, **CLUSTER_WINDOW)
     rows = []
     for n in (4, 8):
-        for router in tqdm(ROUTERS, desc=f"cluster x{n}", file=sys.stderr):
+        for router in tqdm(routers, desc=f"cluster x{n}", file=sys.stderr):
             for spec in CLUSTER_POLICIES:
                 res, _, wall = capacity(trace, spec, cost, 100.0, replicas=n, router=router, gpus=n)
                 rows.append({"replicas": n, "router": router, "policy": spec, "wall_s": wall, **res.to_json()})
-    for name in ("azure-code", "azure-conv"):
+    for name in ("azure-code", "azure-conv") if windserve else ():
         t = load_trace(name, shared=shared, **WINDOWS[name])
         for spec, reps, router in (("windserve", 1, "fair"), ("fair", 2, "fair"), ("sarathi-512", 2, "least_outstanding")):
             res, _, wall = capacity(t, spec, cost, 100.0, replicas=reps, router=router, gpus=2)
@@ -172,6 +172,8 @@ def main() -> int:
                     help="all = single + cluster (stock only when asked for)")
     ap.add_argument("--policies", default=",".join(STOCK_POLICIES), help="part stock: comma-separated policy specs")
     ap.add_argument("--traces", default=",".join(WINDOWS), help="part stock: comma-separated traces")
+    ap.add_argument("--routers", default=",".join(ROUTERS),
+                    help="part cluster: comma-separated routers (sim/routers.py); a subset skips the WindServe rows")
     ap.add_argument("--out", default="out/sim_capacity")
     ap.add_argument("--shared", default=None)
     ap.add_argument("--render", default=None, help="print the markdown tables from a results directory and exit")
@@ -185,7 +187,11 @@ def main() -> int:
     if args.part in ("single", "all"):
         part_single(out, args.shared)
     if args.part in ("cluster", "all"):
-        part_cluster(out, args.shared)
+        routers = [r for r in args.routers.split(",") if r]
+        unknown = sorted(set(routers) - set(ROUTERS))
+        if unknown:
+            ap.error(f"--routers: unknown {', '.join(unknown)}; choose from {', '.join(ROUTERS)}")
+        part_cluster(out, args.shared, routers, windserve=set(routers) >= set(ROUTERS))
     if args.part == "stock":
         part_stock(out, args.shared, [p for p in args.policies.split(",") if p],
                    [t for t in args.traces.split(",") if t])

@@ -19,6 +19,7 @@ import time
 
 from .config import (CPU_DEFAULTS, ENV_VAR, POLICY_CHOICES, RuntimeConfig, SloConfig, cpu_dtype_default, has_cuda,
                      parse_param, with_cpu_policy_defaults)
+from .config.runtime import LOADS_CHOICES
 from .core.checks import FieldError
 
 ALWAYS_DEFAULTS = (("--host", "127.0.0.1"),)
@@ -67,13 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "accepted refit")
     g.add_argument("--fair-load-horizon-ms", type=float, default=None,
                    help="horizon of the prefill admission budget served on /get_load (default: the TTFT SLO)")
+    g.add_argument("--fair-loads", default="fair", choices=LOADS_CHOICES,
+                   help="what GET /v1/loads (smg's load signal) serves: fair = SGLang's shape with our token load, "
+                        "stock = SGLang's own answer (default fair)")
     g.add_argument("--fair-no-verify", action="store_true",
                    help="do not stop the server when the start-up hook check fails (debugging only)")
     return p
 
 
 FLAG_OF_FIELD = {"policy": "--fair-policy", "ttft_slo_ms": "--ttft-slo-ms", "tpot_slo_ms": "--tpot-slo-ms",
-                 "load_horizon_ms": "--fair-load-horizon-ms"}
+                 "load_horizon_ms": "--fair-load-horizon-ms", "loads": "--fair-loads"}
 """The flag that sets each validated config field (errors name the flag, not the field)."""
 
 
@@ -89,7 +93,8 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
     try:
         cfg = RuntimeConfig(policy=ns.fair_policy, slo=SloConfig(ttft_slo_ms=ns.ttft_slo_ms, tpot_slo_ms=ns.tpot_slo_ms),
                             policy_params=params, cost_model=ns.fair_cost_model, online_fit=not ns.fair_no_online_fit,
-                            load_horizon_ms=ns.fair_load_horizon_ms, save_cost_model=save_path)
+                            load_horizon_ms=ns.fair_load_horizon_ms, save_cost_model=save_path,
+                            loads=ns.fair_loads)
     except FieldError as exc:
         raise ValueError(f"{FLAG_OF_FIELD.get(exc.field, exc.field)} {exc.problem}") from None
     if cfg.active:

@@ -164,3 +164,33 @@ def test_policy_spec_parser(spec, want):
 def test_policy_spec_parser_rejects_garbage():
     with pytest.raises(ValueError):
         parse_policy_spec("fair@oops")
+
+
+def test_smg_least_load_score_matches_smg_formula():
+    from sglang_fair.sim.routers import SmgLoad, smg_least_load_score
+    # (Q + 1024 * (running + dispatched)) / T + 0.15 k / (1 - k)
+    assert smg_least_load_score(SmgLoad(3000, 2, 0, 0.5, 1500.0), dispatched_since_poll=1) == pytest.approx(
+        (3000 + 1024) / 1500 + 0.15)
+    # Q = 0 falls back to 1024 x waiting requests; T = 0 to 2000 tokens/s
+    assert smg_least_load_score(SmgLoad(0, 3, 1, 0.0, 0.0)) == pytest.approx((3 * 1024 + 1024) / 2000)
+
+
+def test_smg_least_load_router_reads_our_loads_and_charges_dispatches():
+    r, reps = router("smg_least_load", n=2, load_poll_interval_s=10.0)
+    reps[0].add(req(0, prompt=3000))  # replica 0 holds queued prefill: its token load is > 0
+    assert r.pick(req(1), 0.0) == 1
+    sig = r.poll(0.0)
+    assert sig[0].waiting_uncached_tokens > 0 and sig[1].waiting_uncached_tokens == 0
+    assert sig[0].running_reqs == 0 and sig[0].gen_throughput > 0
+    for i in range(20):  # between polls each dispatch costs 1024 tokens: B fills up until A's score is lower
+        k = r.pick(req(2 + i), 0.1)
+        r.dispatched(k, req(2 + i))
+    assert 0 < r._since_poll[0] < r._since_poll[1]
+
+
+def test_smg_least_load_overload_protection_leaves_a_long_queue_out():
+    r, reps = router("smg_least_load", n=2, load_poll_interval_s=0.0)
+    for i in range(8):  # 8 short waiting requests: little token load, but overloaded for smg's default rule
+        reps[1].add(req(i, prompt=1))
+    reps[0].add(req(99, prompt=4000))
+    assert r.pick(req(100), 0.0) == 0

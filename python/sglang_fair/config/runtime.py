@@ -20,6 +20,8 @@ ENV_VAR = "SGLANG_FAIR_CONFIG"
 OFF = "off"
 POLICY_CHOICES = (*policy_names(), OFF)
 """Every registered policy, and `off` (stock SGLang batching)."""
+LOADS_CHOICES = ("fair", "stock")
+"""What `/v1/loads` serves (RuntimeConfig.loads)."""
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -54,12 +56,17 @@ class RuntimeConfig:
     """Horizon of the prefill admission budget (None: the TTFT SLO)."""
     save_cost_model: str | None = None
     """Where the scheduler writes its online cost-model fit (JSON readable by `cost_model`); None: not written."""
+    loads: str = "fair"
+    """What `GET /v1/loads` (smg's load signal) serves: "fair" = SGLang's shape with our estimate written over it
+    (engine/http.py), "stock" = SGLang's own answer. Only with an active policy (`off` always serves SGLang's)."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_CHOICES:
             raise FieldError("policy", f"must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}")
         if self.load_horizon_ms is not None:
             check_positive("load_horizon_ms", self.load_horizon_ms)
+        if self.loads not in LOADS_CHOICES:
+            raise FieldError("loads", f"must be one of {', '.join(LOADS_CHOICES)}, got {self.loads!r}")
         if self.save_cost_model is not None and not self.online_fit:
             raise ValueError("save_cost_model needs the online fit (online_fit=True)")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .cost_model import CostModel
+from .cost_model import MAX_CHUNK_TOKENS, CostModel
 from .kv import DEFAULT_OUTPUT_RESERVE_RATIO, output_reserve_tokens
 from .types import Snapshot
 
@@ -104,3 +104,14 @@ def prefill_admission_budget(snap: Snapshot, horizon_s: float,
     idle = min(_tokens_in(cost, horizon_s), snap.kv_capacity_tokens)  # what an empty instance would report
     return AdmissionBudget(horizon_s=horizon_s, decode_s=decode, queued_prefill_s=queued, time_tokens=time_tokens,
                            kv_tokens=kv_tokens, tokens=min(time_tokens, kv_tokens), idle_tokens=idle)
+
+
+def prefill_token_rate(cost: CostModel, horizon_s: float) -> float:
+    """Prompt tokens per second an idle instance admits within `horizon_s`: max_chunk(H) / H (the time part of an
+    idle instance's budget, per second). `/v1/loads` serves it as `gen_throughput`, so that smg's
+    `num_waiting_uncached_tokens / gen_throughput` reads our token load as seconds of the horizon already spoken for.
+    0 when the cost model bounds no chunk (no prefill terms) or the horizon is not a finite number > 0."""
+    if not (horizon_s > 0 and math.isfinite(horizon_s)):
+        return 0.0
+    n = cost.max_chunk(horizon_s)
+    return n / horizon_s if 0 < n < MAX_CHUNK_TOKENS else 0.0

@@ -28,6 +28,7 @@ from ..config import parse_request_slos
 
 STATUS_PATH = "/sglang_fair/status"
 LOAD_PATH = "/get_load"
+LOADS_PATH = "/v1/loads"
 GENERATE_PATH = "/generate"
 OPENAI_SLO_PATHS = ("/v1/completions", "/v1/chat/completions")
 SLO_PATHS = (GENERATE_PATH, *OPENAI_SLO_PATHS)
@@ -189,7 +190,8 @@ class LoadCache:
             return
         self.ranks, self.updated = ranks, self.clock()
 
-    async def get(self) -> list[dict]:
+    async def latest(self) -> tuple[list[dict], float | None]:
+        """(the scheduler's per-rank figures, their age in seconds); ([], None) before its first answer."""
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._refresh())
         wait = self.wait_s if self.ranks is not None else self.first_wait_s
@@ -198,8 +200,133 @@ class LoadCache:
         except asyncio.TimeoutError:
             pass
         if self.ranks is None:
-            return build_load([], None)
-        return build_load(self.ranks, round(self.clock() - self.updated, 3))
+            return [], None
+        return self.ranks, round(self.clock() - self.updated, 3)
+
+    async def get(self) -> list[dict]:
+        return build_load(*await self.latest())
+
+
+def rank_prefill_rate(rank: dict) -> float:
+    """The `gen_throughput` our /v1/loads serves for one rank: core.load.prefill_token_rate of the cost model the
+    rank plans with (its fit times its headroom) over its load horizon, tokens/s; 0 when the rank reports none."""
+    from ..core.cost_model import CostModel
+    from ..core.load import prefill_token_rate
+
+    try:
+        cost = CostModel.from_dict(rank["cost_model"]).scaled(float(rank.get("cost_headroom") or 1.0))
+        return round(prefill_token_rate(cost, float(rank["load_horizon_ms"]) / 1000.0), 1)
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def fair_load_fields(rank: dict) -> dict:
+    """What our /v1/loads writes over SGLang's entry for one rank (smg 1.13 scores
+    (num_waiting_uncached_tokens + 1024 x num_running_reqs + ...) / gen_throughput + KV term): the token load /get_load
+    reports, no running requests (the estimate already holds the decode work the horizon owes), and the rank's
+    prompt-token rate, so the quotient is seconds of the load horizon already spoken for."""
+    return {"num_waiting_uncached_tokens": int(rank.get("token_load", 0) or 0), "num_running_reqs": 0,
+            "gen_throughput": rank_prefill_rate(rank)}
+
+
+def overlay_loads(snapshots: list, ranks: list[dict], dp_rank: int | None = None) -> list:
+    """SGLang's per-rank LoadSnapshots with `fair_load_fields` written over them (other fields pass through).
+    A rank SGLang did not answer for (its shared-memory slot not yet published) gets a fresh LoadSnapshot with our
+    fields and the scheduler's request counts."""
+    import msgspec
+    from sglang.srt.managers.load_snapshot import LoadSnapshot
+
+    out, seen = [], set()
+    for snap in snapshots:
+        seen.add(snap.dp_rank)
+        rank = ranks[snap.dp_rank] if 0 <= snap.dp_rank < len(ranks) else None
+        out.append(msgspec.structs.replace(snap, **fair_load_fields(rank)) if rank is not None else snap)
+    for i, rank in enumerate(ranks):
+        if i not in seen and dp_rank in (None, i):
+            out.append(LoadSnapshot(dp_rank=i, num_waiting_reqs=int(rank.get("num_waiting_reqs") or 0),
+                                    **fair_load_fields(rank)))
+    return sorted(out, key=lambda s: s.dp_rank)
+
+
+class FairLoadsSource:
+    """A tokenizer-manager stand-in handed to SGLang's own /v1/loads handler: `get_loads()` returns SGLang's
+    snapshots overlaid with our figures, so SGLang's handler keeps its query parameters, validation (HTTP 400 for a
+    bad `include`), JSON and Prometheus formats and its timing metric. Everything else is the real manager's."""
+
+    def __init__(self, tokenizer_manager, ranks: list[dict]) -> None:
+        self._tm, self._ranks = tokenizer_manager, ranks
+
+    async def get_loads(self, include=None, dp_rank=None):
+        try:
+            snaps = await self._tm.get_loads(include=include, dp_rank=dp_rank)
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001  (a load endpoint answers whenever the server is up: ours alone)
+            snaps = []
+        return overlay_loads(snaps, self._ranks, dp_rank)
+
+    def __getattr__(self, name):
+        return getattr(self._tm, name)
+
+
+def loads_info(ranks: list[dict], age_s: float | None) -> dict:
+    """The `sglang_fair` object our /v1/loads adds beside `loads`: where its figures come from and how old they are."""
+    return {"signal": "fair", "age_s": age_s,
+            "ranks": [{"dp_rank": i, "token_load": r.get("token_load"),
+                       "admission_budget_tokens": r.get("admission_budget_tokens"),
+                       "prefill_tokens_per_s": rank_prefill_rate(r)} for i, r in enumerate(ranks)]}
+
+
+def replace_route(app, path: str, endpoint, methods=("GET",)):
+    """Serve `endpoint` at `path` instead of the app's own route for it. Routes are tried in list order and the first
+    full match wins (Starlette; FastAPI's app router too), so a duplicate appended after SGLang's route would never be
+    reached. Ours goes first in the app's list, and every other route for that path and method is removed, at the top
+    level or inside an included router (FastAPI 0.165 keeps `include_router` routers as lazy branches whose cached
+    view is rebuilt when the router's routes version changes). Returns the first replaced endpoint (None if none)."""
+    app.add_api_route(path, endpoint, methods=list(methods))
+    new = app.router.routes.pop()
+    replaced = []
+
+    def prune(router) -> None:
+        kept = []
+        for r in router.routes:
+            if getattr(r, "path", None) == path and set(methods) & set(getattr(r, "methods", None) or ()):
+                replaced.append(r.endpoint)
+                continue
+            inner = getattr(r, "original_router", None)
+            if inner is not None:
+                prune(inner)
+            kept.append(r)
+        if len(kept) != len(router.routes):
+            router.routes[:] = kept
+            getattr(router, "_mark_routes_changed", lambda: None)()
+
+    prune(app.router)
+    app.router.routes.insert(0, new)
+    getattr(app.router, "_mark_routes_changed", lambda: None)()
+    return replaced[0] if replaced else None
+
+
+def make_loads_endpoint(stock, load_cache: LoadCache, tokenizer_manager):
+    """Our /v1/loads: SGLang's handler `stock` run on `FairLoadsSource`, from the LoadCache's last figures (never
+    waiting on a busy scheduler); `tokenizer_manager()` returns SGLang's manager."""
+    from fastapi import HTTPException
+    from fastapi.responses import ORJSONResponse, Response
+
+    async def v1_loads(dp_rank: int | None = None, include: str | None = None, format: str | None = None):
+        ranks, age_s = await load_cache.latest()
+        source = FairLoadsSource(tokenizer_manager(), ranks)
+        try:
+            out = await stock(dp_rank=dp_rank, include=include, format=format, tokenizer_manager=source)
+        except HTTPException:
+            raise
+        except Exception:  # noqa: BLE001  (never an error while the server is up: our figures alone)
+            out = {"loads": [s.to_dict() for s in overlay_loads([], ranks, dp_rank)]}
+        if isinstance(out, Response):
+            return out
+        out["sglang_fair"] = loads_info(ranks, age_s)
+        return ORJSONResponse(out)
+    return v1_loads
 
 
 def install(cfg: RuntimeConfig) -> None:
@@ -216,5 +343,11 @@ def install(cfg: RuntimeConfig) -> None:
 
     app.add_api_route(STATUS_PATH, status, methods=["GET"])
     app.add_api_route(LOAD_PATH, get_load, methods=["GET"])
+    if cfg.active and cfg.loads == "fair":  # --fair-loads stock keeps SGLang's /v1/loads
+        from sglang.srt.entrypoints import v1_loads
+        from sglang.srt.entrypoints.http_server import get_global_state
+
+        replace_route(app, LOADS_PATH, make_loads_endpoint(v1_loads.get_loads, load_cache,
+                                                           lambda: get_global_state().tokenizer_manager))
     if cfg.active:  # --fair-policy off leaves request handling stock
         app.add_middleware(RequestSloValidator, default=cfg.slo)

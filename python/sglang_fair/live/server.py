@@ -217,6 +217,86 @@ def sglang_router(worker_urls: Sequence[str], policy: str = "power_of_two", *, a
         yield srv
 
 
+SMG_VERSION = "1.13.0"
+SMG_PYTHON_ENV = "SGLANG_FAIR_SMG_PYTHON"
+SMG_VENV = ".venv-smg"
+"""smg (the router line after sglang-router) lives in its own venv: sglang-router 0.3.2 also installs a console
+script named `smg`, so the two cannot share a bin/. `make setup` builds REPO/.venv-smg (target setup-smg)."""
+
+
+def _smg_version(python: str) -> str | None:
+    try:
+        out = subprocess.run([python, "-c", "import importlib.metadata as m, smg.launch_router; "
+                              "print(m.version('smg'))"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def smg_python() -> str | None:
+    """An interpreter that runs smg (`python -m smg.launch_router`): $SGLANG_FAIR_SMG_PYTHON, else
+    REPO/.venv-smg/bin/python (a source checkout), else this interpreter if it has smg (not sglang-router's `smg`
+    script, which is a different program); None when none has it."""
+    here = Path(__file__).resolve()
+    candidates = [os.environ.get(SMG_PYTHON_ENV)]
+    candidates += [str(root / SMG_VENV / "bin" / "python") for root in here.parents
+                   if (root / "pyproject.toml").exists()]
+    candidates.append(sys.executable)
+    for python in filter(None, candidates):
+        if Path(python).exists() and _smg_version(python):
+            return python
+    return None
+
+
+def router_command(router: str) -> list[str]:
+    """The command line that starts `router` ("sglang-router" or "smg") without a PATH lookup: sglang-router from
+    this interpreter, smg from `smg_python()`. Raises FileNotFoundError naming the package when it is missing."""
+    if router == "sglang-router":
+        return [sys.executable, "-m", "sglang_router.launch_router"]
+    if router == "smg":
+        python = smg_python()
+        if python is None:
+            raise FileNotFoundError(f"smg (pip package smg=={SMG_VERSION}) is not installed: run `make setup-smg` "
+                                    f"(builds {SMG_VENV}/) or point ${SMG_PYTHON_ENV} at a Python that has it")
+        return [python, "-m", "smg.launch_router"]
+    raise ValueError(f"unknown router {router!r}; choose sglang-router or smg")
+
+
+@contextlib.contextmanager
+def smg_router(worker_urls: Sequence[str], policy: str = "least_load", *, load_poll_s: int = 1,
+               overload_waiting_requests: int | None = 64, overload_token_usage: float | None = 0.95,
+               api_key: str | None = None, extra_args: Sequence[str] = (), startup_timeout_s: float = 120.0,
+               log_dir: str | os.PathLike | None = None) -> Iterator[Server]:
+    """smg (`python -m smg.launch_router` from `smg_python()`) in its own process group on loopback (its Prometheus
+    port too), stopped by pgid; yields once `/workers` lists every worker. It polls each worker's
+    `GET /v1/loads` every `load_poll_s` seconds (`--load-monitor-interval`). Worker overload protection stays on
+    with thresholds for FairBatching's deeper waiting queue (`overload_*`; None: smg's defaults, 8 and 0.8)."""
+    import orjson
+
+    port, prom = free_port(), free_port()
+    argv = [*router_command("smg"), "--worker-urls", *worker_urls, "--policy", policy, "--host", "127.0.0.1",
+            "--port", str(port), "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom),
+            "--load-monitor-interval", str(load_poll_s), "--log-level", "info"]
+    if overload_waiting_requests is not None:
+        argv += ["--worker-overload-waiting-requests", str(overload_waiting_requests)]
+    if overload_token_usage is not None:
+        argv += ["--worker-overload-token-usage", str(overload_token_usage)]
+    if api_key:
+        argv += ["--api-key", api_key]
+    argv += list(extra_args)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def ready(srv: Server) -> bool:
+        listed = orjson.loads(requests.get(srv.url + "/workers", timeout=5, headers=headers).content)
+        workers = listed.get("workers", listed) if isinstance(listed, dict) else listed
+        return len(workers) >= len(worker_urls)
+
+    with _spawned(argv, url=f"http://127.0.0.1:{port}", ready=ready, startup_timeout_s=startup_timeout_s,
+                  what=f"smg (listing its {len(worker_urls)} workers)", log_prefix="smg-router-",
+                  log_dir=log_dir) as srv:
+        yield srv
+
+
 @contextlib.contextmanager
 def _sglang_server(model_path, extra_args, *, env, startup_timeout_s, command, log_dir) -> Iterator[Server]:
     port = free_port()

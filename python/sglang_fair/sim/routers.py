@@ -12,6 +12,12 @@ What each one reads:
   is stock SGLang's `/get_load` figure, KV tokens in use + prompt tokens of the waiting queue.
 - `fair` (ours): the replica with the largest prefill admission budget (core.load.prefill_admission_budget over
   the TTFT SLO as horizon).
+- `smg_least_load`: smg 1.13's `least_load` score on what our `/v1/loads` serves (engine/http.py): per replica
+  Q = our token load (`num_waiting_uncached_tokens`), 0 running, T = core.load.prefill_token_rate
+  (`gen_throughput`), k = KV in use / capacity (`token_usage`); score (Q + 1024 x dispatched since the poll) / T
+  + 0.15 k / (1 - k) seconds (Q = 1024 x waiting requests when 0; T = 2000 when 0), lowest wins, and smg's default
+  worker overload protection (>= 8 waiting requests or k >= 0.8 leaves rotation while another replica is under both).
+  `smg_least_load_q64`: the same with the thresholds docs/usage.md recommends for fair servers (64, 0.95).
 The reported signals (power_of_two, fair) are polled every `load_poll_interval_s` (sglang-router polls its workers
 periodically), so they may be that stale; 0 reads them fresh at every arrival.
 """
@@ -19,11 +25,12 @@ periodically), so they may be that stale; 0 reads them fresh at every arrival.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
-from ..core.load import prefill_admission_budget
+from ..core.load import prefill_admission_budget, prefill_token_rate, router_load_tokens
 from .engine import Replica, SimRequest
 
 
@@ -146,6 +153,81 @@ class FairLoad(PolledRouter):
         if self.cfg.load_poll_interval_s > 0:
             # the router knows what it just sent: charge it against the stale budget until the next poll
             self._signals[k] -= req.prompt
+
+
+@dataclass(frozen=True, slots=True)
+class SmgLoad:
+    """One worker's `/v1/loads` reading, as smg 1.13 keeps it (summed over DP ranks)."""
+
+    waiting_uncached_tokens: int
+    waiting_reqs: int
+    running_reqs: int
+    token_usage: float
+    gen_throughput: float
+
+
+SMG_MEAN_PREFILL_TOKENS = 1024
+"""smg's `--least-load-mean-prefill-tokens`: tokens charged per request dispatched since the last poll."""
+SMG_DEFAULT_THROUGHPUT = 2000.0
+"""smg's `--least-load-default-throughput`, used when a worker reports gen_throughput 0."""
+SMG_KV_WEIGHT_S = 0.15
+"""smg's `--least-load-kv-pressure-weight`."""
+
+
+def smg_least_load_score(load: SmgLoad, dispatched_since_poll: int = 0) -> float:
+    """smg 1.13's least_load / power_of_two (expected_wait) score, seconds: lower is less loaded."""
+    q = load.waiting_uncached_tokens or SMG_MEAN_PREFILL_TOKENS * load.waiting_reqs
+    t = load.gen_throughput if load.gen_throughput > 0 else SMG_DEFAULT_THROUGHPUT
+    k = min(max(load.token_usage, 0.0), 0.999)
+    work = q + SMG_MEAN_PREFILL_TOKENS * (load.running_reqs + dispatched_since_poll)
+    return work / t + SMG_KV_WEIGHT_S * k / (1.0 - k)
+
+
+@register_router("smg_least_load")
+class SmgLeastLoad(PolledRouter):
+    """smg `--policy least_load` in front of sglang-fair servers (our /v1/loads), with smg's default overload
+    protection. Dispatches since the last poll are charged SMG_MEAN_PREFILL_TOKENS each, reset at every poll."""
+
+    overload_waiting_reqs = 8
+    overload_token_usage = 0.8
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self._since_poll = [0] * len(self.replicas)
+
+    def signal(self, rep: Replica) -> SmgLoad:
+        snap = rep.snapshot()
+        b = prefill_admission_budget(snap, self.horizon_s)
+        cap = max(1, snap.kv_capacity_tokens)
+        return SmgLoad(waiting_uncached_tokens=router_load_tokens(b.tokens, b.idle_tokens),
+                       waiting_reqs=len(rep.waiting) + len(rep.requeued), running_reqs=0,
+                       token_usage=snap.kv_used_tokens / cap,
+                       gen_throughput=prefill_token_rate(snap.cost, self.horizon_s))
+
+    def poll(self, now: float) -> list:
+        if now >= self._polled_at + self.cfg.load_poll_interval_s or self.cfg.load_poll_interval_s == 0:
+            self._since_poll = [0] * len(self.replicas)
+        return super().poll(now)
+
+    def pick(self, req: SimRequest, now: float) -> int:
+        loads = self.poll(now)
+        n = len(self.replicas)
+        ok = [k for k in range(n) if loads[k].waiting_reqs < self.overload_waiting_reqs
+              and loads[k].token_usage < self.overload_token_usage]
+        return min(ok or range(n), key=lambda k: smg_least_load_score(loads[k], self._since_poll[k]))
+
+    def dispatched(self, k: int, req: SimRequest) -> None:
+        super().dispatched(k, req)
+        self._since_poll[k] += 1
+
+
+@register_router("smg_least_load_q64")
+class SmgLeastLoadDeepQueue(SmgLeastLoad):
+    """smg_least_load with the overload thresholds docs/usage.md recommends for FairBatching's deeper waiting queue
+    (`--worker-overload-waiting-requests 64 --worker-overload-token-usage 0.95`)."""
+
+    overload_waiting_reqs = 64
+    overload_token_usage = 0.95
 
 
 ROUTERS = tuple(_REGISTRY)

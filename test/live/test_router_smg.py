@@ -1,0 +1,165 @@
+"""Live: two `sglang-fair serve --fair-policy fair` servers behind smg 1.13 (`--policy least_load` and
+`--policy power_of_two`, polling our `/v1/loads` every second). A burst of long prompts sent straight to server A
+raises A's `num_waiting_uncached_tokens`; short requests sent through smg then land on B. And with A's scheduler
+stopped (SIGSTOP: a long forward that never ends), A's `/v1/loads` still answers within a second from the last
+figures, so smg keeps seeing A loaded and does not favour it.
+
+smg runs from its own venv (`make setup-smg`; sglang-router 0.3.2's `smg` script is a different program), found by
+`live.server.smg_python()`. Both machine-wide server slots are held for the whole module.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from server import cpu_server_args, sglang_server
+from sglang_fair.live.server import (SERVE_COMMAND, embedded_model_path, requests_served, router_command,
+                                     server_slots, smg_router)
+
+pytestmark = pytest.mark.live
+
+try:
+    router_command("smg")
+except FileNotFoundError as _exc:
+    pytest.skip(str(_exc), allow_module_level=True)
+
+N_BURST = 6
+N_ROUTED = 16
+BURST_PROMPT = 1200
+BURST_NEW = 16
+SPLIT_MIN = 0.75
+"""Share of the routed requests that must land on the idle server B."""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    args = ["--fair-policy", "fair", "--enable-metrics", *cpu_server_args(16384)]
+    model = embedded_model_path()
+    with server_slots(2), sglang_server(model, args, command=SERVE_COMMAND, startup_timeout_s=600) as a, \
+            sglang_server(model, args, command=SERVE_COMMAND, startup_timeout_s=600) as b:
+        yield a, b
+
+
+def _load(srv) -> tuple[int, dict]:
+    """(num_waiting_uncached_tokens summed over ranks, the whole body) of a server's /v1/loads, as smg asks for it."""
+    body = srv.get("/v1/loads?include=core,disagg,queues,memory", timeout=10).json()
+    return sum(int(e["num_waiting_uncached_tokens"]) for e in body["loads"]), body
+
+
+def _done(srv) -> int:
+    n = requests_served(srv.url)
+    assert n is not None, "the server's /metrics could not be read"
+    return int(n)
+
+
+def _generate(url, ids, max_new, timeout=600):
+    body = {"input_ids": ids, "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}}
+    r = requests.post(url + "/generate", json=body, timeout=timeout)
+    r.raise_for_status()
+    return r.json()
+
+
+def _wait_idle(*servers, timeout_s=300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(_load(s)[0] > 0 for s in servers):
+        assert time.monotonic() < deadline, "servers did not drain"
+        time.sleep(0.5)
+
+
+def _scheduler_pids(srv) -> list[int]:
+    import psutil
+    pids = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == srv.proc.pid and "scheduler" in " ".join([p.info["name"] or "",
+                                                                                *(p.info["cmdline"] or [])]):
+                pids.append(p.pid)
+    return pids
+
+
+def _burst_then_route(a, b, router_url, *, during=None) -> tuple[int, int, int]:
+    """Burst to A, wait for two polls with A loaded, (optionally run `during()`, a context), route N_ROUTED short
+    requests through smg; returns (routed to A, routed to B, A's load when routing began)."""
+    _wait_idle(a, b)
+    done_a, done_b = _done(a), _done(b)
+    with cf.ThreadPoolExecutor(N_BURST + N_ROUTED) as ex:
+        burst = [ex.submit(_generate, a.url, [(k * 977 + i * 13) % 4000 + 10 for i in range(BURST_PROMPT)],
+                           BURST_NEW) for k in range(N_BURST)]
+        deadline = time.monotonic() + 120
+        while _load(a)[0] <= 0:
+            assert time.monotonic() < deadline, "A's load never rose"
+            time.sleep(0.1)
+        time.sleep(2.5)  # > two smg polls (1 s) with A loaded
+        with during() if during else contextlib.nullcontext():
+            load_a = _load(a)[0]
+            routed = []
+            for k in range(N_ROUTED):  # short requests through smg, spread over ~3 s
+                routed.append(ex.submit(_generate, router_url, [(k * 31 + i) % 4000 + 10 for i in range(16)], 4))
+                time.sleep(0.2)
+            time.sleep(1.0)
+        outs = [f.result() for f in routed]
+        burst_out = [f.result() for f in burst]
+    assert all(len(o["output_ids"]) == 4 for o in outs)
+    assert all(len(o["output_ids"]) == BURST_NEW for o in burst_out)
+    time.sleep(1.0)
+    on_a, on_b = _done(a) - done_a - N_BURST, _done(b) - done_b
+    assert on_a + on_b == N_ROUTED, (on_a, on_b)
+    return on_a, on_b, load_a
+
+
+def test_idle_servers_read_zero_in_sglangs_shape(cluster):
+    a, b = cluster
+    _wait_idle(a, b)
+    for srv in (a, b):
+        load, body = _load(srv)
+        [entry] = body["loads"]
+        assert load == 0 and entry["num_running_reqs"] == 0 and entry["gen_throughput"] > 0
+        assert "max_total_num_tokens" in entry and "token_usage" in entry and body["sglang_fair"]["signal"] == "fair"
+
+
+@pytest.mark.parametrize("policy", ["least_load", "power_of_two"])
+def test_smg_sends_new_requests_to_the_idle_server(cluster, policy):
+    a, b = cluster
+    with smg_router([a.url, b.url], policy, load_poll_s=1) as r:
+        on_a, on_b, load_a = _burst_then_route(a, b, r.url)
+    print(f"\nsmg {policy}: routed {on_a} to the loaded server A, {on_b} to B; A's num_waiting_uncached_tokens "
+          f"at routing {load_a}")
+    assert load_a > 0
+    assert on_b >= SPLIT_MIN * N_ROUTED, f"smg {policy} sent {on_a} to the loaded server, {on_b} to the idle one"
+
+
+def test_smg_does_not_favour_a_server_whose_scheduler_stalls(cluster):
+    a, b = cluster
+    stalled = {}
+
+    @contextlib.contextmanager
+    def stop_a_scheduler():
+        pids = _scheduler_pids(a)
+        assert pids, "A's scheduler process not found"
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            load, body = _load(a)  # our endpoint answers from the last figures, not an error, within ~0.5 s
+            stalled.update(load=load, answer_s=time.monotonic() - t0, age_s=body["sglang_fair"]["age_s"])
+            time.sleep(2.5)  # two more smg polls while A cannot answer its internal-state RPC
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    # health checks off: only the load signal decides (SGLang's /health needs the stopped scheduler)
+    with smg_router([a.url, b.url], "least_load", load_poll_s=1, extra_args=["--disable-health-check"]) as r:
+        on_a, on_b, load_a = _burst_then_route(a, b, r.url, during=stop_a_scheduler)
+    print(f"\nsmg least_load, A's scheduler stopped: routed {on_a} to A, {on_b} to B; A's /v1/loads answered in "
+          f"{stalled['answer_s']:.2f} s with {stalled['load']} tokens (age {stalled['age_s']} s)")
+    assert stalled["load"] > 0 and stalled["answer_s"] < 5.0
+    assert on_b >= SPLIT_MIN * N_ROUTED, f"smg sent {on_a} to the stalled server, {on_b} to the idle one"
