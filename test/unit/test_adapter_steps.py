@@ -126,8 +126,10 @@ def no_radix_matching(monkeypatch):
     """SGLang's match_kv_cache against the stand-in tree: the hit recorded for the rid."""
     import sglang.srt.mem_cache.common as common
 
-    def match(req, tree, *a, **kw):
+    def match(req, tree, *a, max_prefix_len=None, **kw):
         req.prefix_len = tree.hits.get(req.rid, 0)
+        if max_prefix_len is not None:
+            req.prefix_len = min(req.prefix_len, max_prefix_len)
     monkeypatch.setattr(common, "match_kv_cache", match)
 
 
@@ -295,3 +297,18 @@ def test_a_stock_step_after_a_policy_fault_does_not_poll_grammar_twice():
     assert ad.faults["policy_exception"] == 1
     assert sched.grammar_manager.polls == 1 and calls[0]["grammar_queue"] == []
     assert [r.rid for r in calls[0]["waiting"]] == ["w", "json"]
+
+
+def test_a_fully_cached_prompt_still_gets_its_last_token_planned():
+    """Live, a repeated prompt matched in full left 0 tokens to prefill: fair planned nothing ("empty plan while
+    requests are pending", a stock step). SGLang always computes the last prompt token."""
+    again = Req("again", prompt=9, recv=5.0)
+    sched = Sched(waiting=[again], tree=Tree({"again": 9}))
+    ad = adapter(sched)
+    calls = []
+    result = ad.form_prefill(fake_original(calls), sched, sched.running_batch)
+    assert not ad.faults and result.batch_to_run.reqs == [again]
+    assert again.prefix_len == 8
+    sched.waiting_queue = [again]
+    again.prefix_len = 9  # a full match by another path (SGLang's own calc_priority passes no limit)
+    assert ad.snapshot([]).waiting[0].remaining_prompt_tokens == 1

@@ -104,7 +104,8 @@ class PrefixMatcher:
         todo.update((id(r), r) for r in waiting if r not in seen)
         for req in todo.values():
             if not req.finished():
-                match_kv_cache(req, tree)
+                # as SGLang's own rounds: at most all but the last token (which must be computed)
+                match_kv_cache(req, tree, max_prefix_len=max(len(req.origin_input_ids) + len(req.output_ids) - 1, 0))
                 seen.add(req)
                 self.matches += 1
 

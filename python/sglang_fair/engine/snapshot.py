@@ -75,7 +75,7 @@ class SnapshotBuilder:
                        self.token_times.get(req.rid)) or None
         else:
             prompt = n_prompt + n_out
-            prefilled = min(int(req.prefix_len), prompt)
+            prefilled = min(int(req.prefix_len), max(prompt - 1, 0))  # SGLang computes at least the last token
             last = None
         return ReqView(rid=req.rid, arrival_s=float(arrival), prompt_tokens=prompt, ttft_slo_s=ttft,
                        tpot_slo_s=tpot, prefilled_tokens=prefilled, output_tokens=n_out,
