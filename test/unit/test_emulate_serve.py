@@ -96,6 +96,7 @@ def test_run_batch_hook_pads_and_reports_in_the_internal_state():
     result = after(SimpleNamespace(internal_state={}), SimpleNamespace(scheduler=sched))
     state = result.internal_state[hook.STATE_KEY]
     assert state["spec"] == "a100-llama3-8b:2" and state["active"] and state["iterations"] == 1
+    assert state["recent"][0]["decode_rows"] == 8 and state["recent"][0]["prefill_tokens"] == 0
     json.dumps(state)
 
 

@@ -82,6 +82,8 @@ def _make_hooks(spec: DeviceSpec):
         state = {"spec": spec.text(), "jitter_cv": spec.jitter_cv, "active": padder is not None}
         if padder is not None:
             state.update(padder.counters.as_dict())
+            state["recent"] = [{"prefill_tokens": p, "decode_rows": d, "emulated_ms": round(e, 3),
+                                "real_ms": round(r, 3)} for p, d, e, r in padder.recent]
         result.internal_state[STATE_KEY] = state
         return result
 

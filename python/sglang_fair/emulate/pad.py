@@ -17,6 +17,7 @@ under load (median 3.5 ms): a busy-waiting process is preempted in its spin inst
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from .device import DeviceModel
 logger = logging.getLogger("sglang_fair")
 
 SPIN_S = 0.0005
+RECENT = 64
 
 
 def batch_shape(batch) -> tuple[list[tuple[int, int]], list[int]]:
@@ -89,6 +91,8 @@ class Padder:
             raise ValueError("spin_s must be >= 0")
         self.device, self.clock, self.sleep, self.spin_s = device, clock, sleep, spin_s
         self.counters = PadCounters()
+        self.recent: collections.deque = collections.deque(maxlen=RECENT)
+        """The last RECENT forwards: prefill tokens, decode rows, emulated and real ms (what dilation would fit)."""
         self.log_every_s = log_every_s
         self._last_log = clock()
 
@@ -111,6 +115,8 @@ class Padder:
         result = original(sched, batch, *args, **kwargs)
         t1 = self.clock()
         self.account(t0, t1, emulated)
+        if emulated > 0:
+            self.recent.append((sum(c for c, _ in prefills), len(decodes), emulated * 1e3, (t1 - t0) * 1e3))
         return result
 
     def account(self, t0: float, t1: float, emulated_s: float) -> None:
