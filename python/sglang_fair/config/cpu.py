@@ -14,7 +14,6 @@ CPU_DEFAULTS = (
     ("--attention-backend", "torch_native"),
     ("--disable-cuda-graph", None),
     ("--sampling-backend", "pytorch"),
-    ("--grammar-backend", "none"),
     ("--max-total-tokens", "32768"),
     ("--mem-fraction-static", "0.1"),
     ("--sleep-on-idle", None),
