@@ -11,6 +11,11 @@ The padder of a scheduler is made on its first `run_batch` (SGLang's own warm-up
 surfaces takes about 1.5 s) and kept on the scheduler (`padder_of`). Its counters are added to each scheduler's
 `/server_info` internal state under `emulated_device`. It refuses to run with the overlap scheduler, whose
 `run_batch` only launches the forward.
+
+Call site (engine/plugin.py, `load()`, inside its try, right before `scheduler_hooks.register(cfg)`):
+
+    from ..emulate.hook import register_from_env
+    register_from_env()  # first: the emulated device's padder must be the innermost run_batch wrapper
 """
 
 from __future__ import annotations
