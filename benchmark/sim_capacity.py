@@ -3,6 +3,7 @@
     python benchmark/sim_capacity.py --part single  --out out/sim_capacity   # per-trace table + plots
     python benchmark/sim_capacity.py --part cluster --out out/sim_capacity   # routers x replicas + WindServe
     python benchmark/sim_capacity.py --part stock   --out out/sim_stock      # + SGLang's default, RAD, admission
+    python benchmark/sim_capacity.py --part throughput --out out/sim_stock   # no SLOs: throughput vs the bound
     python benchmark/sim_capacity.py --render out/sim_capacity               # markdown tables from the JSON
 
 Each run is bounded by a trace window (WINDOWS below) so the whole set finishes in well under 20 minutes on one core.
@@ -36,8 +37,8 @@ WINDOWS = {  # trace -> load_trace kwargs (window of the unscaled trace)
     "sharegpt": {"limit": 1000},
 }
 REL_TOL = 0.06
-STOCK_POLICIES = ["fair", "fair@admission=demote", "sarathi-512", "sarathi-2048", "sglang-default",
-                  "sglang-mixed-2048", "slai", "rad"]
+STOCK_POLICIES = ["fair", "fair@admission=demote", "fair@admission=demote-longest", "sarathi-512", "sarathi-2048",
+                  "sglang-default", "sglang-mixed-2048", "slai", "rad"]
 """Part "stock" (docs/results.md, "Simulated capacity: SGLang's default, RAD, admission"); `--policies` overrides."""
 CLUSTER_TRACE = "azure-conv"
 CLUSTER_WINDOW = {"duration_s": 180.0}
@@ -91,6 +92,39 @@ def part_stock(out: Path, shared, policies: list[str], traces: list[str]) -> Non
                 path.write_text(json.dumps(rows, indent=1))
 
 
+def part_throughput(out: Path, policies: list[str]) -> None:
+    """No SLOs (1e9 ms): a seeded synthetic trace (3000 requests, prompts U[200, 1000), outputs U[20, 200), Poisson
+    arrivals) at 0.95, 1.3 and 2x the stability bound for 100 ms iterations; throughput = requests / last token time."""
+    import numpy as np
+
+    from sglang_fair.policies import make_policy
+    from sglang_fair.sim.capacity import stability_bound_rps
+    from sglang_fair.sim.cli import parse_policy_spec
+    from sglang_fair.sim.engine import simulate
+    from sglang_fair.sim.traces import Trace
+    cost = load_preset(PRESET)
+    rng = np.random.default_rng(0)
+    n = 3000
+    prompts, outputs = rng.integers(200, 1000, n), rng.integers(20, 200, n)
+    gaps = rng.exponential(1.0, n)
+    unit = np.cumsum(gaps) - gaps[0]
+    bound = stability_bound_rps(Trace("synthetic", unit, prompts, outputs), cost, 0.1)
+    engine = EngineConfig(ttft_slo_ms=1e9, tpot_slo_ms=1e9)
+    rows = []
+    for load in (0.95, 1.3, 2.0):
+        trace = Trace("synthetic", unit / (load * bound), prompts, outputs)
+        for spec in tqdm(policies, desc=f"throughput x{load}", file=sys.stderr):
+            name, params = parse_policy_spec(spec)
+            try:
+                res = simulate(trace, make_policy(name, **params), cost, engine)
+                last = max(r.last_token_s for r in res.records)
+                row = {"throughput_rps": n / last, "iterations": res.iterations, "error": None}
+            except RuntimeError as exc:  # a policy that stopped planning (the simulator's livelock guard)
+                row = {"throughput_rps": None, "iterations": None, "error": str(exc)}
+            rows.append({"load": load, "policy": spec, "bound_rps": bound, **row})
+    (out / "throughput.json").write_text(json.dumps(rows, indent=1))
+
+
 def part_cluster(out: Path, shared, routers=ROUTERS, windserve: bool = True) -> None:
     cost = load_preset(PRESET)
     trace = load_trace(CLUSTER_TRACE, shared=shared, **CLUSTER_WINDOW)
@@ -131,6 +165,9 @@ def render(out: Path) -> str:
                          f"{_f(r['bound_fraction'], 2)} |")
     stock = json.loads((out / "stock.json").read_text()) if (out / "stock.json").exists() else []
     if stock:
+        traces = list(dict.fromkeys(r["trace"] for r in stock))
+        rank = {p: i for i, p in enumerate(STOCK_POLICIES)}
+        stock.sort(key=lambda r: (traces.index(r["trace"]), r["tpot_slo_ms"], rank.get(r["policy"], len(rank))))
         lines += ([""] if lines else []) + [
                   "| trace (window) | TPOT SLO | policy | capacity (tail) | this / fair | capacity (90% att.) | "
                   "P99 TTFT ms | P99 TPOT ms | demoted at cap. | bound fraction |",
@@ -145,6 +182,13 @@ def render(out: Path) -> str:
                          f"{_f(r['capacity'])} | {_f(ratio, 2)} | {_f(r['capacity_attainment'])} | "
                          f"{_f(r['p99_ttft_ms'], 0)} | {_f(r['p99_tpot_ms'], 1)} | {dem} | "
                          f"{_f(r['bound_fraction'], 2)} |")
+    thr = json.loads((out / "throughput.json").read_text()) if (out / "throughput.json").exists() else []
+    if thr:
+        lines += ([""] if lines else []) + ["| load (x bound) | policy | throughput / bound | iterations |", "|---|---|---|---|"]
+        for r in thr:
+            cell = (_f(r["throughput_rps"] / r["bound_rps"]) if r["throughput_rps"]
+                    else f"stopped ({r['error'].split(' with ')[0]})")
+            lines.append(f"| {r['load']:g} | {r['policy']} | {cell} | {r['iterations'] or '-'} |")
     cl = json.loads((out / "cluster.json").read_text()) if (out / "cluster.json").exists() else []
     if cl:
         lines += ["", "| replicas | router | policy | capacity (tail) | capacity (90% att.) | P99 TTFT ms | "
@@ -168,8 +212,8 @@ def render(out: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["single", "cluster", "stock", "all"], default="all",
-                    help="all = single + cluster (stock only when asked for)")
+    ap.add_argument("--part", choices=["single", "cluster", "stock", "throughput", "all"], default="all",
+                    help="all = single + cluster (stock and throughput only when asked for)")
     ap.add_argument("--policies", default=",".join(STOCK_POLICIES), help="part stock: comma-separated policy specs")
     ap.add_argument("--traces", default=",".join(WINDOWS), help="part stock: comma-separated traces")
     ap.add_argument("--routers", default=",".join(ROUTERS),
@@ -192,6 +236,8 @@ def main() -> int:
         if unknown:
             ap.error(f"--routers: unknown {', '.join(unknown)}; choose from {', '.join(ROUTERS)}")
         part_cluster(out, args.shared, routers, windserve=set(routers) >= set(ROUTERS))
+    if args.part == "throughput":
+        part_throughput(out, [p for p in args.policies.split(",") if p])
     if args.part == "stock":
         part_stock(out, args.shared, [p for p in args.policies.split(",") if p],
                    [t for t in args.traces.split(",") if t])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from factories import COST, make_req, make_running, make_snapshot, make_trace
+from hypothesis import given
+from test_policy_properties import SETTINGS, assert_valid, snapshots
 
 from sglang_fair.core.metrics import RequestTimes, meets_slo, summarize
 from sglang_fair.policies import make_policy
@@ -45,6 +47,19 @@ def test_demotion_counts_the_queue_ahead_and_the_decode_share():
     assert on_time == [] and [r.rid for r in demoted] == ["a", "b"]
 
 
+def test_demote_longest_loses_fewer_requests_than_demote():
+    # 1 s TTFT, 0.1 ms per token: A 0.2 s, B 0.7 s, C 0.2 s, D 0.2 s in EDF order; C would finish at 1.1 s
+    w = [make_req(k, arrival_s=NOW - 0.001 * (4 - i), prompt_tokens=n)
+         for i, (k, n) in enumerate((("A", 2000), ("B", 7000), ("C", 2000), ("D", 2000)))]
+    snap = make_snapshot(now=NOW, waiting=w)
+    on_time, demoted = hopeless_split(snap)
+    assert [r.rid for r in demoted] == ["C", "D"]  # the late ones, in turn
+    on_time, demoted = hopeless_split(snap, longest=True)
+    assert [r.rid for r in on_time] == ["A", "C", "D"] and [r.rid for r in demoted] == ["B"]
+    plan = make_policy("fair", admission="demote-longest").plan(snap)
+    assert plan.demoted == ("B",) and [rid for rid, _ in plan.prefill][:3] == ["A", "C", "D"]
+
+
 def test_no_demotion_without_pressure_and_the_parameter_is_checked():
     snap = make_snapshot(now=NOW, waiting=[make_req("w", arrival_s=NOW)])
     assert make_policy("fair", admission="demote").plan(snap) == make_policy("fair").plan(snap)
@@ -75,3 +90,17 @@ def test_simulator_records_demotion_and_demote_protects_the_rest_of_a_burst():
     late_arrivals = dem.records[30:]  # the prompts after the burst are on time once the hopeless ones step aside
     assert all(meets_slo(r) for r in late_arrivals)
     assert sum(meets_slo(r) for r in dem.records) > sum(meets_slo(r) for r in off.records)
+
+
+@pytest.mark.parametrize("mode", ["demote", "demote-longest"])
+@SETTINGS
+@given(snap=snapshots())
+def test_admission_plans_are_valid_and_demote_only_waiting_requests(mode, snap):
+    plan = make_policy("fair", admission=mode).plan(snap)
+    assert_valid(snap, plan)
+    waiting = {r.rid for r in snap.waiting}
+    assert set(plan.demoted) <= waiting and len(set(plan.demoted)) == len(plan.demoted)
+    # every on-time request planned comes before every demoted one
+    order = [rid for rid, _ in plan.prefill]
+    first_demoted = min((order.index(rid) for rid in plan.demoted if rid in order), default=len(order))
+    assert not set(order[first_demoted:]) - set(plan.demoted) - {r.rid for r in snap.prefilling}

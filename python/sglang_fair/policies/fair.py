@@ -21,6 +21,7 @@ SLO-aware admission (`admission="demote"`, beyond the paper; default "off"): a w
 cannot be on time even by an optimistic estimate (EDF queue ahead of it, prefilled at the share of each TPOT the running
 decodes leave, no per-iteration cost) is demoted to best effort: it goes after every on-time prefill and is listed in
 `Plan.demoted` (the simulator counts it as an SLO miss). Stateless: a request is re-judged every step.
+`admission="demote-longest"` demotes the longest kept prompt instead (Moore-Hodgson: fewest late requests).
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ class FairParams:
     still fit this iteration) // min_prefill_chunk_tokens, capped by this (0: no cap). Bounds the planning cost of a
     long queue; see docs/design.md."""
     admission: str = "off"
-    """SLO-aware admission: "off" (every request is served EDF) or "demote" (a waiting request whose TTFT can no
-    longer be met is served after the on-time ones and reported in `Plan.demoted`). Rejection (HTTP 429) is not
-    implemented."""
+    """SLO-aware admission: "off" (every request is served EDF), "demote" (a waiting request whose TTFT can no
+    longer be met is served after the on-time ones and reported in `Plan.demoted`) or "demote-longest" (when one
+    would be late, the longest kept prompt is demoted instead: Moore-Hodgson, fewest late requests). See
+    policies/admission.py. Rejection (HTTP 429) is not implemented."""
 
     def __post_init__(self) -> None:
         for name in ("min_budget_ms", "max_budget_ms"):
@@ -87,8 +89,8 @@ class FairParams:
         check_int_at_least("catchup_tokens", self.catchup_tokens, 0)
         if self.decode_anchor not in ("first_token", "arrival"):
             raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
-        if self.admission not in ("off", "demote"):
-            raise ValueError(f"admission must be 'off' or 'demote', got {self.admission!r}")
+        if self.admission not in ("off", "demote", "demote-longest"):
+            raise ValueError(f"admission must be 'off', 'demote' or 'demote-longest', got {self.admission!r}")
 
 
 @register_policy("fair")
@@ -99,8 +101,8 @@ class FairPolicy:
         self.params = params if params is not None else FairParams(**kw)
 
     def plan(self, snap: Snapshot) -> Plan:
-        if self.params.admission == "demote" and snap.waiting:
-            on_time, demoted = hopeless_split(snap)
+        if self.params.admission != "off" and snap.waiting:
+            on_time, demoted = hopeless_split(snap, longest=self.params.admission == "demote-longest")
             if demoted:
                 plan = self._plan(snap, on_time, demoted)
                 return replace(plan, demoted=tuple([r.rid for r in demoted]))
