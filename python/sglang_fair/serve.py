@@ -17,10 +17,11 @@ import subprocess
 import sys
 import time
 
-from .config import (CPU_DEFAULTS, ENV_VAR, POLICY_CHOICES, RuntimeConfig, SloConfig, cpu_dtype_default, has_cuda,
+from .config import (CPU_DEFAULTS, POLICY_CHOICES, RuntimeConfig, SloConfig, cpu_dtype_default, has_cuda,
                      parse_param, with_cpu_policy_defaults)
 from .config.runtime import LOADS_CHOICES
 from .core.checks import FieldError
+from .emulate.serve_args import split_emulate_args
 
 ALWAYS_DEFAULTS = (("--host", "127.0.0.1"),)
 REFUSED_SGLANG_FLAGS = (
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fair-loads", default="fair", choices=LOADS_CHOICES,
                    help="what GET /v1/loads (smg's load signal) serves: fair = SGLang's shape with our token load, "
                         "stock = SGLang's own answer (default fair)")
+    e = p.add_argument_group("emulated accelerator (figures from it are emulated, not GPU measurements)")
+    e.add_argument("--emulate-device", metavar="PRESET[:DILATION]",
+                   help="pad every forward to the time of the emulated GPU (a100-llama3-8b, h100-llama3-8b) for the "
+                        "batch that ran, times DILATION; sizes the KV pool like that GPU (docs/emulated-device.md)")
+    e.add_argument("--emulate-jitter-cv", metavar="CV", help="log-normal jitter of the emulated times (default 0)")
+    e.add_argument("--emulate-seed", metavar="N", help="seed of the jitter (default 0)")
     g.add_argument("--fair-no-verify", action="store_true",
                    help="do not stop the server when the start-up hook check fails (debugging only)")
     return p
@@ -221,6 +228,12 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
+    try:
+        argv, emulate = split_emulate_args(argv)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if emulate:
+        argv = emulate.with_planner_prior(argv)
     ns, rest = parser.parse_known_args(argv)
     try:
         cfg = runtime_config(ns)
@@ -230,10 +243,12 @@ def main(argv: list[str]) -> int:
     if refused:
         parser.error(f"--fair-policy {cfg.policy} does not support: {'; '.join(refused)} (use --fair-policy off)")
     cpu = not has_cuda()
-    args = sglang_args(rest, cpu)
-    if cpu:
+    args = sglang_args(emulate.sglang_args(rest) if emulate else rest, cpu)
+    if cpu and not emulate:  # an emulated GPU runs the policies with their GPU defaults
         cfg = with_cpu_policy_defaults(cfg)
-    env = dict(os.environ, **{ENV_VAR: cfg.to_json()})
+    env = dict(os.environ, **cfg.to_env(), **(emulate.env() if emulate else {}))
+    if emulate:
+        print(emulate.banner(), file=sys.stderr)
     if cpu:
         env.setdefault("SGLANG_USE_CPU_ENGINE", "1")
     host = _value(args, "--host", "127.0.0.1")

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model import TinyLlamaSpec
+from ..core.checks import FieldError
 from .spec import DeviceSpec, kv_pool_tokens, parse_device_spec
 from .hook import ENV_VAR, spec_to_env
 
@@ -135,7 +136,8 @@ def split_emulate_args(argv: list[str]) -> tuple[list[str], EmulatedServe | None
         raise ValueError(f"{SEED_FLAG} must be an integer, got {seed!r}") from None
     try:
         spec = parse_device_spec(text, jitter_cv=jitter, seed=seed_n)
+    except FieldError as exc:  # the fields a flag of ours sets
+        raise ValueError(f"{JITTER_FLAG} {exc.problem}") from None
     except ValueError as exc:
-        msg = str(exc).replace("jitter_cv", JITTER_FLAG)
-        raise ValueError(f"{FLAG if JITTER_FLAG not in msg else JITTER_FLAG}: {msg}") from None
+        raise ValueError(f"{FLAG}: {exc}") from None
     return argv, EmulatedServe(spec)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..core.checks import FieldError
+
 DEFAULT_OVERHEAD_MS = 1.0
 """A100 per-iteration LM head + sampling constant (see profiles.py); the same default as fit_profiles.py."""
 
@@ -56,7 +58,7 @@ class DeviceSpec:
         if not (math.isfinite(self.dilation) and self.dilation > 0):
             raise ValueError(f"dilation must be a positive number, got {self.dilation!r}")
         if not (math.isfinite(self.jitter_cv) and 0 <= self.jitter_cv <= 2):
-            raise ValueError(f"jitter_cv must be in [0, 2], got {self.jitter_cv!r}")
+            raise FieldError("jitter_cv", f"must be in [0, 2], got {self.jitter_cv!r}")
         if not (math.isfinite(self.overhead_ms) and self.overhead_ms >= 0):
             raise ValueError(f"overhead_ms must be >= 0, got {self.overhead_ms!r}")
 

@@ -29,8 +29,10 @@ def load() -> None:
     if cfg is None:
         return
     try:
+        from ..emulate.hook import register_from_env
         from . import scheduler_hooks
 
+        register_from_env()  # first: the emulated device's padder must be the innermost run_batch wrapper
         scheduler_hooks.register(cfg)
         if multiprocessing.parent_process() is None:  # the HTTP (main) process; SGLang's workers are mp children
             from . import http
