@@ -67,6 +67,10 @@ class FairParams:
     """Waiting requests are taken EDF among the oldest few, then FCFS. The window is 1 + (prompt tokens that can
     still fit this iteration) // min_prefill_chunk_tokens, capped by this (0: no cap). Bounds the planning cost of a
     long queue; see docs/design.md."""
+    full_kv_progress: bool = False
+    """With no free KV and no urgent decode, treat the least-slack decode as urgent, so it preempts now (most slack
+    first) instead of the engine idling until a decode turns urgent. Off by default (plans change only when KV is full).
+    """
     admission: str = "off"
     """SLO-aware admission: "off" (every request is served EDF), "demote" (a waiting request whose TTFT can no
     longer be met is served after the on-time ones and reported in `Plan.demoted`) or "demote-longest" (when one
@@ -89,6 +93,8 @@ class FairParams:
         check_int_at_least("catchup_tokens", self.catchup_tokens, 0)
         if self.decode_anchor not in ("first_token", "arrival"):
             raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
+        if not isinstance(self.full_kv_progress, bool):
+            raise ValueError(f"full_kv_progress must be a bool, got {self.full_kv_progress!r}")
         if self.admission not in ("off", "demote", "demote-longest"):
             raise ValueError(f"admission must be 'off', 'demote' or 'demote-longest', got {self.admission!r}")
 
@@ -144,6 +150,10 @@ class FairPolicy:
             else:
                 urgent_mask = [s < thr for s in slacks]
             urgent = [r for r, u in zip(running, urgent_mask) if u]
+            if p.full_kv_progress and not urgent and snap.kv_free_tokens < 1:
+                i = slacks.index(min_slack)  # no KV for anything: make room now rather than idle until it is urgent
+                urgent_mask[i] = True
+                urgent = [running[i]]
         else:
             slacks, urgent_mask, urgent = [], [], []
             prefills = merge_edf(snap.prefilling, lazy_edf(waiting, p.prefill_window_reqs))
