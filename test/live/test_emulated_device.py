@@ -1,11 +1,11 @@
-"""Live: a real SGLang server (micro model, CPU) with the emulated device: every forward lasts exactly the emulated
-A100's time for the batch that ran (x dilation), and /server_info reports the padder's counters.
-
-Until the plugin entry point calls `emulate.hook.register_from_env()`, a `sitecustomize` on PYTHONPATH does that
-call in every SGLang process (the same call; registering twice is a no-op)."""
+"""Live: `sglang-fair serve --emulate-device a100-llama3-8b:5` (micro model, CPU), with the policy off (stock SGLang on
+the emulated clock) and with fair. Off: every forward lasts exactly the emulated A100's time for the batch that ran
+(x dilation), and /server_info reports the padder's counters. Fair: the same short window is served on the same
+clock and the status shows planning from the emulated GPU's prior."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 
 import pytest
@@ -14,42 +14,39 @@ from server import cpu_server_args, sglang_server
 
 pytestmark = pytest.mark.live
 
-HARNESS = """import os
-if os.environ.get("SGLANG_FAIR_EMULATE_DEVICE"):
-    from sglang_fair.emulate.hook import register_from_env
-    register_from_env()
-"""
+SPEC = "a100-llama3-8b:5"
 
 
 def _counters(srv) -> dict:
     return srv.get("/server_info").json()["internal_states"][0]["emulated_device"]
 
 
-def test_forwards_take_the_emulated_time(tmp_path):
-    from sglang_fair.emulate.device import DeviceModel
+def _server(serve_command, policy: str):
     from sglang_fair.emulate.serve_args import split_emulate_args
-
-    (tmp_path / "sitecustomize.py").write_text(HARNESS)
-    _, emu = split_emulate_args(["--emulate-device", "a100-llama3-8b:5"])
-    dev = DeviceModel(emu.spec)
-    base = cpu_server_args(16384)
+    _, emu = split_emulate_args(["--emulate-device", SPEC])
+    micro = emu.sglang_args([])
+    model = micro[micro.index("--model-path") + 1]
+    base = cpu_server_args()
     i = base.index("--max-total-tokens")
-    args = emu.sglang_args(base[:i] + base[i + 2:])  # adds the micro model and the emulated GPU's KV pool
-    model = args[args.index("--model-path") + 1]
-    rest = args[:args.index("--model-path")] + args[args.index("--model-path") + 2:]
-    with sglang_server(model, rest, env={**emu.env(), "PYTHONPATH": str(tmp_path), "SGLANG_FAIR_CONFIG": None},
-                       startup_timeout_s=600) as srv:
+    args = ["--fair-policy", policy, "--emulate-device", SPEC, *base[:i], *base[i + 2:]]  # serve sizes the KV pool
+    return emu, sglang_server(model, args, command=serve_command, startup_timeout_s=600)
+
+
+def test_stock_forwards_take_exactly_the_emulated_time(serve_command, generate_ok, prompt_ids):
+    from sglang_fair.emulate.device import DeviceModel
+
+    emu, server = _server(serve_command, "off")
+    dev = DeviceModel(emu.spec)
+    with server as srv:
         before = _counters(srv)
-        assert before["active"] and before["spec"] == "a100-llama3-8b:5"
+        assert before["active"] and before["spec"] == SPEC
         prompt, new = 1000, 4
-        ids = [(17 + 7 * j) % 4000 + 10 for j in range(prompt)]
         t0 = time.perf_counter()
-        r = srv.post("/generate", json={"input_ids": ids, "sampling_params": {"max_new_tokens": new,
-                                                                            "temperature": 0, "ignore_eos": True}})
+        out = generate_ok(srv.url, prompt_ids(prompt, 3), new)
         wall = time.perf_counter() - t0
-        assert r.status_code == 200, r.text
         after = _counters(srv)
         log = srv.log_text()
+    assert len(out["output_ids"]) == new
     want = dev.iteration_s([(prompt, 0)]) + sum(dev.iteration_s((), [prompt + j]) for j in range(1, new))
     assert after["iterations"] - before["iterations"] == new
     assert after["emulated_s"] - before["emulated_s"] == pytest.approx(want, rel=1e-9)  # exactly this batch's time
@@ -58,3 +55,18 @@ def test_forwards_take_the_emulated_time(tmp_path):
     assert want <= wall < want + overrun + 0.5, (wall, want, after)
     assert after["late_s_max"] < 0.05  # the wait's own precision (sub-ms when the machine is not saturated)
     assert "emulated device a100-llama3-8b:5 active" in log and "KV pool of the emulated GPU 425" in log
+
+
+def test_fair_plans_on_the_emulated_clock(serve_command, generate_ok, prompt_ids):
+    _, server = _server(serve_command, "fair")
+    with server as srv:
+        status = srv.get("/sglang_fair/status").json()
+        assert status["active"] and status["policy"] == "fair"
+        assert status["config"]["policy_params"] == {}  # GPU defaults under emulation, not the CPU catch-up
+        with cf.ThreadPoolExecutor(6) as ex:  # a short window: long and short prompts together
+            outs = list(ex.map(lambda k: generate_ok(srv.url, prompt_ids(200 + 300 * (k % 3), k), 8), range(6)))
+        after = srv.get("/sglang_fair/status").json()
+        counters = _counters(srv)
+    assert all(len(o["output_ids"]) == 8 for o in outs)
+    assert after["planned_iterations"] >= 8 and not after["ranks"][0]["faults"]
+    assert counters["iterations"] >= 8 and counters["emulated_s"] > 0
