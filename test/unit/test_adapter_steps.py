@@ -1,4 +1,4 @@
-"""FairAdapter's step against a stand-in scheduler carrying the SGLang 0.5.23 attributes the adapter reads and sets
+"""PolicyAdapter's step against a stand-in scheduler carrying the SGLang 0.5.23 attributes the adapter reads and sets
 (queues, grammar manager, radix cache, last batch, KV pool): issue 13 items 1 (grammar requests reach the plan),
 3 (the status counts rows of the unmerged last batch), 4 (each row's last token time, whatever forward produced it),
 5 (PrefillAdder reserves KV for parked rows), 6 (prefix hits of the whole waiting view) and 8 (mixing constraints).
@@ -13,7 +13,8 @@ import pytest
 from sglang_fair.config import SloConfig
 from sglang_fair.engine import deferral, sglang_view
 from sglang_fair.core.plan_check import plan_problem
-from sglang_fair.engine.adapter import FairAdapter
+from sglang_fair.engine.adapter import PolicyAdapter
+from sglang_fair.policies.chaos import make_configured_policy
 from sglang_fair.config import RuntimeConfig
 
 pytest.importorskip("sglang.srt.managers.schedule_batch")
@@ -104,10 +105,10 @@ class Sched:
         self.waiting_queue.append(req)
 
 
-def adapter(sched, **params) -> FairAdapter:
+def adapter(sched, **params) -> PolicyAdapter:
     cfg = RuntimeConfig(policy="fair", slo=SloConfig(ttft_slo_ms=2000.0, tpot_slo_ms=200.0), policy_params=params,
                         online_fit=False)
-    return FairAdapter(sched, cfg)
+    return PolicyAdapter(sched, cfg, make_configured_policy(cfg.policy, cfg.policy_params))
 
 
 def fake_original(calls):

@@ -17,12 +17,11 @@ import numpy as np
 import orjson
 
 from ..core.cost_model import CostModel
+from ..core.presets import load_preset
 from ..policies import make_policy, policy_names
 from ..core.types import ReqView, Snapshot
 
 DEFAULT_COST_PRESET = "a100-llama3-8b"
-FALLBACK_COST = CostModel(base_s=0.010, per_prefill_token_s=7.7e-5, per_attn_token2_s=2.4e-9,
-                          per_decode_req_s=4.9e-5, per_context_token_s=8.2e-8)
 
 
 def bench_snapshot(running: int, waiting: int, seed: int, cost: CostModel, *, now: float = 100.0,
@@ -90,14 +89,6 @@ def run_bench(policies: list[str], running: list[int], waiting: int, repeat: int
     return rows
 
 
-def _load_cost(name: str) -> CostModel:
-    try:
-        from ..core.presets import load_preset
-    except ImportError:  # presets not shipped: the same model, hard-coded
-        return FALLBACK_COST
-    return load_preset(name)
-
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plan-bench", help="median planning time per step of each policy (microseconds)")
     p.add_argument("--json", action="store_true",
@@ -115,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     if min(args.running) < 0 or args.waiting < 0 or args.repeat < 1 or args.snapshots < 1:
         raise SystemExit("plan-bench: sizes must be >= 0, --repeat and --snapshots >= 1")
     policies = args.policies or policy_names()
-    rows = run_bench(policies, args.running, args.waiting, args.repeat, args.snapshots, _load_cost(args.cost_model))
+    rows = run_bench(policies, args.running, args.waiting, args.repeat, args.snapshots, load_preset(args.cost_model))
     if args.json:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n")
     else:

@@ -46,3 +46,22 @@ def load_preset_doc(name_or_path: str | Path) -> dict:
 def load_preset(name_or_path: str | Path) -> CostModel:
     """A CostModel from a preset name (see preset_names()) or a cost-model JSON file path."""
     return load_model_json(preset_path(name_or_path))[0]
+
+
+DEFAULT_PRESET = {"cpu": "cpu-embedded", "cuda": "h100-llama3-8b"}
+"""The planner's starting preset per device kind when none is given."""
+FALLBACK_PRIOR = CostModel(base_s=0.008, per_prefill_token_s=1.0e-4, per_attn_token2_s=3.0e-8,
+                           per_decode_req_s=2.3e-3, per_context_token_s=1.0e-6)
+"""Prior for a device kind without a preset: the embedded CPU model's shape; the online fit takes over."""
+
+
+def load_cost_model(name_or_path: str | None, device: str = "cpu") -> tuple[CostModel, str]:
+    """The starting cost model and where it came from: `name_or_path` (a preset name or a JSON path), else the
+    device's default preset, else FALLBACK_PRIOR. RuntimeError when a named model cannot be loaded."""
+    name = name_or_path or DEFAULT_PRESET.get(device.split(":")[0])
+    if name is None:
+        return FALLBACK_PRIOR, "builtin-fallback"
+    try:
+        return load_preset(name), str(name)
+    except (KeyError, ValueError, OSError) as exc:
+        raise RuntimeError(f"sglang-fair: cannot load cost model {name!r}: {exc}") from exc

@@ -1,6 +1,6 @@
 """The per-iteration glue inside SGLang's scheduler child: snapshot -> policy.plan -> validate -> apply; measure.
 
-One `FairAdapter` per Scheduler (attached as `scheduler._sglang_fair`). The hooks in scheduler_hooks.py call:
+One `PolicyAdapter` per Scheduler (for whichever policy is active) (attached as `scheduler._sglang_fair`). The hooks in scheduler_hooks.py call:
 - `rejoin(running_batch)` at the start of every `get_next_batch_to_run` (parked rows come back);
 - `form_prefill(original, sched, running_batch)` in place of `get_new_batch_prefill`: the policy's step;
 - `on_run_batch` / `on_result` around `run_batch` / `process_batch_result`: iteration timing -> online cost fit;
@@ -16,36 +16,17 @@ import logging
 import math
 import time
 
+from ..config import RuntimeConfig
 from ..core.cost_model import CostModel
 from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
+from ..core.presets import load_cost_model
 from ..core.types import Plan, Snapshot
-from ..policies import make_policy
-from ..config import RuntimeConfig
+from ..policies import Policy
 from . import deferral, sglang_view
 from .snapshot import SnapshotBuilder
 
 logger = logging.getLogger("sglang_fair")
-
-# Prior for a device without a preset: the embedded CPU model's shape; the online fit takes over.
-_FALLBACK_PRIOR = CostModel(base_s=0.008, per_prefill_token_s=1.0e-4, per_attn_token2_s=3.0e-8,
-                            per_decode_req_s=2.3e-3, per_context_token_s=1.0e-6)
-
-
-DEFAULT_PRESET = {"cpu": "cpu-embedded", "cuda": "h100-llama3-8b"}
-
-
-def load_cost_model(name_or_path: str | None, device: str = "cpu") -> tuple[CostModel, str]:
-    """The starting cost model: `--cost-model` (preset name or JSON path), else the device's default preset."""
-    from ..core.presets import load_preset
-    name = name_or_path or DEFAULT_PRESET.get(device.split(":")[0])
-    if name is None:
-        return _FALLBACK_PRIOR, "builtin-fallback"
-    try:
-        return load_preset(name), str(name)
-    except (KeyError, ValueError, OSError) as exc:
-        raise RuntimeError(f"sglang-fair: cannot load cost model {name!r}: {exc}") from exc
-
 
 def admission_budget(snap: Snapshot, horizon_s: float) -> tuple[int, int]:
     """(prefill admission budget tokens, router token load) from core.load."""
@@ -54,16 +35,13 @@ def admission_budget(snap: Snapshot, horizon_s: float) -> tuple[int, int]:
     return int(b.tokens), int(b.router_load_tokens)
 
 
-class FairAdapter:
-    def __init__(self, sched, cfg: RuntimeConfig) -> None:
+class PolicyAdapter:
+    """Runs `policy` (built by the caller from `cfg`) for one SGLang scheduler."""
+
+    def __init__(self, sched, cfg: RuntimeConfig, policy: Policy) -> None:
         self.sched = sched
         self.cfg = cfg
-        params = dict(cfg.policy_params)
-        chaos = params.pop("chaos", None)  # testing aid only (policies/chaos.py); `serve` rejects the key
-        self.policy = make_policy(cfg.policy, **params)
-        if chaos is not None:
-            from ..policies.chaos import ChaosParams, ChaosPolicy
-            self.policy = ChaosPolicy(self.policy, ChaosParams(**chaos))
+        self.policy = policy
         self.prior, self.cost_source = load_cost_model(cfg.cost_model, str(getattr(sched, "device", "cpu")))
         self.headroom = Headroom()
         self.fitter = None
@@ -112,7 +90,7 @@ class FairAdapter:
         self.overhead_s_total = 0.0
         self.overhead_s_max = 0.0
         self.measured_iterations = 0
-        self.gauges = None  # metrics.FairGauges when --enable-metrics
+        self.gauges = None  # gauges.Gauges when --enable-metrics
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     @property
@@ -176,25 +154,11 @@ class FairAdapter:
         if plan.preempt:
             self.preempt_left_to_sglang += len(plan.preempt)
 
-        # -- decode rows: park the deferred ones
-        decode_set = set(plan.decode) | set(plan.preempt)  # preemption is left to SGLang's own retraction
-        defer = [r for r in running_batch.reqs if r.rid not in decode_set]
-        self.plan_deferred_rows += len(defer)
-        if defer:
-            reason = deferral.batch_deferral_blocker(running_batch)
-            if reason is None and not running_batch.check_decode_mem():
-                reason = "kv_pressure"
-            if reason is not None:
-                self.no_defer_reasons[reason] += 1
-                defer = []
-            else:
-                finishing = set(self._finishing_inflight(running_batch))
-                n_wanted = len(defer)
-                defer = [r for r in defer if r not in finishing and deferral.row_deferrable(r)]
-                if len(defer) < n_wanted:
-                    self.no_defer_reasons["row_not_deferrable"] += n_wanted - len(defer)
-                if not plan.prefill and len(defer) == len(running_batch.reqs):
-                    defer = defer[1:]  # always keep one row active when no prefill runs
+        # -- decode rows: park the deferred ones (preemption is left to SGLang's own retraction)
+        defer, n_wanted = deferral.rows_to_defer(running_batch, set(plan.decode) | set(plan.preempt),
+                                                 has_prefill=bool(plan.prefill), finishing=self._finishing_inflight,
+                                                 blocked=self.no_defer_reasons)
+        self.plan_deferred_rows += n_wanted
         if defer:
             n = self.parking.park(running_batch, defer)
             self.deferred_now = n
@@ -289,9 +253,9 @@ class FairAdapter:
                     self.saver.maybe_save(self.fitter)
                 except Exception as exc:  # a full disk must not stop serving
                     self._fault("save_cost_model", f"{type(exc).__name__}: {exc}")
-        if self.gauges is not None and time.monotonic() - self.gauges._last >= 0.5:
+        if self.gauges is not None:
             try:
-                self.gauges.update(self.status())
+                self.gauges.maybe_update(self.status)
             except Exception as exc:
                 self._fault("metrics", f"{type(exc).__name__}: {exc}")
 
@@ -354,7 +318,3 @@ class FairAdapter:
             self.saver.maybe_save(self.fitter)
         except Exception:  # noqa: BLE001  (interpreter shutdown: nothing left to report to)
             pass
-
-    def save_cost_model(self, path: str) -> None:
-        from ..core.fit import save_model_json
-        save_model_json(path, self.fitted_cost, self.fitter.report if self.fitter else None, source="live online fit")

@@ -30,11 +30,12 @@ same token total in that order (counted as `reordered`).
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
 import weakref
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .sglang_view import grammar_queue_hidden
 
@@ -245,3 +246,30 @@ def forward_features(batch) -> tuple[list[tuple[int, int]], list[int]]:
         else:
             prefills.append((e, p))
     return prefills, decodes
+
+
+def rows_to_defer(batch, planned: set[str], *, has_prefill: bool, finishing: Callable[[object], list],
+                  blocked: collections.Counter) -> tuple[list, int]:
+    """(rows this step parks, how many the plan left out). The plan leaves out the running rows not in `planned`
+    (decoded or preempted rids); the mechanism keeps some of them, counted by reason in `blocked`:
+    - the whole step when the batch's shared state cannot be split (`batch_deferral_blocker`) or the full batch would
+      not fit the next decode in KV ("kv_pressure": SGLang's retraction must see every row);
+    - single rows the in-flight result finishes (`finishing(batch)`) or that cannot be parked (`row_deferrable`);
+    - one row always runs when no prefill does."""
+    defer = [r for r in batch.reqs if r.rid not in planned]
+    n_wanted = len(defer)
+    if not defer:
+        return [], 0
+    reason = batch_deferral_blocker(batch)
+    if reason is None and not batch.check_decode_mem():
+        reason = "kv_pressure"
+    if reason is not None:
+        blocked[reason] += 1
+        return [], n_wanted
+    done = set(finishing(batch))
+    defer = [r for r in defer if r not in done and row_deferrable(r)]
+    if len(defer) < n_wanted:
+        blocked["row_not_deferrable"] += n_wanted - len(defer)
+    if not has_prefill and len(defer) == len(batch.reqs):
+        defer = defer[1:]  # always keep one row active when no prefill runs
+    return defer, n_wanted

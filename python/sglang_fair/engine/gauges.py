@@ -3,12 +3,13 @@
 SGLang runs prometheus_client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR is set before its processes start);
 a Gauge created in the scheduler child with `multiprocess_mode="mostrecent"` and SGLang's own labels is written to
 that directory and shows on the main process's `/metrics`. Only with `--enable-metrics`.
-Updated from the adapter at most every `PERIOD_S` (plus on every status call).
+The adapter hands `maybe_update` its status function; the gauges call it at most every `PERIOD_S`.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 PERIOD_S = 0.5
 
@@ -27,7 +28,7 @@ _COEF = ("base_s", "per_prefill_token_s", "per_attn_token2_s", "per_decode_req_s
          "per_mixed_decode_req_s")
 
 
-class FairGauges:
+class Gauges:
     def __init__(self, labels: dict[str, str]) -> None:
         from prometheus_client import Gauge
         self.labels = dict(labels)
@@ -40,11 +41,16 @@ class FairGauges:
                           labelnames=[*names, "term"], multiprocess_mode="mostrecent")
         self._last = 0.0
 
-    def update(self, status: dict, force: bool = False) -> None:
+    def maybe_update(self, status: Callable[[], dict]) -> None:
+        """Set every gauge from `status()` if the last update is at least PERIOD_S old (status is not called
+        otherwise: it builds a snapshot)."""
         now = time.monotonic()
-        if not force and now - self._last < PERIOD_S:
+        if now - self._last < PERIOD_S:
             return
         self._last = now
+        self.update(status())
+
+    def update(self, status: dict) -> None:
         for k, g in self.gauges.items():
             v = status.get(k)
             if v is not None:
@@ -61,4 +67,4 @@ def maybe_install(sched, adapter) -> None:
         return
     collector = getattr(reporter, "metrics_collector", None)
     labels = dict(getattr(collector, "labels", {}) or {})
-    adapter.gauges = FairGauges(labels)
+    adapter.gauges = Gauges(labels)

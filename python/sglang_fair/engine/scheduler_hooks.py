@@ -69,12 +69,13 @@ def _make_init_hook(cfg: RuntimeConfig, specs: list[HookSpec]):
                                "off)" % (cfg.policy, "; ".join(missing)))
         verify_live(self, specs)
         if cfg.active:
-            from .adapter import FairAdapter
-            adapter = FairAdapter(self, cfg)
+            from ..policies.chaos import make_configured_policy
+            from .adapter import PolicyAdapter
+            adapter = PolicyAdapter(self, cfg, make_configured_policy(cfg.policy, cfg.policy_params))
             adapter.hooks_verified = True
             setattr(self, ADAPTER_ATTR, adapter)
-            from . import metrics
-            metrics.maybe_install(self, adapter)
+            from . import gauges
+            gauges.maybe_install(self, adapter)
         self._sglang_fair_hooks_verified = True
         logger.warning("sglang-fair scheduler hooks verified: policy=%s, %d hooks live", cfg.policy, len(specs))
     return around_init

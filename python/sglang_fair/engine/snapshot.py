@@ -12,7 +12,7 @@ Mapping (SGLang 0.5.23):
 - prefilling <- `scheduler.chunked_req` (the one partially prefilled request); prefilled = req.prefix_len.
 - waiting    <- `scheduler.waiting_queue` sorted by arrival (SGLang sorts that list in place by its own policy);
                 prefilled = req.prefix_len, the radix-cache hit of the latest prefix match (0 without radix cache;
-                the adapter matches the waiting view itself, see FairAdapter.match_waiting_prefixes).
+                the adapter matches the waiting view itself, see sglang_view.PrefixMatcher).
 - arrival    <- time_stats.scheduler_recv_time (when the scheduler received the request); first token <-
                 time_stats.prefill_finished_time (a retracted request keeps its original first-token time).
 - KV         <- capacity max_total_num_tokens; used = capacity - allocator.available_size() - evictable cache.

@@ -143,3 +143,13 @@ _FAULTS = {
     "kv_overflow": _kv_overflow,
 }
 assert set(_FAULTS) == set(FAULT_KINDS)
+
+
+def make_configured_policy(name: str, params: dict):
+    """The policy a runtime config asks for: `make_policy(name, **params)`, wrapped in ChaosPolicy when `params`
+    carry the `chaos` key (a testing aid `serve` refuses; tests set it through the environment)."""
+    from .registry import make_policy
+    params = dict(params)
+    chaos = params.pop(CHAOS_KEY, None)
+    policy = make_policy(name, **params)
+    return policy if chaos is None else ChaosPolicy(policy, ChaosParams(**chaos))
