@@ -14,23 +14,6 @@ emulated server is SGLang's real server on the CPU with:
   - without `--model-path`, the micro model (`MICRO_SPEC`: 2 layers, hidden 64, random weights, the embedded
     model's tokenizer): its real forward is small enough to fit inside most emulated iterations, and its KV cache
     (1 KiB per token in float32) makes a 425k-token pool 0.4 GB. A larger model may need --max-total-tokens.
-
-Call sites (serve.py, `main()`; `from .emulate.serve_args import split_emulate_args` at the top):
-
-    parser = build_parser()
-    try:
-        argv, emulate = split_emulate_args(argv)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if emulate:
-        argv = emulate.with_planner_prior(argv)
-    ns, rest = parser.parse_known_args(argv)
-    ...
-    args = sglang_args(emulate.sglang_args(rest) if emulate else rest, cpu)
-    ...
-    env = dict(os.environ, **{ENV_VAR: cfg.to_json()}, **(emulate.env() if emulate else {}))
-    if emulate:
-        print(emulate.banner(), file=sys.stderr)
 """
 
 from __future__ import annotations

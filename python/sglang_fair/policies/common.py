@@ -45,6 +45,21 @@ def admission_tokens(req: ReqView, ratio: float) -> int:
     return req.remaining_prompt_tokens + output_reserve_tokens(req, ratio)
 
 
+def keep_every_decode(snap: Snapshot) -> tuple[list[str], list[ReqView], int]:
+    """(preempted rids, running requests that decode, free KV after preemption) for a policy that decodes every
+    running request: when KV cannot hold one token per decode, requests are preempted latest arrival first (vLLM's
+    choice), partial prefills before decodes because they hold the least finished work."""
+    running = snap.running
+    free = snap.kv_free_tokens
+    preempt: list[str] = []
+    if free < len(running):
+        latest_first = lambda reqs: sorted(reqs, key=lambda r: (r.arrival_s, r.rid), reverse=True)  # noqa: E731
+        victims = [(r, False) for r in latest_first(snap.prefilling)] + [(r, True) for r in latest_first(running)]
+        preempt, free, _ = preempt_until(free, len(running), victims)
+    gone = frozenset(preempt)
+    return preempt, ([r for r in running if r.rid not in gone] if gone else list(running)), free
+
+
 def preempt_until(free: int, need: int, victims: Iterable[tuple[ReqView, bool]]) -> tuple[list[str], int, int]:
     """Release victims, in the given order, until `free >= need`.
 

@@ -30,7 +30,7 @@ from ..core.checks import check_int_at_least, check_ratio
 from ..core.cost_model import CostModel
 from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
-from .common import admission_tokens, make_plan, outstanding_reserve_tokens, output_reserve_tokens, preempt_until
+from .common import admission_tokens, make_plan, outstanding_reserve_tokens, output_reserve_tokens, keep_every_decode
 from .registry import register_policy
 
 
@@ -61,10 +61,6 @@ def efficient_tokens(cost: CostModel, tile: int, cap: int) -> int:
     return max(tile, min(cap // tile * tile, int(round(c / tile)) * tile))
 
 
-def _latest_first(reqs) -> list[ReqView]:
-    return sorted(reqs, key=lambda r: (r.arrival_s, r.rid), reverse=True)
-
-
 @register_policy("rad")
 class RadPolicy:
     name = "rad"
@@ -92,14 +88,8 @@ class RadPolicy:
 
     def plan(self, snap: Snapshot) -> Plan:
         p = self.params
-        running = snap.running
-        free = snap.kv_free_tokens
-        preempt: list[str] = []
-        if free < len(running):
-            victims = [(r, False) for r in _latest_first(snap.prefilling)] + [(r, True) for r in _latest_first(running)]
-            preempt, free, _ = preempt_until(free, len(running), victims)
+        preempt, decodes, free = keep_every_decode(snap)
         gone = frozenset(preempt)
-        decodes = [r for r in running if r.rid not in gone] if gone else list(running)
         kv_left = free - len(decodes)
         prefill: list[tuple[ReqView, int]] = []
         no_mix = not snap.mixing_allowed and bool(decodes)

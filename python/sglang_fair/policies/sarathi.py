@@ -16,7 +16,7 @@ from ..core.checks import check_int_at_least, check_ratio
 from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
 from .common import (admission_tokens, make_plan, outstanding_reserve_tokens,
-                     output_reserve_tokens, preempt_until)
+                     output_reserve_tokens, keep_every_decode)
 from .registry import register_policy
 
 
@@ -33,10 +33,6 @@ class SarathiParams:
         check_ratio("kv_reserve_output_ratio", self.kv_reserve_output_ratio)
 
 
-def _latest_first(reqs) -> list[ReqView]:
-    return sorted(reqs, key=lambda r: (r.arrival_s, r.rid), reverse=True)
-
-
 @register_policy("sarathi")
 class SarathiPolicy:
     name = "sarathi"
@@ -46,14 +42,8 @@ class SarathiPolicy:
 
     def plan(self, snap: Snapshot) -> Plan:
         p = self.params
-        running = snap.running
-        free = snap.kv_free_tokens
-        preempt: list[str] = []
-        if free < len(running):
-            victims = [(r, False) for r in _latest_first(snap.prefilling)] + [(r, True) for r in _latest_first(running)]
-            preempt, free, _ = preempt_until(free, len(running), victims)
+        preempt, decodes, free = keep_every_decode(snap)
         gone = frozenset(preempt)
-        decodes = [r for r in running if r.rid not in gone] if gone else list(running)
         kv_left = free - len(decodes)
         no_mix = not snap.mixing_allowed  # then a prefill step carries no decode (SGLang without mixed chunk)
         tokens_left = p.token_budget - (0 if no_mix else len(decodes))
