@@ -20,7 +20,7 @@ from sglang_fair.bench.docs_section import replace_section  # noqa: E402
 
 from sglang_fair.live.replay import ReplayRequest, replay  # noqa: E402
 from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, sglang_server  # noqa: E402
-from sglang_fair.model import make_model  # noqa: E402
+from sglang_fair.data.model import make_model  # noqa: E402
 
 PROMPTS = (512, 1024, 2048)
 BATCHES = (1, 8, 32)

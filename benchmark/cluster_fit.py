@@ -15,7 +15,7 @@ from pathlib import Path
 from sglang_fair.bench.runner import Bench, full_config
 from sglang_fair.live.server import exit_on_sigterm, requests_served
 from sglang_fair.core.metrics import summarize
-from sglang_fair.model import make_model
+from sglang_fair.data.model import make_model
 
 
 def learned(srv) -> str:

@@ -23,7 +23,7 @@ from sglang_fair.bench.docs_section import replace_section  # noqa: E402
 
 from sglang_fair.live.compare import fixed_prompts, mismatches, run_workload  # noqa: E402
 from sglang_fair.live.server import cpu_server_args, exit_on_sigterm, server_slots, sglang_server  # noqa: E402
-from sglang_fair.model import make_model  # noqa: E402
+from sglang_fair.data.model import make_model  # noqa: E402
 
 TITLE = "Plugin overhead (--fair-policy off vs stock)"
 SERVE = [sys.executable, "-m", "sglang_fair.cli", "serve", "--fair-policy", "off"]

@@ -9,7 +9,7 @@ import sys
 # module -> function that adds its subcommand(s); adding a command is one line here.
 COMMANDS = (
     ("sglang_fair.serve", "add_parser"),
-    ("sglang_fair.model", "add_parser"),
+    ("sglang_fair.data.model", "add_parser"),
     ("sglang_fair.demo", "add_parser"),
     ("sglang_fair.bench.plan_bench", "add_parser"),
     ("sglang_fair.sim.cli", "add_parsers"),

@@ -12,7 +12,7 @@ import sys
 from .live.replay import replay, request_times, requests_from_trace
 from .live.server import cpu_server_args, exit_on_sigterm, sglang_server
 from .core.metrics import summarize
-from .model import make_model
+from .data.model import make_model
 from .config import has_cuda
 
 

@@ -172,7 +172,7 @@ def _value(args: list[str], flag: str, default: str | None = None) -> str | None
 def sglang_args(rest: list[str], cpu: bool) -> list[str]:
     args = list(rest)
     if not (_given(args, "--model-path") or _given(args, "--model")):
-        from .model import make_model
+        from .data.model import make_model
         print("sglang-fair serve: no --model-path given, using the embedded model", file=sys.stderr)
         args += ["--model-path", str(make_model())]
     defaults = ALWAYS_DEFAULTS + ((*CPU_DEFAULTS, ("--dtype", cpu_dtype_default())) if cpu else ())

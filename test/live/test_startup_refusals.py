@@ -19,7 +19,7 @@ pytestmark = pytest.mark.live
 @pytest.mark.parametrize("flag", ["--enable-priority-scheduling"])
 def test_scheduler_refuses_a_flag_set_past_serve(flag, tmp_path):
     from sglang_fair.live.server import server_slots
-    from sglang_fair.model import make_model
+    from sglang_fair.data.model import make_model
     from sglang_fair.config import ENV_VAR, RuntimeConfig
 
     env = {**os.environ, ENV_VAR: RuntimeConfig(policy="fair").to_json(), "SGLANG_USE_CPU_ENGINE": "1"}

@@ -45,7 +45,7 @@ def _args() -> list[str]:
 
 @pytest.fixture(scope="module")
 def srv():
-    from sglang_fair.model import make_model
+    from sglang_fair.data.model import make_model
     with sglang_server(make_model(), _args(), command=SERVE, startup_timeout_s=600) as s:
         yield s
 

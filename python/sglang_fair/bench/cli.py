@@ -108,7 +108,7 @@ def _json_default(o):
 
 def run(cfg, out: Path) -> dict:
     from .. import __version__
-    from ..model import make_model
+    from ..data.model import make_model
     from .fidelity import fidelity
     from .policies import SIM_SPECS, STOCK
     from .runner import Bench, machine

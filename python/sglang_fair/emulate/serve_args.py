@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model import TinyLlamaSpec
+from ..data.model import TinyLlamaSpec
 from ..core.checks import FieldError
 from .spec import DeviceSpec, kv_pool_tokens, parse_device_spec
 from .hook import ENV_VAR, spec_to_env
@@ -64,7 +64,7 @@ class EmulatedServe:
         """`args` plus the emulated GPU's server flags the user did not give (model: the micro model)."""
         out = list(args)
         if not (_given(out, "--model-path") or _given(out, "--model")):
-            from ..model import make_model
+            from ..data.model import make_model
             out += ["--model-path", str(make_model(MICRO_SPEC))]
         for flag, value in (("--max-total-tokens", str(kv_pool_tokens())),
                             ("--chunked-prefill-size", str(EMULATED_GPU_CHUNKED_PREFILL)),
@@ -80,7 +80,7 @@ class EmulatedServe:
             return list(argv)
         from ..core.fit import save_model_json
         from ..core.presets import load_preset
-        from ..model import default_cache_dir
+        from ..data.model import default_cache_dir
 
         k = self.spec.dilation
         folder = Path(folder) if folder is not None else default_cache_dir().parent / "emulated"

@@ -36,7 +36,7 @@ def embedded_model_path() -> str:
     env = os.environ.get(MODEL_ENV)
     if env:
         return env
-    from ..model import make_model
+    from ..data.model import make_model
     return str(make_model())
 
 
