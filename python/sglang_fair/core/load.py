@@ -1,8 +1,8 @@
 """Load estimate for the upper-level router: FairBatching's "prefill admission budget" and the token number that
 sglang-router's power_of_two policy reads.
 
-Prefill admission budget (notes/algorithms.md, FairBatching item 3; the formula is this project's, as the paper does
-not publish one): over a horizon H (default: the TTFT SLO),
+Prefill admission budget (FairBatching's load estimation, arXiv 2510.14392; the formula is this project's, as the
+paper does not publish one): over a horizon H (default: the TTFT SLO),
 
     time left  = H - decode time that keeps every running request on its envelope within H
                    - prefill time of the prompt tokens already queued (partial and waiting)

@@ -1,5 +1,5 @@
-"""`fair`: FairBatching's deadline-aware, time-budgeted batch formation (arXiv 2510.14392, as reconstructed in
-notes/algorithms.md; the choices the public material leaves open are in docs/design.md, "Policies").
+"""`fair`: FairBatching's deadline-aware, time-budgeted batch formation (arXiv 2510.14392, as far as the public
+material pins it down; the choices it leaves open are in docs/design.md, "Policies").
 
 Per iteration:
 1. Budget. With running decodes: `max(min decode slack, min tpot_slo)`; without: `max_budget_ms` (no envelope to

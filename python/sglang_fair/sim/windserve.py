@@ -1,4 +1,4 @@
-"""WindServe-style phase disaggregation (ISCA 2025; no public code, see notes/algorithms.md): one prefill instance
+"""WindServe-style phase disaggregation (ISCA 2025; no public code: our reading of the paper): one prefill instance
 (P) and one decode instance (D), i.e. the same two GPUs as a 2-replica cluster.
 
 - P runs FCFS prefill batches of up to `prefill_batch_tokens` prompt tokens (long prompts are chunked). The last
