@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--load", type=float, nargs="+", default=[0.8, 1.5], help="fraction of capacity per phase")
     ap.add_argument("--capacity-rps", type=float, default=None, help="skip the capacity burst")
     ap.add_argument("--trace", default="azure-conv")
-    ap.add_argument("--shared", default=None, help="data folder replacing the shipped traces (default: $SGLANG_FAIR_SHARED, else the package's copies)")
+    ap.add_argument("--shared", default=None,
+                    help="data folder replacing the shipped traces (default: $SGLANG_FAIR_SHARED, else the package's)")
     ap.add_argument("--length-scale", type=float, default=0.5)
     ap.add_argument("--max-prompt", type=int, default=1500)
     ap.add_argument("--max-output", type=int, default=64)
