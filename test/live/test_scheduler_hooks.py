@@ -195,8 +195,7 @@ def test_invalid_plans_are_named_and_valid_ones_pass():
 
 
 def test_request_slos_parsed_or_rejected_with_the_key():
-    from sglang_fair.config import SloConfig
-    from sglang_fair.engine.snapshot import parse_request_slos
+    from sglang_fair.config import SloConfig, parse_request_slos
 
     dflt = SloConfig(ttft_slo_ms=1000.0, tpot_slo_ms=100.0)
     assert parse_request_slos(None, dflt) == (1.0, 0.1, False)

@@ -194,7 +194,7 @@ def test_bad_input_gets_400_with_a_reason_and_the_server_keeps_serving(srv):
         if reason is not None:
             assert re.search(reason, r.text, re.I), (name, r.text[:300])
     # The largest accepted SLO is valid; so is a well-formed request after all the bad ones.
-    from sglang_fair.engine.snapshot import MAX_SLO_MS
+    from sglang_fair.config import MAX_SLO_MS
     ok = _post_raw(srv, json.dumps(_gen_body({"ttft_slo_ms": MAX_SLO_MS, "tpot_slo_ms": 0.5})).encode())
     assert ok.status_code == 200 and len(ok.json()["output_ids"]) == 2
     assert srv.proc.poll() is None and srv.get("/health").status_code == 200
