@@ -60,6 +60,24 @@ def keep_every_decode(snap: Snapshot) -> tuple[list[str], list[ReqView], int]:
     return preempt, ([r for r in running if r.rid not in gone] if gone else list(running)), free
 
 
+def admit_fcfs(snap: Snapshot, prefill: list, gone: frozenset[str], ratio: float, tokens_left: int,
+               kv_left: int) -> None:
+    """Append waiting requests to `prefill` FCFS, each chunk min(remaining, tokens left), while the token budget
+    lasts and each request's whole prompt plus output reservation fits beside what admitted requests (and the
+    partial prefills already in `prefill`) still need; the first that does not fit blocks the rest, as in SGLang."""
+    reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum(c for _, c in prefill)
+    for r in snap.waiting:
+        if tokens_left <= 0 or r.remaining_prompt_tokens <= 0:
+            break
+        if kv_left - reserve < admission_tokens(r, ratio):
+            break
+        c = min(r.remaining_prompt_tokens, tokens_left)
+        prefill.append((r, c))
+        tokens_left -= c
+        kv_left -= c
+        reserve += r.remaining_prompt_tokens - c + output_reserve_tokens(r, ratio)
+
+
 def preempt_until(free: int, need: int, victims: Iterable[tuple[ReqView, bool]]) -> tuple[list[str], int, int]:
     """Release victims, in the given order, until `free >= need`.
 

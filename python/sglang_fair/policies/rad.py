@@ -30,7 +30,7 @@ from ..core.checks import check_int_at_least, check_ratio
 from ..core.cost_model import CostModel
 from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
-from .common import admission_tokens, make_plan, outstanding_reserve_tokens, output_reserve_tokens, keep_every_decode
+from .common import admit_fcfs, keep_every_decode, make_plan
 from .registry import register_policy
 
 
@@ -106,17 +106,7 @@ class RadPolicy:
                 kv_left -= c
             if tokens_left > 0 and kv_left > 0 and snap.waiting:
                 ratio = p.kv_reserve_output_ratio
-                reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum(c for _, c in prefill)
-                for r in snap.waiting:
-                    if tokens_left <= 0 or r.remaining_prompt_tokens <= 0:
-                        break
-                    if kv_left - reserve < admission_tokens(r, ratio):
-                        break
-                    c = min(r.remaining_prompt_tokens, tokens_left)
-                    prefill.append((r, c))
-                    tokens_left -= c
-                    kv_left -= c
-                    reserve += r.remaining_prompt_tokens - c + output_reserve_tokens(r, ratio)
+                admit_fcfs(snap, prefill, gone, ratio, tokens_left, kv_left)
         if no_mix and prefill:
             decodes = []  # the engine cannot mix: prefill now, the decodes in the next step
         return make_plan(snap.cost, prefill, decodes, preempt, math.inf,

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from ..core.checks import check_int_at_least, check_ratio
 from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
-from .common import (admission_tokens, make_plan, outstanding_reserve_tokens,
-                     output_reserve_tokens, keep_every_decode)
+from .common import admit_fcfs, keep_every_decode, make_plan
 from .registry import register_policy
 
 
@@ -60,17 +59,7 @@ class SarathiPolicy:
         if tokens_left > 0 and snap.waiting:
             ratio = p.kv_reserve_output_ratio
             # what admitted requests still need, less the chunks of partial prefills planned above
-            reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum(c for _, c in prefill)
-            for r in snap.waiting:  # FCFS; the first request that does not fit blocks the rest, as in SGLang
-                if tokens_left <= 0 or r.remaining_prompt_tokens <= 0:
-                    break
-                if kv_left - reserve < admission_tokens(r, ratio):
-                    break
-                c = min(r.remaining_prompt_tokens, tokens_left)
-                prefill.append((r, c))
-                tokens_left -= c
-                kv_left -= c
-                reserve += r.remaining_prompt_tokens - c + output_reserve_tokens(r, ratio)
+            admit_fcfs(snap, prefill, gone, ratio, tokens_left, kv_left)
         if no_mix and prefill:
             decodes = []  # prefill first, as SGLang runs it without mixing; the decodes run in the next step
         return make_plan(snap.cost, prefill, decodes, preempt, float("inf"),
