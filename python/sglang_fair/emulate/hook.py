@@ -36,6 +36,8 @@ INTERNAL_STATE = ("sglang.srt.managers.scheduler_components.internal_state.Sched
                   ".get_internal_state")
 PADDER_ATTR = "_sglang_fair_emulated_device"
 STATE_KEY = "emulated_device"
+FAST_ATTENTION_ENV = "SGLANG_FAIR_EMULATE_FAST_ATTENTION"
+"""`0` keeps SGLang's own torch_native attention under emulation (for measuring what cpu_attention.py saves)."""
 _registered: dict[str, DeviceSpec] = {}
 
 
@@ -109,6 +111,9 @@ def register_from_env(environ: Mapping[str, str] | None = None) -> DeviceSpec | 
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     around, after = _make_hooks(spec)
+    if os.environ.get(FAST_ATTENTION_ENV, "1") != "0":
+        from . import cpu_attention
+        cpu_attention.register()
     HookRegistry.register(RUN_BATCH, around, HookType.AROUND)
     HookRegistry.register(INTERNAL_STATE, after, HookType.AFTER)
     _registered[RUN_BATCH] = spec
