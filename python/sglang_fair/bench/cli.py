@@ -2,6 +2,7 @@
 
     sglang-fair bench --quick --json          # stock vs fair on Azure code, <= 5 min; JSON summary on stdout
     sglang-fair bench --full --out DIR --docs docs/results.md   # every policy, both Azure traces, cluster, fidelity
+    sglang-fair bench --emulate a100-llama3-8b:3 --quick --json   # the same on the EMULATED A100, at its scale
 
 Servers run on loopback in their own process groups (at most two at once, machine-wide slots), with
 `--sleep-on-idle`, and are stopped by process group, also when the benchmark is interrupted.
@@ -35,21 +36,33 @@ def add_parser(sub) -> None:
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("--no-cluster", action="store_true", help="skip the two-server runs (full mode)")
+    p.add_argument("--emulate", metavar="PRESET[:DILATION]", default=None,
+                   help="run every server on the emulated accelerator (serve --emulate-device): real trace lengths, "
+                        "GPU policies, SLOs 2 s / 100 ms and arrival gaps x DILATION; figures are emulated")
     from ..sim.cli import add_trace_shaping
     add_trace_shaping(p)
     p.set_defaults(func=main)
 
 
 def _config(args):
+    from .emulated import EMULATED_POLICIES, emulated_config
     from .policies import LIVE_POLICIES
     from .runner import full_config, quick_config
-    cfg = full_config() if args.full else quick_config()
+    if args.emulate:
+        from ..emulate.spec import parse_device_spec
+        try:
+            parse_device_spec(args.emulate)
+        except ValueError as exc:
+            raise SystemExit(f"sglang-fair bench: --emulate: {exc}") from None
+        cfg, known = emulated_config(args.emulate, full=args.full), EMULATED_POLICIES
+    else:
+        cfg, known = (full_config() if args.full else quick_config()), LIVE_POLICIES
     if args.policies:
         names = [x.strip() for x in args.policies.split(",") if x.strip()]
-        bad = [n for n in names if n not in LIVE_POLICIES]
+        bad = [n for n in names if n not in known]
         if bad or not names:
             raise SystemExit(f"sglang-fair bench: --policies: unknown {bad or names}; choose from "
-                             f"{', '.join(LIVE_POLICIES)}")
+                             f"{', '.join(known)}")
         cfg.policies = names
     for flag in ("ttft_slo_ms", "tpot_slo_ms"):
         v = getattr(args, flag)
@@ -79,6 +92,9 @@ def main(args) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
     imgs = report.plots(results, out)
     summary = report.quick_summary(results)
+    if cfg.emulate:
+        from .emulated_report import emulated_summary
+        summary = emulated_summary(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.docs:
         from .docs_section import replace_section
@@ -88,11 +104,19 @@ def main(args) -> int:
         for f in imgs:
             shutil.copy(f, img_dir / f.name)
         title = "Live A/B benchmarks (quick)" if cfg.mode == "quick" else "Live A/B benchmarks"
-        replace_section(docs, title, report.markdown(results, cmd, "img/live"))
+        text = report.markdown(results, cmd, "img/live")
+        if cfg.emulate:
+            from .emulated_report import markdown as emulated_markdown
+            title = f"Emulated accelerator: live A/B ({cfg.mode})"
+            text = emulated_markdown(results, cmd, "img/live")
+        replace_section(docs, title, text)
     print(f"[bench] results in {out}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
+        if cfg.emulate:
+            print(f"EMULATED device {summary['emulated_device']} (dilation {summary['dilation']:g}); largest "
+                  f"overrun fraction of a probe {summary['overrun_fraction']:.3f}")
         for name, p in summary["policies"].items():
             print(f"{name:>16}: capacity x{p['capacity']:g} ({p['capacity_rps']:.2f} req/s)")
         print(f"capacity ratio fair/stock: {summary['capacity_ratio_fair_vs_stock']}")
@@ -114,7 +138,11 @@ def run(cfg, out: Path) -> dict:
     from .runner import Bench, machine
 
     t0 = time.monotonic()
-    bench = Bench(cfg, out, str(make_model()))
+    if cfg.emulate:
+        from ..emulate.serve_args import MICRO_SPEC
+        bench = Bench(cfg, out, str(make_model(MICRO_SPEC)))
+    else:
+        bench = Bench(cfg, out, str(make_model()))
     bench.log = open(out / "bench_serving.log", "w")
     bench.say("loading bench_serving")
     import sglang
@@ -128,8 +156,13 @@ def run(cfg, out: Path) -> dict:
                                      "prompt_tokens_mean": float(trace.prompt_tokens.mean()),
                                      "output_tokens_mean": float(trace.output_tokens.mean()),
                                      "context_clipped": trace.context_clipped, "prompt_tokens_sent_mean": None}
+    if cfg.emulate:  # stock first: fair then also probes at stock's capacity (each starts from the device prior)
+        first = cfg.workloads[0].trace
+        for name in sorted(cfg.policies, key=lambda n: (n != "stock", n == "fair")):
+            cap = results["single"].get("stock", {}).get(first, {}).get("capacity")
+            results["single"][name] = bench.run_single(name, {first: cap} if name == "fair" and cap else None)
     # fair (else the first plugin policy) first: it saves its live cost fit, the other plugin policies start from it
-    order = sorted(cfg.policies, key=lambda n: (n != "fair", n in STOCK))
+    order = [] if cfg.emulate else sorted(cfg.policies, key=lambda n: (n != "fair", n in STOCK))
     for name in order:
         results["single"][name] = bench.run_single(name)
     for key in results["workloads"]:
@@ -140,7 +173,12 @@ def run(cfg, out: Path) -> dict:
     for server_policy, router_policy in cfg.cluster:
         label = f"2x{server_policy}/{router_policy}"
         results["cluster"][label] = bench.run_cluster(server_policy, router_policy, start=2.0 * stock_cap)
-    if bench.cost_model_path.exists():
+    if cfg.emulate:
+        from .emulated_report import emulated_fidelity
+        if bench.cost_model_path.exists():
+            results["cost_model"] = json.loads(bench.cost_model_path.read_text())
+        results["fidelity"] = emulated_fidelity(bench, results)
+    elif bench.cost_model_path.exists():
         results["cost_model"] = json.loads(bench.cost_model_path.read_text())
         results["fidelity"] = fidelity(
             bench.probes, bench.traces, {k: v for k, v in SIM_SPECS.items() if k in cfg.policies},

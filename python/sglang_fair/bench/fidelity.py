@@ -25,11 +25,14 @@ def replay_trace(trace: Trace, input_lens: list[int], scale: float) -> Trace:
 
 
 def compare_probe(spec: str, trace: Trace, probe, cost_model_path: str, *, ttft_slo_ms: float, tpot_slo_ms: float,
-                  kv_tokens: int) -> dict:
+                  kv_tokens: int, iteration_time=None) -> dict:
+    """`iteration_time`: the batch's true time (the emulated device's model); the policy then plans with the
+    cost model at `cost_model_path`, as the live server starts."""
     name, params = parse_policy_spec(spec)
     cost = load_preset(cost_model_path)
     engine = EngineConfig(kv_capacity_tokens=kv_tokens, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms)
-    sim = simulate(replay_trace(trace, probe.input_lens, probe.scale), make_policy(name, **params), cost, engine)
+    sim = simulate(replay_trace(trace, probe.input_lens, probe.scale), make_policy(name, **params), cost, engine,
+                   iteration_time=iteration_time)
     live_s, sim_s = summarize(probe.records), sim.summary()
     out = {"scale": probe.scale}
     for m in METRICS:

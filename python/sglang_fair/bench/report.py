@@ -38,6 +38,14 @@ def quick_summary(results: dict) -> dict:
             "wall_s": results.get("wall_s")}
 
 
+def _plot_ms(probe: dict, metric: str) -> float:
+    """ms of `metric` (p99_ttft / p99_tpot): in the emulated GPU's time for an emulated probe."""
+    if "emulated_gpu" in probe:
+        v = probe["emulated_gpu"].get(metric + "_ms")
+        return math.inf if v is None else v
+    return (probe[metric + "_s"] or math.inf) * 1e3
+
+
 def plots(results: dict, out_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -54,8 +62,8 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
             if not xs:
                 continue
             sc = [float(x) for x in xs]
-            axes[0].plot(sc, [(pr[x]["p99_ttft_s"] or math.inf) * 1e3 for x in xs], "o-", label=name)
-            axes[1].plot(sc, [(pr[x]["p99_tpot_s"] or math.inf) * 1e3 for x in xs], "o-", label=name)
+            axes[0].plot(sc, [_plot_ms(pr[x], "p99_ttft") for x in xs], "o-", label=name)
+            axes[1].plot(sc, [_plot_ms(pr[x], "p99_tpot") for x in xs], "o-", label=name)
             axes[2].plot(sc, [pr[x]["attainment"] for x in xs], "o-", label=name)
         axes[0].axhline(cfg["ttft_slo_ms"], color="k", ls="--", lw=0.8)
         axes[1].axhline(cfg["tpot_slo_ms"], color="k", ls="--", lw=0.8)
@@ -66,7 +74,9 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
             ax.set_xscale("log")
         axes[0].set_yscale("log")
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"live, {key}: one CPU server per policy (bench_serving probes)")
+        where = (f"EMULATED {cfg['emulate']} (times in the emulated GPU's ms)" if cfg.get("emulate")
+                 else "one CPU server per policy")
+        fig.suptitle(f"live, {key}: {where} (bench_serving probes)")
         fig.tight_layout()
         path = out_dir / f"live-{key}.png"
         fig.savefig(path, dpi=90)

@@ -59,6 +59,20 @@ class BenchConfig:
     """(server policy, router policy) pairs for the two-server runs (on the first workload)."""
     cluster_max_probes: int = 3
     seed: int = 0
+    emulate: str | None = None
+    """`PRESET[:DILATION]`: every server on the emulated accelerator (emulated.py); None: the CPU as it is."""
+
+    @property
+    def dilation(self) -> float:
+        if not self.emulate:
+            return 1.0
+        from ..emulate.spec import parse_device_spec
+        return parse_device_spec(self.emulate).dilation
+
+    @property
+    def stock_names(self) -> tuple[str, ...]:
+        from .emulated import EMULATED_STOCK
+        return EMULATED_STOCK if self.emulate else STOCK
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -115,12 +129,15 @@ class Bench:
         self.warmup = (head, head.write(path), path)
 
     def _probe(self, url: str, key: str | tuple, scale: float, abort_urls=None, cap_s=None) -> Probe:
-        """`key`: a workload key of `traces`, or a (workload, trace, path) entry itself."""
+        """`key`: a workload key of `traces`, or a (workload, trace, path) entry itself. On an emulated device
+        with dilation k the arrivals run k times slower and the SLOs are k times longer (Probe.scale = scale / k:
+        its records are on that dilated clock)."""
         _, trace, path = self.traces[key] if isinstance(key, str) else key
         c = self.config
-        return run_probe(url, self.model, trace, path, scale, work_dir=self.out_dir, ttft_slo_s=c.ttft_slo_ms / 1e3,
-                         tpot_slo_s=c.tpot_slo_ms / 1e3, cap_s=cap_s or trace.duration_s / scale + c.probe_drain_s,
-                         abort_urls=abort_urls,
+        k = c.dilation
+        return run_probe(url, self.model, trace, path, scale / k, work_dir=self.out_dir,
+                         ttft_slo_s=c.ttft_slo_ms * k / 1e3, tpot_slo_s=c.tpot_slo_ms * k / 1e3,
+                         cap_s=cap_s or (trace.duration_s / scale + c.probe_drain_s) * k, abort_urls=abort_urls,
                          seed=c.seed, log=self.log)
 
     def _warm_up(self, url: str, abort_urls=None) -> None:
@@ -128,41 +145,73 @@ class Bench:
         fast once, unmeasured (for `fair` it is also where the online cost fit starts learning)."""
         self._probe(url, self.warmup, 4.0, abort_urls=abort_urls, cap_s=90.0)
 
-    def _search(self, label: str, url: str, key: str, start: float, max_probes: int, abort_urls=None) -> dict:
+    def _search(self, label: str, url: str, key: str, start: float, max_probes: int, abort_urls=None,
+                servers=()) -> dict:
+        """Capacity of one configuration; on an emulated device a probe whose forwards overran more than
+        emulated.MAX_OVERRUN_FRACTION is invalid (recorded, never a pass)."""
+        from .emulated import MAX_OVERRUN_FRACTION, overrun_fraction, read_counters
         c = self.config
+        k = c.dilation
         kept = self.probes.setdefault((label, key), {})
+        summaries, overruns = {}, {}
 
         def evaluate(scale: float):
             t0 = time.monotonic()
+            before = [read_counters(s) for s in servers] if c.emulate else []
             p = self._probe(url, key, scale, abort_urls=abort_urls)
             kept[scale] = p
-            s = summarize(p.records)
-            self.say(f"{label:>16} {key} x{scale:<7.4g} p99 TTFT {s.p99_ttft_s * 1e3:8.0f} ms  p99 TPOT "
-                     f"{s.p99_tpot_s * 1e3:6.0f} ms  attainment {s.attainment:4.2f}"
+            s = summaries[scale] = summarize(p.records)
+            if c.emulate:
+                after = [read_counters(x) for x in servers]
+                overruns[scale] = overrun_fraction(tuple(map(sum, zip(*before))), tuple(map(sum, zip(*after))))
+            bad = overruns.get(scale, 0.0) > MAX_OVERRUN_FRACTION
+            self.say(f"{label:>16} {key} x{scale:<7.4g} p99 TTFT {s.p99_ttft_s * 1e3 / k:8.0f} ms  p99 TPOT "
+                     f"{s.p99_tpot_s * 1e3 / k:6.0f} ms  attainment {s.attainment:4.2f}"
+                     f"{f'  overruns {overruns[scale]:.1%}' if scale in overruns else ''}{'  INVALID' if bad else ''}"
                      f"{'  ABORTED' if p.aborted else ''}  ({time.monotonic() - t0:.0f} s)")
-            return s
+            return None if bad else s
 
-        res = live_capacities(evaluate, c.ttft_slo_ms / 1e3, c.tpot_slo_ms / 1e3, start, max_probes=max_probes,
-                              rel_tol=c.rel_tol)
+        res = live_capacities(evaluate, c.ttft_slo_ms * k / 1e3, c.tpot_slo_ms * k / 1e3, start,
+                              max_probes=max_probes, rel_tol=c.rel_tol)
         w, trace, _ = self.traces[key]
         res["capacity_rps"] = res["capacity"] * trace.rate_rps
-        res["probes"] = {f"{x:g}": _probe_json(kept[x], s) for x, s in res["probes"].items()}
+        res["probes"] = {f"{x:g}": _probe_json(kept[x], summaries[x], k, overruns.get(x)) for x in res["probes"]}
         return res
 
-    def run_single(self, name: str) -> dict:
+    def server_args(self, name: str) -> list[str]:
         c = self.config
+        if c.emulate:  # each plugin policy starts from the device preset's prior (serve) and learns online
+            from .emulated import policy_args as emulated_args
+            k = c.dilation
+            args = emulated_args(name, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k)
+            if name == "fair":
+                args += ["--fair-save-cost-model", str(self.cost_model_path)]
+            base = cpu_server_args(float32=True)
+            i = base.index("--max-total-tokens")  # serve sizes the KV pool like the emulated GPU's
+            return [*args, *NO_CACHE, *base[:i], *base[i + 2:]]
         first_plugin = name not in STOCK and not self.cost_model_path.exists()
         args = policy_args(name, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
                            cost_model=None if first_plugin or name in STOCK else str(self.cost_model_path),
                            save_cost_model=str(self.cost_model_path) if first_plugin else None)
-        args += [*NO_CACHE, *cpu_server_args(c.kv_tokens, float32=True)]
+        return args + [*NO_CACHE, *cpu_server_args(c.kv_tokens, float32=True)]
+
+    def run_single(self, name: str, extra_scales: dict | None = None) -> dict:
+        """Capacity of `name` on every workload; `extra_scales` (workload -> scale): one more probe there when
+        the search did not run it (fair at stock's capacity)."""
+        c = self.config
+        args = self.server_args(name)
         self.say(f"starting {name}: sglang-fair serve {' '.join(args)}")
         out = {"server_args": args}
         with sglang_server(self.model, args, command=SERVE, startup_timeout_s=600) as srv:
             self._warm_up(srv.url)
             for key in self.traces:
-                out[key] = self._search(name, srv.url, key, c.start_scales.get(key, c.start_scale), c.max_probes)
-            if name not in STOCK:
+                out[key] = self._search(name, srv.url, key, c.start_scales.get(key, c.start_scale), c.max_probes,
+                                        servers=[srv])
+                x = (extra_scales or {}).get(key)
+                if x and f"{x:g}" not in out[key]["probes"]:
+                    extra = self._search(name, srv.url, key, x, 1, servers=[srv])
+                    out[key]["probes"].update(extra["probes"])
+            if name not in c.stock_names:
                 out["status"] = _status(srv)
         return out
 
@@ -204,10 +253,14 @@ class Bench:
         return res
 
 
-def _probe_json(p: Probe, s) -> dict:
+def _probe_json(p: Probe, s, dilation: float = 1.0, overruns: float | None = None) -> dict:
     d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.to_dict().items()}
     d.update(wall_s=p.wall_s, aborted=p.aborted, bench_serving=p.bench,
              input_tokens_mean=float(np.mean(p.input_lens)) if p.input_lens else None)
+    if overruns is not None:  # an emulated device: percentiles also in the emulated GPU's own time
+        from .emulated import MAX_OVERRUN_FRACTION, in_gpu_time
+        d.update(overrun_fraction=overruns, invalid=overruns > MAX_OVERRUN_FRACTION,
+                 emulated_gpu=in_gpu_time(d, dilation))
     return d
 
 

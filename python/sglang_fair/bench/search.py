@@ -37,10 +37,11 @@ def budgeted_capacity(evaluate: Callable[[float], Summary], ok: Callable[[Summar
     return (float(f"{lo:.4g}") if lo is not None else 0.0), (float(f"{hi:.4g}") if hi is not None else None)
 
 
-def live_capacities(evaluate: Callable[[float], Summary], ttft_slo_s: float, tpot_slo_s: float, start: float, *,
-                    max_probes: int, rel_tol: float = 0.1, attainment_target: float = 0.9) -> dict:
-    """Tail capacity by budgeted bisection; attainment capacity from the same probes."""
-    seen: dict[float, Summary] = {}
+def live_capacities(evaluate: Callable[[float], Summary | None], ttft_slo_s: float, tpot_slo_s: float, start: float,
+                    *, max_probes: int, rel_tol: float = 0.1, attainment_target: float = 0.9) -> dict:
+    """Tail capacity by budgeted bisection; attainment capacity from the same probes. `evaluate` returns None for
+    an invalid probe (e.g. an emulated clock that overran): it fails both criteria, so it never raises a capacity."""
+    seen: dict[float, Summary | None] = {}
 
     def ev(x: float) -> Summary:
         x = float(f"{x:.4g}")
@@ -48,8 +49,8 @@ def live_capacities(evaluate: Callable[[float], Summary], ttft_slo_s: float, tpo
             seen[x] = evaluate(x)
         return seen[x]
 
-    cap, fail = budgeted_capacity(ev, lambda s: meets_tail(s, ttft_slo_s, tpot_slo_s), start,
+    cap, fail = budgeted_capacity(ev, lambda s: s is not None and meets_tail(s, ttft_slo_s, tpot_slo_s), start,
                                   max_probes=max_probes, rel_tol=rel_tol)
-    att = max((x for x, s in seen.items() if meets_attainment(s, attainment_target)), default=0.0)
+    att = max((x for x, s in seen.items() if s is not None and meets_attainment(s, attainment_target)), default=0.0)
     return {"capacity": cap, "first_failing_scale": fail, "capacity_attainment_lower_bound": att,
             "probes": dict(sorted(seen.items()))}

@@ -19,6 +19,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -44,6 +45,9 @@ def fast_view(rid, arrival_s, prompt_tokens, ttft_slo_s, tpot_slo_s, prefilled_t
     _s_last(v, last_token_s); _s_strict(v, strict); _s_first(v, first_token_s)  # noqa: E702
     return v
 
+
+IterationTime = Callable[[list, list], float]
+"""(prefill chunks [(new tokens, prefix tokens)], decode contexts) -> seconds."""
 
 DEFAULT_KV_CAPACITY_TOKENS = 400_000
 
@@ -110,9 +114,10 @@ class Replica:
     """One engine instance. The owner adds arrived requests and calls step() at `now` while `has_work`."""
 
     def __init__(self, policy, cost: CostModel, config: EngineConfig = EngineConfig(), *, index: int = 0,
-                 planning_cost: CostModel | None = None):
+                 planning_cost: CostModel | None = None, iteration_time: IterationTime | None = None):
         self.policy, self.cost, self.config, self.index = policy, cost, config, index
         self.planning_cost = planning_cost or cost
+        self.iteration_time = iteration_time
         self.now = 0.0
         self.running: dict[str, SimRequest] = {}
         self._run_views: dict[str, ReqView] = {}
@@ -250,19 +255,7 @@ class Replica:
             self.now += self.config.idle_tick_ms / 1000.0
             return 0.0
         self._idle_steps = self._zero_steps = 0
-        c = self.cost
-        t = c.base_s
-        for r, chunk in targets:
-            t += c.prefill_s(chunk, r.prefilled)
-        running = self.running
-        if plan.decode:
-            ctx = 0
-            for rid in plan.decode:
-                r = running[rid]
-                ctx += r.prompt + r.outputs
-            t += c.per_decode_req_s * len(plan.decode) + c.per_context_token_s * ctx
-            if targets:
-                t += c.per_mixed_decode_req_s * len(plan.decode)
+        t = self._duration_s(plan.decode, targets)
         t *= self._noise_factor()
         end = self.now + t
         self._run(plan.decode, targets, end)
@@ -270,6 +263,26 @@ class Replica:
         self.iterations += 1
         self.busy_s += t
         self._recent.append(t)
+        return t
+
+    def _duration_s(self, decode, targets) -> float:
+        """The batch's time: `iteration_time` when given (e.g. the emulated device), else the cost model."""
+        running = self.running
+        if self.iteration_time is not None:
+            return self.iteration_time([(chunk, r.prefilled) for r, chunk in targets],
+                                       [running[rid].prompt + running[rid].outputs for rid in decode])
+        c = self.cost
+        t = c.base_s
+        for r, chunk in targets:
+            t += c.prefill_s(chunk, r.prefilled)
+        if decode:
+            ctx = 0
+            for rid in decode:
+                r = running[rid]
+                ctx += r.prompt + r.outputs
+            t += c.per_decode_req_s * len(decode) + c.per_context_token_s * ctx
+            if targets:
+                t += c.per_mixed_decode_req_s * len(decode)
         return t
 
     def _run(self, decode, targets, end: float) -> None:
@@ -353,11 +366,13 @@ def make_requests(trace, config: EngineConfig) -> list[SimRequest]:
 
 def simulate(trace, policy, cost: CostModel, config: EngineConfig = EngineConfig(), *,
              planning_cost: CostModel | None = None, stop_after_late: int | None = None,
-             progress=None) -> SimResult:
+             progress=None, iteration_time: IterationTime | None = None) -> SimResult:
     """Replay `trace` through one replica run by `policy`. `stop_after_late`: abort once more requests than this
     got their first token after their TTFT SLO (capacity search uses it to cut hopeless overloaded runs short).
-    `progress`: optional tqdm-like object, updated by one per finished request."""
-    rep = Replica(policy, cost, config, planning_cost=planning_cost)
+    `progress`: optional tqdm-like object, updated by one per finished request. `iteration_time`: the true time of
+    a batch ((chunk, prefix) pairs, decode contexts -> seconds) in place of `cost` (the policy plans with
+    `planning_cost`, default `cost`)."""
+    rep = Replica(policy, cost, config, planning_cost=planning_cost, iteration_time=iteration_time)
     reqs = make_requests(trace, config)
     arrivals = trace.arrival_s.tolist()
     n, i, aborted, done = len(reqs), 0, False, 0

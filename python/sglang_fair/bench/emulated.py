@@ -1,0 +1,108 @@
+"""`sglang-fair bench --emulate PRESET[:DILATION]`: the live A/B on the emulated accelerator (docs/emulated-device.md).
+
+Every server is `sglang-fair serve --emulate-device PRESET:DILATION` (the micro model, the emulated GPU's KV pool,
+chunked prefill 8192, every forward padded to the device model's time for the batch that ran). Everything else is the
+CPU benchmark's (runner.py): SGLang's bench_serving replays trace windows, capacity by budgeted bisection on the rate
+scale. What changes:
+- time: DILATION k multiplies every device time, so the benchmark divides arrival rates by k and multiplies the SLOs
+  by k; figures are reported in the emulated GPU's own time (dilated times / k) and labelled emulated;
+- lengths: the traces' real prompt and output lengths, clipped to the model's 8192-token context;
+- policies: as users would run them on an 80 GB GPU (`EMULATED_POLICIES`), each with its GPU defaults;
+- validity: a probe where more than `MAX_OVERRUN_FRACTION` of the forwards overran (the CPU's real work exceeded the
+  emulated time, so the clock was not the device's) is marked invalid and never counts as a pass;
+- fidelity: each valid probe is replayed in the simulator with the device model itself as the iteration time
+  (fidelity.py), so the gap is what the simulator misses of the real scheduler, not cost-model error.
+"""
+
+from __future__ import annotations
+
+from ..config import OFF
+from .workload import Workload
+
+MAX_OVERRUN_FRACTION = 0.02
+EMULATED_TTFT_SLO_MS = 2000.0
+EMULATED_TPOT_SLO_MS = 100.0
+"""SLOs in the emulated GPU's time (the benchmark multiplies them by the dilation)."""
+CONTEXT_TOKENS = 8192
+"""The micro model's context, as Llama-3-8B's."""
+
+EMULATED_POLICIES: dict[str, list[str]] = {
+    "stock": ["--fair-policy", OFF, "--chunked-prefill-size", "8192"],
+    "stock-mixed-2048": ["--fair-policy", OFF, "--chunked-prefill-size", "2048", "--enable-mixed-chunk"],
+    "stock-mixed-512": ["--fair-policy", OFF, "--chunked-prefill-size", "512", "--enable-mixed-chunk"],
+    "fair": ["--fair-policy", "fair"],
+    "slai": ["--fair-policy", "slai"],
+    "sarathi-512": ["--fair-policy", "sarathi", "--fair-param", "token_budget=512"],
+    "sarathi-2048": ["--fair-policy", "sarathi", "--fair-param", "token_budget=2048"],
+}
+"""Server flags per policy on top of `--emulate-device` (which sets chunked prefill 8192, SGLang's 80 GB default).
+`stock`: SGLang's defaults on that GPU (prefill first, chunks of 8192, no mixed chunk); `stock-mixed-*`: SGLang's
+own stall-free batching (`--enable-mixed-chunk`); the rest our policies through the plugin, GPU defaults."""
+EMULATED_STOCK = ("stock", "stock-mixed-2048", "stock-mixed-512")
+EMULATED_SIM_SPECS = {"stock": "sglang-default", "stock-mixed-2048": "sglang-mixed-2048",
+                      "stock-mixed-512": "sglang-mixed-512", "fair": "fair", "slai": "slai",
+                      "sarathi-512": "sarathi-512", "sarathi-2048": "sarathi-2048"}
+"""Each live policy's twin in the simulator (the same policy code; stock SGLang by our sglang-default model)."""
+
+CONV_REQUEST_1000_S = 216.174389
+"""Azure conv 2023, arrival of request 1000: 150 requests from there arrive at 5.5 req/s, the trace's mean rate
+(mean prompt 1157, output 225 tokens; none past 8192 in all)."""
+
+
+def _real_lengths(trace: str, n: int, start_s: float = 0.0) -> Workload:
+    return Workload(trace, n, start_s=start_s, prompt_scale=1.0, output_scale=1.0,
+                    max_prompt_tokens=CONTEXT_TOKENS - 1, max_output_tokens=CONTEXT_TOKENS - 1,
+                    max_context_tokens=CONTEXT_TOKENS)
+
+
+def quick_workloads() -> list[Workload]:
+    return [_real_lengths("azure-conv", 150, CONV_REQUEST_1000_S)]
+
+
+def full_workloads() -> list[Workload]:
+    return [_real_lengths("azure-conv", 150, CONV_REQUEST_1000_S), _real_lengths("azure-code", 100, 1073.8),
+            _real_lengths("sharegpt", 100)]
+
+
+def policy_args(name: str, spec_text: str, *, ttft_slo_ms: float, tpot_slo_ms: float) -> list[str]:
+    """`sglang-fair serve` flags for `name` on the emulated device (SLOs already dilated)."""
+    if name not in EMULATED_POLICIES:
+        raise ValueError(f"unknown emulated policy {name!r}; choose from {', '.join(EMULATED_POLICIES)}")
+    return [*EMULATED_POLICIES[name], "--emulate-device", spec_text, "--ttft-slo-ms", f"{ttft_slo_ms:g}",
+            "--tpot-slo-ms", f"{tpot_slo_ms:g}"]
+
+
+def read_counters(server) -> tuple[int, int]:
+    """(forwards, overruns) so far of a server's emulated device (SGLang's /server_info internal state)."""
+    states = server.get("/server_info", timeout=30).json().get("internal_states") or [{}]
+    dev = states[0].get("emulated_device") or {}
+    if not dev.get("active"):
+        return 0, 0
+    return int(dev.get("iterations", 0)), int(dev.get("overruns", 0))
+
+
+def overrun_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
+    n = after[0] - before[0]
+    return (after[1] - before[1]) / n if n > 0 else 0.0
+
+
+def in_gpu_time(summary: dict, dilation: float) -> dict:
+    """A probe's latency percentiles in the emulated GPU's milliseconds (dilated seconds / k)."""
+    keys = ("p50_ttft_s", "p90_ttft_s", "p99_ttft_s", "p50_tpot_s", "p90_tpot_s", "p99_tpot_s")
+    return {k.replace("_s", "_ms"): (None if summary.get(k) is None else summary[k] * 1e3 / dilation)
+            for k in keys}
+
+
+PROBE_DRAIN_S = 105.0
+"""A probe is cut this long (emulated GPU seconds, x dilation on the clock) after its last arrival: the longest
+output of these windows (1006 tokens) at the TPOT SLO, plus the TTFT SLO - what a request that meets both needs."""
+
+
+def emulated_config(spec_text: str, *, full: bool = False):
+    """The benchmark's configuration on the emulated device `spec_text` (quick: stock vs fair on Azure conv)."""
+    from .runner import BenchConfig
+    return BenchConfig(mode="full" if full else "quick", workloads=full_workloads() if full else quick_workloads(),
+                       policies=list(EMULATED_POLICIES) if full else ["stock", "fair"],
+                       ttft_slo_ms=EMULATED_TTFT_SLO_MS, tpot_slo_ms=EMULATED_TPOT_SLO_MS, start_scale=1.0,
+                       max_probes=5 if full else 4, rel_tol=0.2, probe_drain_s=PROBE_DRAIN_S, warmup_requests=8,
+                       emulate=spec_text)

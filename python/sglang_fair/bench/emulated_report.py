@@ -1,0 +1,136 @@
+"""What `bench --emulate` reports: the summary JSON (keys the issue fixes), the simulator replay of every valid probe
+with the device model as the true iteration time, and the docs/results.md section. Every figure is labelled
+emulated: it is the CPU running SGLang on an emulated accelerator's clock, not a GPU measurement."""
+
+from __future__ import annotations
+
+import math
+
+from .report import _at_capacity
+
+
+def _gpu_ms(probe: dict, key: str):
+    v = (probe.get("emulated_gpu") or {}).get(key)
+    return None if v is None or not math.isfinite(v) else v
+
+
+def max_overrun(results: dict) -> float:
+    fr = [p.get("overrun_fraction") or 0.0 for r in results["single"].values() for w, rr in r.items()
+          if isinstance(rr, dict) and "probes" in rr for p in rr["probes"].values()]
+    return max(fr, default=0.0)
+
+
+def emulated_summary(results: dict) -> dict:
+    """`bench --emulate --json`: emulated_device, dilation, capacity_ratio_fair_vs_stock, overrun_fraction (the
+    largest over probes) and per policy the CPU bench's fields, latencies in the emulated GPU's milliseconds."""
+    cfg = results["config"]
+    key = cfg["workloads"][0]["trace"]
+    pol = {}
+    for name, r in results["single"].items():
+        rr = r[key]
+        at = _at_capacity(rr)
+        pol[name] = {"capacity": rr["capacity"], "capacity_rps": rr["capacity_rps"],
+                     "p50_ttft_ms": _gpu_ms(at, "p50_ttft_ms"), "p99_ttft_ms": _gpu_ms(at, "p99_ttft_ms"),
+                     "p50_tpot_ms": _gpu_ms(at, "p50_tpot_ms"), "p99_tpot_ms": _gpu_ms(at, "p99_tpot_ms"),
+                     "attainment": at.get("attainment"),
+                     "invalid_probes": sorted((x for x, p in rr["probes"].items() if p.get("invalid")), key=float)}
+    stock = results["single"].get("stock", {}).get(key, {})
+    s_cap = stock.get("capacity")
+    ratio = None
+    if s_cap and "fair" in pol:
+        ratio = pol["fair"]["capacity"] / s_cap
+        at_stock = results["single"]["fair"][key]["probes"].get(f"{s_cap:g}")
+        pol["fair"]["at_stock_capacity"] = None if not at_stock else {
+            "p99_ttft_ms": _gpu_ms(at_stock, "p99_ttft_ms"), "p99_tpot_ms": _gpu_ms(at_stock, "p99_tpot_ms")}
+    mixed = [pol[n]["capacity"] for n in ("stock-mixed-2048", "stock-mixed-512") if n in pol]
+    return {"emulated_device": cfg["emulate"], "dilation": _dilation(cfg), "label": "emulated (not a GPU measurement)",
+            "mode": cfg["mode"], "trace": key, "ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"],
+            "policies": pol, "capacity_ratio_fair_vs_stock": ratio,
+            "capacity_ratio_fair_vs_best_stock_mixed": (pol["fair"]["capacity"] / max(mixed)
+                                                        if mixed and max(mixed) > 0 and "fair" in pol else None),
+            "overrun_fraction": max_overrun(results), "wall_s": results.get("wall_s")}
+
+
+def _dilation(cfg: dict) -> float:
+    from ..emulate.spec import parse_device_spec
+    return parse_device_spec(cfg["emulate"]).dilation
+
+
+def emulated_fidelity(bench, results: dict) -> dict:
+    """Each valid probe replayed in the simulator: same arrivals on the dilated clock, prompt lengths as sent,
+    outputs, dilated SLOs, the same policy code planning with the device preset x k (the prior the live server
+    starts from), and the emulated device's model as the true iteration time."""
+    from ..emulate.device import DeviceModel
+    from ..emulate.spec import kv_pool_tokens, parse_device_spec
+    from ..emulate.serve_args import EmulatedServe
+    from .emulated import EMULATED_SIM_SPECS
+    from .fidelity import fidelity
+
+    c = bench.config
+    spec = parse_device_spec(c.emulate)
+    prior = EmulatedServe(spec).with_planner_prior([], bench.out_dir)[-1]
+    valid = {}
+    for (label, key), by_scale in bench.probes.items():
+        rows = results["single"].get(label, {}).get(key, {}).get("probes", {})
+        valid[(label, key)] = {x: p for x, p in by_scale.items() if not rows.get(f"{x:g}", {}).get("invalid")}
+    k = spec.dilation
+    return fidelity(valid, bench.traces, {n: s for n, s in EMULATED_SIM_SPECS.items() if n in c.policies}, prior,
+                    ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k, kv_tokens=kv_pool_tokens(),
+                    iteration_time=DeviceModel(spec).iteration_s)
+
+
+def markdown(results: dict, command: str, img_prefix: str) -> str:
+    cfg = results["config"]
+    m = results["machine"]
+    k = _dilation(cfg)
+    s = emulated_summary(results)
+    lines = [
+        f"**Emulated** {cfg['emulate']} (dilation {k:g}): the real SGLang {results['versions']['sglang']} server on "
+        f"{m['cores']} CPU cores ({m['cpu']}) with the micro model, every forward padded to the Vidur-profile "
+        f"device model's time for the batch that ran, x {k:g}; KV pool of the emulated 80 GB GPU. Not a GPU "
+        f"measurement. Load: `bench_serving` replaying each window at its real lengths (clipped to 8192), arrival "
+        f"gaps x {k:g}. SLOs TTFT {cfg['ttft_slo_ms']:g} ms, TPOT {cfg['tpot_slo_ms']:g} ms in the emulated GPU's "
+        f"time (x {k:g} on the clock). A probe with more than 2% of its forwards overrun is invalid (never a pass). "
+        f"Largest overrun fraction of a probe: {s['overrun_fraction']:.3f}. Whole run: "
+        f"{results.get('wall_s', 0) / 60:.1f} min.", "", f"Command: `{command}`", ""]
+    for w in cfg["workloads"]:
+        key = w["trace"]
+        info = results["workloads"][key]
+        lines += [f"### {key} (from {w['start_s']:g} s, {w['n_requests']} requests, {info['rate_rps']:.2f} req/s "
+                  f"at scale 1, prompt {info['prompt_tokens_sent_mean']:.0f} tokens sent on average, output "
+                  f"{info['output_tokens_mean']:.0f})", "",
+                  "| policy | capacity (rate scale) | req/s | vs stock | P99 TTFT / TPOT at capacity, emulated ms | "
+                  "attainment there | P99 TTFT / TPOT at stock's capacity | probes (overruns) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        s_cap = results["single"].get("stock", {}).get(key, {}).get("capacity")
+        for name, r in results["single"].items():
+            rr = r.get(key)
+            if not rr:
+                continue
+            at = _at_capacity(rr)
+            at_s = rr["probes"].get(f"{s_cap:g}") if s_cap else None
+            probes = ", ".join(f"{x} ({p.get('overrun_fraction', 0):.1%}{' invalid' if p.get('invalid') else ''})"
+                               for x, p in sorted(rr["probes"].items(), key=lambda t: float(t[0])))
+            ratio = f"{rr['capacity'] / s_cap:.2f}x" if s_cap else "-"
+            there = f"{_fmt(_gpu_ms(at_s, 'p99_ttft_ms'))} / {_fmt(_gpu_ms(at_s, 'p99_tpot_ms'))}" if at_s else "-"
+            lines.append(f"| {name} | {rr['capacity']:g} | {rr['capacity_rps']:.2f} | {ratio} | "
+                         f"{_fmt(_gpu_ms(at, 'p99_ttft_ms'))} / {_fmt(_gpu_ms(at, 'p99_tpot_ms'))} | "
+                         f"{at.get('attainment', 0):.2f} | {there} | {probes} |")
+        lines += ["", f"![emulated {key}]({img_prefix}/live-{key}.png)", ""]
+    if results.get("fidelity"):
+        lines += ["### Simulator vs emulated live", "",
+                  "Each valid probe replayed in the simulator with the device model as the true iteration time "
+                  "(so the gap is what the simulator misses of the real scheduler). Median |sim - live| / live:", "",
+                  "| policy | trace | probes | P50 TTFT | P99 TTFT | P50 TPOT | P99 TPOT |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, by in results["fidelity"].items():
+            for key, f in by.items():
+                e = f["median_abs_rel_err"]
+                cells = " | ".join("-" if e[x] is None else f"{e[x] * 100:.0f}%"
+                                   for x in ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms"))
+                lines.append(f"| {name} | {key} | {len(f['probes'])} | {cells} |")
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.0f}"

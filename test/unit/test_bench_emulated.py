@@ -1,0 +1,93 @@
+"""`bench --emulate`: configuration on the emulated device, invalid (overrun) probes never pass, the summary's keys
+and labels, and the simulator driven by an external iteration time (the device model) for the fidelity replay."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from factories import COST
+
+from sglang_fair.bench.emulated import (EMULATED_POLICIES, MAX_OVERRUN_FRACTION, emulated_config, overrun_fraction,
+                                        policy_args)
+from sglang_fair.bench.emulated_report import emulated_summary, markdown
+from sglang_fair.bench.search import live_capacities
+from sglang_fair.policies import make_policy
+from sglang_fair.sim.engine import EngineConfig, simulate
+from sglang_fair.sim.traces import Trace
+
+
+def test_config_runs_real_lengths_with_gpu_slos_on_the_device():
+    cfg = emulated_config("a100-llama3-8b:3")
+    assert cfg.dilation == 3.0 and cfg.stock_names[0] == "stock" and cfg.policies == ["stock", "fair"]
+    assert (cfg.ttft_slo_ms, cfg.tpot_slo_ms) == (2000.0, 100.0)
+    w = cfg.workloads[0]
+    assert (w.trace, w.prompt_scale, w.output_scale, w.max_context_tokens) == ("azure-conv", 1.0, 1.0, 8192)
+    trace = w.build()
+    assert len(trace) == 150 and trace.prompt_tokens.mean() > 1000  # the trace's own lengths
+    assert set(emulated_config("h100-llama3-8b", full=True).policies) == set(EMULATED_POLICIES)
+    args = policy_args("stock-mixed-512", "a100-llama3-8b:3", ttft_slo_ms=6000, tpot_slo_ms=300)
+    assert args[args.index("--emulate-device") + 1] == "a100-llama3-8b:3" and "--enable-mixed-chunk" in args
+    assert args[args.index("--tpot-slo-ms") + 1] == "300"
+    with pytest.raises(ValueError, match="unknown emulated policy"):
+        policy_args("fair-strict", "a100-llama3-8b", ttft_slo_ms=1, tpot_slo_ms=1)
+
+
+def test_overrun_fraction_counts_only_the_probe():
+    assert overrun_fraction((100, 5), (300, 9)) == pytest.approx(0.02)
+    assert overrun_fraction((7, 1), (7, 1)) == 0.0
+
+
+def test_an_invalid_probe_never_counts_as_a_pass():
+    def ev(x):  # every probe meets the SLOs, but the clock overran at 2.0
+        if x == 2.0:
+            return None
+        return SimpleNamespace(n=10, finished=10, p99_ttft_s=0.1, p99_tpot_s=0.01, attainment=1.0)
+
+    res = live_capacities(ev, 1.0, 0.2, 1.0, max_probes=3)
+    assert res["capacity"] == pytest.approx(1.414) and res["first_failing_scale"] == 2.0
+    assert res["probes"][2.0] is None and res["capacity_attainment_lower_bound"] == pytest.approx(1.414)
+
+
+def _probe(ttft_s, tpot_s, overruns):
+    return {"p50_ttft_s": ttft_s, "p99_ttft_s": ttft_s, "p50_tpot_s": tpot_s, "p99_tpot_s": tpot_s,
+            "attainment": 1.0, "overrun_fraction": overruns, "invalid": overruns > MAX_OVERRUN_FRACTION,
+            "emulated_gpu": {"p50_ttft_ms": ttft_s * 1e3 / 3, "p99_ttft_ms": ttft_s * 1e3 / 3,
+                             "p50_tpot_ms": tpot_s * 1e3 / 3, "p99_tpot_ms": tpot_s * 1e3 / 3}}
+
+
+def test_summary_carries_the_device_the_ratio_and_the_largest_overrun():
+    cfg = emulated_config("a100-llama3-8b:3")
+    key = "azure-conv"
+    stock = {key: {"capacity": 1.0, "capacity_rps": 5.5, "capacity_attainment_lower_bound": 1.0,
+                   "probes": {"1": _probe(3.0, 0.2, 0.0), "2": _probe(30.0, 0.9, 0.0)}}}
+    fair = {key: {"capacity": 1.5, "capacity_rps": 8.3, "capacity_attainment_lower_bound": 1.5,
+                  "probes": {"1": _probe(1.5, 0.15, 0.01), "1.5": _probe(3.0, 0.27, 0.01),
+                             "2": _probe(3.0, 0.2, 0.05)}}}
+    results = {"config": cfg.to_json(), "single": {"stock": stock, "fair": fair}, "wall_s": 60.0,
+               "machine": {"cores": 2, "cpu": "x"}, "versions": {"sglang": "0.5.23"},
+               "workloads": {key: {"rate_rps": 5.5, "prompt_tokens_sent_mean": 1160.0, "output_tokens_mean": 225.0}}}
+    s = emulated_summary(results)
+    assert s["emulated_device"] == "a100-llama3-8b:3" and s["dilation"] == 3.0 and "emulated" in s["label"]
+    assert s["capacity_ratio_fair_vs_stock"] == 1.5 and s["overrun_fraction"] == 0.05
+    assert s["policies"]["fair"]["invalid_probes"] == ["2"]
+    assert s["policies"]["fair"]["p99_ttft_ms"] == pytest.approx(1000.0)  # GPU time: dilated seconds / 3
+    assert s["policies"]["fair"]["at_stock_capacity"]["p99_ttft_ms"] == pytest.approx(500.0)
+    md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3", "img/live")
+    assert "**Emulated**" in md and "Not a GPU measurement" in md and "2 (5.0% invalid)" in md
+
+
+def test_simulator_takes_the_true_iteration_time_from_outside():
+    """The fidelity replay: the policy plans with a cost model, time advances by the device's function."""
+    trace = Trace("t", np.array([0.0, 0.0]), np.array([100, 50]), np.array([3, 2]))
+    seen = []
+
+    def device(prefills, decodes):
+        seen.append((tuple(prefills), tuple(decodes)))
+        return 0.05
+
+    res = simulate(trace, make_policy("sarathi", token_budget=512), COST, EngineConfig(), iteration_time=device)
+    assert seen[0] == (((100, 0), (50, 0)), ())  # both prompts whole, no prefix, in the first batch
+    assert res.busy_s == pytest.approx(0.05 * len(seen)) and len(seen) == res.iterations
+    assert any(d for _, d in seen)  # later batches carry the decode contexts
