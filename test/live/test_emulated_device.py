@@ -1,11 +1,14 @@
 """Live: `sglang-fair serve --emulate-device a100-llama3-8b:5` (micro model, CPU), with the policy off (stock SGLang on
 the emulated clock) and with fair. Off: every forward lasts exactly the emulated A100's time for the batch that ran
 (x dilation), and /server_info reports the padder's counters. Fair: the same short window is served on the same
-clock and the status shows planning from the emulated GPU's prior."""
+clock and the status shows planning from the emulated GPU's prior. Both (with --enable-metrics): /sglang_fair/status
+carries the emulated device (top level and per rank, labelled "emulated") and /metrics the sglang_fair:emulated_*
+gauges with the spec and dilation as labels, equal to /server_info's counters."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import re
 import time
 
 import pytest
@@ -21,6 +24,40 @@ def _counters(srv) -> dict:
     return srv.get("/server_info").json()["internal_states"][0]["emulated_device"]
 
 
+def _metric(text: str, name: str) -> float:
+    """The value of `sglang_fair:NAME` for the emulated SPEC (spec and dilation labels), from /metrics' text."""
+    found = [float(m.group(2)) for m in re.finditer(rf"^sglang_fair:{name}\{{([^}}]*)\}} (\S+)$", text, re.M)
+             if 'emulated_device="a100-llama3-8b:5"' in m.group(1) and 'dilation="5"' in m.group(1)]
+    assert len(found) == 1, (name, [line for line in text.splitlines() if "emulated" in line])
+    return found[0]
+
+
+def _check_reports(srv, policy: str) -> dict:
+    """/sglang_fair/status and /metrics agree with /server_info's counters, everything labelled emulated (the
+    server is idle, so no forward runs between the reads)."""
+    counters = _counters(srv)
+    status = srv.get("/sglang_fair/status").json()
+    metrics = srv.get("/metrics").text
+    assert status["policy"] == policy
+    top = status["emulated_device"]
+    assert top["label"] == "emulated" and top["spec"] == SPEC and top["dilation"] == 5.0
+    assert "not a GPU measurement" in top["note"]
+    rank = status["ranks"][0]["emulated_device"]
+    assert rank["label"] == "emulated" and rank["spec"] == SPEC and rank["dilation"] == 5.0 and rank["active"]
+    for k in ("iterations", "overruns", "overrun_fraction", "emulated_s", "real_s"):
+        assert rank[k] == pytest.approx(counters[k], rel=1e-12), k
+    assert rank["overrun_fraction"] == pytest.approx(rank["overruns"] / rank["iterations"])
+    assert _metric(metrics, "emulated_iterations_total") == rank["iterations"]
+    assert _metric(metrics, "emulated_overruns_total") == rank["overruns"]
+    assert _metric(metrics, "emulated_overrun_fraction") == pytest.approx(rank["overrun_fraction"])
+    assert _metric(metrics, "emulated_seconds_total") == pytest.approx(rank["emulated_s"])
+    assert _metric(metrics, "emulated_real_forward_seconds_total") == pytest.approx(rank["real_s"])
+    assert "# HELP sglang_fair:emulated_iterations_total Emulated device (device-model time, not a GPU" in metrics
+    print(f"\n{policy}: emulated {SPEC}: {rank['iterations']} iterations, {rank['overruns']} overruns "
+          f"({rank['overrun_fraction']:.0%}), emulated {rank['emulated_s']:.2f} s, real {rank['real_s']:.2f} s")
+    return rank
+
+
 def _server(serve_command, policy: str):
     from sglang_fair.emulate.serve_args import split_emulate_args
     _, emu = split_emulate_args(["--emulate-device", SPEC])
@@ -28,7 +65,7 @@ def _server(serve_command, policy: str):
     model = micro[micro.index("--model-path") + 1]
     base = cpu_server_args()
     i = base.index("--max-total-tokens")
-    args = ["--fair-policy", policy, "--emulate-device", SPEC, *base[:i], *base[i + 2:]]  # serve sizes the KV pool
+    args = ["--fair-policy", policy, "--emulate-device", SPEC, "--enable-metrics", *base[:i], *base[i + 2:]]  # serve sizes the KV pool
     return emu, sglang_server(model, args, command=serve_command, startup_timeout_s=600)
 
 
@@ -45,7 +82,9 @@ def test_stock_forwards_take_exactly_the_emulated_time(serve_command, generate_o
         out = generate_ok(srv.url, prompt_ids(prompt, 3), new)
         wall = time.perf_counter() - t0
         after = _counters(srv)
+        rank = _check_reports(srv, "off")
         log = srv.log_text()
+    assert rank["iterations"] == after["iterations"] > 0
     assert len(out["output_ids"]) == new
     want = dev.iteration_s([(prompt, 0)]) + sum(dev.iteration_s((), [prompt + j]) for j in range(1, new))
     assert after["iterations"] - before["iterations"] == new
@@ -67,6 +106,10 @@ def test_fair_plans_on_the_emulated_clock(serve_command, generate_ok, prompt_ids
             outs = list(ex.map(lambda k: generate_ok(srv.url, prompt_ids(200 + 300 * (k % 3), k), 8), range(6)))
         after = srv.get("/sglang_fair/status").json()
         counters = _counters(srv)
+        rank = _check_reports(srv, "fair")
+        metrics = srv.get("/metrics").text
+    assert "sglang_fair:planned_iterations" in metrics  # the policy's gauges beside the emulated device's
+    assert rank["iterations"] >= counters["iterations"]
     assert all(len(o["output_ids"]) == 8 for o in outs)
     assert after["planned_iterations"] >= 8 and not after["ranks"][0]["faults"]
     assert counters["iterations"] >= 8 and counters["emulated_s"] > 0

@@ -9,8 +9,10 @@ its cost-model fit and its load signal all see the emulated time. SGLang applies
 
 The padder of a scheduler is made on its first `run_batch` (SGLang's own warm-up request; building the attention
 surfaces takes about 1.5 s) and kept on the scheduler (`padder_of`). Its counters are added to each scheduler's
-`/server_info` internal state under `emulated_device`. It refuses to run with the overlap scheduler, whose
-`run_batch` only launches the forward.
+`/server_info` internal state under `emulated_device` (labelled `emulated`; engine/http.py shows them in
+`/sglang_fair/status` through report.status_object) and, with `--enable-metrics`, published as the
+`sglang_fair:emulated_*` Prometheus gauges (report.py), whatever the policy. It refuses to run with the overlap
+scheduler, whose `run_batch` only launches the forward.
 
 Call site (engine/plugin.py, `load()`, inside its try, right before `scheduler_hooks.register(cfg)`):
 
@@ -26,6 +28,7 @@ import logging
 import os
 from typing import Mapping
 
+from . import report
 from .spec import DeviceSpec
 
 logger = logging.getLogger("sglang_fair")
@@ -79,16 +82,27 @@ def _make_hooks(spec: DeviceSpec):
                 raise RuntimeError("sglang-fair: the emulated device needs --disable-overlap-schedule (with the "
                                    "overlap scheduler run_batch only launches the forward)")
             padder = Padder(DeviceModel(spec))
+            gauges = report.gauges_for(self, spec)  # None without --enable-metrics
+            if gauges is not None:
+                padder.on_account = gauges.maybe_update
             setattr(self, PADDER_ATTR, padder)
             logger.warning("sglang-fair: emulated device %s active (jitter cv %g, KV pool of the emulated GPU %d "
                            "tokens)", spec.text(), spec.jitter_cv, padder.device.kv_pool_tokens)
         return padder.run(original, self, batch, *args, **kwargs)
 
     def after_get_internal_state(result, self, *args, **kwargs):
-        padder = padder_of(getattr(self, "scheduler", None))
-        state = {"spec": spec.text(), "jitter_cv": spec.jitter_cv, "active": padder is not None}
+        sched = getattr(self, "scheduler", None)
+        padder = padder_of(sched)
+        state = {"label": report.LABEL, "spec": spec.text(), "preset": spec.preset, "dilation": spec.dilation,
+                 "jitter_cv": spec.jitter_cv, "active": padder is not None}
         if padder is not None:
             state.update(padder.counters.as_dict())
+            try:  # the gauges show the counters as of this read too (the forwards publish at most every 0.5 s)
+                gauges = report.gauges_for(sched, spec)
+                if gauges is not None:
+                    gauges.update(padder.counters.as_dict())
+            except Exception:  # noqa: BLE001  (never break /server_info)
+                logger.exception("emulated device: publishing the gauges failed")
             state["recent"] = [{"prefill_tokens": p, "decode_rows": d, "emulated_ms": round(e, 3),
                                 "real_ms": round(r, 3)} for p, d, e, r in padder.recent]
         result.internal_state[STATE_KEY] = state

@@ -95,6 +95,9 @@ class Padder:
         """The last RECENT forwards: prefill tokens, decode rows, emulated and real ms (what dilation would fit)."""
         self.log_every_s = log_every_s
         self._last_log = clock()
+        self.on_account: Callable[[PadCounters], None] | None = None
+        """Called with the counters after each counted forward, before the padding wait (report.py publishes the
+        Prometheus gauges from it); an exception from it is logged once and the callback dropped."""
 
     def wait_until(self, deadline: float) -> float:
         """Return when `clock()` >= deadline (sleep, then spin for the last `spin_s`); returns the clock then."""
@@ -133,7 +136,13 @@ class Padder:
             c.overruns += 1
             c.overrun_s += real - emulated_s
             c.max_overrun_s = max(c.max_overrun_s, real - emulated_s)
-        else:
+        if self.on_account is not None:
+            try:
+                self.on_account(c)
+            except Exception:  # noqa: BLE001  (reporting must never stop serving)
+                logger.exception("emulated device: reporting the counters failed; no more reports")
+                self.on_account = None
+        if real <= emulated_s:
             deadline = t0 + emulated_s
             end = self.wait_until(deadline)
             c.waited_s += end - t1

@@ -2,7 +2,8 @@
 
 The scheduler child publishes its state under the key "sglang_fair" of SGLang's internal-state RPC (one dict per DP
 rank); these routes read it through `tokenizer_manager.get_internal_state()`, the same channel `/server_info` uses.
-SGLang's API-key middleware covers every route of the app, so these honour `--api-key` like SGLang's own.
+Under `--emulate-device` the status also carries the emulated device (top level, labelled "emulated") and each
+rank's padder counters (emulate/report.py). SGLang's API-key middleware covers every route of the app, so these honour `--api-key` like SGLang's own.
 
 Per-request SLOs are validated here, in the main process, before a request reaches the tokenizer or the scheduler:
 `RequestSloValidator` (a pure ASGI middleware) reads the body of POST /generate, /v1/completions and
@@ -25,6 +26,9 @@ import orjson
 from ..config import SloConfig
 from ..config import RuntimeConfig
 from ..config import parse_request_slos
+from ..emulate.hook import spec_from_env
+from ..emulate.report import device_label, status_object
+from ..emulate.spec import DeviceSpec
 
 STATUS_PATH = "/sglang_fair/status"
 LOAD_PATH = "/get_load"
@@ -133,13 +137,26 @@ async def scheduler_states() -> list[dict]:
     from sglang.srt.entrypoints.http_server import get_global_state
 
     states = await get_global_state().tokenizer_manager.get_internal_state()
-    return [s.get("sglang_fair") or {} for s in states]
+    return [rank_state(s) for s in states]
 
 
-def build_status(cfg: RuntimeConfig, ranks: list[dict]) -> dict:
+def rank_state(state: dict) -> dict:
+    """One rank's entry: the scheduler's "sglang_fair" dict, plus the emulated device's counters (the internal
+    state's "emulated_device", hook.py) as `emulated_device` when the server runs on an emulated device."""
+    rank = dict(state.get("sglang_fair") or {})
+    emulated = status_object(state.get("emulated_device"))
+    if emulated is not None:
+        rank["emulated_device"] = emulated
+    return rank
+
+
+def build_status(cfg: RuntimeConfig, ranks: list[dict], emulated: DeviceSpec | None = None) -> dict:
+    """`emulated`: the server's emulated device (None on real hardware); shown as the top-level `emulated_device`
+    (labelled "emulated"), its counters per rank."""
     return {
         "active": cfg.active,
         "policy": cfg.policy,
+        "emulated_device": device_label(emulated),
         "config": {"ttft_slo_ms": cfg.slo.ttft_slo_ms, "tpot_slo_ms": cfg.slo.tpot_slo_ms,
                    "policy_params": cfg.policy_params, "cost_model": cfg.cost_model, "online_fit": cfg.online_fit,
                    "load_horizon_ms": cfg.load_horizon_ms},
@@ -333,8 +350,10 @@ def install(cfg: RuntimeConfig) -> None:
     from fastapi.responses import ORJSONResponse
     from sglang.srt.entrypoints.http_server import app
 
+    emulated = spec_from_env()  # `sglang-fair serve --emulate-device` sets it for every process of the server
+
     async def status():
-        return ORJSONResponse(build_status(cfg, await scheduler_states()))
+        return ORJSONResponse(build_status(cfg, await scheduler_states(), emulated))
 
     load_cache = LoadCache(scheduler_states)
 
