@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from factories import COST
 
-from sglang_fair.bench.emulated import (EMULATED_POLICIES, MAX_OVERRUN_FRACTION, emulated_config, overrun_fraction,
-                                        policy_args)
+from sglang_fair.bench.emulated import EMULATED_POLICIES, MAX_OVERRUN_FRACTION, overrun_fraction, policy_args
 from sglang_fair.bench.emulated_report import emulated_summary, markdown
+from sglang_fair.bench.runner import emulated_config
 from sglang_fair.bench.search import live_capacities
 from sglang_fair.policies import make_policy
 from sglang_fair.sim.engine import EngineConfig, simulate

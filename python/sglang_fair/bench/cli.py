@@ -45,9 +45,9 @@ def add_parser(sub) -> None:
 
 
 def _config(args):
-    from .emulated import EMULATED_POLICIES, emulated_config
+    from .emulated import EMULATED_POLICIES
     from .policies import LIVE_POLICIES
-    from .runner import full_config, quick_config
+    from .runner import emulated_config, full_config, quick_config
     if args.emulate:
         from ..emulate.spec import parse_device_spec
         try:

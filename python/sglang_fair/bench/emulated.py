@@ -92,17 +92,3 @@ def in_gpu_time(summary: dict, dilation: float) -> dict:
     return {k.replace("_s", "_ms"): (None if summary.get(k) is None else summary[k] * 1e3 / dilation)
             for k in keys}
 
-
-PROBE_DRAIN_S = 105.0
-"""A probe is cut this long (emulated GPU seconds, x dilation on the clock) after its last arrival: the longest
-output of these windows (1006 tokens) at the TPOT SLO, plus the TTFT SLO - what a request that meets both needs."""
-
-
-def emulated_config(spec_text: str, *, full: bool = False):
-    """The benchmark's configuration on the emulated device `spec_text` (quick: stock vs fair on Azure conv)."""
-    from .runner import BenchConfig
-    return BenchConfig(mode="full" if full else "quick", workloads=full_workloads() if full else quick_workloads(),
-                       policies=list(EMULATED_POLICIES) if full else ["stock", "fair"],
-                       ttft_slo_ms=EMULATED_TTFT_SLO_MS, tpot_slo_ms=EMULATED_TPOT_SLO_MS, start_scale=1.0,
-                       max_probes=5 if full else 4, rel_tol=0.2, probe_drain_s=PROBE_DRAIN_S, warmup_requests=8,
-                       emulate=spec_text)

@@ -21,6 +21,8 @@ import numpy as np
 from ..live.server import cpu_server_args, requests_served, server_slots, sglang_router, sglang_server
 from ..core.metrics import summarize
 from .client import Probe, run_probe
+from .emulated import (EMULATED_POLICIES, EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS, full_workloads,
+                       quick_workloads)
 from .policies import STOCK, policy_args
 from .search import live_capacities
 from .workload import Workload
@@ -84,6 +86,20 @@ def quick_config() -> BenchConfig:
     return BenchConfig(mode="quick", workloads=[Workload("azure-code", 16, start_s=CODE_WINDOW_S)],
                        policies=["fair", "stock"], start_scale=0.5, max_probes=3, rel_tol=0.3, probe_drain_s=15.0,
                        warmup_requests=4)
+
+
+PROBE_DRAIN_S = 105.0
+"""A probe is cut this long (emulated GPU seconds, x dilation on the clock) after its last arrival: the longest
+output of these windows (1006 tokens) at the TPOT SLO, plus the TTFT SLO - what a request that meets both needs."""
+
+
+def emulated_config(spec_text: str, *, full: bool = False):
+    """The benchmark's configuration on the emulated device `spec_text` (quick: stock vs fair on Azure conv)."""
+    return BenchConfig(mode="full" if full else "quick", workloads=full_workloads() if full else quick_workloads(),
+                       policies=list(EMULATED_POLICIES) if full else ["stock", "fair"],
+                       ttft_slo_ms=EMULATED_TTFT_SLO_MS, tpot_slo_ms=EMULATED_TPOT_SLO_MS, start_scale=1.0,
+                       max_probes=5 if full else 4, rel_tol=0.2, probe_drain_s=PROBE_DRAIN_S, warmup_requests=8,
+                       emulate=spec_text)
 
 
 def full_config() -> BenchConfig:
