@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from factories import COST
 
-from sglang_fair.bench.emulated import EMULATED_POLICIES, MAX_OVERRUN_FRACTION, overrun_fraction, policy_args
+from sglang_fair.bench.emulated import (EMULATED_POLICIES, MAX_OVERRUN_FRACTION, counter_delta, overrun_fraction,
+                                        policy_args)
 from sglang_fair.bench.emulated_report import emulated_summary, markdown
 from sglang_fair.bench.runner import emulated_config
 from sglang_fair.bench.search import live_capacities
@@ -35,8 +36,12 @@ def test_config_runs_real_lengths_with_gpu_slos_on_the_device():
 
 
 def test_overrun_fraction_counts_only_the_probe():
-    assert overrun_fraction((100, 5), (300, 9)) == pytest.approx(0.02)
-    assert overrun_fraction((7, 1), (7, 1)) == 0.0
+    before = [{"decode": [100, 5], "mixed": [10, 0]}, {}]
+    after = [{"decode": [250, 8], "mixed": [60, 1]}, {"prefill": [40, 0]}]  # the second server's first forwards
+    delta = counter_delta(before, after)
+    assert delta == {"decode": [150, 3], "mixed": [50, 1], "prefill": [40, 0]}
+    assert overrun_fraction(delta) == pytest.approx(4 / 240)
+    assert overrun_fraction(counter_delta([{"decode": [7, 1]}], [{"decode": [7, 1]}])) == 0.0
 
 
 def test_an_invalid_probe_never_counts_as_a_pass():

@@ -127,6 +127,9 @@ def test_a_slower_forward_is_an_overrun_and_is_not_padded():
     assert c.overrun_s >= 3 * 0.0099 and c.max_overrun_s >= 0.0099
     assert c.overrun_s == pytest.approx(c.real_s - c.emulated_s)
     assert c.as_dict()["overrun_fraction"] == 1.0
+    assert c.by_kind == {"decode": [3, 3], "prefill": [0, 0], "mixed": [0, 0]}  # which batches overran
+    pad.run(lambda *a: None, None, decode_batch([10]))  # an instant forward: padded, counted, not an overrun
+    assert c.by_kind["decode"] == [4, 3] and c.overruns == 3
 
 
 def test_empty_batches_are_neither_padded_nor_counted():

@@ -52,7 +52,8 @@ def test_status_object_carries_the_counters_and_the_label():
     obj = report.status_object(internal_state(fake_padder(counters())))
     assert obj == {"label": "emulated", "spec": "a100-llama3-8b:5", "dilation": 5.0, "active": True,
                    "iterations": 10, "overruns": 3, "overrun_fraction": pytest.approx(0.3), "emulated_s": 1.5,
-                   "real_s": 1.2, "waited_s": 0.4, "overrun_s": 0.1, "max_overrun_s": 0.05, "late_s_max": 0.001}
+                   "real_s": 1.2, "waited_s": 0.4, "overrun_s": 0.1, "max_overrun_s": 0.05, "late_s_max": 0.001,
+                   "by_kind": {"decode": [0, 0], "mixed": [0, 0], "prefill": [0, 0]}}
     idle = report.status_object(internal_state(None))
     assert not idle["active"] and idle["iterations"] == 0 and idle["overrun_fraction"] == 0.0
     assert report.status_object(None) is None

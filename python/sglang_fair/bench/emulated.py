@@ -72,18 +72,29 @@ def policy_args(name: str, spec_text: str, *, ttft_slo_ms: float, tpot_slo_ms: f
             "--tpot-slo-ms", f"{tpot_slo_ms:g}"]
 
 
-def read_counters(server) -> tuple[int, int]:
-    """(forwards, overruns) so far of a server's emulated device (SGLang's /server_info internal state)."""
+def read_counters(server) -> dict[str, list[int]]:
+    """Forward kind (decode, prefill, mixed) -> [forwards, overruns] so far of a server's emulated device (SGLang's
+    /server_info internal state; {} before its first forward)."""
     states = server.get("/server_info", timeout=30).json().get("internal_states") or [{}]
     dev = states[0].get("emulated_device") or {}
-    if not dev.get("active"):
-        return 0, 0
-    return int(dev.get("iterations", 0)), int(dev.get("overruns", 0))
+    return {k: list(v) for k, v in (dev.get("by_kind") or {}).items()} if dev.get("active") else {}
 
 
-def overrun_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
-    n = after[0] - before[0]
-    return (after[1] - before[1]) / n if n > 0 else 0.0
+def counter_delta(before: list[dict], after: list[dict]) -> dict[str, list[int]]:
+    """Per kind [forwards, overruns] of one probe, summed over servers."""
+    out: dict[str, list[int]] = {}
+    for b, a in zip(before, after):
+        for kind, (n, o) in a.items():
+            n0, o0 = b.get(kind, (0, 0))
+            acc = out.setdefault(kind, [0, 0])
+            acc[0] += n - n0
+            acc[1] += o - o0
+    return out
+
+
+def overrun_fraction(delta: dict[str, list[int]]) -> float:
+    n = sum(v[0] for v in delta.values())
+    return sum(v[1] for v in delta.values()) / n if n > 0 else 0.0
 
 
 def in_gpu_time(summary: dict, dilation: float) -> dict:

@@ -165,11 +165,11 @@ class Bench:
                 servers=()) -> dict:
         """Capacity of one configuration; on an emulated device a probe whose forwards overran more than
         emulated.MAX_OVERRUN_FRACTION is invalid (recorded, never a pass)."""
-        from .emulated import MAX_OVERRUN_FRACTION, overrun_fraction, read_counters
+        from .emulated import MAX_OVERRUN_FRACTION, counter_delta, overrun_fraction, read_counters
         c = self.config
         k = c.dilation
         kept = self.probes.setdefault((label, key), {})
-        summaries, overruns = {}, {}
+        summaries, overruns, by_kind = {}, {}, {}
 
         def evaluate(scale: float):
             t0 = time.monotonic()
@@ -178,8 +178,8 @@ class Bench:
             kept[scale] = p
             s = summaries[scale] = summarize(p.records)
             if c.emulate:
-                after = [read_counters(x) for x in servers]
-                overruns[scale] = overrun_fraction(tuple(map(sum, zip(*before))), tuple(map(sum, zip(*after))))
+                by_kind[scale] = counter_delta(before, [read_counters(x) for x in servers])
+                overruns[scale] = overrun_fraction(by_kind[scale])
             bad = overruns.get(scale, 0.0) > MAX_OVERRUN_FRACTION
             self.say(f"{label:>16} {key} x{scale:<7.4g} p99 TTFT {s.p99_ttft_s * 1e3 / k:8.0f} ms  p99 TPOT "
                      f"{s.p99_tpot_s * 1e3 / k:6.0f} ms  attainment {s.attainment:4.2f}"
@@ -191,7 +191,8 @@ class Bench:
                               max_probes=max_probes, rel_tol=c.rel_tol)
         w, trace, _ = self.traces[key]
         res["capacity_rps"] = res["capacity"] * trace.rate_rps
-        res["probes"] = {f"{x:g}": _probe_json(kept[x], summaries[x], k, overruns.get(x)) for x in res["probes"]}
+        res["probes"] = {f"{x:g}": _probe_json(kept[x], summaries[x], k, overruns.get(x), by_kind.get(x))
+                         for x in res["probes"]}
         return res
 
     def server_args(self, name: str) -> list[str]:
@@ -269,13 +270,13 @@ class Bench:
         return res
 
 
-def _probe_json(p: Probe, s, dilation: float = 1.0, overruns: float | None = None) -> dict:
+def _probe_json(p: Probe, s, dilation: float = 1.0, overruns: float | None = None, by_kind=None) -> dict:
     d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.to_dict().items()}
     d.update(wall_s=p.wall_s, aborted=p.aborted, bench_serving=p.bench,
              input_tokens_mean=float(np.mean(p.input_lens)) if p.input_lens else None)
     if overruns is not None:  # an emulated device: percentiles also in the emulated GPU's own time
         from .emulated import MAX_OVERRUN_FRACTION, in_gpu_time
-        d.update(overrun_fraction=overruns, invalid=overruns > MAX_OVERRUN_FRACTION,
+        d.update(overrun_fraction=overruns, invalid=overruns > MAX_OVERRUN_FRACTION, forwards_overruns_by_kind=by_kind,
                  emulated_gpu=in_gpu_time(d, dilation))
     return d
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .device import DeviceModel
@@ -28,6 +28,11 @@ from .device import DeviceModel
 logger = logging.getLogger("sglang_fair")
 
 SPIN_S = 0.0005
+KINDS = ("decode", "prefill", "mixed")
+
+
+def batch_kind(prefills: list, decodes: list) -> str:
+    return "mixed" if prefills and decodes else ("prefill" if prefills else "decode")
 RECENT = 64
 
 
@@ -74,6 +79,8 @@ class PadCounters:
     max_overrun_s: float = 0.0
     late_s_max: float = 0.0
     """Largest lateness of a padded iteration's end past its deadline (the wait's own precision)."""
+    by_kind: dict = field(default_factory=lambda: {k: [0, 0] for k in KINDS})
+    """kind -> [forwards, overruns]: which batches the CPU cannot finish in time (decode, prefill, mixed)."""
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -117,12 +124,12 @@ class Padder:
         emulated = self.device.sample_s(prefills, decodes) if (prefills or decodes) else 0.0
         result = original(sched, batch, *args, **kwargs)
         t1 = self.clock()
-        self.account(t0, t1, emulated)
+        self.account(t0, t1, emulated, batch_kind(prefills, decodes))
         if emulated > 0:
             self.recent.append((sum(c for c, _ in prefills), len(decodes), emulated * 1e3, (t1 - t0) * 1e3))
         return result
 
-    def account(self, t0: float, t1: float, emulated_s: float) -> None:
+    def account(self, t0: float, t1: float, emulated_s: float, kind: str = "decode") -> None:
         """Book one forward that ran from t0 to t1 and should take `emulated_s`: wait for the rest, or count an
         overrun. Forwards of empty batches (emulated 0) are not counted."""
         if emulated_s <= 0:
@@ -132,8 +139,10 @@ class Padder:
         c.iterations += 1
         c.emulated_s += emulated_s
         c.real_s += real
+        c.by_kind[kind][0] += 1
         if real > emulated_s:
             c.overruns += 1
+            c.by_kind[kind][1] += 1
             c.overrun_s += real - emulated_s
             c.max_overrun_s = max(c.max_overrun_s, real - emulated_s)
         if self.on_account is not None:

@@ -63,6 +63,7 @@ def status_object(state: dict | None) -> dict | None:
     for k in STATUS_FIELDS:
         v = state.get(k, 0)
         out[k] = int(v) if k in ("iterations", "overruns") else float(v)
+    out["by_kind"] = {k: [int(n), int(o)] for k, (n, o) in (state.get("by_kind") or {}).items()}
     return out
 
 
