@@ -1,5 +1,8 @@
 """`sglang-fair plan-bench`: median planning time per step of each policy on large synthetic snapshots.
 
+With `--adapter`, the adapter's whole per-step path instead (snapshot + plan + apply + measure, on stand-in SGLang
+scheduler objects): bench/adapter_bench.py.
+
 For each running-set size (default 64, 256, 1024) plus a waiting queue (default 1000), it builds a set of seeded
 snapshots of a loaded instance (spread slacks, contexts and prompts, one partial prefill, 5 % strict users, a
 Llama-3-8B/A100 cost model), calls `policy.plan(snap)` on each in turn and reports the median over all calls.
@@ -94,17 +97,31 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {policy, running, waiting, median_us, p90_us, median_cpu_us}")
     p.add_argument("--policies", nargs="+", default=None, help="policies to time (default: all registered)")
-    p.add_argument("--running", nargs="+", type=int, default=[64, 256, 1024], help="running-set sizes")
+    p.add_argument("--running", nargs="+", type=int, default=None,
+                   help="running-set sizes (default 64 256 1024; with --adapter 256)")
     p.add_argument("--waiting", type=int, default=1000, help="waiting-queue length")
-    p.add_argument("--repeat", type=int, default=20, help="passes over the snapshots")
-    p.add_argument("--snapshots", type=int, default=10, help="distinct seeded snapshots per size")
+    p.add_argument("--repeat", type=int, default=20,
+                   help="passes over the snapshots (with --adapter: timed steps per seeded scheduler)")
+    p.add_argument("--snapshots", type=int, default=10,
+                   help="distinct seeded snapshots per size (with --adapter: seeded schedulers)")
+    p.add_argument("--adapter", action="store_true",
+                   help="time the adapter's whole step (snapshot / plan / apply / measure, median and p90 us) on "
+                        "stand-in SGLang objects; policies default to fair sarathi slai")
     p.add_argument("--cost-model", default=DEFAULT_COST_PRESET, help="cost-model preset name or JSON path")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.running is None:
+        args.running = [256] if args.adapter else [64, 256, 1024]
     if min(args.running) < 0 or args.waiting < 0 or args.repeat < 1 or args.snapshots < 1:
         raise SystemExit("plan-bench: sizes must be >= 0, --repeat and --snapshots >= 1")
+    if args.adapter:
+        from .adapter_bench import DEFAULT_POLICIES, format_table, run_adapter_bench
+        rows = run_adapter_bench(args.policies or list(DEFAULT_POLICIES), args.running, args.waiting, args.repeat,
+                                 args.snapshots, args.cost_model)
+        sys.stdout.write(orjson.dumps(rows).decode() + "\n" if args.json else format_table(rows) + "\n")
+        return 0
     policies = args.policies or policy_names()
     rows = run_bench(policies, args.running, args.waiting, args.repeat, args.snapshots, load_preset(args.cost_model))
     if args.json:

@@ -198,7 +198,8 @@ class PolicyAdapter:
             return list(batch.reqs)
 
     def _resolve_prefill(self, sched, plan: Plan, snap: Snapshot) -> list:
-        by_rid = {r.rid: r for r in sched.waiting_queue}
+        wanted = {rid for rid, _ in plan.prefill}
+        by_rid = {r.rid: r for r in sched.waiting_queue if r.rid in wanted}
         chunked = sched.chunked_req
         if chunked is not None:
             by_rid[chunked.rid] = chunked

@@ -200,9 +200,10 @@ class PrefillControl:
         after = sched.waiting_queue
         after_set = set(after)
         admitted = {r for r in self._planned if r not in after_set}
-        full_set = set(self._full)
+        full_set = set(self._full) if after else ()
         # Requests SGLang re-queued during the call (preempted, grammar-ready) keep their place at the end.
-        sched.waiting_queue = [r for r in self._full if r not in admitted] + [r for r in after if r not in full_set]
+        kept = [r for r in self._full if r not in admitted] if admitted else list(self._full)
+        sched.waiting_queue = kept + [r for r in after if r not in full_set]
         sched.chunked_prefill_size, sched.is_mixed_chunk, _ = self._saved
         if hasattr(sched.policy, ORDER_ATTR):
             delattr(sched.policy, ORDER_ATTR)

@@ -22,20 +22,37 @@ In the overlap loop the result of the previous forward is processed after the ne
 counts of rows in the in-flight batch are one token behind (the same view stock SGLang schedules with).
 
 Per-request SLOs come from `sampling_params.custom_params`, parsed by `config.slo.parse_request_slos`.
+
+Views are reused across iterations (issue 14: building 1256 views was most of the adapter's per-step cost). A view
+from the previous snapshot, for the same Req object in the same state, is reused when its key is unchanged:
+- running, key = output count, last_decode_finish_time, prefill_finished_time and the TokenTimes entry; when only
+  the key changed (a new token) the view is rebuilt from these and the previous view's fixed fields;
+- prefilling: always built (one request);
+- waiting, key = output count and prefix_len.
+The other inputs are fixed while a request stays in one state: rid, prompt ids, sampling params (SLOs,
+max_new_tokens) and scheduler_recv_time from intake on; wait_queue_entry_time and, for a retracted request, the
+output ids change only as the request (re-)enters the queue, after a snapshot in which it was running, which
+drops its waiting view. The caches hold exactly the views of the latest snapshot, so they never outgrow the queues.
+SLOs are parsed when a view is built from the Req, so `recent_custom_slos` records requests as they first appear.
 """
 
 from __future__ import annotations
 
 import collections
+from operator import attrgetter
 from typing import Iterable
 
 from ..config import SLO_KEYS, SloConfig, parse_request_slos
 from ..core.cost_model import CostModel
 from ..core.types import ReqView, Snapshot
 
+_BY_ARRIVAL = attrgetter("arrival_s")
+
+
 class SnapshotBuilder:
-    """Builds one Snapshot per iteration; remembers nothing between iterations except fault counts and the SLOs of
-    the latest requests that carried their own (for the status endpoint)."""
+    """Builds one Snapshot per iteration; remembers between iterations only the views of the latest snapshot (reused
+    while unchanged, see the module docstring), fault counts and the SLOs of the latest requests that carried their
+    own (for the status endpoint)."""
 
     RECENT_CUSTOM = 32
 
@@ -46,6 +63,13 @@ class SnapshotBuilder:
         self._bad_seen: set[str] = set()
         self.recent_custom_slos: collections.OrderedDict = collections.OrderedDict()
         """rid -> (ttft_slo_s, tpot_slo_s, strict) of the latest requests that carried their own SLOs (bounded)."""
+        self._running: dict[str, tuple] = {}
+        """rid -> (req, key, view) of the latest snapshot's running requests."""
+        self._waiting: dict[str, tuple] = {}
+        """rid -> (req, output count, prefix_len, view) of the latest snapshot's waiting requests."""
+        self.views_reused = self.views_updated = self.views_built = 0
+        """Views since start taken unchanged from the previous snapshot / rebuilt from the previous view's fixed
+        fields (a running request's new token) / built from the Req."""
 
     def _slos(self, req) -> tuple[float, float, bool]:
         params = getattr(req.sampling_params, "custom_params", None)
@@ -83,16 +107,72 @@ class SnapshotBuilder:
                        last_token_s=float(last) if last else None, strict=strict,
                        first_token_s=float(first) if first else None)
 
+    def _running_views(self, running_reqs: Iterable) -> list[ReqView]:
+        old, new = self._running, {}
+        seen = self.token_times._seen
+        out = []
+        built = updated = 0
+        for r in running_reqs:
+            if r.finished():
+                continue
+            rid, ts = r.rid, r.time_stats
+            t = seen.get(rid)
+            key = (len(r.output_ids), ts.last_decode_finish_time, ts.prefill_finished_time, t[1] if t else 0.0)
+            hit = old.get(rid)
+            if hit is None or hit[0] is not r:
+                v = self.view(r, "running")
+                built += 1
+            elif hit[1] == key:
+                v = hit[2]
+            else:  # a new token: only the output count and the first / last token times can differ
+                v = hit[2]
+                n_out, last_decode, first, t_seen = key
+                last = max(last_decode or 0.0, first or 0.0, t_seen) or None
+                first = (first or None) if n_out else None
+                v = ReqView(rid, v.arrival_s, v.prompt_tokens, v.ttft_slo_s, v.tpot_slo_s, v.prefilled_tokens, n_out,
+                            v.max_new_tokens, float(last) if last else None, v.strict, float(first) if first else None)
+                updated += 1
+            new[rid] = (r, key, v)
+            out.append(v)
+        self._running = new
+        self.views_built += built
+        self.views_updated += updated
+        self.views_reused += len(out) - built - updated
+        return out
+
+    def _waiting_views(self, queue, skip) -> list[ReqView]:
+        old, new = self._waiting, {}
+        get = old.get
+        out = []
+        built = 0
+        for r in queue:
+            rid = r.rid
+            if rid == skip or r.finished():
+                continue
+            n_out, prefix = len(r.output_ids), r.prefix_len
+            hit = get(rid)
+            if hit is not None and hit[0] is r and hit[1] == n_out and hit[2] == prefix:
+                new[rid] = hit
+                out.append(hit[3])
+            else:
+                v = self.view(r, "waiting")
+                built += 1
+                new[rid] = (r, n_out, prefix, v)
+                out.append(v)
+        self._waiting = new
+        self.views_built += built
+        self.views_reused += len(out) - built
+        out.sort(key=_BY_ARRIVAL)  # stable, as sorted() was
+        return out
+
     def build(self, sched, running_reqs: Iterable, *, now: float, cost: CostModel,
               recent_iter_s: float = 0.0, mixing_allowed: bool = True) -> Snapshot:
-        running = tuple(self.view(r, "running") for r in running_reqs if not r.finished())
+        running = self._running_views(running_reqs)
         chunked = sched.chunked_req
         prefilling = (self.view(chunked, "prefilling"),) if chunked is not None and not chunked.finished() else ()
-        skip = {chunked.rid} if chunked is not None else set()
-        waiting = tuple(sorted((self.view(r, "waiting") for r in sched.waiting_queue
-                                if r.rid not in skip and not r.finished()), key=lambda v: v.arrival_s))
+        waiting = self._waiting_views(sched.waiting_queue, chunked.rid if chunked is not None else None)
         capacity, used = kv_usage(sched)
-        return Snapshot(now=now, running=running, prefilling=prefilling, waiting=waiting,
+        return Snapshot(now=now, running=tuple(running), prefilling=prefilling, waiting=tuple(waiting),
                         kv_capacity_tokens=capacity, kv_used_tokens=used, cost=cost, recent_iter_s=recent_iter_s,
                         mixing_allowed=mixing_allowed)
 
