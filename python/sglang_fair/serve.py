@@ -19,7 +19,7 @@ import time
 
 from .config import (CPU_DEFAULTS, POLICY_CHOICES, RuntimeConfig, SloConfig, cpu_dtype_default, has_cuda,
                      parse_param, with_cpu_policy_defaults)
-from .config.runtime import LOADS_CHOICES
+from .config.runtime import ADMISSION_CHOICES, LOADS_CHOICES
 from .core.checks import FieldError
 from .emulate.serve_args import split_emulate_args
 
@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fair-loads", default="fair", choices=LOADS_CHOICES,
                    help="what GET /v1/loads (smg's load signal) serves: fair = SGLang's shape with our token load, "
                         "stock = SGLang's own answer (default fair)")
+    g.add_argument("--fair-admission", default="off", choices=ADMISSION_CHOICES,
+                   help="reject = answer HTTP 429 with Retry-After at arrival to a request whose first token cannot "
+                        "meet its TTFT SLO behind the queued work (a router then sends it elsewhere); off = queue "
+                        "every request (default off)")
     e = p.add_argument_group("emulated accelerator (figures from it are emulated, not GPU measurements)")
     e.add_argument("--emulate-device", metavar="PRESET[:DILATION]",
                    help="pad every forward to the time of the emulated GPU (a100-llama3-8b, h100-llama3-8b) for the "
@@ -84,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FLAG_OF_FIELD = {"policy": "--fair-policy", "ttft_slo_ms": "--ttft-slo-ms", "tpot_slo_ms": "--tpot-slo-ms",
-                 "load_horizon_ms": "--fair-load-horizon-ms", "loads": "--fair-loads"}
+                 "load_horizon_ms": "--fair-load-horizon-ms", "loads": "--fair-loads",
+                 "admission": "--fair-admission"}
 """The flag that sets each validated config field (errors name the flag, not the field)."""
 
 
@@ -101,7 +106,7 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
         cfg = RuntimeConfig(policy=ns.fair_policy, slo=SloConfig(ttft_slo_ms=ns.ttft_slo_ms, tpot_slo_ms=ns.tpot_slo_ms),
                             policy_params=params, cost_model=ns.fair_cost_model, online_fit=not ns.fair_no_online_fit,
                             load_horizon_ms=ns.fair_load_horizon_ms, save_cost_model=save_path,
-                            loads=ns.fair_loads)
+                            loads=ns.fair_loads, admission=ns.fair_admission)
     except FieldError as exc:
         raise ValueError(f"{FLAG_OF_FIELD.get(exc.field, exc.field)} {exc.problem}") from None
     if cfg.active:

@@ -287,7 +287,7 @@ def _status(srv) -> dict:
     except Exception as exc:  # report, do not fail the benchmark over a status read
         return {"error": str(exc)}
     keys = ("planned_iterations", "mixed_forwards", "deferred_total", "cost_rel_err_ewma", "cost_model",
-            "stock_iterations", "faults")
+            "stock_iterations", "faults", "overhead_ms_mean", "overhead_ms_max", "emulated_device")
     return {k: rank.get(k) for k in keys}
 
 

@@ -22,6 +22,8 @@ POLICY_CHOICES = (*policy_names(), OFF)
 """Every registered policy, and `off` (stock SGLang batching)."""
 LOADS_CHOICES = ("fair", "stock")
 """What `/v1/loads` serves (RuntimeConfig.loads)."""
+ADMISSION_CHOICES = ("off", "reject")
+"""RuntimeConfig.admission: `reject` = HTTP 429 at arrival for a request that cannot meet its TTFT SLO."""
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -59,6 +61,9 @@ class RuntimeConfig:
     loads: str = "fair"
     """What `GET /v1/loads` (smg's load signal) serves: "fair" = SGLang's shape with our estimate written over it
     (engine/http.py), "stock" = SGLang's own answer. Only with an active policy (`off` always serves SGLang's)."""
+    admission: str = "off"
+    """"reject": a request whose first token cannot meet its TTFT SLO behind the queued work gets HTTP 429 with
+    Retry-After at arrival (engine/reject.py); "off": every request is queued. Needs an active policy."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_CHOICES:
@@ -67,6 +72,10 @@ class RuntimeConfig:
             check_positive("load_horizon_ms", self.load_horizon_ms)
         if self.loads not in LOADS_CHOICES:
             raise FieldError("loads", f"must be one of {', '.join(LOADS_CHOICES)}, got {self.loads!r}")
+        if self.admission not in ADMISSION_CHOICES:
+            raise FieldError("admission", f"must be one of {', '.join(ADMISSION_CHOICES)}, got {self.admission!r}")
+        if self.admission != "off" and self.policy == OFF:
+            raise FieldError("admission", f"{self.admission!r} needs an active policy (not {OFF!r})")
         if self.save_cost_model is not None and not self.online_fit:
             raise ValueError("save_cost_model needs the online fit (online_fit=True)")
 

@@ -89,6 +89,8 @@ class PolicyAdapter:
         self.abs_rel_err_ewma = 0.0
         self.overhead_s_total = 0.0
         self.overhead_s_max = 0.0
+        self.rejected_at_arrival = 0
+        """Requests answered HTTP 429 at arrival (`--fair-admission reject`, engine/reject.py)."""
         self.measured_iterations = 0
         self.gauges = None  # gauges.Gauges when --enable-metrics
 
@@ -280,6 +282,8 @@ class PolicyAdapter:
             "deferred_total": self.deferred_total,
             "plan_deferred_rows": self.plan_deferred_rows,
             "mixed_forwards": self.mixed_forwards,
+            "admission": self.cfg.admission,
+            "rejected_at_arrival": self.rejected_at_arrival,
             "mixing_allowed": snap.mixing_allowed,
             "mixing_banned_by": list(self.mixing_bans),
             "reordered_plans": self.reordered,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..config import RuntimeConfig
-from . import intake, selftest
+from . import intake, reject, selftest
 from .selftest import unsupported_features
 
 logger = logging.getLogger("sglang_fair")
@@ -146,7 +146,13 @@ def around_calc_priority(original, self, waiting_queue, *args, **kwargs):
 
 def _make_intake_hook(cfg: RuntimeConfig):
     def before_add_request_to_queue(self, req, *args, **kwargs):
-        intake.check_request(req, cfg.slo)  # an invalid SLO aborts the request here (engine/intake.py)
+        if intake.check_request(req, cfg.slo) is None and cfg.admission == "reject":  # invalid SLO: aborted here
+            ad = _adapter(self)
+            if ad is not None:
+                try:
+                    reject.reject_if_late(ad, req)  # HTTP 429 at arrival (engine/reject.py)
+                except Exception as exc:  # never lose a request over admission: it is queued as usual
+                    ad._fault("admission", f"{type(exc).__name__}: {exc}")
         return None
     return before_add_request_to_queue
 

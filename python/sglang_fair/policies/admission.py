@@ -2,15 +2,50 @@
 meet their TTFT SLO. Inspired by SLOs-Serve's soft admission control (arXiv 2504.08784): a request whose deadline is
 already lost is demoted to best effort instead of delaying requests that can still be on time. Pure: a function of
 the snapshot, so a request is re-judged every step (the simulator keeps the flag once set and counts the request as
-an SLO miss). Rejection with HTTP 429 is not implemented.
+an SLO miss). `arrival_verdict` judges one arriving request the same way, for `--fair-admission reject` (HTTP 429
+at arrival, engine/reject.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from heapq import heappop, heappush
 
 from ..core.types import ReqView, Snapshot
 from .common import decode_time_s, edf_key, is_arrival_ordered, merge_edf
+
+
+def prefill_share(snap: Snapshot) -> float:
+    """Fraction of device time left to prefill by the running decodes: 1 - (one decode step of all of them) / (their
+    smallest TPOT SLO), at least 0.05; 1 without running requests."""
+    if not snap.running:
+        return 1.0
+    cost = snap.cost
+    step = cost.base_s + decode_time_s(cost, snap.running)
+    return max(0.05, 1.0 - step / min([r.tpot_slo_s for r in snap.running]))
+
+
+def prefill_s(cost, r: ReqView) -> float:
+    """Seconds of the rest of r's prompt in infinitely fine chunks: R (b + a (x + R / 2)) after a prefix x."""
+    rem, x = r.remaining_prompt_tokens, r.prefilled_tokens
+    return rem * (cost.per_prefill_token_s + cost.per_attn_token2_s * (x + 0.5 * rem)) if rem > 0 else 0.0
+
+
+def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False) -> tuple[bool, float]:
+    """(would `new` miss its TTFT SLO, queued with the snapshot's work; seconds of prefill ahead of it at the share
+    the decodes leave, a Retry-After hint), by `hopeless_split`'s optimistic estimate. Ahead of it: the partial
+    prefills and the waiting requests before it in EDF order; with `demoting` (the policy serves hopeless requests
+    after on-time work, `fair`'s admission="demote") only those `hopeless_split` keeps on time."""
+    if demoting:
+        on_time, demoted = hopeless_split(dataclasses.replace(snap, waiting=(*snap.waiting, new)))
+        late = any(r.rid == new.rid for r in demoted)
+        ahead = (*snap.prefilling, *(r for r in on_time if r.rid != new.rid))
+        return late, sum(prefill_s(snap.cost, r) for r in ahead) / prefill_share(snap)
+    key = edf_key(new)
+    ahead = (*snap.prefilling, *(r for r in snap.waiting if edf_key(r) <= key))
+    wait = sum(prefill_s(snap.cost, r) for r in ahead) / prefill_share(snap)
+    own = prefill_s(snap.cost, new) / prefill_share(snap)
+    return snap.now + wait + own > new.arrival_s + new.ttft_slo_s, wait
 
 
 def hopeless_split(snap: Snapshot, longest: bool = False) -> tuple[list[ReqView], list[ReqView]]:
@@ -24,13 +59,7 @@ def hopeless_split(snap: Snapshot, longest: bool = False) -> tuple[list[ReqView]
     one machine: when the request in hand would be late, the waiting request with the longest prefill among those
     kept so far (it included) is demoted, so a burst loses its few longest prompts rather than whoever comes last.
     Partial prefills are never demoted (they hold KV)."""
-    cost, now = snap.cost, snap.now
-    b, a = cost.per_prefill_token_s, cost.per_attn_token2_s
-    share = 1.0
-    if snap.running:
-        step = cost.base_s + decode_time_s(cost, snap.running)
-        tpot = min([r.tpot_slo_s for r in snap.running])
-        share = max(0.05, 1.0 - step / tpot)
+    now, share = snap.now, prefill_share(snap)
     waiting = snap.waiting
     ttft0 = waiting[0].ttft_slo_s
     if not (all([r.ttft_slo_s == ttft0 for r in waiting]) and is_arrival_ordered(waiting)):
@@ -40,8 +69,7 @@ def hopeless_split(snap: Snapshot, longest: bool = False) -> tuple[list[ReqView]
     kept: list[tuple[float, int]] = []  # (-prefill seconds, index in on_time): the longest kept request on top
     ahead = 0.0
     for r, is_waiting in merge_edf(snap.prefilling, iter(waiting)):
-        rem, x = r.remaining_prompt_tokens, r.prefilled_tokens
-        t = rem * (b + a * (x + 0.5 * rem)) if rem > 0 else 0.0
+        t = prefill_s(snap.cost, r)
         late = now + (ahead + t) / share > r.arrival_s + r.ttft_slo_s
         if is_waiting and late and not longest:
             demoted.append(r)

@@ -1,0 +1,114 @@
+"""`--fair-admission reject`: the arrival verdict (policies/admission.py), the 429 at intake with its retry hint
+(engine/reject.py), the Retry-After header, and the flag's validation."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from factories import COST, make_req, make_running, make_snapshot
+
+from sglang_fair.engine import reject
+from sglang_fair.policies.admission import arrival_verdict, prefill_s
+from sglang_fair.serve import build_parser, runtime_config
+
+
+def _queue(n: int, prompt: int):
+    return [make_req(f"w{i}", arrival_s=0.0, prompt_tokens=prompt, ttft_slo_s=2.0) for i in range(n)]
+
+
+def test_an_empty_server_admits_and_a_long_queue_rejects():
+    new = make_req("new", arrival_s=1.0, prompt_tokens=500, ttft_slo_s=2.0)
+    late, ahead = arrival_verdict(make_snapshot(now=1.0), new)
+    assert not late and ahead == 0.0
+    one, own = prefill_s(COST, make_req(prompt_tokens=4000)), prefill_s(COST, new)
+    n = int(2.0 / one) + 2  # more queued prefill than the TTFT SLO can absorb
+    queued = make_snapshot(now=1.0, waiting=_queue(n, 4000))
+    late, ahead = arrival_verdict(queued, new)
+    assert late and ahead == pytest.approx(n * one)  # every earlier deadline is ahead of it
+    few = make_snapshot(now=1.0, waiting=_queue(1, 4000))
+    assert arrival_verdict(few, new)[0] == (one + own > 2.0)
+    # when the policy demotes hopeless requests, only the on-time ones are ahead
+    late, ahead = arrival_verdict(queued, new, demoting=True)
+    on_time = sum(1 for k in range(1, n + 1) if k * one <= 2.0 - 1.0 + 1e-12)
+    assert ahead == pytest.approx(on_time * one) and late == (1.0 + ahead + own > 3.0)
+
+
+def test_running_decodes_slow_the_estimate_down():
+    new = make_req("new", arrival_s=0.0, prompt_tokens=3000, ttft_slo_s=2.0)
+    alone = prefill_s(COST, new)
+    assert alone < 2.0 and not arrival_verdict(make_snapshot(now=0.0), new)[0]
+    # decodes that take nearly all of each TPOT leave 5% of the device to prefill
+    busy = [make_running(f"d{i}", prompt_tokens=4000, output_tokens=10, tpot_slo_s=0.02) for i in range(64)]
+    assert arrival_verdict(make_snapshot(now=0.0, running=busy), new)[0] == (alone / 0.05 > 2.0)
+
+
+class _Req:
+    def __init__(self):
+        self.rid, self.output_ids, self.finished_reason, self.to_finish = "new", [], None, None
+        self.aborted = None
+
+    def set_finish_with_abort(self, message, status_code=400, err_type="BadRequestError"):
+        self.aborted = (message, status_code, err_type)
+
+
+def _adapter(snap, new_view):
+    sched = SimpleNamespace(running_batch=SimpleNamespace(reqs=[]), last_batch=None, chunked_req=None)
+    return SimpleNamespace(sched=sched, parking=SimpleNamespace(reqs=[]), snapshot=lambda running: snap,
+                           policy=SimpleNamespace(params=SimpleNamespace(admission="off")),
+                           builder=SimpleNamespace(view=lambda req, state: new_view), rejected_at_arrival=0)
+
+
+def test_a_late_arrival_is_finished_with_429_and_a_retry_hint():
+    new = make_req("new", arrival_s=1.0, prompt_tokens=500, ttft_slo_s=2.0)
+    ad = _adapter(make_snapshot(now=1.0, waiting=_queue(40, 4000)), new)
+    req = _Req()
+    assert reject.reject_if_late(ad, req) and ad.rejected_at_arrival == 1
+    message, code, kind = req.aborted
+    assert code == 429 and kind == "TooManyRequests" and "2000 ms" in message
+    assert reject.retry_after_s(message.encode()) >= 1
+    ok = _adapter(make_snapshot(now=1.0), new)
+    fresh = _Req()
+    assert not reject.reject_if_late(ok, fresh) and fresh.aborted is None and ok.rejected_at_arrival == 0
+    fresh.output_ids = [5]  # a retracted request re-entering the queue is never rejected
+    assert reject.arrival_problem(ad, fresh) is None
+
+
+def _serve(app, scope):
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg):
+        sent.append(msg)
+
+    asyncio.run(reject.RetryAfter(app)(scope, receive, send))
+    return sent
+
+
+def _app(status: int, body: bytes):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"json")]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+def test_retry_after_header_on_the_429_only():
+    body = b'{"error": "sglang-fair: rejected at arrival: ...; retry after 7 s"}'
+    start, part = _serve(_app(429, body), {"type": "http"})
+    assert (b"retry-after", b"7") in start["headers"] and part["body"] == body
+    start, _ = _serve(_app(200, b"retry after 7 s"), {"type": "http"})
+    assert all(k != b"retry-after" for k, _ in start["headers"])
+    start, _ = _serve(_app(429, b"queue full"), {"type": "http"})  # a 429 not ours: untouched
+    assert all(k != b"retry-after" for k, _ in start["headers"])
+
+
+def test_the_flag_needs_an_active_policy():
+    parse = build_parser().parse_known_args
+    assert runtime_config(parse(["--fair-policy", "fair", "--fair-admission", "reject"])[0]).admission == "reject"
+    with pytest.raises(ValueError, match="--fair-admission"):
+        runtime_config(parse(["--fair-policy", "off", "--fair-admission", "reject"])[0])
+    with pytest.raises(SystemExit):
+        parse(["--fair-admission", "sometimes"])
