@@ -146,6 +146,19 @@ def test_smg_routes_every_request_while_our_v1_loads_reports_the_burst(cluster, 
     assert load_a > 0 and rate > 0  # the burst shows in what smg polls; every routed request was served (above)
 
 
+def test_smg_least_load_follows_our_load_when_its_per_dispatch_charge_is_the_real_prompt(cluster):
+    """The cause of the split above: between two polls smg charges every dispatch `--least-load-mean-prefill-tokens`
+    (default 1024) on top of the polled load. Set to the routed requests' real size (16 tokens), the routed requests
+    go to the idle server B while A holds the burst."""
+    a, b = cluster
+    with smg_router([a.url, b.url], "least_load", load_poll_s=1,
+                    extra_args=["--least-load-mean-prefill-tokens", str(ROUTED_PROMPT)]) as r:
+        on_a, on_b, load_a = _burst_then_route(a, b, r.url)
+    print(f"\nsmg least_load, mean prefill {ROUTED_PROMPT}: routed {on_a} to the loaded server A, {on_b} to B; "
+          f"A's load at routing {load_a}")
+    assert load_a > 0 and on_b >= N_ROUTED - 2, (on_a, on_b)
+
+
 def test_a_stalled_scheduler_keeps_reporting_its_last_load_to_smg(cluster):
     a, b = cluster
     stalled = {}
