@@ -129,10 +129,12 @@ def test_idle_servers_read_zero_in_sglangs_shape(cluster):
         assert "max_total_num_tokens" in entry and "token_usage" in entry and body["sglang_fair"]["signal"] == "fair"
 
 
-# The split smg makes is printed, not asserted (issue 15, open): smg's own view (/get_loads) is right (A about
-# 6300-7500 tokens at about 1000-1500 tokens/s, B 0), but it charges each request sent since its last poll 1024
-# tokens, so at 5 requests per 1 s poll B's score passes A's after about 4. Measured B/A of 16: least_load 16/0,
-# 11/5, 10/6, 5/11; power_of_two 9/7; with A's scheduler stopped 15/1.
+# With smg's defaults the split is printed, not asserted: smg's own view (/get_loads) is right (A about 5800-7500
+# tokens at about 1000-1500 tokens/s, B 0), but between two polls it charges every dispatch 1024 tokens
+# (`--least-load-mean-prefill-tokens`), 64 times these 16-token prompts, so at 5 requests per 1 s poll B's score
+# passes A's after a few. Measured B/A of 16: least_load 16/0, 11/5, 10/6, 5/11, 7/9; power_of_two 9/7, 9/7; with
+# A's scheduler stopped 15/1, 16/0. With the charge set to the real prompt (next test) least_load sent 16/0 to B:
+# that charge is the cause.
 
 
 @pytest.mark.parametrize("policy", ["least_load", "power_of_two"])
