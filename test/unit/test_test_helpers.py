@@ -48,3 +48,13 @@ def test_servers_inside_server_slots_use_the_held_slots(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="server_slots"):
         with live_server.server_slots(3):
             pass
+
+
+def test_test_file_names_are_unique_across_suites():
+    """pytest imports test files by basename (no packages under test/): two suites with the same file name stop the
+    whole collection with an 'import file mismatch'."""
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(p.name for p in Path(__file__).resolve().parents[1].rglob("test_*.py"))
+    assert not [n for n, k in names.items() if k > 1]
