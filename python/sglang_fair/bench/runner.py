@@ -21,8 +21,9 @@ import numpy as np
 from ..live.server import cpu_server_args, requests_served, server_slots, sglang_router, sglang_server
 from ..core.metrics import summarize
 from .client import Probe, run_probe
-from .emulated import (EMULATED_POLICIES, EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS, full_workloads,
-                       quick_workloads)
+from . import emulated
+from .emulated import (EMULATED_POLICIES, EMULATED_STOCK, EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS,
+                       MAX_OVERRUN_FRACTION, full_workloads, quick_workloads)
 from .policies import STOCK, policy_args
 from .search import live_capacities
 from .workload import Workload
@@ -73,7 +74,6 @@ class BenchConfig:
 
     @property
     def stock_names(self) -> tuple[str, ...]:
-        from .emulated import EMULATED_STOCK
         return EMULATED_STOCK if self.emulate else STOCK
 
     def to_json(self) -> dict:
@@ -165,7 +165,6 @@ class Bench:
                 servers=()) -> dict:
         """Capacity of one configuration; on an emulated device a probe whose forwards overran more than
         emulated.MAX_OVERRUN_FRACTION is invalid (recorded, never a pass)."""
-        from .emulated import MAX_OVERRUN_FRACTION, counter_delta, overrun_fraction, read_counters
         c = self.config
         k = c.dilation
         kept = self.probes.setdefault((label, key), {})
@@ -173,13 +172,13 @@ class Bench:
 
         def evaluate(scale: float):
             t0 = time.monotonic()
-            before = [read_counters(s) for s in servers] if c.emulate else []
+            before = [emulated.read_counters(s) for s in servers] if c.emulate else []
             p = self._probe(url, key, scale, abort_urls=abort_urls)
             kept[scale] = p
             s = summaries[scale] = summarize(p.records)
             if c.emulate:
-                by_kind[scale] = counter_delta(before, [read_counters(x) for x in servers])
-                overruns[scale] = overrun_fraction(by_kind[scale])
+                by_kind[scale] = emulated.counter_delta(before, [emulated.read_counters(x) for x in servers])
+                overruns[scale] = emulated.overrun_fraction(by_kind[scale])
             bad = overruns.get(scale, 0.0) > MAX_OVERRUN_FRACTION
             self.say(f"{label:>16} {key} x{scale:<7.4g} p99 TTFT {s.p99_ttft_s * 1e3 / k:8.0f} ms  p99 TPOT "
                      f"{s.p99_tpot_s * 1e3 / k:6.0f} ms  attainment {s.attainment:4.2f}"
@@ -198,9 +197,8 @@ class Bench:
     def server_args(self, name: str) -> list[str]:
         c = self.config
         if c.emulate:  # each plugin policy starts from the device preset's prior (serve) and learns online
-            from .emulated import policy_args as emulated_args
             k = c.dilation
-            args = emulated_args(name, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k)
+            args = emulated.policy_args(name, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k)
             if name == "fair":
                 args += ["--fair-save-cost-model", str(self.cost_model_path)]
             base = cpu_server_args(float32=True)
@@ -275,9 +273,8 @@ def _probe_json(p: Probe, s, dilation: float = 1.0, overruns: float | None = Non
     d.update(wall_s=p.wall_s, aborted=p.aborted, bench_serving=p.bench,
              input_tokens_mean=float(np.mean(p.input_lens)) if p.input_lens else None)
     if overruns is not None:  # an emulated device: percentiles also in the emulated GPU's own time
-        from .emulated import MAX_OVERRUN_FRACTION, in_gpu_time
         d.update(overrun_fraction=overruns, invalid=overruns > MAX_OVERRUN_FRACTION, forwards_overruns_by_kind=by_kind,
-                 emulated_gpu=in_gpu_time(d, dilation))
+                 emulated_gpu=emulated.in_gpu_time(d, dilation))
     return d
 
 
