@@ -54,8 +54,7 @@ class _Req:
 
 
 def _adapter(snap, new_view):
-    sched = SimpleNamespace(running_batch=SimpleNamespace(reqs=[]), last_batch=None, chunked_req=None)
-    return SimpleNamespace(sched=sched, parking=SimpleNamespace(reqs=[]), snapshot=lambda running: snap,
+    return SimpleNamespace(current_snapshot=lambda: snap,
                            policy=SimpleNamespace(params=SimpleNamespace(admission="off")),
                            builder=SimpleNamespace(view=lambda req, state: new_view), rejected_at_arrival=0)
 

@@ -91,10 +91,11 @@ def main(args) -> int:
     from . import report
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
     imgs = report.plots(results, out)
-    summary = report.quick_summary(results)
     if cfg.emulate:
         from .emulated_report import emulated_summary
         summary = emulated_summary(results)
+    else:
+        summary = report.quick_summary(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.docs:
         from .docs_section import replace_section
@@ -103,12 +104,13 @@ def main(args) -> int:
         img_dir.mkdir(parents=True, exist_ok=True)
         for f in imgs:
             shutil.copy(f, img_dir / f.name)
-        title = "Live A/B benchmarks (quick)" if cfg.mode == "quick" else "Live A/B benchmarks"
-        text = report.markdown(results, cmd, "img/live")
         if cfg.emulate:
             from .emulated_report import markdown as emulated_markdown
             title = f"Emulated accelerator: live A/B ({cfg.mode})"
             text = emulated_markdown(results, cmd, "img/live")
+        else:
+            title = "Live A/B benchmarks (quick)" if cfg.mode == "quick" else "Live A/B benchmarks"
+            text = report.markdown(results, cmd, "img/live")
         replace_section(docs, title, text)
     print(f"[bench] results in {out}", file=sys.stderr)
     if args.json:
@@ -173,13 +175,12 @@ def run(cfg, out: Path) -> dict:
     for server_policy, router_policy in cfg.cluster:
         label = f"2x{server_policy}/{router_policy}"
         results["cluster"][label] = bench.run_cluster(server_policy, router_policy, start=2.0 * stock_cap)
-    if cfg.emulate:
+    if bench.cost_model_path.exists():
+        results["cost_model"] = json.loads(bench.cost_model_path.read_text())
+    if cfg.emulate:  # the device model is the true cost: no live fit needed
         from .emulated_report import emulated_fidelity
-        if bench.cost_model_path.exists():
-            results["cost_model"] = json.loads(bench.cost_model_path.read_text())
         results["fidelity"] = emulated_fidelity(bench, results)
     elif bench.cost_model_path.exists():
-        results["cost_model"] = json.loads(bench.cost_model_path.read_text())
         results["fidelity"] = fidelity(
             bench.probes, bench.traces, {k: v for k, v in SIM_SPECS.items() if k in cfg.policies},
             str(bench.cost_model_path), ttft_slo_ms=cfg.ttft_slo_ms, tpot_slo_ms=cfg.tpot_slo_ms,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .report import _at_capacity
+from .report import _at_capacity, fidelity_table
 
 
 def _gpu_ms(probe: dict, key: str):
@@ -121,14 +121,7 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
         lines += ["### Simulator vs emulated live", "",
                   "Each valid probe replayed in the simulator with the device model as the true iteration time "
                   "(so the gap is what the simulator misses of the real scheduler). Median |sim - live| / live:", "",
-                  "| policy | trace | probes | P50 TTFT | P99 TTFT | P50 TPOT | P99 TPOT |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, by in results["fidelity"].items():
-            for key, f in by.items():
-                e = f["median_abs_rel_err"]
-                cells = " | ".join("-" if e[x] is None else f"{e[x] * 100:.0f}%"
-                                   for x in ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms"))
-                lines.append(f"| {name} | {key} | {len(f['probes'])} | {cells} |")
+                  *fidelity_table(results["fidelity"])]
     return "\n".join(lines)
 
 

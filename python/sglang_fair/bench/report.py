@@ -150,12 +150,17 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
         lines += ["", "### Simulator vs live", "",
                   "Each live probe replayed in the simulator (same arrivals, prompt lengths as sent, outputs, SLOs, "
                   "policy code), with the cost model the fair server fitted from its own iterations. Median |sim - "
-                  "live| / live over the policy's probes:", "",
-                  "| policy | trace | probes | P50 TTFT | P99 TTFT | P50 TPOT | P99 TPOT |", "|---|---|---|---|---|---|---|"]
-        for name, by in results["fidelity"].items():
-            for key, f in by.items():
-                e = f["median_abs_rel_err"]
-                cells = " | ".join("-" if e[k] is None else f"{e[k] * 100:.0f}%"
-                                   for k in ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms"))
-                lines.append(f"| {name} | {key} | {len(f['probes'])} | {cells} |")
+                  "live| / live over the policy's probes:", "", *fidelity_table(results["fidelity"])]
     return "\n".join(lines)
+
+
+def fidelity_table(fidelity: dict) -> list[str]:
+    """Markdown rows: per policy and trace, the median |sim - live| / live of P50/P99 TTFT and TPOT."""
+    lines = ["| policy | trace | probes | P50 TTFT | P99 TTFT | P50 TPOT | P99 TPOT |", "|---|---|---|---|---|---|---|"]
+    for name, by in fidelity.items():
+        for key, f in by.items():
+            e = f["median_abs_rel_err"]
+            cells = " | ".join("-" if e[k] is None else f"{e[k] * 100:.0f}%"
+                               for k in ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms"))
+            lines.append(f"| {name} | {key} | {len(f['probes'])} | {cells} |")
+    return lines

@@ -168,7 +168,7 @@ class Bench:
         c = self.config
         k = c.dilation
         kept = self.probes.setdefault((label, key), {})
-        summaries, overruns, by_kind = {}, {}, {}
+        summaries, by_kind = {}, {}
 
         def evaluate(scale: float):
             t0 = time.monotonic()
@@ -178,11 +178,11 @@ class Bench:
             s = summaries[scale] = summarize(p.records)
             if c.emulate:
                 by_kind[scale] = emulated.counter_delta(before, [emulated.read_counters(x) for x in servers])
-                overruns[scale] = emulated.overrun_fraction(by_kind[scale])
-            bad = overruns.get(scale, 0.0) > MAX_OVERRUN_FRACTION
+            overruns = emulated.overrun_fraction(by_kind[scale]) if scale in by_kind else None
+            bad = overruns is not None and overruns > MAX_OVERRUN_FRACTION
             self.say(f"{label:>16} {key} x{scale:<7.4g} p99 TTFT {s.p99_ttft_s * 1e3 / k:8.0f} ms  p99 TPOT "
                      f"{s.p99_tpot_s * 1e3 / k:6.0f} ms  attainment {s.attainment:4.2f}"
-                     f"{f'  overruns {overruns[scale]:.1%}' if scale in overruns else ''}{'  INVALID' if bad else ''}"
+                     f"{f'  overruns {overruns:.1%}' if overruns is not None else ''}{'  INVALID' if bad else ''}"
                      f"{'  ABORTED' if p.aborted else ''}  ({time.monotonic() - t0:.0f} s)")
             return None if bad else s
 
@@ -190,8 +190,7 @@ class Bench:
                               max_probes=max_probes, rel_tol=c.rel_tol)
         w, trace, _ = self.traces[key]
         res["capacity_rps"] = res["capacity"] * trace.rate_rps
-        res["probes"] = {f"{x:g}": _probe_json(kept[x], summaries[x], k, overruns.get(x), by_kind.get(x))
-                         for x in res["probes"]}
+        res["probes"] = {f"{x:g}": _probe_json(kept[x], summaries[x], k, by_kind.get(x)) for x in res["probes"]}
         return res
 
     def server_args(self, name: str) -> list[str]:
@@ -268,11 +267,12 @@ class Bench:
         return res
 
 
-def _probe_json(p: Probe, s, dilation: float = 1.0, overruns: float | None = None, by_kind=None) -> dict:
+def _probe_json(p: Probe, s, dilation: float = 1.0, by_kind: dict | None = None) -> dict:
     d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.to_dict().items()}
     d.update(wall_s=p.wall_s, aborted=p.aborted, bench_serving=p.bench,
              input_tokens_mean=float(np.mean(p.input_lens)) if p.input_lens else None)
-    if overruns is not None:  # an emulated device: percentiles also in the emulated GPU's own time
+    if by_kind is not None:  # an emulated device: overruns, and percentiles in the emulated GPU's own time
+        overruns = emulated.overrun_fraction(by_kind)
         d.update(overrun_fraction=overruns, invalid=overruns > MAX_OVERRUN_FRACTION, forwards_overruns_by_kind=by_kind,
                  emulated_gpu=emulated.in_gpu_time(d, dilation))
     return d

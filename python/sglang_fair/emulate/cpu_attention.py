@@ -68,23 +68,17 @@ def fast_extend(original, self, query, output, k_cache, v_cache, req_to_token, r
                 is_cross_attn=False, sliding_window_size=None):
     """AROUND hook of `_run_sdpa_forward_extend` (same arguments): the 1-token extends of a mixed batch as decode
     rows, the longer extends through the original."""
-    if (not causal or encoder_lens is not None or is_cross_attn
+    ext = extend_seq_lens.to(torch.int64).cpu()
+    ones = (ext == 1).nonzero().flatten()
+    if (ones.numel() == 0 or not causal or encoder_lens is not None or is_cross_attn  # nothing of ours to do
             or (sliding_window_size is not None and sliding_window_size > -1)):
         return original(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
                         extend_prefix_lens, extend_seq_lens, encoder_lens, scaling=scaling, enable_gqa=enable_gqa,
                         causal=causal, is_cross_attn=is_cross_attn, sliding_window_size=sliding_window_size)
-    ext = extend_seq_lens.to(torch.int64).cpu()
-    pre = extend_prefix_lens.to(torch.int64).cpu()
     starts = torch.cumsum(ext, 0) - ext
-    ones = (ext == 1).nonzero().flatten()
-    if ones.numel() == 0:  # a batch of prompts and chunks only
-        return original(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
-                        extend_prefix_lens, extend_seq_lens, None, scaling=scaling, enable_gqa=enable_gqa,
-                        causal=causal, is_cross_attn=False, sliding_window_size=sliding_window_size)
-    if ones.numel():
-        q_at = starts[ones]
-        output[q_at] = decode_rows(query[q_at], k_cache, v_cache, req_to_token, req_pool_indices[ones],
-                                   pre[ones] + 1, scaling)
+    q_at = starts[ones]
+    output[q_at] = decode_rows(query[q_at], k_cache, v_cache, req_to_token, req_pool_indices[ones],
+                               extend_prefix_lens.to(torch.int64).cpu()[ones] + 1, scaling)
     longer = (ext > 1).nonzero().flatten()
     if longer.numel():  # prompts and chunks: SGLang's own SDPA (well under the emulated time), on those rows only
         q_rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + ext[i])) for i in longer.tolist()])

@@ -263,11 +263,15 @@ class PolicyAdapter:
                 self._fault("metrics", f"{type(exc).__name__}: {exc}")
 
     # ---- status -------------------------------------------------------------------------------------------------
+    def current_snapshot(self) -> Snapshot:
+        """A snapshot outside the policy step (status, arrivals): the running batch, the parked rows and the last
+        extend batch's rows not merged yet."""
+        running = list(self.sched.running_batch.reqs) + self.parking.reqs
+        running += sglang_view.unmerged_rows(self.sched, running)
+        return self.snapshot(running)
+
     def status(self) -> dict:
-        sched = self.sched
-        running = list(sched.running_batch.reqs) + self.parking.reqs
-        running += sglang_view.unmerged_rows(sched, running)
-        snap = self.snapshot(running)
+        snap = self.current_snapshot()
         budget, load = admission_budget(snap, self.horizon_s)
         fin = lambda x: x if math.isfinite(x) else None  # noqa: E731  (JSON has no inf)
         return {

@@ -18,7 +18,6 @@ import math
 import re
 
 from ..policies.admission import arrival_verdict
-from . import sglang_view
 
 MESSAGE = ("sglang-fair: rejected at arrival: its first token would miss the TTFT SLO of {ttft_ms:.0f} ms behind "
            "{ahead_s:.1f} s of queued prefill; retry after {retry_s} s")
@@ -32,10 +31,7 @@ def arrival_problem(adapter, req) -> str | None:
         return None
     if getattr(req, "output_ids", None):  # a retracted request coming back is not a new arrival
         return None
-    sched = adapter.sched
-    running = list(sched.running_batch.reqs) + adapter.parking.reqs
-    running += sglang_view.unmerged_rows(sched, running)
-    snap = adapter.snapshot(running)
+    snap = adapter.current_snapshot()
     new = adapter.builder.view(req, "waiting")
     params = getattr(adapter.policy, "params", None)
     late, ahead_s = arrival_verdict(snap, new, demoting=getattr(params, "admission", "off") != "off")
