@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "batch that ran, times DILATION; sizes the KV pool like that GPU (docs/emulated-device.md)")
     e.add_argument("--emulate-jitter-cv", metavar="CV", help="log-normal jitter of the emulated times (default 0)")
     e.add_argument("--emulate-seed", metavar="N", help="seed of the jitter (default 0)")
+    e.add_argument("--emulate-overlap", metavar="on|off",
+                   help="emulate SGLang's GPU overlap loop: the host time between forwards is hidden behind the "
+                        "previous forward's emulated time (default on, as SGLang runs on a GPU)")
     g.add_argument("--fair-no-verify", action="store_true",
                    help="do not stop the server when the start-up hook check fails (debugging only)")
     return p

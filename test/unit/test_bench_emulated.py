@@ -30,7 +30,9 @@ def test_config_runs_real_lengths_with_gpu_slos_on_the_device():
     assert set(emulated_config("h100-llama3-8b", full=True).policies) == set(EMULATED_POLICIES)
     args = policy_args("stock-mixed-512", "a100-llama3-8b:3", ttft_slo_ms=6000, tpot_slo_ms=300)
     assert args[args.index("--emulate-device") + 1] == "a100-llama3-8b:3" and "--enable-mixed-chunk" in args
-    assert args[args.index("--tpot-slo-ms") + 1] == "300"
+    assert args[args.index("--tpot-slo-ms") + 1] == "300" and args[args.index("--emulate-overlap") + 1] == "on"
+    off = policy_args("fair", "a100-llama3-8b:3", ttft_slo_ms=6000, tpot_slo_ms=300, overlap=False)
+    assert off[off.index("--emulate-overlap") + 1] == "off"
     with pytest.raises(ValueError, match="unknown emulated policy"):
         policy_args("fair-strict", "a100-llama3-8b", ttft_slo_ms=1, tpot_slo_ms=1)
 
@@ -75,12 +77,14 @@ def test_summary_carries_the_device_the_ratio_and_the_largest_overrun():
                "workloads": {key: {"rate_rps": 5.5, "prompt_tokens_sent_mean": 1160.0, "output_tokens_mean": 225.0}}}
     s = emulated_summary(results)
     assert s["emulated_device"] == "a100-llama3-8b:3" and s["dilation"] == 3.0 and "emulated" in s["label"]
+    assert s["emulated_overlap"] is True
     assert s["capacity_ratio_fair_vs_stock"] == 1.5 and s["overrun_fraction"] == 0.05
     assert s["policies"]["fair"]["invalid_probes"] == ["2"]
     assert s["policies"]["fair"]["p99_ttft_ms"] == pytest.approx(1000.0)  # GPU time: dilated seconds / 3
     assert s["policies"]["fair"]["at_stock_capacity"]["p99_ttft_ms"] == pytest.approx(500.0)
     md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3", "img/live")
     assert "**Emulated**" in md and "Not a GPU measurement" in md and "2 (5.0% invalid)" in md
+    assert "overlap loop emulated: on" in md
 
 
 def test_simulator_takes_the_true_iteration_time_from_outside():

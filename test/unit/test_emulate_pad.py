@@ -161,3 +161,91 @@ def test_waits_by_sleep_then_spin_on_an_injected_clock():
 def test_padder_validates():
     with pytest.raises(ValueError):
         Padder(FixedDevice(0.01), spin_s=-1)
+
+
+# ---- overlap: host time between forwards hidden behind the previous forward --------------------------------------
+class ManualClock:
+    """A clock that moves only when told: sleeps and fake forwards advance it exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+    def forward(self, real_s: float):
+        def run_batch(sched, batch):
+            self.now += real_s
+        return run_batch
+
+
+def overlap_padder(emulated_s: float, *, overlap: bool = True):
+    clock = ManualClock()
+    pad = Padder(FixedDevice(emulated_s), clock=clock, sleep=clock.sleep, spin_s=0.0, log_every_s=None,
+                 overlap=overlap)
+    return pad, clock
+
+
+BUSY, IDLE = SimpleNamespace(last_batch=object()), SimpleNamespace(last_batch=None)
+
+
+def test_overlap_hides_the_host_gap_so_forwards_end_one_emulated_time_apart():
+    pad, clock = overlap_padder(0.050)
+    pad.run(clock.forward(0.010), IDLE, decode_batch([10]))
+    first_end = clock.now
+    assert pad.last_credit_s == 0.0  # nothing ran before it: no credit
+    clock.now += 0.004  # the scheduler's host work: result processing, planning, batch building
+    pad.run(clock.forward(0.010), BUSY, decode_batch([10]))
+    assert clock.now == pytest.approx(first_end + 0.050)  # where the GPU's overlap loop would end it
+    assert pad.last_credit_s == pytest.approx(0.004)
+    assert pad.counters.overlap_credit_s == pytest.approx(0.004) and pad.counters.overruns == 0
+
+
+def test_without_overlap_or_after_an_idle_pass_the_host_gap_adds_to_the_period():
+    for overlap, sched in ((False, BUSY), (True, IDLE)):
+        pad, clock = overlap_padder(0.050, overlap=overlap)
+        pad.run(clock.forward(0.010), BUSY, decode_batch([10]))
+        first_end = clock.now
+        clock.now += 0.004
+        pad.run(clock.forward(0.010), sched, decode_batch([10]))
+        assert clock.now == pytest.approx(first_end + 0.054) and pad.last_credit_s == 0.0
+
+
+def test_overlap_credit_is_at_most_the_previous_forwards_device_time():
+    clock = ManualClock()
+    times = iter([0.010, 0.050])
+
+    class TwoTimes:
+        spec = DeviceSpec()
+
+        def sample_s(self, prefills, decodes):
+            return next(times)
+
+    pad = Padder(TwoTimes(), clock=clock, sleep=clock.sleep, spin_s=0.0, log_every_s=None, overlap=True)
+    pad.run(clock.forward(0.001), IDLE, decode_batch([10]))
+    clock.now += 0.030  # host-bound: more host work than the 10 ms forward it overlapped
+    t0 = clock.now
+    pad.run(clock.forward(0.001), BUSY, decode_batch([10]))
+    assert pad.last_credit_s == pytest.approx(0.010) and clock.now == pytest.approx(t0 + 0.040)
+
+
+def test_overlap_overrun_when_host_gap_plus_forward_exceed_the_emulated_time():
+    pad, clock = overlap_padder(0.050)
+    pad.run(clock.forward(0.010), IDLE, decode_batch([10]))
+    clock.now += 0.005
+    pad.run(clock.forward(0.048), BUSY, extend_batch([(100, 0)]))
+    c = pad.counters
+    assert (c.overruns, c.by_kind["prefill"]) == (1, [1, 1])
+    assert c.overrun_s == pytest.approx(0.003) and c.waited_s == pytest.approx(0.040)  # only the first waited
+
+
+def test_an_empty_batch_breaks_the_overlap_chain():
+    pad, clock = overlap_padder(0.050)
+    pad.run(clock.forward(0.0), IDLE, decode_batch([10]))
+    pad.run(clock.forward(0.0), BUSY, SimpleNamespace(forward_mode=mode("idle"), reqs=[]))
+    clock.now += 0.004
+    pad.run(clock.forward(0.0), BUSY, decode_batch([10]))
+    assert pad.last_credit_s == 0.0

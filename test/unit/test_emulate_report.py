@@ -19,7 +19,7 @@ SPEC = parse_device_spec("a100-llama3-8b:5")
 
 def counters(**kw) -> PadCounters:
     base = dict(iterations=10, overruns=3, emulated_s=1.5, real_s=1.2, waited_s=0.4, overrun_s=0.1,
-                max_overrun_s=0.05, late_s_max=0.001)
+                max_overrun_s=0.05, late_s_max=0.001, overlap_credit_s=0.02)
     return PadCounters(**{**base, **kw})
 
 
@@ -50,9 +50,10 @@ def test_internal_state_is_labelled_emulated_with_spec_and_dilation():
 
 def test_status_object_carries_the_counters_and_the_label():
     obj = report.status_object(internal_state(fake_padder(counters())))
-    assert obj == {"label": "emulated", "spec": "a100-llama3-8b:5", "dilation": 5.0, "active": True,
+    assert obj == {"label": "emulated", "spec": "a100-llama3-8b:5", "dilation": 5.0, "active": True, "overlap": True,
                    "iterations": 10, "overruns": 3, "overrun_fraction": pytest.approx(0.3), "emulated_s": 1.5,
                    "real_s": 1.2, "waited_s": 0.4, "overrun_s": 0.1, "max_overrun_s": 0.05, "late_s_max": 0.001,
+                   "overlap_credit_s": 0.02,
                    "by_kind": {"decode": [0, 0], "mixed": [0, 0], "prefill": [0, 0]}}
     idle = report.status_object(internal_state(None))
     assert not idle["active"] and idle["iterations"] == 0 and idle["overrun_fraction"] == 0.0
@@ -86,7 +87,7 @@ def test_samples_name_every_gauge():
     assert s == {"emulated_iterations_total": 10.0, "emulated_overruns_total": 3.0,
                  "emulated_overrun_fraction": pytest.approx(0.3), "emulated_seconds_total": 1.5,
                  "emulated_real_forward_seconds_total": 1.2, "emulated_overrun_seconds_total": 0.1,
-                 "emulated_max_overrun_seconds": 0.05}
+                 "emulated_max_overrun_seconds": 0.05, "emulated_overlap_credit_seconds_total": 0.02}
 
 
 def test_gauges_render_with_spec_and_dilation_labels():

@@ -34,6 +34,13 @@ def test_jitter_and_seed():
     assert rest == ["--fair-policy", "fair"] and (emu.spec.jitter_cv, emu.spec.seed) == (0.05, 3)
 
 
+def test_overlap_is_emulated_by_default_and_can_be_turned_off():
+    assert split_emulate_args(["--emulate-device", "a100-llama3-8b"])[1].spec.overlap is True
+    rest, emu = split_emulate_args(["--emulate-device", "a100-llama3-8b", "--emulate-overlap", "off", "--port", "1"])
+    assert rest == ["--port", "1"] and emu.spec.overlap is False
+    assert hook.spec_from_env(emu.env()).overlap is False  # reaches the scheduler process
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--emulate-device"], "--emulate-device expects a value"),
     (["--emulate-device", "--port"], "--emulate-device expects a value"),
@@ -43,6 +50,8 @@ def test_jitter_and_seed():
     (["--emulate-device", "a100-llama3-8b", "--emulate-jitter-cv", "-1"], "--emulate-jitter-cv"),
     (["--emulate-device", "a100-llama3-8b", "--emulate-seed", "1.5"], "--emulate-seed must be an integer"),
     (["--emulate-jitter-cv", "0.1"], "need --emulate-device"),
+    (["--emulate-overlap", "off"], "need --emulate-device"),
+    (["--emulate-device", "a100-llama3-8b", "--emulate-overlap", "yes"], "--emulate-overlap must be on or off"),
 ])
 def test_flag_errors_name_the_flag(argv, match):
     with pytest.raises(ValueError, match=match):
@@ -97,7 +106,35 @@ def test_run_batch_hook_pads_and_reports_in_the_internal_state():
     state = result.internal_state[hook.STATE_KEY]
     assert state["spec"] == "a100-llama3-8b:2" and state["active"] and state["iterations"] == 1
     assert state["recent"][0]["decode_rows"] == 8 and state["recent"][0]["prefill_tokens"] == 0
+    assert state["overlap"] is True and state["overlap_credit_s"] == 0.0  # the first forward has nothing to hide
     json.dumps(state)
+
+
+def test_policy_timing_starts_the_forward_where_the_emulated_overlap_loop_launched_it():
+    """scheduler_hooks.around_run_batch (the policy's timing, outside the padder) sees forward start = run_batch
+    call - the host time the padder credited, so the cost fit learns the device time, as on a GPU."""
+    import time
+    from sglang_fair.engine import scheduler_hooks
+
+    around, _ = hook._make_hooks(DeviceSpec("a100-llama3-8b", dilation=2.0))
+    seen = []
+    sched = SimpleNamespace(enable_overlap=False, last_batch=None)
+    setattr(sched, scheduler_hooks.ADAPTER_ATTR,
+            SimpleNamespace(on_run_batch=lambda batch, t0, t1: seen.append((t0, t1))))
+
+    def padded(self, batch):
+        return around(sleeping_forward(0.0), self, batch)
+
+    assert hook.padder_of(sched) is None and hook.launch_credit_s(sched) == 0.0
+    scheduler_hooks.around_run_batch(padded, sched, decode_batch([1000] * 8))
+    sched.last_batch = object()
+    time.sleep(0.003)  # host work between the forwards
+    scheduler_hooks.around_run_batch(padded, sched, decode_batch([1000] * 8))
+    padder = hook.padder_of(sched)
+    credit = hook.launch_credit_s(sched)
+    assert 0.003 <= credit == padder.last_credit_s < padder.counters.emulated_s / 2
+    (a0, a1), (b0, b1) = seen
+    assert b0 == pytest.approx(a1, abs=0.001)  # the second forward "began" when the first one ended
 
 
 def test_run_batch_hook_refuses_the_overlap_scheduler():

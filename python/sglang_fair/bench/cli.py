@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--emulate", metavar="PRESET[:DILATION]", default=None,
                    help="run every server on the emulated accelerator (serve --emulate-device): real trace lengths, "
                         "GPU policies, SLOs 2 s / 100 ms and arrival gaps x DILATION; figures are emulated")
+    p.add_argument("--emulate-overlap", choices=("on", "off"), default="on",
+                   help="with --emulate: emulate SGLang's GPU overlap loop, hiding the host time between forwards "
+                        "behind the previous forward (default on, as SGLang runs on a GPU)")
     from ..sim.cli import add_trace_shaping
     add_trace_shaping(p)
     p.set_defaults(func=main)
@@ -55,6 +58,7 @@ def _config(args):
         except ValueError as exc:
             raise SystemExit(f"sglang-fair bench: --emulate: {exc}") from None
         cfg, known = emulated_config(args.emulate, full=args.full), EMULATED_POLICIES
+        cfg.emulate_overlap = args.emulate_overlap == "on"
     else:
         cfg, known = (full_config() if args.full else quick_config()), LIVE_POLICIES
     if args.policies:

@@ -64,12 +64,14 @@ def full_workloads() -> list[Workload]:
             _real_lengths("sharegpt", 100)]
 
 
-def policy_args(name: str, spec_text: str, *, ttft_slo_ms: float, tpot_slo_ms: float) -> list[str]:
-    """`sglang-fair serve` flags for `name` on the emulated device (SLOs already dilated)."""
+def policy_args(name: str, spec_text: str, *, ttft_slo_ms: float, tpot_slo_ms: float,
+                overlap: bool = True) -> list[str]:
+    """`sglang-fair serve` flags for `name` on the emulated device (SLOs already dilated; `overlap`: emulate the
+    GPU's overlap loop)."""
     if name not in EMULATED_POLICIES:
         raise ValueError(f"unknown emulated policy {name!r}; choose from {', '.join(EMULATED_POLICIES)}")
-    return [*EMULATED_POLICIES[name], "--emulate-device", spec_text, "--ttft-slo-ms", f"{ttft_slo_ms:g}",
-            "--tpot-slo-ms", f"{tpot_slo_ms:g}"]
+    return [*EMULATED_POLICIES[name], "--emulate-device", spec_text, "--emulate-overlap", "on" if overlap else "off",
+            "--ttft-slo-ms", f"{ttft_slo_ms:g}", "--tpot-slo-ms", f"{tpot_slo_ms:g}"]
 
 
 def read_counters(server) -> dict[str, list[int]]:

@@ -44,6 +44,7 @@ def emulated_summary(results: dict) -> dict:
             "p99_ttft_ms": _gpu_ms(at_stock, "p99_ttft_ms"), "p99_tpot_ms": _gpu_ms(at_stock, "p99_tpot_ms")}
     mixed = [pol[n]["capacity"] for n in ("stock-mixed-2048", "stock-mixed-512") if n in pol]
     return {"emulated_device": cfg["emulate"], "dilation": _dilation(cfg), "label": "emulated (not a GPU measurement)",
+            "emulated_overlap": cfg.get("emulate_overlap", False),
             "mode": cfg["mode"], "trace": key, "ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"],
             "policies": pol, "capacity_ratio_fair_vs_stock": ratio,
             "capacity_ratio_fair_vs_best_stock_mixed": (pol["fair"]["capacity"] / max(mixed)
@@ -87,7 +88,9 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
     lines = [
         f"**Emulated** {cfg['emulate']} (dilation {k:g}): the real SGLang {results['versions']['sglang']} server on "
         f"{m['cores']} CPU cores ({m['cpu']}) with the micro model, every forward padded to the Vidur-profile "
-        f"device model's time for the batch that ran, x {k:g}; KV pool of the emulated 80 GB GPU. Not a GPU "
+        f"device model's time for the batch that ran, x {k:g}; KV pool of the emulated 80 GB GPU; GPU overlap loop "
+        f"emulated: {'on' if cfg.get('emulate_overlap', False) else 'off'} (host time between forwards "
+        f"{'hidden behind the previous forward' if cfg.get('emulate_overlap', False) else 'added to each'}). Not a GPU "
         f"measurement. Load: `bench_serving` replaying each window at its real lengths (clipped to 8192), arrival "
         f"gaps x {k:g}. SLOs TTFT {cfg['ttft_slo_ms']:g} ms, TPOT {cfg['tpot_slo_ms']:g} ms in the emulated GPU's "
         f"time (x {k:g} on the clock). A probe with more than 2% of its forwards overrun is invalid (never a pass). "

@@ -64,6 +64,8 @@ class BenchConfig:
     seed: int = 0
     emulate: str | None = None
     """`PRESET[:DILATION]`: every server on the emulated accelerator (emulated.py); None: the CPU as it is."""
+    emulate_overlap: bool = True
+    """On the emulated device: emulate SGLang's GPU overlap loop (serve --emulate-overlap, emulate/pad.py)."""
 
     @property
     def dilation(self) -> float:
@@ -197,7 +199,8 @@ class Bench:
         c = self.config
         if c.emulate:  # each plugin policy starts from the device preset's prior (serve) and learns online
             k = c.dilation
-            args = emulated.policy_args(name, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k)
+            args = emulated.policy_args(name, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k,
+                                        overlap=c.emulate_overlap)
             if name == "fair":
                 args += ["--fair-save-cost-model", str(self.cost_model_path)]
             base = cpu_server_args(float32=True)

@@ -71,6 +71,14 @@ def padder_of(scheduler):
     return getattr(scheduler, PADDER_ATTR, None)
 
 
+def launch_credit_s(scheduler) -> float:
+    """How long before its `run_batch` call the latest forward began on the emulated device (the host time the
+    emulated overlap loop hid, pad.py); 0.0 without an emulated device. The policy's own timing subtracts it from
+    the forward's start, so its cost fit sees the device time, as the GPU's overlap loop measures it."""
+    padder = padder_of(scheduler)
+    return padder.last_credit_s if padder is not None else 0.0
+
+
 def _make_hooks(spec: DeviceSpec):
     from .device import DeviceModel
     from .pad import Padder
@@ -81,7 +89,7 @@ def _make_hooks(spec: DeviceSpec):
             if getattr(self, "enable_overlap", False):
                 raise RuntimeError("sglang-fair: the emulated device needs --disable-overlap-schedule (with the "
                                    "overlap scheduler run_batch only launches the forward)")
-            padder = Padder(DeviceModel(spec))
+            padder = Padder(DeviceModel(spec), overlap=spec.overlap)
             gauges = report.gauges_for(self, spec)  # None without --enable-metrics
             if gauges is not None:
                 padder.on_account = gauges.maybe_update
@@ -94,7 +102,7 @@ def _make_hooks(spec: DeviceSpec):
         sched = getattr(self, "scheduler", None)
         padder = padder_of(sched)
         state = {"label": report.LABEL, "spec": spec.text(), "preset": spec.preset, "dilation": spec.dilation,
-                 "jitter_cv": spec.jitter_cv, "active": padder is not None}
+                 "jitter_cv": spec.jitter_cv, "overlap": spec.overlap, "active": padder is not None}
         if padder is not None:
             state.update(padder.counters.as_dict())
             try:  # the gauges show the counters as of this read too (the forwards publish at most every 0.5 s)

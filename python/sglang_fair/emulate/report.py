@@ -27,7 +27,7 @@ NOTE = ("emulated device: iteration times come from the device model (Vidur oper
 PERIOD_S = 0.5
 
 STATUS_FIELDS = ("iterations", "overruns", "overrun_fraction", "emulated_s", "real_s", "waited_s", "overrun_s",
-                 "max_overrun_s", "late_s_max")
+                 "max_overrun_s", "late_s_max", "overlap_credit_s")
 """Padder counters (pad.PadCounters.as_dict) copied into the status object."""
 
 _HELP = "Emulated device (device-model time, not a GPU measurement): "
@@ -40,6 +40,8 @@ METRICS = {
     "emulated_overrun_seconds_total": ("overrun_s", "seconds by which overrunning forwards exceeded the emulated "
                                                     "time (s)."),
     "emulated_max_overrun_seconds": ("max_overrun_s", "largest single overrun (s)."),
+    "emulated_overlap_credit_seconds_total": ("overlap_credit_s", "host seconds between forwards hidden behind the "
+                                                                  "previous forward (emulated overlap loop) (s)."),
 }
 """Gauge name (after `sglang_fair:`) -> (counter key, HELP text after `_HELP`)."""
 SPEC_LABELS = ("emulated_device", "dilation")
@@ -50,7 +52,7 @@ def device_label(spec: DeviceSpec | None) -> dict | None:
     if spec is None:
         return None
     return {"label": LABEL, "spec": spec.text(), "preset": spec.preset, "dilation": spec.dilation,
-            "jitter_cv": spec.jitter_cv, "note": NOTE}
+            "jitter_cv": spec.jitter_cv, "overlap": spec.overlap, "note": NOTE}
 
 
 def status_object(state: dict | None) -> dict | None:
@@ -59,7 +61,7 @@ def status_object(state: dict | None) -> dict | None:
     if not isinstance(state, dict):
         return None
     out = {"label": LABEL, "spec": state.get("spec"), "dilation": state.get("dilation"),
-           "active": bool(state.get("active"))}
+           "overlap": state.get("overlap"), "active": bool(state.get("active"))}
     for k in STATUS_FIELDS:
         v = state.get(k, 0)
         out[k] = int(v) if k in ("iterations", "overruns") else float(v)

@@ -1,4 +1,5 @@
-"""`sglang-fair serve --emulate-device PRESET[:DILATION] [--emulate-jitter-cv CV] [--emulate-seed N]`.
+"""`sglang-fair serve --emulate-device PRESET[:DILATION] [--emulate-jitter-cv CV] [--emulate-seed N]
+[--emulate-overlap on|off]`.
 
 `split_emulate_args(argv)` takes our flags out of the command line before anything else parses it and returns an
 `EmulatedServe` (or None without `--emulate-device`); it works with every `--fair-policy`, `off` included. The
@@ -7,7 +8,9 @@ emulated server is SGLang's real server on the CPU with:
     the emulated GPU's (`pad.py`);
   - `--max-total-tokens` = the emulated GPU's KV pool for Llama-3-8B (`device.kv_pool_tokens`, about 425k tokens on
     80 GB), `--chunked-prefill-size 8192` (SGLang's default on an 80 GB GPU) and `--disable-overlap-schedule`
-    (the padder needs the forward inside run_batch), each only where the user gave none;
+    (the padder needs the forward inside run_batch), each only where the user gave none; the GPU's overlap loop is
+    emulated by the padder instead (`--emulate-overlap on`, the default; `off` adds the host time between forwards
+    to every iteration, as the emulation did before);
   - for `fair`/`slai` without `--fair-cost-model`, the planner's starting cost model is the emulated GPU's preset
     (fitted by benchmark/fit_profiles.py to the same profiles) x the dilation (`with_planner_prior`), not the CPU
     model's prior; the online fit then follows the measured (emulated) iteration times;
@@ -27,6 +30,8 @@ from .spec import DeviceSpec, kv_pool_tokens, parse_device_spec
 from .hook import ENV_VAR, spec_to_env
 
 FLAG, JITTER_FLAG, SEED_FLAG = "--emulate-device", "--emulate-jitter-cv", "--emulate-seed"
+OVERLAP_FLAG = "--emulate-overlap"
+OVERLAP_VALUES = {"on": True, "off": False}
 MICRO_SPEC = TinyLlamaSpec(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=1,
                            num_key_value_heads=1)
 """The micro model for emulated runs: 2 layers, hidden 64 (one head of 64), the embedded model's tokenizer and
@@ -96,7 +101,8 @@ class EmulatedServe:
 
     def banner(self) -> str:
         return (f"sglang-fair serve: EMULATED device {self.spec.text()} (Vidur profiles; every forward padded to "
-                f"the emulated time; jitter cv {self.spec.jitter_cv:g})")
+                f"the emulated time; jitter cv {self.spec.jitter_cv:g}; overlap loop emulated: "
+                f"{'on' if self.spec.overlap else 'off'})")
 
 
 def split_emulate_args(argv: list[str]) -> tuple[list[str], EmulatedServe | None]:
@@ -104,8 +110,9 @@ def split_emulate_args(argv: list[str]) -> tuple[list[str], EmulatedServe | None
     argv, text = _take(list(argv), FLAG)
     argv, cv = _take(argv, JITTER_FLAG)
     argv, seed = _take(argv, SEED_FLAG)
+    argv, overlap = _take(argv, OVERLAP_FLAG)
     if text is None:
-        extra = [f for f, v in ((JITTER_FLAG, cv), (SEED_FLAG, seed)) if v is not None]
+        extra = [f for f, v in ((JITTER_FLAG, cv), (SEED_FLAG, seed), (OVERLAP_FLAG, overlap)) if v is not None]
         if extra:
             raise ValueError(f"{', '.join(extra)} need {FLAG}")
         return argv, None
@@ -117,8 +124,10 @@ def split_emulate_args(argv: list[str]) -> tuple[list[str], EmulatedServe | None
         seed_n = int(seed) if seed is not None else 0
     except ValueError:
         raise ValueError(f"{SEED_FLAG} must be an integer, got {seed!r}") from None
+    if overlap is not None and overlap not in OVERLAP_VALUES:
+        raise ValueError(f"{OVERLAP_FLAG} must be on or off, got {overlap!r}")
     try:
-        spec = parse_device_spec(text, jitter_cv=jitter, seed=seed_n)
+        spec = parse_device_spec(text, jitter_cv=jitter, seed=seed_n, overlap=OVERLAP_VALUES[overlap or "on"])
     except FieldError as exc:  # the fields a flag of ours sets
         raise ValueError(f"{JITTER_FLAG} {exc.problem}") from None
     except ValueError as exc:

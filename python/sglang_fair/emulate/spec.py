@@ -51,6 +51,9 @@ class DeviceSpec:
     seed: int = 0
     overhead_ms: float = DEFAULT_OVERHEAD_MS
     """A100 per-iteration LM head + sampling constant (the profiles lack those operators), as fit_profiles.py."""
+    overlap: bool = True
+    """Emulate SGLang's overlap scheduler (its default on a GPU): the host work between two forwards runs while the
+    previous forward is on the device, so it is hidden up to that forward's emulated time (pad.py)."""
 
     def __post_init__(self) -> None:
         if self.preset not in DEVICE_PRESETS:
@@ -66,7 +69,7 @@ class DeviceSpec:
         return self.preset if self.dilation == 1 else f"{self.preset}:{self.dilation:g}"
 
 
-def parse_device_spec(text: str, *, jitter_cv: float = 0.0, seed: int = 0) -> DeviceSpec:
+def parse_device_spec(text: str, *, jitter_cv: float = 0.0, seed: int = 0, overlap: bool = True) -> DeviceSpec:
     """`PRESET[:DILATION]`, e.g. `a100-llama3-8b` or `h100-llama3-8b:20`; ValueError says what is wrong."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"expected PRESET[:DILATION] with PRESET one of {', '.join(DEVICE_PRESETS)}, got {text!r}")
@@ -81,4 +84,4 @@ def parse_device_spec(text: str, *, jitter_cv: float = 0.0, seed: int = 0) -> De
             raise ValueError(f"dilation in {text!r} must be a number (PRESET:DILATION, e.g. {name}:10)") from None
         if not (math.isfinite(dilation) and dilation > 0):
             raise ValueError(f"dilation in {text!r} must be a positive finite number")
-    return DeviceSpec(preset=name, dilation=dilation, jitter_cv=jitter_cv, seed=seed)
+    return DeviceSpec(preset=name, dilation=dilation, jitter_cv=jitter_cv, seed=seed, overlap=overlap)
