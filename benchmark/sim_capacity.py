@@ -38,8 +38,9 @@ WINDOWS = {  # trace -> load_trace kwargs (window of the unscaled trace)
 }
 REL_TOL = 0.06
 STOCK_POLICIES = ["fair", "fair@admission=demote", "fair@admission=demote-longest", "sarathi-512", "sarathi-2048",
-                  "sglang-default", "sglang-mixed-2048", "slai", "rad"]
-"""Part "stock" (docs/results.md, "Simulated capacity: SGLang's default, RAD, admission"); `--policies` overrides."""
+                  "sglang-default", "sglang-mixed-2048", "slai", "rad", "fair+reject", "fair@admission=demote+reject"]
+"""Part "stock" (docs/results.md, "Simulated capacity: SGLang's default, RAD, admission"); `--policies` overrides.
+`+reject`: the server refuses hopeless arrivals (`--fair-admission reject`, sim.cli.REJECT_SUFFIX)."""
 CLUSTER_TRACE = "azure-conv"
 CLUSTER_WINDOW = {"duration_s": 180.0}
 CLUSTER_POLICIES = ["fair", "sarathi-512"]
@@ -70,7 +71,8 @@ def part_single(out: Path, shared) -> None:
 
 
 def part_stock(out: Path, shared, policies: list[str], traces: list[str]) -> None:
-    """Like part_single, for STOCK_POLICIES; also records how many requests were demoted at the tail capacity.
+    """Like part_single, for STOCK_POLICIES; also records how many requests were demoted (and refused at arrival)
+    at the tail capacity.
     Rows are appended to stock.json as each cell finishes (a cut-short sweep keeps what it measured)."""
     cost = load_preset(PRESET)
     path = out / "stock.json"
@@ -86,8 +88,10 @@ def part_stock(out: Path, shared, policies: list[str], traces: list[str]) -> Non
                 res, search, wall = capacity(trace, spec, cost, tpot)
                 at = search.results.get(float(f"{res.capacity:.6g}")) if res.capacity > 0 else None
                 demoted = sum(r.demoted for r in at.records) if at is not None else None
+                rejected = sum(r.rejected for r in at.records) if at is not None else None
                 rows.append({"trace": name, "window": win, "requests": len(trace), "trace_rate_rps": trace.rate_rps,
                              "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall, "demoted_at_capacity": demoted,
+                             "rejected_at_capacity": rejected,
                              **res.to_json()})
                 path.write_text(json.dumps(rows, indent=1))
 
@@ -170,7 +174,7 @@ def render(out: Path) -> str:
         stock.sort(key=lambda r: (traces.index(r["trace"]), r["tpot_slo_ms"], rank.get(r["policy"], len(rank))))
         lines += ([""] if lines else []) + [
                   "| trace (window) | TPOT SLO | policy | capacity (tail) | this / fair | capacity (90% att.) | "
-                  "P99 TTFT ms | P99 TPOT ms | demoted at cap. | bound fraction |",
+                  "P99 TTFT ms | P99 TPOT ms | demoted (+ refused) at cap. | bound fraction |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in stock:
             fair = next((x for x in stock if x["trace"] == r["trace"] and x["tpot_slo_ms"] == r["tpot_slo_ms"]
@@ -178,6 +182,8 @@ def render(out: Path) -> str:
             ratio = r["capacity"] / fair["capacity"] if fair and fair["capacity"] > 0 else float("nan")
             win = ", ".join(f"{k}={v:g}" for k, v in r["window"].items())
             dem = "-" if r["demoted_at_capacity"] is None else str(r["demoted_at_capacity"])
+            if r.get("rejected_at_capacity"):
+                dem += f" + {r['rejected_at_capacity']}"
             lines.append(f"| {r['trace']} ({win}; {r['requests']} req) | {r['tpot_slo_ms']:.0f} ms | {r['policy']} | "
                          f"{_f(r['capacity'])} | {_f(ratio, 2)} | {_f(r['capacity_attainment'])} | "
                          f"{_f(r['p99_ttft_ms'], 0)} | {_f(r['p99_tpot_ms'], 1)} | {dem} | "

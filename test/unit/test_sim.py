@@ -176,3 +176,37 @@ def test_stop_after_late_aborts_an_overloaded_run():
     res = simulate(trace, make_policy("sarathi"), COST, CFG, stop_after_late=3)
     assert res.aborted
     assert sum(r.first_token_s is not None and ttft_s(r) > 1.0 for r in res.records) == 4
+
+
+# ---- refusal at arrival (`--fair-admission reject` in the simulator) ----------------------------------------------
+def test_reject_at_arrival_refuses_what_cannot_start_in_time_and_counts_it_as_a_miss():
+    from dataclasses import replace
+
+    from sglang_fair.policies.admission import prefill_s
+    trace = make_trace([(0.0, 5000, 2)] * 40)  # a burst: far more prefill than one TTFT SLO holds
+    served = simulate(trace, make_policy("fair"), COST, CFG)
+    res = simulate(trace, make_policy("fair"), COST, replace(CFG, reject_at_arrival=True))
+    refused = [r for r in res.records if r.rejected]
+    kept = [r for r in res.records if not r.rejected]
+    one = prefill_s(COST, ReqView("x", 0.0, 5000, 1.0, 0.1))
+    assert 0 < len(kept) <= int(CFG.ttft_slo_ms / 1000.0 / one) + 1  # the ones the estimate lets start in time
+    assert all(r.first_token_s is None and r.n_outputs == 0 for r in refused)  # never served
+    # the kept ones start in time by the verdict's estimate, which leaves out the per-iteration base cost (it is
+    # optimistic: it never refuses a request that could be on time), so the last kept may end a few iterations late
+    assert max(ttft_s(r) for r in kept) <= 1.05 * CFG.ttft_slo_ms / 1000.0
+    s, s0 = summarize(res.records), summarize(served.records)
+    assert 0 < s.attainment <= len(kept) / 40 and s.p99_ttft_s == float("inf")  # a refusal is a miss, in the tail
+    assert s.attainment >= s0.attainment  # refusing the hopeless keeps the rest on time
+    light = simulate(make_trace([(i * 2.0, 500, 2) for i in range(5)]), make_policy("fair"), COST,
+                     replace(CFG, reject_at_arrival=True))
+    assert not any(r.rejected for r in light.records)  # nothing refused at low load
+
+
+def test_reject_suffix_of_a_policy_spec():
+    from sglang_fair.sim.cli import make_runner, split_reject
+    assert split_reject("fair@admission=demote+reject") == ("fair@admission=demote", True)
+    assert split_reject("sarathi-512") == ("sarathi-512", False)
+    run = make_runner(make_trace([(0.0, 5000, 2)] * 40), "fair+reject", COST, CFG, stop_late=False)
+    assert sum(r.rejected for r in run(1.0).records) > 0
+    with pytest.raises(ValueError, match="one replica"):
+        make_runner(make_trace([(0.0, 5000, 2)]), "fair+reject", COST, CFG, replicas=2)

@@ -8,7 +8,8 @@ Definitions (seconds on the caller's clock):
   (token time - deadline), using every token time when known, else the first and the last token.
 - A request meets its SLO when it finished (produced all its outputs), TTFT <= ttft_slo and TPOT <= tpot_slo.
 A request that never produced a token counts as missing its SLO; its TTFT is +inf in percentiles. So does a request
-that a policy demoted to best effort (`RequestTimes.demoted`, SLO-aware admission): an SLO miss whenever it is served.
+that a policy demoted to best effort (`RequestTimes.demoted`, SLO-aware admission): an SLO miss whenever it is served,
+and one refused at arrival (`RequestTimes.rejected`, HTTP 429): never served, an SLO miss.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class RequestTimes:
     demoted: bool = False
     """The scheduler demoted it to best effort (its TTFT SLO could no longer be met): counted as an SLO miss, with
     TTFT +inf in percentiles."""
+    rejected: bool = False
+    """Refused at arrival (HTTP 429, `--fair-admission reject`): never served, an SLO miss (no token: TTFT +inf)."""
 
     @property
     def finished(self) -> bool:

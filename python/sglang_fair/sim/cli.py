@@ -8,6 +8,7 @@ with `--replicas 2`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Callable
@@ -46,11 +47,29 @@ def parse_policy_spec(spec: str) -> tuple[str, dict]:
     return name, params
 
 
+REJECT_SUFFIX = "+reject"
+"""A policy spec ending in this runs with `--fair-admission reject` (EngineConfig.reject_at_arrival), e.g.
+`fair+reject`, `fair@admission=demote+reject`."""
+
+
+def split_reject(spec: str) -> tuple[str, bool]:
+    """(spec without REJECT_SUFFIX, whether it had it)."""
+    spec = spec.strip()
+    return (spec[:-len(REJECT_SUFFIX)], True) if spec.endswith(REJECT_SUFFIX) else (spec, False)
+
+
 def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int = 1, router: str = "fair",
                 load_poll_interval_s: float = 0.1, stop_late: bool = True,
                 progress: Callable[[float], object] | None = None) -> Callable[[float], SimResult]:
-    """A function scale -> SimResult for one policy spec (single replica, cluster, or WindServe)."""
+    """A function scale -> SimResult for one policy spec (single replica, cluster, or WindServe); a spec ending in
+    `+reject` refuses hopeless arrivals (REJECT_SUFFIX; single replica only)."""
+    spec, reject = split_reject(spec)
     name, params = parse_policy_spec(spec)
+    if reject:
+        if replicas != 1 or name == "windserve":
+            raise ValueError(f"{REJECT_SUFFIX} runs on one replica only (the simulated router does not resend a "
+                             f"refused request)")
+        engine = dataclasses.replace(engine, reject_at_arrival=True)
     limit = late_limit(len(trace)) if stop_late else None
     if name == "windserve":
         ws = WindServeConfig(**params)
@@ -142,6 +161,7 @@ def cmd_sim(args) -> int:
     bound = stability_bound_scale(trace, cost, args.tpot_slo_ms / 1000.0, gpus)
     out = {**_header(args, trace), "policy": args.policy, "rate_scale": args.rate_scale, **s.to_dict(),
            "iterations": res.iterations, "sim_s": res.sim_s, "preemptions": res.preemptions,
+           "demoted": sum(r.demoted for r in res.records), "rejected_at_arrival": sum(r.rejected for r in res.records),
            "bound_scale": bound}
     if args.json:
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
@@ -190,13 +210,15 @@ def add_parsers(subparsers) -> None:
     """Add the `sim` and `capacity` subcommands to an argparse subparsers object."""
     p = subparsers.add_parser("sim", help="simulate one policy on a trace at one rate scale")
     _common(p)
-    p.add_argument("--policy", default="fair", help="policy spec, e.g. fair, sarathi-512, slai, windserve")
+    p.add_argument("--policy", default="fair", help="policy spec, e.g. fair, sarathi-512, slai, windserve, fair@admission=demote; a "
+                   "'+reject' suffix refuses hopeless arrivals as --fair-admission reject does (fair+reject)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="arrival gaps divided by this")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sim)
     c = subparsers.add_parser("capacity", help="capacity (max rate scale meeting the SLOs) per policy")
     _common(c)
-    c.add_argument("--policies", default="fair,sarathi-512,sarathi-2048,slai")
+    c.add_argument("--policies", default="fair,sarathi-512,sarathi-2048,slai",
+                   help="comma-separated policy specs (as --policy of `sim`, '+reject' suffix included)")
     c.add_argument("--rel-tol", type=float, default=0.03, help="bisection stops when hi/lo <= 1 + this")
     c.add_argument("--plots", default=None, help="directory for goodput-vs-rate and TTFT/TPOT CDF PNGs")
     c.add_argument("--plot-prefix", default="", help="file-name prefix for the plots")

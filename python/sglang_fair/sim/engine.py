@@ -28,6 +28,7 @@ from ..core.cost_model import CostModel
 from ..core.plan_check import plan_problem
 from ..core.types import Plan, ReqView, Snapshot
 from ..core.metrics import RequestTimes
+from ..policies.admission import arrival_verdict
 
 # ---- fast ReqView construction (the simulator builds millions): set the slots directly, same object as ReqView(...)
 _new = object.__new__
@@ -70,6 +71,10 @@ class EngineConfig:
     """After an empty plan with work pending, the replica re-plans this much later (or at its next arrival)."""
     max_idle_steps: int = 100_000
     """Consecutive empty plans tolerated before the run is declared stuck (RuntimeError)."""
+    reject_at_arrival: bool = False
+    """`sglang-fair serve --fair-admission reject`: an arriving request whose first token cannot meet its TTFT SLO
+    behind the queued work (policies.admission.arrival_verdict on the replica's snapshot when it arrives) is refused
+    (HTTP 429 live): never served, counted as an SLO miss (and as a late first token for `stop_after_late`)."""
 
     def __post_init__(self) -> None:
         if self.kv_capacity_tokens < 1 or self.waiting_view_limit < 1 or self.recent_window < 1:
@@ -83,7 +88,7 @@ class SimRequest:
     """Mutable per-request state owned by one replica."""
 
     __slots__ = ("rid", "arrival", "prompt", "target", "ttft_slo", "tpot_slo", "strict", "prefill_len",
-                 "prefilled", "outputs", "first", "last", "times", "preemptions", "demoted")
+                 "prefilled", "outputs", "first", "last", "times", "preemptions", "demoted", "rejected")
 
     def __init__(self, rid: str, arrival: float, prompt: int, target: int, ttft_slo: float, tpot_slo: float,
                  strict: bool = False, record_times: bool = False):
@@ -95,6 +100,8 @@ class SimRequest:
         self.preemptions = 0
         self.demoted = False
         """Set once a plan lists the request in `Plan.demoted` (then it counts as an SLO miss)."""
+        self.rejected = False
+        """Refused at arrival (EngineConfig.reject_at_arrival): never served, an SLO miss."""
 
     def pending_view(self) -> ReqView:
         return fast_view(self.rid, self.arrival, self.prefill_len, self.ttft_slo, self.tpot_slo, self.prefilled,
@@ -107,7 +114,7 @@ class SimRequest:
     def record(self) -> RequestTimes:
         return RequestTimes(self.rid, self.arrival, self.first, self.last, self.outputs, self.ttft_slo,
                             self.tpot_slo, self.target, tuple(self.times) if self.times is not None else None,
-                            self.demoted)
+                            self.demoted, self.rejected)
 
 
 class Replica:
@@ -133,6 +140,7 @@ class Replica:
         self.iterations = 0
         self.busy_s = 0.0
         self.late_first_tokens = 0
+        self.rejected = 0
         self._recent: deque[float] = deque(maxlen=config.recent_window)
         self._idle_steps = 0
         self._zero_steps = 0
@@ -152,12 +160,27 @@ class Replica:
         return len(self.running) + len(self.prefilling) + len(self.waiting) + len(self.requeued)
 
     def add(self, req: SimRequest) -> None:
-        """Enqueue a request that has arrived (its arrival <= the time it is added)."""
+        """Enqueue a request that has arrived (its arrival <= the time it is added), or refuse it
+        (`EngineConfig.reject_at_arrival`)."""
+        if self.config.reject_at_arrival and self._refuse(req):
+            return
         self.waiting[req.rid] = req
         self._wait_views[req.rid] = req.pending_view()
         self.waiting_prompt_tokens += req.prefill_len
         if len(self.waiting) <= self.config.waiting_view_limit:
             self._wview = None
+
+    def _refuse(self, req: SimRequest) -> bool:
+        """Judge an arrival as `--fair-admission reject` does live (engine/reject.py): refused when its first token
+        would miss the TTFT SLO behind the queued work (only the on-time part when the policy demotes)."""
+        params = getattr(self.policy, "params", None)
+        late, _ = arrival_verdict(self.snapshot(), req.pending_view(),
+                                  demoting=getattr(params, "admission", "off") != "off")
+        if late:
+            req.rejected = True
+            self.rejected += 1
+            self.late_first_tokens += 1
+        return late
 
     def _waiting_view(self) -> tuple[ReqView, ...]:
         if self._wview is None:
