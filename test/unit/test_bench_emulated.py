@@ -64,7 +64,7 @@ def _probe(ttft_s, tpot_s, overruns):
                              "p50_tpot_ms": tpot_s * 1e3 / 3, "p99_tpot_ms": tpot_s * 1e3 / 3}}
 
 
-def test_summary_carries_the_device_the_ratio_and_the_largest_overrun():
+def test_summary_carries_the_device_the_ratio_and_the_largest_overrun(tmp_path):
     cfg = emulated_config("a100-llama3-8b:3")
     key = "azure-conv"
     stock = {key: {"capacity": 1.0, "capacity_rps": 5.5, "capacity_attainment_lower_bound": 1.0,
@@ -84,7 +84,9 @@ def test_summary_carries_the_device_the_ratio_and_the_largest_overrun():
     assert s["policies"]["fair"]["at_stock_capacity"]["p99_ttft_ms"] == pytest.approx(500.0)
     md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3", "img/live")
     assert "**Emulated**" in md and "Not a GPU measurement" in md and "2 (5.0% invalid)" in md
-    assert "overlap loop emulated: on" in md
+    assert "overlap loop emulated: on" in md and "(img/live/emulated-live-azure-conv.png)" in md
+    from sglang_fair.bench.report import plots
+    assert [p.name for p in plots(results, tmp_path)] == ["emulated-live-azure-conv.png"]  # not the CPU run's plot
 
 
 def test_simulator_takes_the_true_iteration_time_from_outside():

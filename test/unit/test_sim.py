@@ -72,7 +72,7 @@ def test_fast_view_builds_the_same_reqview():
     args = ("x", 1.0, 100, 2.0, 0.1, 40, 3, 128, 1.5, True, 1.2)
     assert fast_view(*args) == ReqView(*args)
     assert fast_view(*args[:-1]) == ReqView(*args[:-1])
-    # the simulator sets every slot itself: a new ReqView field must be added to engine.fast_view too
+    # the simulator sets every slot itself: a new ReqView field must be added to core.types.fast_view too
     assert ReqView.__slots__ == ("rid", "arrival_s", "prompt_tokens", "ttft_slo_s", "tpot_slo_s", "prefilled_tokens",
                                  "output_tokens", "max_new_tokens", "last_token_s", "strict", "first_token_s")
 

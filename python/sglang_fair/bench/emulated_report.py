@@ -119,7 +119,7 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
             lines.append(f"| {name} | {rr['capacity']:g} | {rr['capacity_rps']:.2f} | {ratio} | "
                          f"{_fmt(_gpu_ms(at, 'p99_ttft_ms'))} / {_fmt(_gpu_ms(at, 'p99_tpot_ms'))} | "
                          f"{at.get('attainment', 0):.2f} | {there} | {probes} |")
-        lines += ["", f"![emulated {key}]({img_prefix}/live-{key}.png)", ""]
+        lines += ["", f"![emulated {key}]({img_prefix}/emulated-live-{key}.png)", ""]
     if results.get("fidelity"):
         lines += ["### Simulator vs emulated live", "",
                   "Each valid probe replayed in the simulator with the device model as the true iteration time "

@@ -78,7 +78,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
                  else "one CPU server per policy")
         fig.suptitle(f"live, {key}: {where} (bench_serving probes)")
         fig.tight_layout()
-        path = out_dir / f"live-{key}.png"
+        path = out_dir / f"{'emulated-' if cfg.get('emulate') else ''}live-{key}.png"  # never over the CPU plot
         fig.savefig(path, dpi=90)
         plt.close(fig)
         files.append(path)

@@ -44,7 +44,7 @@ from typing import Iterable
 
 from ..config import SLO_KEYS, SloConfig, parse_request_slos
 from ..core.cost_model import CostModel
-from ..core.types import ReqView, Snapshot
+from ..core.types import ReqView, Snapshot, fast_view
 
 _BY_ARRIVAL = attrgetter("arrival_s")
 
@@ -101,11 +101,9 @@ class SnapshotBuilder:
             prompt = n_prompt + n_out
             prefilled = min(int(req.prefix_len), max(prompt - 1, 0))  # SGLang computes at least the last token
             last = None
-        return ReqView(rid=req.rid, arrival_s=float(arrival), prompt_tokens=prompt, ttft_slo_s=ttft,
-                       tpot_slo_s=tpot, prefilled_tokens=prefilled, output_tokens=n_out,
-                       max_new_tokens=int(req.sampling_params.max_new_tokens or 0),
-                       last_token_s=float(last) if last else None, strict=strict,
-                       first_token_s=float(first) if first else None)
+        return fast_view(req.rid, float(arrival), prompt, ttft, tpot, prefilled, n_out,
+                         int(req.sampling_params.max_new_tokens or 0), float(last) if last else None, strict,
+                         float(first) if first else None)
 
     def _running_views(self, running_reqs: Iterable) -> list[ReqView]:
         old, new = self._running, {}
@@ -129,8 +127,8 @@ class SnapshotBuilder:
                 n_out, last_decode, first, t_seen = key
                 last = max(last_decode or 0.0, first or 0.0, t_seen) or None
                 first = (first or None) if n_out else None
-                v = ReqView(rid, v.arrival_s, v.prompt_tokens, v.ttft_slo_s, v.tpot_slo_s, v.prefilled_tokens, n_out,
-                            v.max_new_tokens, float(last) if last else None, v.strict, float(first) if first else None)
+                v = fast_view(rid, v.arrival_s, v.prompt_tokens, v.ttft_slo_s, v.tpot_slo_s, v.prefilled_tokens, n_out,
+                              v.max_new_tokens, float(last) if last else None, v.strict, float(first) if first else None)
                 updated += 1
             new[rid] = (r, key, v)
             out.append(v)

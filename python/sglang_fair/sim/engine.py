@@ -26,26 +26,9 @@ import numpy as np
 from ..core.checks import check_non_negative, check_positive
 from ..core.cost_model import CostModel
 from ..core.plan_check import plan_problem
-from ..core.types import Plan, ReqView, Snapshot
+from ..core.types import Plan, ReqView, Snapshot, fast_view  # noqa: F401  (fast_view: re-exported)
 from ..core.metrics import RequestTimes
 from ..policies.admission import arrival_verdict
-
-# ---- fast ReqView construction (the simulator builds millions): set the slots directly, same object as ReqView(...)
-_new = object.__new__
-_SLOTS = ("rid", "arrival_s", "prompt_tokens", "ttft_slo_s", "tpot_slo_s", "prefilled_tokens", "output_tokens",
-          "max_new_tokens", "last_token_s", "strict", "first_token_s")
-(_s_rid, _s_arr, _s_prompt, _s_ttft, _s_tpot, _s_pf, _s_out, _s_max, _s_last, _s_strict, _s_first) = (
-    ReqView.__dict__[name].__set__ for name in _SLOTS)
-
-
-def fast_view(rid, arrival_s, prompt_tokens, ttft_slo_s, tpot_slo_s, prefilled_tokens, output_tokens,
-              max_new_tokens, last_token_s, strict, first_token_s=None) -> ReqView:
-    v = _new(ReqView)
-    _s_rid(v, rid); _s_arr(v, arrival_s); _s_prompt(v, prompt_tokens); _s_ttft(v, ttft_slo_s)  # noqa: E702
-    _s_tpot(v, tpot_slo_s); _s_pf(v, prefilled_tokens); _s_out(v, output_tokens); _s_max(v, max_new_tokens)  # noqa: E702
-    _s_last(v, last_token_s); _s_strict(v, strict); _s_first(v, first_token_s)  # noqa: E702
-    return v
-
 
 IterationTime = Callable[[list, list], float]
 """(prefill chunks [(new tokens, prefix tokens)], decode contexts) -> seconds."""
