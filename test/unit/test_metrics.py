@@ -71,3 +71,16 @@ def test_criteria():
     slow = summarize([rt(rid=str(i), first=0.2, last=0.2 + 3 * (0.2 if i < 3 else 0.05), n=4) for i in range(20)])
     assert not meets_tail(slow, 1.0, 0.1)  # 3/20 TPOT 0.2 > 0.1 in the tail
     assert slow.attainment == pytest.approx(17 / 20) and not meets_attainment(slow)
+
+
+def test_a_refusal_is_a_miss_in_the_tail_but_a_lost_request_fails_the_run():
+    from dataclasses import replace
+    served = [rt(rid=str(i), first=0.2, last=0.5, n=4) for i in range(199)]
+    never = rt(rid="x", first=None, last=None, n=0)
+    refused = summarize([*served, replace(never, rejected=True)])
+    assert refused.rejected == 1 and refused.finished == 199 and refused.attainment == pytest.approx(199 / 200)
+    assert meets_tail(refused, 1.0, 0.1)  # 1 of 200 with TTFT +inf: inside the 1% the P99 allows
+    lost = summarize([*served, never])
+    assert lost.rejected == 0 and not meets_tail(lost, 1.0, 0.1)  # accepted and never served: the run fails
+    many = summarize([*served[:150], *(replace(never, rid=f"x{i}", rejected=True) for i in range(50))])
+    assert not meets_tail(many, 1.0, 0.1) and many.p99_ttft_s == math.inf  # refusals are not hidden from the tail
