@@ -1,10 +1,16 @@
 """Soak: trace-shaped traffic against a live fair-policy server at ~80 % and then ~150 % of its measured capacity,
 printing the reliability figures (sent / completed / errored / lost, memory, latency, KV and policy state after
-each phase). The CI-sized version of each scenario is test/reliability/; this is the long one.
+each phase). The CI-sized version of each scenario is test/reliability/; this is the long one. Per phase also the
+P99 TTFT of each minute (by send time) and the server's mean RSS over its first and last `RSS_WINDOW_S`; with
+`--emulate` the server runs on the emulated device (serve --emulate-device, micro model, SLOs x the dilation) and
+its times are emulated, on the dilated clock.
 
     python benchmark/soak.py                          # 5 min at 80 % + 5 min at 150 %, embedded model, CPU
     python benchmark/soak.py --minutes 1 1            # a short run
     python benchmark/soak.py --url http://127.0.0.1:30000 --api-key KEY   # an already running server
+    # on the EMULATED A100 x 6 at real lengths: 0.9x, 2x, 0.9x of fair's emulated capacity (0.92 req/s on the clock)
+    python benchmark/soak.py --emulate a100-llama3-8b:6 --capacity-rps 0.92 --minutes 10 3 6 --load 0.9 2 0.9 \
+        --length-scale 1 --max-prompt 8000 --max-output 2048
 
 Request lengths come from a trace in the shared folder (default azure-conv; prompt lengths scaled by
 --length-scale, clipped to --max-prompt / --max-output), arrivals are Poisson at the phase's rate. Capacity is
@@ -57,6 +63,31 @@ def classify(records) -> dict:
     return t
 
 
+RSS_WINDOW_S = 300.0
+
+
+def ttft_by_minute(records) -> list[float | None]:
+    """P99 TTFT (s) of the requests sent in each minute of the phase (None for a minute with no answer)."""
+    ok = [r for r in records if r.error is None and r.token_times_s]
+    if not ok:
+        return []
+    n = int(max(r.sent_s for r in ok) // 60) + 1
+    out = []
+    for m in range(n):
+        x = [r.token_times_s[0] - r.sent_s for r in ok if m * 60 <= r.sent_s < (m + 1) * 60]
+        out.append(round(float(np.percentile(x, 99)), 3) if x else None)
+    return out
+
+
+def rss_windows(samples: list[int], period_s: float) -> dict:
+    """Mean RSS (MB) over the first and the last RSS_WINDOW_S of a phase's samples (taken every period_s)."""
+    k = max(1, int(RSS_WINDOW_S / period_s))
+    if not samples:
+        return {}
+    return {"rss_first_window_mb": round(float(np.mean(samples[:k])) / 2**20, 1),
+            "rss_last_window_mb": round(float(np.mean(samples[-k:])) / 2**20, 1)}
+
+
 def latency(records) -> dict:
     ok = [r for r in records if r.error is None and r.token_times_s]
     ttft = np.array([r.token_times_s[0] - r.sent_s for r in ok])
@@ -99,12 +130,12 @@ def run_phase(url: str, args, name: str, rate: float, minutes: float, pgid: int 
     wall = time.monotonic() - t0
     idle = wait_idle(url, args.api_key, timeout_s=120)
     out = {"phase": name, "rate_rps": round(rate, 3), "minutes": minutes, "wall_s": round(wall, 1),
-           **classify(recs), **latency(recs),
+           **classify(recs), **latency(recs), "ttft_p99_by_minute_s": ttft_by_minute(recs),
            "kv_used_after": idle.get("kv_used_tokens"), "running_after": idle.get("num_running_reqs"),
            "deferred_after": idle.get("deferred_now"), "faults": idle.get("faults")}
     if pgid:
         out.update(rss_start_mb=rss0 >> 20, rss_peak_mb=sampler.peak >> 20,
-                   rss_end_mb=group_rss_bytes(pgid) >> 20)
+                   rss_end_mb=group_rss_bytes(pgid) >> 20, **rss_windows(sampler.samples, 2.0))
     return out
 
 
@@ -136,6 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-output", type=int, default=64)
     ap.add_argument("--timeout-s", type=float, default=600.0, help="client timeout per request (beyond = lost)")
     ap.add_argument("--out", default=None, help="write the phase results as JSON here")
+    ap.add_argument("--emulate", metavar="PRESET[:DILATION]", default=None,
+                    help="run the server on the emulated device (serve --emulate-device; SLOs 2 s / 100 ms x the "
+                         "dilation); figures are emulated")
     args = ap.parse_args(argv)
     if len(args.minutes) != len(args.load):
         ap.error("--minutes and --load need the same number of values")
@@ -144,9 +178,23 @@ def main(argv=None) -> int:
         results = soak(args.url.rstrip("/"), args, None)
     else:
         srv_args = ["--fair-policy", args.policy, "--enable-metrics", *cpu_server_args(32768)]
+        model = embedded_model_path()
+        if args.emulate:
+            from sglang_fair.emulate.serve_args import split_emulate_args
+            try:
+                _, emu = split_emulate_args(["--emulate-device", args.emulate])
+            except ValueError as exc:
+                ap.error(str(exc))
+            micro = emu.sglang_args([])
+            model = micro[micro.index("--model-path") + 1]
+            base = cpu_server_args()
+            i = base.index("--max-total-tokens")  # serve sizes the KV pool like the emulated GPU's
+            k = emu.spec.dilation
+            srv_args = ["--fair-policy", args.policy, "--emulate-device", args.emulate, "--enable-metrics",
+                        "--ttft-slo-ms", f"{2000 * k:g}", "--tpot-slo-ms", f"{100 * k:g}", *base[:i], *base[i + 2:]]
         if args.api_key:
             srv_args += ["--api-key", args.api_key]
-        with sglang_server(embedded_model_path(), srv_args, command=SERVE_COMMAND, startup_timeout_s=900) as srv:
+        with sglang_server(model, srv_args, command=SERVE_COMMAND, startup_timeout_s=900) as srv:
             results = soak(srv.url, args, srv.proc.pid)
             if srv.proc.poll() is not None:
                 print("soak: the server died", file=sys.stderr)

@@ -161,7 +161,7 @@ def cmd_sim(args) -> int:
     bound = stability_bound_scale(trace, cost, args.tpot_slo_ms / 1000.0, gpus)
     out = {**_header(args, trace), "policy": args.policy, "rate_scale": args.rate_scale, **s.to_dict(),
            "iterations": res.iterations, "sim_s": res.sim_s, "preemptions": res.preemptions,
-           "demoted": sum(r.demoted for r in res.records), "rejected_at_arrival": sum(r.rejected for r in res.records),
+           "demoted": sum(r.demoted for r in res.records),
            "bound_scale": bound}
     if args.json:
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
