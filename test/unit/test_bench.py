@@ -70,7 +70,7 @@ def test_live_capacities_reads_the_attainment_capacity_off_the_same_probes():
 
     def ev(x):  # tail passes up to 1.0; attainment holds up to 2.0
         calls.append(x)
-        return SimpleNamespace(n=10, finished=10, p99_ttft_s=0.5 if x <= 1.0 else 5.0, p99_tpot_s=0.1,
+        return SimpleNamespace(n=10, finished=10, p99_ttft_s=0.5 if x <= 1.0 else 5.0, p99_tpot_s=0.1, rejected=0,
                                attainment=1.0 if x <= 2.0 else 0.5)
 
     res = live_capacities(ev, 1.0, 0.2, 1.0, max_probes=3)

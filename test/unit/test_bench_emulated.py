@@ -50,7 +50,7 @@ def test_an_invalid_probe_never_counts_as_a_pass():
     def ev(x):  # every probe meets the SLOs, but the clock overran at 2.0
         if x == 2.0:
             return None
-        return SimpleNamespace(n=10, finished=10, p99_ttft_s=0.1, p99_tpot_s=0.01, attainment=1.0)
+        return SimpleNamespace(n=10, finished=10, p99_ttft_s=0.1, p99_tpot_s=0.01, attainment=1.0, rejected=0)
 
     res = live_capacities(ev, 1.0, 0.2, 1.0, max_probes=3)
     assert res["capacity"] == pytest.approx(1.414) and res["first_failing_scale"] == 2.0
@@ -74,16 +74,19 @@ def test_summary_carries_the_device_the_ratio_and_the_largest_overrun(tmp_path):
                              "2": _probe(3.0, 0.2, 0.05)}}}
     results = {"config": cfg.to_json(), "single": {"stock": stock, "fair": fair}, "wall_s": 60.0,
                "machine": {"cores": 2, "cpu": "x"}, "versions": {"sglang": "0.5.23"},
-               "workloads": {key: {"rate_rps": 5.5, "prompt_tokens_sent_mean": 1160.0, "output_tokens_mean": 225.0}}}
+               "workloads": {key: {"rate_rps": 5.5, "prompt_tokens_sent_mean": 1160.0, "output_tokens_mean": 225.0,
+                                   "stability_bound_scale": {"trace_lengths": 2.0, "sent_lengths": 1.875}}}}
     s = emulated_summary(results)
     assert s["emulated_device"] == "a100-llama3-8b:3" and s["dilation"] == 3.0 and "emulated" in s["label"]
     assert s["emulated_overlap"] is True
+    assert s["stability_bound_scale"] == 1.875 and s["fair_fraction_of_bound"] == pytest.approx(1.5 / 1.875)
     assert s["capacity_ratio_fair_vs_stock"] == 1.5 and s["overrun_fraction"] == 0.05
     assert s["policies"]["fair"]["invalid_probes"] == ["2"]
     assert s["policies"]["fair"]["p99_ttft_ms"] == pytest.approx(1000.0)  # GPU time: dilated seconds / 3
     assert s["policies"]["fair"]["at_stock_capacity"]["p99_ttft_ms"] == pytest.approx(500.0)
     md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3", "img/live")
     assert "**Emulated**" in md and "Not a GPU measurement" in md and "2 (5.0% invalid)" in md
+    assert "1.875 on the prompts as sent, 2.000 on the trace's lengths" in md
     assert "overlap loop emulated: on" in md and "(img/live/emulated-live-azure-conv.png)" in md
     from sglang_fair.bench.report import plots
     assert [p.name for p in plots(results, tmp_path)] == ["emulated-live-azure-conv.png"]  # not the CPU run's plot
@@ -102,3 +105,26 @@ def test_simulator_takes_the_true_iteration_time_from_outside():
     assert seen[0] == (((100, 0), (50, 0)), ())  # both prompts whole, no prefix, in the first batch
     assert res.busy_s == pytest.approx(0.05 * len(seen)) and len(seen) == res.iterations
     assert any(d for _, d in seen)  # later batches carry the decode contexts
+
+
+def test_stability_bound_of_the_window_on_the_prompts_as_sent():
+    from types import SimpleNamespace
+
+    from sglang_fair.bench.emulated_report import stability_bounds
+    from sglang_fair.core.presets import load_preset
+    from sglang_fair.sim.capacity import stability_bound_scale
+
+    cfg = emulated_config("a100-llama3-8b:6")
+    w = cfg.workloads[0]
+    trace = w.build()
+    longer = [int(p) + 256 for p in trace.prompt_tokens]  # the client sent longer prompts than the trace's
+    bench = SimpleNamespace(config=cfg, traces={w.trace: (w, trace, None)},
+                            probes={("stock", w.trace): {1.0: SimpleNamespace(input_lens=longer)}})
+    results = {"workloads": {w.trace: {}}}
+    stability_bounds(bench, results)
+    b = results["workloads"][w.trace]["stability_bound_scale"]
+    assert b["trace_lengths"] == pytest.approx(stability_bound_scale(trace, load_preset("a100-llama3-8b"), 0.1))
+    assert 0 < b["sent_lengths"] < b["trace_lengths"]  # more prefill per request: the device saturates earlier
+    bench.probes = {}
+    stability_bounds(bench, results)
+    assert results["workloads"][w.trace]["stability_bound_scale"]["sent_lengths"] is None

@@ -182,7 +182,8 @@ def run(cfg, out: Path) -> dict:
     if bench.cost_model_path.exists():
         results["cost_model"] = json.loads(bench.cost_model_path.read_text())
     if cfg.emulate:  # the device model is the true cost: no live fit needed
-        from .emulated_report import emulated_fidelity
+        from .emulated_report import emulated_fidelity, stability_bounds
+        stability_bounds(bench, results)
         results["fidelity"] = emulated_fidelity(bench, results)
     elif bench.cost_model_path.exists():
         results["fidelity"] = fidelity(

@@ -43,18 +43,43 @@ def emulated_summary(results: dict) -> dict:
         pol["fair"]["at_stock_capacity"] = None if not at_stock else {
             "p99_ttft_ms": _gpu_ms(at_stock, "p99_ttft_ms"), "p99_tpot_ms": _gpu_ms(at_stock, "p99_tpot_ms")}
     mixed = [pol[n]["capacity"] for n in ("stock-mixed-2048", "stock-mixed-512") if n in pol]
+    bound = (results["workloads"].get(key, {}).get("stability_bound_scale") or {})
+    bound = bound.get("sent_lengths") or bound.get("trace_lengths")
     return {"emulated_device": cfg["emulate"], "dilation": _dilation(cfg), "label": "emulated (not a GPU measurement)",
             "emulated_overlap": cfg.get("emulate_overlap", False),
             "mode": cfg["mode"], "trace": key, "ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"],
             "policies": pol, "capacity_ratio_fair_vs_stock": ratio,
             "capacity_ratio_fair_vs_best_stock_mixed": (pol["fair"]["capacity"] / max(mixed)
                                                         if mixed and max(mixed) > 0 and "fair" in pol else None),
-            "overrun_fraction": max_overrun(results), "wall_s": results.get("wall_s")}
+            "overrun_fraction": max_overrun(results), "stability_bound_scale": bound,
+            "fair_fraction_of_bound": pol["fair"]["capacity"] / bound if bound and "fair" in pol else None,
+            "wall_s": results.get("wall_s")}
 
 
 def _dilation(cfg: dict) -> float:
     from ..emulate.spec import parse_device_spec
     return parse_device_spec(cfg["emulate"]).dilation
+
+
+def stability_bounds(bench, results: dict) -> None:
+    """Per workload, `stability_bound_scale`: the rate scale past which one emulated GPU cannot serve the window's
+    prompts and outputs at the TPOT SLO, whatever the policy (sim.capacity.stability_bound_scale, the device preset),
+    on the trace's prompt lengths and on the lengths bench_serving actually sent (a probe's input_lens): what no
+    capacity can pass by much, so what bounds any capacity ratio."""
+    from ..core.presets import load_preset
+    from ..emulate.spec import parse_device_spec
+    from ..sim.capacity import stability_bound_scale
+    from .fidelity import replay_trace
+
+    c = bench.config
+    cost = load_preset(parse_device_spec(c.emulate).preset)
+    tpot_s = c.tpot_slo_ms / 1000.0
+    for key, (_, trace, _) in bench.traces.items():
+        sent = next((p.input_lens for (_, k), ps in bench.probes.items() if k == key for p in ps.values()
+                     if len(p.input_lens) == len(trace)), None)
+        results["workloads"][key]["stability_bound_scale"] = {
+            "trace_lengths": stability_bound_scale(trace, cost, tpot_s),
+            "sent_lengths": stability_bound_scale(replay_trace(trace, sent, 1.0), cost, tpot_s) if sent else None}
 
 
 def emulated_fidelity(bench, results: dict) -> dict:
@@ -119,6 +144,12 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
             lines.append(f"| {name} | {rr['capacity']:g} | {rr['capacity_rps']:.2f} | {ratio} | "
                          f"{_fmt(_gpu_ms(at, 'p99_ttft_ms'))} / {_fmt(_gpu_ms(at, 'p99_tpot_ms'))} | "
                          f"{at.get('attainment', 0):.2f} | {there} | {probes} |")
+        b = info.get("stability_bound_scale") or {}
+        if b.get("trace_lengths"):
+            sent = f"{b['sent_lengths']:.3f} on the prompts as sent, " if b.get("sent_lengths") else ""
+            lines += ["", f"Stability bound of the window (the rate scale past which one emulated GPU cannot keep up "
+                          f"at the TPOT SLO, whatever the policy; device preset): {sent}{b['trace_lengths']:.3f} on "
+                          f"the trace's lengths."]
         lines += ["", f"![emulated {key}]({img_prefix}/emulated-live-{key}.png)", ""]
     if results.get("fidelity"):
         lines += ["### Simulator vs emulated live", "",
