@@ -180,6 +180,7 @@ def main(argv=None) -> int:
         srv_args = ["--fair-policy", args.policy, "--enable-metrics", *cpu_server_args(32768)]
         model = embedded_model_path()
         if args.emulate:
+            from sglang_fair.bench.emulated import EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS
             from sglang_fair.emulate.serve_args import split_emulate_args
             try:
                 _, emu = split_emulate_args(["--emulate-device", args.emulate])
@@ -187,11 +188,10 @@ def main(argv=None) -> int:
                 ap.error(str(exc))
             micro = emu.sglang_args([])
             model = micro[micro.index("--model-path") + 1]
-            base = cpu_server_args()
-            i = base.index("--max-total-tokens")  # serve sizes the KV pool like the emulated GPU's
             k = emu.spec.dilation
             srv_args = ["--fair-policy", args.policy, "--emulate-device", args.emulate, "--enable-metrics",
-                        "--ttft-slo-ms", f"{2000 * k:g}", "--tpot-slo-ms", f"{100 * k:g}", *base[:i], *base[i + 2:]]
+                        "--ttft-slo-ms", f"{EMULATED_TTFT_SLO_MS * k:g}", "--tpot-slo-ms", f"{EMULATED_TPOT_SLO_MS * k:g}",
+                        *cpu_server_args(None)]  # serve sizes the KV pool like the emulated GPU's
         if args.api_key:
             srv_args += ["--api-key", args.api_key]
         with sglang_server(model, srv_args, command=SERVE_COMMAND, startup_timeout_s=900) as srv:

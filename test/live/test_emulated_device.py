@@ -63,9 +63,7 @@ def _server(serve_command, policy: str):
     _, emu = split_emulate_args(["--emulate-device", SPEC])
     micro = emu.sglang_args([])
     model = micro[micro.index("--model-path") + 1]
-    base = cpu_server_args()
-    i = base.index("--max-total-tokens")
-    args = ["--fair-policy", policy, "--emulate-device", SPEC, "--enable-metrics", *base[:i], *base[i + 2:]]  # serve sizes the KV pool
+    args = ["--fair-policy", policy, "--emulate-device", SPEC, "--enable-metrics", *cpu_server_args(None)]  # serve sizes the KV pool
     return emu, sglang_server(model, args, command=serve_command, startup_timeout_s=600)
 
 

@@ -14,6 +14,8 @@ from sglang_fair.emulate.pad import PadCounters, Padder
 from sglang_fair.emulate.spec import DeviceSpec, parse_device_spec
 from sglang_fair.engine.http import build_status, rank_state
 
+from test_emulate_pad import ManualClock
+
 SPEC = parse_device_spec("a100-llama3-8b:5")
 
 
@@ -128,25 +130,15 @@ def test_gauges_only_with_enable_metrics():
     assert report.gauges_for(off, SPEC) is None
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += s
-
-
 def test_padder_reports_before_its_wait_and_drops_a_failing_reporter():
-    clock = Clock()
+    clock = ManualClock()
+    clock.now = 0.0
     p = Padder(SimpleNamespace(spec=DeviceSpec()), clock=clock, sleep=clock.sleep, spin_s=0.0, log_every_s=None)
     seen = []
-    p.on_account = lambda c: seen.append((c.iterations, c.overruns, clock.t))
+    p.on_account = lambda c: seen.append((c.iterations, c.overruns, clock.now))
     p.account(0.0, 0.01, 0.05)  # padded: reported at t = 0 (before the wait), then waited to 0.05
     p.account(0.05, 0.2, 0.05)  # overrun
-    assert seen == [(1, 0, 0.0), (2, 1, 0.05)] and clock.t == pytest.approx(0.05)
+    assert seen == [(1, 0, 0.0), (2, 1, 0.05)] and clock.now == pytest.approx(0.05)
 
     def boom(c):
         raise RuntimeError("disk full")

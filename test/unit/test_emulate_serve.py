@@ -153,3 +153,11 @@ def test_planner_starts_from_the_device_preset_times_the_dilation(tmp_path):
     assert got.coefficients() == pytest.approx(4 * want.coefficients())
     mine = ["--fair-cost-model", "a100-llama3-8b"]
     assert emu.with_planner_prior(mine, tmp_path) == mine
+
+
+def test_cpu_server_args_without_a_kv_size_leave_it_to_serve():
+    from sglang_fair.live.server import cpu_server_args
+    sized = cpu_server_args(5000)
+    i = sized.index("--max-total-tokens")
+    assert sized[i + 1] == "5000"
+    assert cpu_server_args(None) == sized[:i] + sized[i + 2:]  # the same flags, the emulated GPU's pool from serve

@@ -203,9 +203,7 @@ class Bench:
                                         overlap=c.emulate_overlap)
             if name == "fair":
                 args += ["--fair-save-cost-model", str(self.cost_model_path)]
-            base = cpu_server_args(float32=True)
-            i = base.index("--max-total-tokens")  # serve sizes the KV pool like the emulated GPU's
-            return [*args, *NO_CACHE, *base[:i], *base[i + 2:]]
+            return [*args, *NO_CACHE, *cpu_server_args(None)]  # serve sizes the KV pool like the emulated GPU's
         first_plugin = name not in STOCK and not self.cost_model_path.exists()
         args = policy_args(name, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
                            cost_model=None if first_plugin or name in STOCK else str(self.cost_model_path),

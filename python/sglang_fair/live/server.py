@@ -46,13 +46,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_server_args(max_total_tokens: int = 16384, *, float32: bool = True) -> list[str]:
-    """SGLang flags for a CPU-only machine: the ones `sglang-fair serve` adds, with our own KV size."""
+def cpu_server_args(max_total_tokens: int | None = 16384, *, float32: bool = True) -> list[str]:
+    """SGLang flags for a CPU-only machine: the ones `sglang-fair serve` adds, with our own KV size (None: no
+    `--max-total-tokens`, e.g. on the emulated device, where serve sizes the KV pool like the emulated GPU's)."""
     from ..config import CPU_DEFAULTS
 
     args: list[str] = []
     for flag, value in CPU_DEFAULTS:
         if flag == "--max-total-tokens":
+            if max_total_tokens is None:
+                continue
             value = str(max_total_tokens)
         args += [flag] if value is None else [flag, value]
     if float32:
