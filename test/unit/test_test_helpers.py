@@ -58,3 +58,23 @@ def test_test_file_names_are_unique_across_suites():
 
     names = Counter(p.name for p in Path(__file__).resolve().parents[1].rglob("test_*.py"))
     assert not [n for n, k in names.items() if k > 1]
+
+
+def test_a_server_that_hangs_at_start_up_reports_its_log_and_stacks(tmp_path):
+    """A child that never becomes ready: the error names where the log stopped (without SGLang's import noise) and
+    where each thread of the group was stuck (faulthandler on SIGABRT)."""
+    import sys
+    script = ("import sys, time\n"
+              "print('Ignore import error when loading sglang.srt.models.x: noise', flush=True)\n"
+              "print('Memory pool end. avail mem=20 GB', flush=True)\n"
+              "def stuck_in_warmup():\n"
+              "    time.sleep(120)\n"
+              "stuck_in_warmup()\n")
+    with pytest.raises(TimeoutError) as err:
+        with live_server._spawned([sys.executable, "-c", script], url="http://127.0.0.1:9", ready=lambda srv: False,
+                                  startup_timeout_s=2, what="fake server", log_prefix="hang-", log_dir=tmp_path):
+            pass
+    msg = str(err.value)
+    head, stacks = msg.split("--- stacks on SIGABRT ---")
+    assert "Memory pool end" in head and "Ignore import error" not in head
+    assert "stuck_in_warmup" in stacks and "Current thread" in stacks

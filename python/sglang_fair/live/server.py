@@ -70,10 +70,10 @@ class Server:
     log_path: Path
 
     def log_tail(self, n_chars: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n_chars:]
-        except OSError:
-            return ""
+        """The log's last `n_chars`, without SGLang's start-up noise (import fallbacks, platform warnings), so a
+        failure report that is itself cut short still shows where the server stopped."""
+        kept = [line for line in self.log_text().splitlines() if not _NOISE.search(line)]
+        return "\n".join(kept)[-n_chars:]
 
     def log_text(self) -> str:
         try:
@@ -86,6 +86,25 @@ class Server:
 
     def post(self, path: str, json=None, **kw):
         return requests.post(self.url + path, json=json, timeout=kw.pop("timeout", 120), **kw)
+
+
+_NOISE = re.compile(r"Ignore import error when loading|UserWarning: |^\s*warnings\.warn\(|^\s*$")
+
+
+def _dump_stacks(proc: subprocess.Popen, wait_s: float = 3.0) -> None:
+    """Ask every Python process of the group for its threads' stacks (they run with PYTHONFAULTHANDLER, so SIGABRT
+    prints them to the log before the process ends): a server that hangs at start-up says where."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait_s)
+        time.sleep(0.5)  # children write their dumps after the launcher's
+
+
+def _stacks(text: str, n_chars: int = 8000) -> str:
+    """The faulthandler lines of `text` (which process, which thread, which frames), at most `n_chars`."""
+    keep = ("Fatal Python error", "Thread 0x", "Current thread", "  File ", "Extension modules")
+    return "\n".join(line for line in text.splitlines() if line.startswith(keep))[:n_chars] or "(none printed)"
 
 
 def _stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
@@ -329,6 +348,7 @@ def _spawned(argv: list[str], *, url: str, ready: Callable[[Server], bool], star
     """Start `argv` in its own process group (output to a temp log), wait until `ready(server)` (connection errors
     and bad bodies count as not yet), yield the Server, stop it by process group."""
     log_fd, log_name = tempfile.mkstemp(prefix=log_prefix, suffix=".log", dir=log_dir)
+    env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}  # see _dump_stacks
     proc = subprocess.Popen(argv, stdout=log_fd, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     os.close(log_fd)
     srv = Server(url=url, proc=proc, log_path=Path(log_name))
@@ -341,7 +361,11 @@ def _spawned(argv: list[str], *, url: str, ready: Callable[[Server], bool], star
                 if ready(srv):
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not ready after {startup_timeout_s:.0f} s:\n{srv.log_tail()}")
+                before, n_before = srv.log_tail(4000), len(srv.log_text())
+                _dump_stacks(proc)
+                dumps = srv.log_text()[n_before:]
+                raise TimeoutError(f"{what} not ready after {startup_timeout_s:.0f} s; its log ended with:\n{before}"
+                                   f"\n--- stacks on SIGABRT ---\n{_stacks(dumps)}")
             time.sleep(0.5)
         yield srv
     finally:
