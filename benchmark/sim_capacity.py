@@ -4,6 +4,7 @@
     python benchmark/sim_capacity.py --part cluster --out out/sim_capacity   # routers x replicas + WindServe
     python benchmark/sim_capacity.py --part stock   --out out/sim_stock      # + SGLang's default, RAD, admission
     python benchmark/sim_capacity.py --part throughput --out out/sim_stock   # no SLOs: throughput vs the bound
+    python benchmark/sim_capacity.py --part bounds --out out/sim_stock       # stability and burst bounds per trace
     python benchmark/sim_capacity.py --render out/sim_capacity               # markdown tables from the JSON
 
 Each run is bounded by a trace window (WINDOWS below) so the whole set finishes in well under 20 minutes on one core.
@@ -21,7 +22,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sglang_fair.core.presets import load_preset
-from sglang_fair.sim.capacity import find_capacity
+from sglang_fair.sim.burst_bound import burst_bound_scale
+from sglang_fair.sim.capacity import find_capacity, stability_bound_scale
 from sglang_fair.sim.cli import make_runner
 from sglang_fair.sim.engine import EngineConfig
 from sglang_fair.sim.plots import write_plots
@@ -147,6 +149,51 @@ def part_cluster(out: Path, shared, routers=ROUTERS, windserve: bool = True) -> 
     (out / "cluster.json").write_text(json.dumps(rows, indent=1))
 
 
+def part_bounds(out: Path, shared, traces: list[str]) -> None:
+    """Per trace window: the stability bound at each TPOT SLO and the burst bound (sim/burst_bound.py) for the tail
+    and the 90%-attainment criteria, as rate scales."""
+    cost = load_preset(PRESET)
+    rows = []
+    for name in tqdm(traces, desc="bounds", file=sys.stderr):
+        trace = load_trace(name, shared=shared, **WINDOWS[name])
+        t0 = time.perf_counter()
+        rows.append({"trace": name, "window": WINDOWS[name], "requests": len(trace),
+                     "stability_bound": {f"{t:.0f}": stability_bound_scale(trace, cost, t / 1000) for t in (100.0, 200.0)},
+                     "burst_bound_tail": burst_bound_scale(trace, cost, TTFT_MS / 1000),
+                     "burst_bound_attainment": burst_bound_scale(trace, cost, TTFT_MS / 1000,
+                                                                 allowed_misses=len(trace) // 10),
+                     "wall_s": time.perf_counter() - t0})
+    (out / "bounds.json").write_text(json.dumps(rows, indent=1))
+
+
+def render_ceilings(bounds: list[dict], stock: list[dict]) -> list[str]:
+    """One row per trace and TPOT SLO: the bounds, and how close the best fixed budget, fair and the best policy
+    measured come to them. Tail: min(stability, burst bound). 90% attainment: the burst bound alone (a finite window
+    may run above the stability bound and still have 90% of its requests on time)."""
+    fixed = ("sarathi-512", "sarathi-2048", "sglang-default")
+    lines = ["| trace | TPOT SLO | stability bound | burst bound (tail / 90% att.) | best fixed (tail) | fair (tail) | "
+             "best measured (tail) | best tail / min(stability, burst) | best 90% att. / burst bound |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for b in bounds:
+        for tpot in (100.0, 200.0):
+            cells = [r for r in stock if r["trace"] == b["trace"] and r["tpot_slo_ms"] == tpot]
+            if not cells:
+                continue
+            stab = b["stability_bound"][f"{tpot:.0f}"]
+            fx = max((r for r in cells if r["policy"] in fixed), key=lambda r: r["capacity"], default=None)
+            fair = next((r for r in cells if r["policy"] == "fair"), None)
+            best = max(cells, key=lambda r: r["capacity"])
+            best_a = max(cells, key=lambda r: r["capacity_attainment"])
+            lines.append(f"| {b['trace']} | {tpot:.0f} ms | {_f(stab)} | {_f(b['burst_bound_tail'])} / "
+                         f"{_f(b['burst_bound_attainment'])} | "
+                         f"{_f(fx and fx['capacity'])} ({fx and fx['policy']}) | {_f(fair and fair['capacity'])} | "
+                         f"{_f(best['capacity'])} ({best['policy']}) | "
+                         f"{_f(best['capacity'] / min(stab, b['burst_bound_tail']), 2)} | "
+                         f"{_f(best_a['capacity_attainment'] / b['burst_bound_attainment'], 2)} "
+                         f"({best_a['policy']}) |")
+    return lines
+
+
 def _f(x, nd=3):
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -188,6 +235,9 @@ def render(out: Path) -> str:
                          f"{_f(r['capacity'])} | {_f(ratio, 2)} | {_f(r['capacity_attainment'])} | "
                          f"{_f(r['p99_ttft_ms'], 0)} | {_f(r['p99_tpot_ms'], 1)} | {dem} | "
                          f"{_f(r['bound_fraction'], 2)} |")
+    bounds = json.loads((out / "bounds.json").read_text()) if (out / "bounds.json").exists() else []
+    if bounds and stock:
+        lines += [""] + render_ceilings(bounds, stock)
     thr = json.loads((out / "throughput.json").read_text()) if (out / "throughput.json").exists() else []
     if thr:
         lines += ([""] if lines else []) + ["| load (x bound) | policy | throughput / bound | iterations |", "|---|---|---|---|"]
@@ -218,10 +268,10 @@ def render(out: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["single", "cluster", "stock", "throughput", "all"], default="all",
+    ap.add_argument("--part", choices=["single", "cluster", "stock", "throughput", "bounds", "all"], default="all",
                     help="all = single + cluster (stock and throughput only when asked for)")
     ap.add_argument("--policies", default=",".join(STOCK_POLICIES), help="part stock: comma-separated policy specs")
-    ap.add_argument("--traces", default=",".join(WINDOWS), help="part stock: comma-separated traces")
+    ap.add_argument("--traces", default=",".join(WINDOWS), help="parts stock, bounds: comma-separated traces")
     ap.add_argument("--routers", default=",".join(ROUTERS),
                     help="part cluster: comma-separated routers (sim/routers.py); a subset skips the WindServe rows")
     ap.add_argument("--out", default="out/sim_capacity")
@@ -244,6 +294,8 @@ def main() -> int:
         part_cluster(out, args.shared, routers, windserve=set(routers) >= set(ROUTERS))
     if args.part == "throughput":
         part_throughput(out, [p for p in args.policies.split(",") if p])
+    if args.part == "bounds":
+        part_bounds(out, args.shared, [t for t in args.traces.split(",") if t])
     if args.part == "stock":
         part_stock(out, args.shared, [p for p in args.policies.split(",") if p],
                    [t for t in args.traces.split(",") if t])
