@@ -48,8 +48,8 @@ CLUSTER_WINDOW = {"duration_s": 180.0}
 CLUSTER_POLICIES = ["fair", "sarathi-512"]
 
 
-def capacity(trace, spec, cost, tpot_ms, replicas=1, router="fair", gpus=1):
-    engine = EngineConfig(ttft_slo_ms=TTFT_MS, tpot_slo_ms=tpot_ms, seed=0)
+def capacity(trace, spec, cost, tpot_ms, replicas=1, router="fair", gpus=1, noise_cv=0.0):
+    engine = EngineConfig(ttft_slo_ms=TTFT_MS, tpot_slo_ms=tpot_ms, seed=0, noise_cv=noise_cv)
     run = make_runner(trace, spec, cost, engine, replicas=replicas, router=router)
     t0 = time.perf_counter()
     res, search = find_capacity(run, trace, cost, TTFT_MS / 1000, tpot_ms / 1000, gpus=gpus, rel_tol=REL_TOL)
@@ -72,11 +72,13 @@ def part_single(out: Path, shared) -> None:
     (out / "single.json").write_text(json.dumps(rows, indent=1))
 
 
-def part_stock(out: Path, shared, policies: list[str], traces: list[str]) -> None:
+def part_stock(out: Path, shared, policies: list[str], traces: list[str], preset: str = PRESET,
+               noise_cv: float = 0.0) -> None:
     """Like part_single, for STOCK_POLICIES; also records how many requests were demoted (and refused at arrival)
-    at the tail capacity.
+    at the tail capacity. `preset`, `noise_cv`: the cost model and iteration-time noise of every run (recorded in
+    each row; one out directory per setting).
     Rows are appended to stock.json as each cell finishes (a cut-short sweep keeps what it measured)."""
-    cost = load_preset(PRESET)
+    cost = load_preset(preset)
     path = out / "stock.json"
     rows = json.loads(path.read_text()) if path.exists() else []
     done = {(r["trace"], r["tpot_slo_ms"], r["policy"]) for r in rows}
@@ -87,13 +89,13 @@ def part_stock(out: Path, shared, policies: list[str], traces: list[str]) -> Non
             for spec in tqdm(policies, desc=f"{name} tpot={tpot:.0f}", file=sys.stderr):
                 if (name, tpot, spec) in done:
                     continue
-                res, search, wall = capacity(trace, spec, cost, tpot)
+                res, search, wall = capacity(trace, spec, cost, tpot, noise_cv=noise_cv)
                 at = search.results.get(float(f"{res.capacity:.6g}")) if res.capacity > 0 else None
                 demoted = sum(r.demoted for r in at.records) if at is not None else None
                 rejected = sum(r.rejected for r in at.records) if at is not None else None
                 rows.append({"trace": name, "window": win, "requests": len(trace), "trace_rate_rps": trace.rate_rps,
                              "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall, "demoted_at_capacity": demoted,
-                             "rejected_at_capacity": rejected,
+                             "rejected_at_capacity": rejected, "preset": preset, "noise_cv": noise_cv,
                              **res.to_json()})
                 path.write_text(json.dumps(rows, indent=1))
 
@@ -149,15 +151,15 @@ def part_cluster(out: Path, shared, routers=ROUTERS, windserve: bool = True) -> 
     (out / "cluster.json").write_text(json.dumps(rows, indent=1))
 
 
-def part_bounds(out: Path, shared, traces: list[str]) -> None:
+def part_bounds(out: Path, shared, traces: list[str], preset: str = PRESET) -> None:
     """Per trace window: the stability bound at each TPOT SLO and the burst bound (sim/burst_bound.py) for the tail
     and the 90%-attainment criteria, as rate scales."""
-    cost = load_preset(PRESET)
+    cost = load_preset(preset)
     rows = []
     for name in tqdm(traces, desc="bounds", file=sys.stderr):
         trace = load_trace(name, shared=shared, **WINDOWS[name])
         t0 = time.perf_counter()
-        rows.append({"trace": name, "window": WINDOWS[name], "requests": len(trace),
+        rows.append({"trace": name, "window": WINDOWS[name], "requests": len(trace), "preset": preset,
                      "stability_bound": {f"{t:.0f}": stability_bound_scale(trace, cost, t / 1000) for t in (100.0, 200.0)},
                      "burst_bound_tail": burst_bound_scale(trace, cost, TTFT_MS / 1000),
                      "burst_bound_attainment": burst_bound_scale(trace, cost, TTFT_MS / 1000,
@@ -274,6 +276,9 @@ def main() -> int:
     ap.add_argument("--traces", default=",".join(WINDOWS), help="parts stock, bounds: comma-separated traces")
     ap.add_argument("--routers", default=",".join(ROUTERS),
                     help="part cluster: comma-separated routers (sim/routers.py); a subset skips the WindServe rows")
+    ap.add_argument("--preset", default=PRESET, help="parts stock, bounds: cost-model preset")
+    ap.add_argument("--noise-cv", type=float, default=0.0,
+                    help="part stock: iteration-time noise (coefficient of variation) of every run")
     ap.add_argument("--out", default="out/sim_capacity")
     ap.add_argument("--shared", default=None)
     ap.add_argument("--render", default=None, help="print the markdown tables from a results directory and exit")
@@ -295,10 +300,10 @@ def main() -> int:
     if args.part == "throughput":
         part_throughput(out, [p for p in args.policies.split(",") if p])
     if args.part == "bounds":
-        part_bounds(out, args.shared, [t for t in args.traces.split(",") if t])
+        part_bounds(out, args.shared, [t for t in args.traces.split(",") if t], args.preset)
     if args.part == "stock":
         part_stock(out, args.shared, [p for p in args.policies.split(",") if p],
-                   [t for t in args.traces.split(",") if t])
+                   [t for t in args.traces.split(",") if t], args.preset, args.noise_cv)
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(render(out))
     return 0
