@@ -2,7 +2,8 @@
 
 1. the stability bound of the window (sim.capacity.stability_bound_scale: the rate scale past which one device cannot
    keep up with the prompts and outputs at the TPOT SLO, whatever the policy) for the device preset, on the trace's
-   own prompt lengths and on lengths scaled to the mean bench_serving actually sent (results.json);
+   own prompt lengths and on the lengths bench_serving sent (results.json's `stability_bound_scale`; for an older
+   run without it, recomputed with the sent mean);
 2. fair replayed in the simulator on the device model (emulate/device.py) as the true iteration time, planning with
    the preset x K (the prior the live server starts from, as the bench's fidelity replay does) and with the cost
    model the live fair server fitted online (DIR/live-cost-model.json): what the simulator's fixed planning model
@@ -43,14 +44,15 @@ def main(out: Path) -> int:
     sent = results["workloads"][w.trace].get("prompt_tokens_sent_mean")
     print(f"{w.trace}: {len(trace)} requests, prompt mean {trace.prompt_tokens.mean():.0f} (trace), "
           f"{sent:.0f} (sent); output mean {trace.output_tokens.mean():.0f}")
+    bound = results["workloads"][w.trace].get("stability_bound_scale")
+    if not bound:  # a run from before the bench recorded it: the trace's lengths, and the sent mean's approximately
+        bound = {"trace_lengths": stability_bound_scale(trace, preset, tpot_s), "sent_lengths": None}
+        if sent:
+            scaled = Trace("sent", trace.arrival_s, np.round(trace.prompt_tokens * sent / trace.prompt_tokens.mean())
+                           .astype(np.int64), trace.output_tokens)
+            bound["sent_lengths"] = stability_bound_scale(scaled, preset, tpot_s)
     print(f"stability bound (rate scale), {spec.preset}, TPOT {tpot_s * 1e3:g} ms: trace lengths "
-          f"{stability_bound_scale(trace, preset, tpot_s):.3f}", end="")
-    if sent:
-        scaled = Trace("sent", trace.arrival_s, np.round(trace.prompt_tokens * sent / trace.prompt_tokens.mean())
-                       .astype(np.int64), trace.output_tokens)
-        print(f", lengths scaled to the sent mean {stability_bound_scale(scaled, preset, tpot_s):.3f}")
-    else:
-        print()
+          f"{bound['trace_lengths']:.3f}" + (f", sent lengths {bound['sent_lengths']:.3f}" if bound["sent_lengths"] else ""))
     dev = DeviceModel(spec)
     eng = EngineConfig(ttft_slo_ms=ttft_s * 1e3 * k, tpot_slo_ms=tpot_s * 1e3 * k, kv_capacity_tokens=kv_pool_tokens())
     planners = {"prior (preset x k)": preset.scaled(k)}
