@@ -66,9 +66,14 @@ def classify(records) -> dict:
 RSS_WINDOW_S = 300.0
 
 
+def answered(records) -> list:
+    """The records that got tokens and no error (the ones with a TTFT)."""
+    return [r for r in records if r.error is None and r.token_times_s]
+
+
 def ttft_by_minute(records) -> list[float | None]:
     """P99 TTFT (s) of the requests sent in each minute of the phase (None for a minute with no answer)."""
-    ok = [r for r in records if r.error is None and r.token_times_s]
+    ok = answered(records)
     if not ok:
         return []
     n = int(max(r.sent_s for r in ok) // 60) + 1
@@ -89,7 +94,7 @@ def rss_windows(samples: list[int], period_s: float) -> dict:
 
 
 def latency(records) -> dict:
-    ok = [r for r in records if r.error is None and r.token_times_s]
+    ok = answered(records)
     ttft = np.array([r.token_times_s[0] - r.sent_s for r in ok])
     tpot = np.array([(r.token_times_s[-1] - r.token_times_s[0]) / (len(r.token_times_s) - 1)
                      for r in ok if len(r.token_times_s) > 1])
