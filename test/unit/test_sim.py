@@ -210,3 +210,36 @@ def test_reject_suffix_of_a_policy_spec():
     assert sum(r.rejected for r in run(1.0).records) > 0
     with pytest.raises(ValueError, match="one replica"):
         make_runner(make_trace([(0.0, 5000, 2)]), "fair+reject", COST, CFG, replicas=2)
+
+
+class _SeesCost:
+    """fair, remembering the cost model of every snapshot it planned on."""
+
+    def __init__(self):
+        self.inner, self.costs = make_policy("fair"), []
+        self.name = "fair"
+
+    def plan(self, snap):
+        self.costs.append(snap.cost)
+        return self.inner.plan(snap)
+
+
+def test_planning_with_noise_uses_the_live_headroom_and_an_exact_model_does_not():
+    trace = make_trace([(0.01 * i, 50 + 7 * i, 5 + i % 4) for i in range(60)])
+    exact = _SeesCost()
+    simulate(trace, exact, COST, CFG)
+    assert all(c is COST for c in exact.costs)  # no noise: the planner's model is exact, factor 1, nothing scaled
+    noisy = _SeesCost()
+    rep = Replica(noisy, COST, EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, noise_cv=0.2, seed=1))
+    res = simulate(trace, noisy, COST, EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, noise_cv=0.2, seed=1))
+    assert rep.headroom is not None and len(res.records) == 60
+    factors = [c.base_s / COST.base_s for c in noisy.costs]
+    assert factors[0] == 1.0  # too few observations yet
+    # once 16 iterations are seen, plans carry the 0.8 quantile of true/predicted: above 1 for cv 0.2, capped at 1.5
+    assert max(factors) > 1.05 and all(1.0 <= f <= 1.5 + 1e-9 for f in factors)
+    for c in noisy.costs:  # every term scaled alike
+        assert c.per_prefill_token_s / COST.per_prefill_token_s == pytest.approx(c.base_s / COST.base_s)
+    off = _SeesCost()
+    simulate(trace, off, COST, EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, noise_cv=0.2, seed=1,
+                                            cost_headroom=False))
+    assert all(c is COST for c in off.costs)

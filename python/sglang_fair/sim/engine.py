@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.checks import check_non_negative, check_positive
 from ..core.cost_model import CostModel
+from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
 from ..core.types import Plan, ReqView, Snapshot, fast_view  # noqa: F401  (fast_view: re-exported)
 from ..core.metrics import RequestTimes
@@ -58,6 +59,10 @@ class EngineConfig:
     """`sglang-fair serve --fair-admission reject`: an arriving request whose first token cannot meet its TTFT SLO
     behind the queued work (policies.admission.arrival_verdict on the replica's snapshot when it arrives) is refused
     (HTTP 429 live): never served, counted as an SLO miss (and as a late first token for `stop_after_late`)."""
+    cost_headroom: bool = True
+    """Plan as the live adapter does: with the planning cost model scaled by the headroom factor (core/headroom.py:
+    a high quantile of true/predicted iteration time over the recent iterations). Where the planner's model is exact
+    (no noise, no separate `iteration_time` or `planning_cost`) the factor is 1 and nothing is computed."""
 
     def __post_init__(self) -> None:
         if self.kv_capacity_tokens < 1 or self.waiting_view_limit < 1 or self.recent_window < 1:
@@ -132,6 +137,10 @@ class Replica:
         self._noise_i = 0
         cv = config.noise_cv
         self._sigma = math.sqrt(math.log1p(cv * cv)) if cv > 0 else 0.0
+        exact = cv == 0 and iteration_time is None and self.planning_cost is cost
+        self.headroom = Headroom() if config.cost_headroom and not exact else None
+        self._plan_cost = self.planning_cost  # planning_cost scaled by headroom_factor
+        self.headroom_factor = 1.0
 
     # ---- queue state --------------------------------------------------------------------------------------------
     @property
@@ -183,7 +192,7 @@ class Replica:
     def snapshot(self) -> Snapshot:
         recent = sum(self._recent) / len(self._recent) if self._recent else 0.0
         return Snapshot(self.now, tuple(self._run_views.values()), tuple(self._pf_views.values()),
-                        self._waiting_view(), self.config.kv_capacity_tokens, self.kv_used, self.planning_cost,
+                        self._waiting_view(), self.config.kv_capacity_tokens, self.kv_used, self._plan_cost,
                         recent)
 
     # ---- one iteration ------------------------------------------------------------------------------------------
@@ -262,7 +271,14 @@ class Replica:
             return 0.0
         self._idle_steps = self._zero_steps = 0
         t = self._duration_s(plan.decode, targets)
+        if self.headroom is not None:
+            predicted = self._predicted_s(plan.decode, targets)
         t *= self._noise_factor()
+        if self.headroom is not None:
+            factor = self.headroom.observe(predicted, t)
+            if factor != self.headroom_factor:
+                self.headroom_factor = factor
+                self._plan_cost = self.planning_cost.scaled(factor)
         end = self.now + t
         self._run(plan.decode, targets, end)
         self.now = end
@@ -270,6 +286,12 @@ class Replica:
         self.busy_s += t
         self._recent.append(t)
         return t
+
+    def _predicted_s(self, decode, targets) -> float:
+        """The planning model's (unscaled) time for the batch: what the live adapter's fit predicts."""
+        running = self.running
+        return self.planning_cost.predict([(chunk, r.prefilled) for r, chunk in targets],
+                                          [running[rid].prompt + running[rid].outputs for rid in decode])
 
     def _duration_s(self, decode, targets) -> float:
         """The batch's time: `iteration_time` when given (e.g. the emulated device), else the cost model."""
