@@ -6,6 +6,7 @@
     python benchmark/sim_capacity.py --part throughput --out out/sim_stock   # no SLOs: throughput vs the bound
     python benchmark/sim_capacity.py --part bounds --out out/sim_stock       # stability and burst bounds per trace
     python benchmark/sim_capacity.py --render out/sim_capacity               # markdown tables from the JSON
+    python benchmark/sim_capacity.py --compare out/sim_stock,out/sim_stock_h100   # part stock side by side
 
 Each run is bounded by a trace window (WINDOWS below) so the whole set finishes in well under 20 minutes on one core.
 Capacity = largest rate scale meeting the criterion (bisection, rel. tolerance REL_TOL); see sglang_fair.sim.capacity.
@@ -199,6 +200,33 @@ def render_ceilings(bounds: list[dict], stock: list[dict]) -> list[str]:
     return lines
 
 
+def render_compare(dirs: list[Path]) -> str:
+    """Tail and 90%-attainment capacity of each (trace, TPOT, policy) measured in every one of the result directories
+    (e.g. presets or noise settings), side by side, with each cell's ratio to the best fixed budget there."""
+    fixed = ("sarathi-512", "sarathi-2048", "sglang-default")
+    runs = [json.loads((d / "stock.json").read_text()) for d in dirs]
+    cells = {}
+    for i, rows in enumerate(runs):
+        for r in rows:
+            cells.setdefault((r["trace"], r["tpot_slo_ms"], r["policy"]), {})[i] = r
+    best_fixed = [{(r["trace"], r["tpot_slo_ms"]): max(x["capacity"] for x in rows if x["trace"] == r["trace"]
+                                                      and x["tpot_slo_ms"] == r["tpot_slo_ms"] and x["policy"] in fixed)
+                   for r in rows if any(x["policy"] in fixed for x in rows)} for rows in runs]
+    head = " | ".join(f"{d.name}: tail (x best fixed) / 90% att." for d in dirs)
+    lines = [f"| trace | TPOT SLO | policy | {head} |", "|---|---|---|" + "---|" * len(dirs)]
+    for (trace, tpot, policy), by in cells.items():
+        if len(by) < len(dirs):
+            continue
+        out = []
+        for i in range(len(dirs)):
+            r = by.get(i)
+            bf = best_fixed[i].get((trace, tpot))
+            out.append("-" if r is None else f"{_f(r['capacity'])} ({_f(r['capacity'] / bf, 2) if bf else '-'}) / "
+                                             f"{_f(r['capacity_attainment'])}")
+        lines.append(f"| {trace} | {tpot:.0f} ms | {policy} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def _f(x, nd=3):
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -287,9 +315,14 @@ def main() -> int:
     ap.add_argument("--out", default="out/sim_capacity")
     ap.add_argument("--shared", default=None)
     ap.add_argument("--render", default=None, help="print the markdown tables from a results directory and exit")
+    ap.add_argument("--compare", default=None, metavar="DIR,DIR,...",
+                    help="print part stock's capacities side by side across results directories and exit")
     args = ap.parse_args()
     if args.render:
         print(render(Path(args.render)))
+        return 0
+    if args.compare:
+        print(render_compare([Path(d) for d in args.compare.split(",") if d]))
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,3 +33,13 @@ def test_scaled_cost_model_scales_every_term_and_rejects_bad_factors():
             COST.scaled(bad)
     with pytest.raises(ValueError):
         HeadroomParams(quantile=1.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 16, 63, 64])
+@pytest.mark.parametrize("q", [0.0, 0.5, 0.8, 0.99])
+def test_the_quantile_is_numpys_linear_one(n, q):
+    import numpy as np
+
+    from sglang_fair.core.headroom import quantile
+    x = list(np.random.default_rng(n).lognormal(0.0, 0.3, size=n))
+    assert quantile(x, q) == pytest.approx(float(np.quantile(x, q)), abs=1e-12)

@@ -18,7 +18,7 @@ All coefficients are seconds (per unit).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -37,7 +37,8 @@ class CostModel:
     per_mixed_decode_req_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
+        for name in _TERMS:
+            value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
                 raise ValueError(f"CostModel.{name} must be finite and >= 0, got {value!r}")
 
@@ -111,7 +112,7 @@ class CostModel:
             raise ValueError(f"scale factor must be finite and > 0, got {factor!r}")
         if factor == 1.0:
             return self
-        return CostModel.from_coefficients(self.coefficients() * factor)
+        return CostModel(*(getattr(self, name) * factor for name in _TERMS))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,3 +120,7 @@ class CostModel:
     @classmethod
     def from_dict(cls, d: dict) -> "CostModel":
         return cls(**{k: float(d[k]) for k in cls.__dataclass_fields__ if k in d})
+
+
+_TERMS = tuple(f.name for f in fields(CostModel))
+"""The six terms in constructor order (validated and scaled without building a dict)."""
