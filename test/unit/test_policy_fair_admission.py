@@ -104,3 +104,32 @@ def test_admission_plans_are_valid_and_demote_only_waiting_requests(mode, snap):
     order = [rid for rid, _ in plan.prefill]
     first_demoted = min((order.index(rid) for rid in plan.demoted if rid in order), default=len(order))
     assert not set(order[first_demoted:]) - set(plan.demoted) - {r.rid for r in snap.prefilling}
+
+
+def test_a_request_waiting_past_the_age_bound_is_no_longer_demoted():
+    # TTFT 1 s. "old" arrived 6 s ago (hopeless for 5 s); "new" arrived now and fits.
+    old = make_req("old", arrival_s=NOW - 6.0, prompt_tokens=2000)
+    new = make_req("new", arrival_s=NOW - 0.01, prompt_tokens=500)
+    snap = make_snapshot(now=NOW, waiting=[old, new])
+    assert [r.rid for r in hopeless_split(snap)[1]] == ["old"]  # no bound: demoted for as long as it is late
+    on_time, demoted = hopeless_split(snap, aged_after_ttft=5.0)
+    assert [r.rid for r in on_time] == ["old", "new"] and demoted == []  # past 5 x TTFT: EDF again, first
+    plan = make_policy("fair", admission="demote", demote_max_wait_ttft=5.0).plan(snap)
+    assert plan.demoted == () and plan.prefill[0][0] == "old"
+    assert make_policy("fair", admission="demote", demote_max_wait_ttft=7.0).plan(snap).demoted == ("old",)
+
+
+def test_demote_longest_never_picks_an_aged_request():
+    # A (aged, the longest) and B, C in EDF order, 1 s TTFT, 0.1 ms per token: someone must go
+    w = [make_req("A", arrival_s=NOW - 3.0, prompt_tokens=7000), make_req("B", arrival_s=NOW - 0.002,
+         prompt_tokens=2000), make_req("C", arrival_s=NOW - 0.001, prompt_tokens=2000)]
+    snap = make_snapshot(now=NOW, waiting=w)
+    assert [r.rid for r in hopeless_split(snap, longest=True)[1]] == ["A"]
+    on_time, demoted = hopeless_split(snap, longest=True, aged_after_ttft=2.0)
+    assert "A" in [r.rid for r in on_time] and "A" not in [r.rid for r in demoted]
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True, "5"])
+def test_the_age_bound_must_be_positive(bad):
+    with pytest.raises(ValueError, match="demote_max_wait_ttft"):
+        FairParams(demote_max_wait_ttft=bad)

@@ -34,7 +34,8 @@ def arrival_problem(adapter, req) -> str | None:
     snap = adapter.current_snapshot()
     new = adapter.builder.view(req, "waiting")
     params = getattr(adapter.policy, "params", None)
-    late, ahead_s = arrival_verdict(snap, new, demoting=getattr(params, "admission", "off") != "off")
+    late, ahead_s = arrival_verdict(snap, new, demoting=getattr(params, "admission", "off") != "off",
+                                    aged_after_ttft=getattr(params, "demote_max_wait_ttft", math.inf))
     if not late:
         return None
     return MESSAGE.format(ttft_ms=new.ttft_slo_s * 1e3, ahead_s=ahead_s, retry_s=max(1, math.ceil(ahead_s)))

@@ -9,6 +9,7 @@ at arrival, engine/reject.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 from heapq import heappop, heappush
 
 from ..core.types import ReqView, Snapshot
@@ -31,13 +32,16 @@ def prefill_s(cost, r: ReqView) -> float:
     return rem * (cost.per_prefill_token_s + cost.per_attn_token2_s * (x + 0.5 * rem)) if rem > 0 else 0.0
 
 
-def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False) -> tuple[bool, float]:
+def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False,
+                    aged_after_ttft: float = math.inf) -> tuple[bool, float]:
     """(would `new` miss its TTFT SLO, queued with the snapshot's work; seconds of prefill ahead of it at the share
     the decodes leave, a Retry-After hint), by `hopeless_split`'s optimistic estimate. Ahead of it: the partial
     prefills and the waiting requests before it in EDF order; with `demoting` (the policy serves hopeless requests
-    after on-time work, `fair`'s admission="demote") only those `hopeless_split` keeps on time."""
+    after on-time work, `fair`'s admission="demote") only those `hopeless_split` keeps on time (`aged_after_ttft` as
+    there)."""
     if demoting:
-        on_time, demoted = hopeless_split(dataclasses.replace(snap, waiting=(*snap.waiting, new)))
+        on_time, demoted = hopeless_split(dataclasses.replace(snap, waiting=(*snap.waiting, new)),
+                                          aged_after_ttft=aged_after_ttft)
         late = any(r.rid == new.rid for r in demoted)
         ahead = (*snap.prefilling, *(r for r in on_time if r.rid != new.rid))
         return late, sum(prefill_s(snap.cost, r) for r in ahead) / prefill_share(snap)
@@ -48,7 +52,8 @@ def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False) -> 
     return snap.now + wait + own > new.arrival_s + new.ttft_slo_s, wait
 
 
-def hopeless_split(snap: Snapshot, longest: bool = False) -> tuple[list[ReqView], list[ReqView]]:
+def hopeless_split(snap: Snapshot, longest: bool = False,
+                   aged_after_ttft: float = math.inf) -> tuple[list[ReqView], list[ReqView]]:
     """(on-time, demoted) waiting requests, each in EDF order. Optimistic estimate of a waiting request's first token:
     now + (prefill seconds of the EDF queue ahead of it, demoted requests left out, plus its own) / share, where a
     remaining prompt R after prefix x costs R (b + a (x + R / 2)) (infinitely fine chunks, no per-iteration cost) and
@@ -58,7 +63,9 @@ def hopeless_split(snap: Snapshot, longest: bool = False) -> tuple[list[ReqView]
     `longest` (admission="demote-longest"): Moore-Hodgson's rule instead, which minimises the number of late jobs on
     one machine: when the request in hand would be late, the waiting request with the longest prefill among those
     kept so far (it included) is demoted, so a burst loses its few longest prompts rather than whoever comes last.
-    Partial prefills are never demoted (they hold KV)."""
+    Partial prefills are never demoted (they hold KV), and neither is a waiting request that has waited more than
+    `aged_after_ttft` of its TTFT SLOs: it keeps its EDF place (its deadline is long past, so it goes first), which
+    bounds how long demotion can postpone a request under sustained overload (math.inf: no bound)."""
     now, share = snap.now, prefill_share(snap)
     waiting = snap.waiting
     ttft0 = waiting[0].ttft_slo_s
@@ -71,12 +78,14 @@ def hopeless_split(snap: Snapshot, longest: bool = False) -> tuple[list[ReqView]
     for r, is_waiting in merge_edf(snap.prefilling, iter(waiting)):
         t = prefill_s(snap.cost, r)
         late = now + (ahead + t) / share > r.arrival_s + r.ttft_slo_s
-        if is_waiting and late and not longest:
+        aged = is_waiting and now - r.arrival_s > aged_after_ttft * r.ttft_slo_s
+        if is_waiting and late and not longest and not aged:
             demoted.append(r)
             continue
         ahead += t
         if is_waiting:
-            heappush(kept, (-t, len(on_time)))
+            if not aged:
+                heappush(kept, (-t, len(on_time)))
             on_time.append(r)
         if late and longest and kept:  # a partial prefill can be late too: drop the longest waiting one
             neg_t, i = heappop(kept)

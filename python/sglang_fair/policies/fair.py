@@ -76,6 +76,11 @@ class FairParams:
     longer be met is served after the on-time ones and reported in `Plan.demoted`) or "demote-longest" (when one
     would be late, the longest kept prompt is demoted instead: Moore-Hodgson, fewest late requests). See
     policies/admission.py. Rejection (HTTP 429) is not implemented."""
+    demote_max_wait_ttft: float = math.inf
+    """With admission on: a waiting request that has waited more than this many of its TTFT SLOs is no longer
+    demoted; it is served in EDF order (first, its deadline being long past). Bounds how long demotion postpones a
+    request under sustained overload, where a demoted request otherwise waits for the overload to end (math.inf, the
+    default: no bound; docs/results.md)."""
 
     def __post_init__(self) -> None:
         for name in ("min_budget_ms", "max_budget_ms"):
@@ -95,6 +100,9 @@ class FairParams:
             raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
         if not isinstance(self.full_kv_progress, bool):
             raise ValueError(f"full_kv_progress must be a bool, got {self.full_kv_progress!r}")
+        w = self.demote_max_wait_ttft
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+            raise ValueError(f"demote_max_wait_ttft must be > 0 (math.inf: no bound), got {w!r}")
         if self.admission not in ("off", "demote", "demote-longest"):
             raise ValueError(f"admission must be 'off', 'demote' or 'demote-longest', got {self.admission!r}")
 
@@ -108,7 +116,8 @@ class FairPolicy:
 
     def plan(self, snap: Snapshot) -> Plan:
         if self.params.admission != "off" and snap.waiting:
-            on_time, demoted = hopeless_split(snap, longest=self.params.admission == "demote-longest")
+            on_time, demoted = hopeless_split(snap, longest=self.params.admission == "demote-longest",
+                                              aged_after_ttft=self.params.demote_max_wait_ttft)
             if demoted:
                 plan = self._plan(snap, on_time, demoted)
                 return replace(plan, demoted=tuple([r.rid for r in demoted]))

@@ -167,7 +167,8 @@ class Replica:
         would miss the TTFT SLO behind the queued work (only the on-time part when the policy demotes)."""
         params = getattr(self.policy, "params", None)
         late, _ = arrival_verdict(self.snapshot(), req.pending_view(),
-                                  demoting=getattr(params, "admission", "off") != "off")
+                                  demoting=getattr(params, "admission", "off") != "off",
+                                  aged_after_ttft=getattr(params, "demote_max_wait_ttft", math.inf))
         if late:
             req.rejected = True
             self.rejected += 1
