@@ -44,6 +44,8 @@ STOCK_POLICIES = ["fair", "fair@admission=demote", "fair@admission=demote-longes
                   "sglang-default", "sglang-mixed-2048", "slai", "rad", "fair+reject", "fair@admission=demote+reject"]
 """Part "stock" (docs/results.md, "Simulated capacity: SGLang's default, RAD, admission"); `--policies` overrides.
 `+reject`: the server refuses hopeless arrivals (`--fair-admission reject`, sim.cli.REJECT_SUFFIX)."""
+FIXED_BUDGETS = ("sarathi-512", "sarathi-2048", "sglang-default")
+"""The fixed-budget baselines issue 16's goals are measured against ("best fixed" in the tables)."""
 CLUSTER_TRACE = "azure-conv"
 CLUSTER_WINDOW = {"duration_s": 180.0}
 CLUSTER_POLICIES = ["fair", "sarathi-512"]
@@ -172,11 +174,15 @@ def part_bounds(out: Path, shared, traces: list[str], preset: str = PRESET) -> N
     (out / "bounds.json").write_text(json.dumps(rows, indent=1))
 
 
+def _best_fixed(cells: list[dict]) -> dict | None:
+    """The row with the highest tail capacity among FIXED_BUDGETS in `cells` (one trace and TPOT), if any."""
+    return max((r for r in cells if r["policy"] in FIXED_BUDGETS), key=lambda r: r["capacity"], default=None)
+
+
 def render_ceilings(bounds: list[dict], stock: list[dict]) -> list[str]:
     """One row per trace and TPOT SLO: the bounds, and how close the best fixed budget, fair and the best policy
     measured come to them. Tail: min(stability, burst bound). 90% attainment: the burst bound alone (a finite window
     may run above the stability bound and still have 90% of its requests on time)."""
-    fixed = ("sarathi-512", "sarathi-2048", "sglang-default")
     lines = ["| trace | TPOT SLO | stability bound | burst bound (tail / 90% att.) | best fixed (tail) | fair (tail) | "
              "best measured (tail) | best tail / min(stability, burst) | best 90% att. / burst bound |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -186,7 +192,7 @@ def render_ceilings(bounds: list[dict], stock: list[dict]) -> list[str]:
             if not cells:
                 continue
             stab = b["stability_bound"][f"{tpot:.0f}"]
-            fx = max((r for r in cells if r["policy"] in fixed), key=lambda r: r["capacity"], default=None)
+            fx = _best_fixed(cells)
             fair = next((r for r in cells if r["policy"] == "fair"), None)
             best = max(cells, key=lambda r: r["capacity"])
             best_a = max(cells, key=lambda r: r["capacity_attainment"])
@@ -203,15 +209,13 @@ def render_ceilings(bounds: list[dict], stock: list[dict]) -> list[str]:
 def render_compare(dirs: list[Path]) -> str:
     """Tail and 90%-attainment capacity of each (trace, TPOT, policy) measured in every one of the result directories
     (e.g. presets or noise settings), side by side, with each cell's ratio to the best fixed budget there."""
-    fixed = ("sarathi-512", "sarathi-2048", "sglang-default")
     runs = [json.loads((d / "stock.json").read_text()) for d in dirs]
-    cells = {}
+    cells, by_cell = {}, [{} for _ in runs]  # (trace, tpot, policy) -> {run: row}; per run (trace, tpot) -> rows
     for i, rows in enumerate(runs):
         for r in rows:
             cells.setdefault((r["trace"], r["tpot_slo_ms"], r["policy"]), {})[i] = r
-    best_fixed = [{(r["trace"], r["tpot_slo_ms"]): max(x["capacity"] for x in rows if x["trace"] == r["trace"]
-                                                      and x["tpot_slo_ms"] == r["tpot_slo_ms"] and x["policy"] in fixed)
-                   for r in rows if any(x["policy"] in fixed for x in rows)} for rows in runs]
+            by_cell[i].setdefault((r["trace"], r["tpot_slo_ms"]), []).append(r)
+    best_fixed = [{cell: (bf := _best_fixed(rows)) and bf["capacity"] for cell, rows in run.items()} for run in by_cell]
     head = " | ".join(f"{d.name}: tail (x best fixed) / 90% att." for d in dirs)
     lines = [f"| trace | TPOT SLO | policy | {head} |", "|---|---|---|" + "---|" * len(dirs)]
     for (trace, tpot, policy), by in cells.items():

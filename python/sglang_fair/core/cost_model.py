@@ -49,6 +49,12 @@ class CostModel:
             return 0.0
         return chunk_tokens * (self.per_prefill_token_s + self.per_attn_token2_s * (prefix_tokens + chunk_tokens))
 
+    def fine_prefill_s(self, remaining_tokens, prefix_tokens=0):
+        """Marginal time of `remaining_tokens` prompt tokens after `prefix_tokens` in infinitely small chunks, the
+        cheapest split under this model: R (b + a (x + R / 2)). Numbers or numpy arrays (no check that R > 0)."""
+        return remaining_tokens * (self.per_prefill_token_s
+                                   + self.per_attn_token2_s * (prefix_tokens + 0.5 * remaining_tokens))
+
     def decode_s(self, context_tokens: int) -> float:
         """Marginal time of one decode row reading `context_tokens` of KV."""
         return self.per_decode_req_s + self.per_context_token_s * context_tokens

@@ -14,7 +14,6 @@ import collections
 from dataclasses import dataclass
 
 
-
 @dataclass(frozen=True, slots=True)
 class HeadroomParams:
     window: int = 64

@@ -28,8 +28,8 @@ def prefill_share(snap: Snapshot) -> float:
 
 def prefill_s(cost, r: ReqView) -> float:
     """Seconds of the rest of r's prompt in infinitely fine chunks: R (b + a (x + R / 2)) after a prefix x."""
-    rem, x = r.remaining_prompt_tokens, r.prefilled_tokens
-    return rem * (cost.per_prefill_token_s + cost.per_attn_token2_s * (x + 0.5 * rem)) if rem > 0 else 0.0
+    rem = r.remaining_prompt_tokens
+    return cost.fine_prefill_s(rem, r.prefilled_tokens) if rem > 0 else 0.0
 
 
 def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False,

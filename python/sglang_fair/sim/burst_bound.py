@@ -31,12 +31,12 @@ import math
 import numpy as np
 
 from ..core.cost_model import CostModel
+from ..core.metrics import _pct
 
 
 def min_prefill_work_s(prompt_tokens: np.ndarray, cost: CostModel) -> np.ndarray:
     """The least device time each prompt's prefill can take under `cost` (see the module docstring)."""
-    p = np.asarray(prompt_tokens, dtype=np.float64)
-    return p * (cost.per_prefill_token_s + cost.per_attn_token2_s * p / 2.0)
+    return cost.fine_prefill_s(np.asarray(prompt_tokens, dtype=np.float64))
 
 
 def min_late_first_tokens(arrival_s: np.ndarray, work_s: np.ndarray, ttft_slo_s: float, *,
@@ -96,14 +96,15 @@ def _max_disjoint_sum(windows: list[tuple[float, float, int]]) -> int:
 
 def tail_misses_allowed(n: int, q: float = 99.0) -> int:
     """The most requests that may miss (TTFT +inf) while the q-th percentile of n TTFTs (numpy's linear rule) stays
-    finite and below the SLO: with m misses it interpolates between the (n-m)-th value and a miss."""
+    finite and below the SLO (core.metrics' percentile): with m misses it interpolates between the (n-m)-th value
+    and a miss."""
     if n <= 0:
         return 0
     m = 0
     while m < n:
         x = np.zeros(n)
-        x[n - (m + 1):] = 1e300
-        if np.percentile(x, q) > 1.0:
+        x[n - (m + 1):] = math.inf
+        if _pct(x, q) > 0.0:
             return m
         m += 1
     return n

@@ -139,8 +139,7 @@ class Replica:
         self._sigma = math.sqrt(math.log1p(cv * cv)) if cv > 0 else 0.0
         exact = cv == 0 and iteration_time is None and self.planning_cost is cost
         self.headroom = Headroom() if config.cost_headroom and not exact else None
-        self._plan_cost = self.planning_cost  # planning_cost scaled by headroom_factor
-        self.headroom_factor = 1.0
+        self._plan_cost = self.planning_cost  # planning_cost scaled by the headroom's factor
 
     # ---- queue state --------------------------------------------------------------------------------------------
     @property
@@ -276,10 +275,9 @@ class Replica:
             predicted = self._predicted_s(plan.decode, targets)
         t *= self._noise_factor()
         if self.headroom is not None:
-            factor = self.headroom.observe(predicted, t)
-            if factor != self.headroom_factor:
-                self.headroom_factor = factor
-                self._plan_cost = self.planning_cost.scaled(factor)
+            before = self.headroom.factor
+            if self.headroom.observe(predicted, t) != before:
+                self._plan_cost = self.planning_cost.scaled(self.headroom.factor)
         end = self.now + t
         self._run(plan.decode, targets, end)
         self.now = end
