@@ -7,6 +7,7 @@ requests of the Azure 2023 code trace with explicit rate and length scaling, pri
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .live.replay import replay, request_times, requests_from_trace
@@ -33,14 +34,19 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .sim.traces import load_trace
 
-    if args.requests < 1:
-        raise SystemExit("--requests must be >= 1")
+    for flag, value, ok, need in (("--requests", args.requests, args.requests >= 1, ">= 1"),
+                                  ("--rate-scale", args.rate_scale, 0 < args.rate_scale < math.inf, "> 0"),
+                                  ("--length-scale", args.length_scale, 0 < args.length_scale < math.inf, "> 0"),
+                                  ("--max-prompt-tokens", args.max_prompt_tokens, args.max_prompt_tokens >= 1, ">= 1"),
+                                  ("--max-output-tokens", args.max_output_tokens, args.max_output_tokens >= 1, ">= 1")):
+        if not ok:
+            raise SystemExit(f"sglang-fair demo: {flag} must be {need}, got {value}")
     try:
         trace = load_trace(args.trace, limit=args.requests).scaled(args.rate_scale)
         reqs = requests_from_trace(trace, length_scale=args.length_scale, max_prompt_tokens=args.max_prompt_tokens,
                                    max_output_tokens=args.max_output_tokens)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"--trace: {exc}")
+        raise SystemExit(f"sglang-fair demo: --trace: {exc}")
     exit_on_sigterm()
     model = make_model()
     cmd = [sys.executable, "-m", "sglang_fair.cli", "serve"]

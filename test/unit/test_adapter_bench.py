@@ -39,3 +39,15 @@ def test_cli_json(capsys):
     assert [r["policy"] for r in rows] == ["fair"]
     assert {"snapshot_median_us", "plan_p90_us", "apply_median_us", "snapshot_plan_apply_median_us",
             "snapshot_plan_apply_median_cpu_us", "applied"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--policies", "fair", "nope"], "--policies: unknown nope"),
+    (["--adapter", "--policies", "nope"], "--policies: unknown nope"),
+    (["--cost-model", "nope"], "--cost-model: unknown cost-model preset 'nope'"),
+    (["--repeat", "0"], "--repeat and --snapshots >= 1"),
+])
+def test_bad_flags_exit_with_a_message_naming_the_flag(argv, words):
+    with pytest.raises(SystemExit) as exc:
+        main(["plan-bench", *argv])
+    assert str(exc.value).startswith("sglang-fair plan-bench: ") and words in str(exc.value)

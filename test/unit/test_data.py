@@ -129,3 +129,45 @@ def test_sim_reports_spread_and_clipping(capsys):
     out = json.loads(cap.out)
     assert out["spread_arrivals"] is True and out["max_context_tokens"] == 2048 and out["context_clipped"] > 0
     assert f"clipped {out['context_clipped']} of {out['requests']} requests" in cap.err
+
+
+@pytest.mark.parametrize("argv, flag, words", [
+    (["capacity", "--policies", "fair,nope"], "--policies", "nope: unknown policy 'nope'"),
+    (["capacity", "--policies", "fair@nope=1"], "--policies", "unknown parameter 'nope' for policy 'fair'"),
+    (["capacity", "--policies", "windserve@x=1"], "--policies", "unknown parameter 'x' for windserve"),
+    (["capacity", "--policies", "fair@min_budget_ms=abc"], "--policies", "min_budget_ms must be"),
+    (["capacity", "--policies", ","], "--policies", "no policy given"),
+    (["capacity", "--policies", "fair+reject", "--replicas", "2"], "--policies", "one replica only"),
+    (["capacity", "--preset", "nope"], "--preset", "unknown cost-model preset 'nope'"),
+    (["capacity", "--replicas", "0"], "--replicas", "must be >= 1"),
+    (["capacity", "--rel-tol", "-1"], "--rel-tol", "must be a finite number > 0"),
+    (["capacity", "--kv-capacity-tokens", "0"], "--kv-capacity-tokens", "must be >= 1"),
+    (["capacity", "--noise-cv", "-1"], "--noise-cv", "must be a finite number >= 0"),
+    (["capacity", "--ttft-slo-ms", "0"], "--ttft-slo-ms", "must be a finite number > 0"),
+    (["capacity", "--tpot-slo-ms", "nan"], "--tpot-slo-ms", "must be a finite number > 0"),
+    (["capacity", "--replicas", "2", "--load-poll-interval-s", "-1"], "--load-poll-interval-s", ">= 0"),
+    (["sim", "--rate-scale", "0"], "--rate-scale", "must be a finite number > 0"),
+    (["sim", "--policy", "fair@x=1"], "--policy", "unknown parameter 'x'"),
+])
+def test_bad_sim_and_capacity_flags_one_line_naming_the_flag_exit_2(capsys, argv, flag, words):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--trace", "azure-code", "--limit", "20", "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"sglang-fair {argv[0]}: {flag}: ") and words in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--requests", "0"], "--requests must be >= 1"),
+    (["--rate-scale", "0"], "--rate-scale must be > 0"),
+    (["--rate-scale", "nan"], "--rate-scale must be > 0"),
+    (["--length-scale", "-1"], "--length-scale must be > 0"),
+    (["--max-prompt-tokens", "0"], "--max-prompt-tokens must be >= 1"),
+    (["--max-output-tokens", "0"], "--max-output-tokens must be >= 1"),
+    (["--trace", "no-such-trace"], "--trace: trace 'no-such-trace'"),
+])
+def test_bad_demo_flags_exit_before_any_server_starts(argv, words):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", *argv])
+    assert str(exc.value).startswith("sglang-fair demo: ") and words in str(exc.value)

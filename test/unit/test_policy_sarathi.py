@@ -96,6 +96,7 @@ def test_bad_params_rejected(kw):
         SarathiParams(**kw)
 
 
-def test_unknown_param_rejected_by_registry():
-    with pytest.raises(TypeError):
+def test_unknown_param_rejected_by_registry_naming_it_and_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown parameter 'budget' for policy 'sarathi'; known: token_budget, "
+                                         r"kv_reserve_output_ratio"):
         make_policy("sarathi", budget=5)

@@ -115,7 +115,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.running is None:
         args.running = [256] if args.adapter else [64, 256, 1024]
     if min(args.running) < 0 or args.waiting < 0 or args.repeat < 1 or args.snapshots < 1:
-        raise SystemExit("plan-bench: sizes must be >= 0, --repeat and --snapshots >= 1")
+        raise SystemExit("sglang-fair plan-bench: --running and --waiting must be >= 0, --repeat and --snapshots >= 1")
+    bad = [p for p in args.policies or () if p not in policy_names()]
+    if bad:
+        raise SystemExit(f"sglang-fair plan-bench: --policies: unknown {', '.join(bad)}; choose from "
+                         f"{', '.join(policy_names())}")
+    try:
+        cost = load_preset(args.cost_model)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"sglang-fair plan-bench: --cost-model: {exc}") from None
     if args.adapter:
         from .adapter_bench import DEFAULT_POLICIES, format_table, run_adapter_bench
         rows = run_adapter_bench(args.policies or list(DEFAULT_POLICIES), args.running, args.waiting, args.repeat,
@@ -123,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n" if args.json else format_table(rows) + "\n")
         return 0
     policies = args.policies or policy_names()
-    rows = run_bench(policies, args.running, args.waiting, args.repeat, args.snapshots, load_preset(args.cost_model))
+    rows = run_bench(policies, args.running, args.waiting, args.repeat, args.snapshots, cost)
     if args.json:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n")
     else:

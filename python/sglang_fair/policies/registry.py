@@ -4,6 +4,7 @@ built-in policies first."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Protocol
 
 from ..core.types import Plan, Snapshot
@@ -33,8 +34,22 @@ def policy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_policy(name: str, **params) -> Policy:
-    """Build a registered policy; `params` are its config dataclass fields (unknown keys raise)."""
+def policy_params(name: str) -> list[str]:
+    """The parameter names a registered policy takes (its default instance's `params` dataclass fields)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    params = getattr(_REGISTRY[name](), "params", None)
+    return [f.name for f in dataclasses.fields(params)] if dataclasses.is_dataclass(params) else []
+
+
+def make_policy(name: str, **params) -> Policy:
+    """Build a registered policy; `params` are its config dataclass fields. An unknown policy or parameter raises
+    ValueError naming it and the known ones; a bad value raises the policy's own ValueError."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    known = policy_params(name)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} for policy "
+                         f"{name!r}; known: {', '.join(known) or 'none'}")
     return _REGISTRY[name](**params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ import orjson
 from tqdm import tqdm
 
 from ..config import parse_param
+from ..core.checks import FieldError
 from ..core.presets import load_preset
 from ..policies import make_policy
 from .capacity import find_capacity, late_limit, stability_bound_scale
@@ -72,6 +74,10 @@ def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int =
         engine = dataclasses.replace(engine, reject_at_arrival=True)
     limit = late_limit(len(trace)) if stop_late else None
     if name == "windserve":
+        known = [f.name for f in dataclasses.fields(WindServeConfig)]
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} for windserve; known: {', '.join(known)}")
         ws = WindServeConfig(**params)
         return lambda scale: simulate_windserve(trace.scaled(scale), cost, engine, ws, stop_after_late=limit)
     make_policy(name, **params)  # fail fast on a bad spec
@@ -114,16 +120,51 @@ def add_trace_shaping(p: argparse.ArgumentParser) -> None:
                    help="clip each request so prompt + output <= N (the served model's context); the count is reported")
 
 
-def trace_error(command: str, exc: Exception) -> SystemExit:
-    """One line naming the command and the file/line/field (from the loader's message), exit status 2."""
-    print(f"sglang-fair {command}: --trace: {exc}", file=sys.stderr)
+def usage_error(command: str, flag: str, problem) -> SystemExit:
+    """One line naming the command and the flag, exit status 2 (raise what it returns)."""
+    print(f"sglang-fair {command}: {flag}: {problem}", file=sys.stderr)
     return SystemExit(2)
 
 
-def _setup(args):
+def trace_error(command: str, exc: Exception) -> SystemExit:
+    """One line naming the command and the file/line/field (from the loader's message), exit status 2."""
+    return usage_error(command, "--trace", exc)
+
+
+FLAG_OF_FIELD = {"kv_capacity_tokens": "--kv-capacity-tokens", "ttft_slo_ms": "--ttft-slo-ms",
+                 "tpot_slo_ms": "--tpot-slo-ms", "noise_cv": "--noise-cv", "seed": "--seed",
+                 "replicas": "--replicas", "router": "--router", "load_poll_interval_s": "--load-poll-interval-s"}
+"""The flag that sets each EngineConfig / ClusterConfig field (errors name the flag, not the field)."""
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_numbers(args) -> None:
+    """The numeric flags no config class checks; the rest are checked where they are built (FLAG_OF_FIELD)."""
     if args.max_context_tokens is not None and args.max_context_tokens < 2:
-        print(f"sglang-fair {args.command}: --max-context-tokens must be >= 2", file=sys.stderr)
-        raise SystemExit(2)
+        raise usage_error(args.command, "--max-context-tokens", "must be >= 2")
+    if args.kv_capacity_tokens < 1:
+        raise usage_error(args.command, "--kv-capacity-tokens", f"must be >= 1, got {args.kv_capacity_tokens}")
+    if args.replicas < 1:
+        raise usage_error(args.command, "--replicas", f"must be >= 1, got {args.replicas}")
+    if args.command == "sim" and not _positive(args.rate_scale):
+        raise usage_error(args.command, "--rate-scale", f"must be a finite number > 0, got {args.rate_scale}")
+    if args.command == "capacity" and not _positive(args.rel_tol):
+        raise usage_error(args.command, "--rel-tol", f"must be a finite number > 0, got {args.rel_tol}")
+
+
+def _runner(command: str, flag: str, trace, spec: str, cost, engine: EngineConfig, **kwargs):
+    """make_runner for one spec given by `flag`; a bad spec or parameter exits with one line naming the flag."""
+    try:
+        return make_runner(trace, spec, cost, engine, **kwargs)
+    except ValueError as exc:
+        raise usage_error(command, flag, f"{spec}: {exc}") from None
+
+
+def _setup(args):
+    _check_numbers(args)
     try:
         trace = load_trace(args.trace, shared=args.shared, seed=args.seed, poisson_rate_rps=args.poisson_rate_rps,
                            limit=args.limit, start_s=args.start_s, duration_s=args.duration_s,
@@ -134,9 +175,17 @@ def _setup(args):
     if trace.context_clipped:
         print(f"sglang-fair {args.command}: --max-context-tokens {args.max_context_tokens}: clipped "
               f"{trace.context_clipped} of {len(trace)} requests", file=sys.stderr)
-    cost = load_preset(args.preset)
-    engine = EngineConfig(kv_capacity_tokens=args.kv_capacity_tokens, ttft_slo_ms=args.ttft_slo_ms,
-                          tpot_slo_ms=args.tpot_slo_ms, noise_cv=args.noise_cv, seed=args.seed)
+    try:
+        cost = load_preset(args.preset)
+    except (OSError, ValueError, KeyError) as exc:
+        raise usage_error(args.command, "--preset", exc) from None
+    try:
+        engine = EngineConfig(kv_capacity_tokens=args.kv_capacity_tokens, ttft_slo_ms=args.ttft_slo_ms,
+                              tpot_slo_ms=args.tpot_slo_ms, noise_cv=args.noise_cv, seed=args.seed)
+        if args.replicas > 1:
+            ClusterConfig(replicas=args.replicas, router=args.router, load_poll_interval_s=args.load_poll_interval_s)
+    except FieldError as exc:
+        raise usage_error(args.command, FLAG_OF_FIELD.get(exc.field, exc.field), exc.problem) from None
     return trace, cost, engine
 
 
@@ -152,8 +201,8 @@ def _header(args, trace) -> dict:
 
 def cmd_sim(args) -> int:
     trace, cost, engine = _setup(args)
-    run = make_runner(trace, args.policy, cost, engine, replicas=args.replicas, router=args.router,
-                      load_poll_interval_s=args.load_poll_interval_s, stop_late=False)
+    run = _runner(args.command, "--policy", trace, args.policy, cost, engine, replicas=args.replicas,
+                  router=args.router, load_poll_interval_s=args.load_poll_interval_s, stop_late=False)
     with tqdm(total=1, desc=f"sim {args.policy} x{args.rate_scale}", file=sys.stderr, disable=args.no_progress):
         res = run(args.rate_scale)
     s = res.summary()
@@ -174,14 +223,18 @@ def cmd_sim(args) -> int:
 def cmd_capacity(args) -> int:
     trace, cost, engine = _setup(args)
     specs = [s for s in args.policies.split(",") if s.strip()]
+    if not specs:
+        raise usage_error(args.command, "--policies", "no policy given")
+    runners = {}
+    for spec in specs:  # every spec checked before the first search starts
+        reps = 1 if spec.startswith("windserve") else args.replicas
+        runners[spec] = [_runner(args.command, "--policies", trace, spec, cost, engine, replicas=reps,
+                                 router=args.router, load_poll_interval_s=args.load_poll_interval_s, stop_late=late)
+                         for late in (True, False)]
     results, searches = {}, {}
     for spec in tqdm(specs, desc="capacity", file=sys.stderr, disable=args.no_progress):
         gpus = 2 if spec.startswith("windserve") else args.replicas
-        reps = 1 if spec.startswith("windserve") else args.replicas
-        run = make_runner(trace, spec, cost, engine, replicas=reps, router=args.router,
-                          load_poll_interval_s=args.load_poll_interval_s)
-        full = make_runner(trace, spec, cost, engine, replicas=reps, router=args.router,
-                           load_poll_interval_s=args.load_poll_interval_s, stop_late=False)
+        run, full = runners[spec]
         res, search = find_capacity(run, trace, cost, args.ttft_slo_ms / 1000.0, args.tpot_slo_ms / 1000.0,
                                     gpus=gpus, rel_tol=args.rel_tol, full_run=full)
         results[spec], searches[spec] = res, search
