@@ -135,6 +135,9 @@ class TestOverlapLoop:
         st = _wait_kv_idle(srv)
         assert st["kv_used_tokens"] == 0 and st["num_running_reqs"] == 0 and st["deferred_now"] == 0
         assert len(_generate(srv, [7, 8, 9], 3)["output_ids"]) == 3  # still serving
+        # The waiting mirror followed the real queue through bursts and aborts without a correction.
+        st = _fair_state(srv)
+        assert st["waiting_full_reads"] > 1 and st["waiting_views_stale_fixed"] == 0
 
 
 @pytest.mark.live
@@ -154,7 +157,7 @@ class TestNormalLoopWithRetraction:
         assert "Retract requests" in srv.log_text() or "Testing retraction" in srv.log_text()
         st = _wait_kv_idle(srv)
         assert st["kv_used_tokens"] == 0 and st["deferred_now"] == 0 and not st["faults"]
-        assert st["planned_iterations"] > 0
+        assert st["planned_iterations"] > 0 and st["waiting_views_stale_fixed"] == 0  # retracted: new queue members
         # Retraction re-prefills prompt + outputs, which may flip a near-tie; the rest must match stock.
         same = sum(o == s or o == a for o, s, a in zip(outs, together, alone))
         assert same >= len(prompts) - 1

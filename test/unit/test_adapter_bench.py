@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sglang_fair.bench.adapter_bench import PARTS, bench_policy, format_table
+from sglang_fair.bench.adapter_bench import PARTS, SNAPSHOT_PARTS, bench_policy, format_table
 from sglang_fair.bench.fake_sched import LoadShape
 from sglang_fair.cli import main
 
@@ -20,8 +20,10 @@ def test_each_timed_step_is_a_planned_and_applied_step(policy):
     assert a["faults"] == {} and a["stock_steps"] == 0
     assert a["planned_steps"] == 2 * (3 + 2)  # warm-up steps included
     assert a["prefill_calls"] > 0 and a["admitted_reqs"] > 0 and a["decode_rows_planned"] > 0
-    for p in PARTS:
-        assert row[f"{p}_median_us"] >= 0 and row[f"{p}_p90_us"] >= row[f"{p}_median_us"]
+    for p in (*PARTS, *SNAPSHOT_PARTS):
+        assert row[f"{p}_median_us"] > 0 and row[f"{p}_p90_us"] >= row[f"{p}_median_us"]
+    for p in SNAPSHOT_PARTS:  # parts of the snapshot, step by step, so no larger at any percentile
+        assert row[f"{p}_median_us"] <= row["snapshot_median_us"] and row[f"{p}_p90_us"] <= row["snapshot_p90_us"]
     assert row["predicted_iteration_median_ms"] > 0 and row["overhead_share_pct"] > 0
     assert policy in format_table([row])
 

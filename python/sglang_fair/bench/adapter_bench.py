@@ -7,7 +7,8 @@ instance (default 256 running, 1000 waiting):
   SGLang's own get_new_batch_prefill - a stand-in that admits the narrowed queue, its time excluded as the adapter
   excludes it from its own overhead - and restoring the waiting queue),
 - `on_run_batch` / `on_result` around the forward (cost features, token times, online cost fit).
-Parts: snapshot = `PolicyAdapter.snapshot`, plan = `policy.plan`, apply = the rest of rejoin + form_prefill,
+Parts: snapshot = `PolicyAdapter.snapshot` (of which running_views / waiting_views: the snapshot builder's two view
+passes), plan = `policy.plan`, apply = the rest of rejoin + form_prefill,
 measure = on_run_batch + on_result; cpu = this thread's CPU time over snapshot + plan + apply (leaves out the time
 the thread was descheduled on a busy machine). Between steps (not timed) the decoded rows get a token and admitted
 requests are replaced by new arrivals, so the sizes stay put. Each seed is a fresh scheduler and adapter run for
@@ -29,6 +30,8 @@ from ..policies import make_policy
 from .fake_sched import EXTEND, MIXED, FakeBatch, LoadShape, loaded_scheduler, waiting_req
 
 PARTS = ("snapshot", "plan", "apply", "measure")
+SNAPSHOT_PARTS = ("running_views", "waiting_views")
+"""Parts of the snapshot reported besides the four: the builder's running views and the waiting mirror's update."""
 WARMUP_STEPS = 2
 DEFAULT_POLICIES = ("fair", "sarathi", "slai")
 
@@ -38,8 +41,12 @@ class _Timed:
 
     def __init__(self, adapter: PolicyAdapter) -> None:
         self.snapshot_ns = self.plan_ns = self.original_ns = 0
+        self.sub_ns = dict.fromkeys(SNAPSHOT_PARTS, 0)
         self.predicted_s = 0.0
         inner_snapshot, inner_plan = adapter.snapshot, adapter.policy.plan
+        builder = adapter.builder
+        for part, (obj, method) in zip(SNAPSHOT_PARTS, ((builder, "_running_views"), (builder.waiting, "update"))):
+            setattr(obj, method, self._timed_part(part, getattr(obj, method)))
 
         def snapshot(*args, **kwargs):
             t0 = time.perf_counter_ns()
@@ -59,6 +66,14 @@ class _Timed:
         adapter.policy = SimpleNamespace(plan=plan)
         self.counts = {"prefill_calls": 0, "admitted_reqs": 0, "decode_rows_planned": 0}
 
+    def _timed_part(self, part: str, inner):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter_ns()
+            out = inner(*args, **kwargs)
+            self.sub_ns[part] += time.perf_counter_ns() - t0
+            return out
+        return timed
+
     def original(self, sched, running_batch):
         """SGLang's get_new_batch_prefill as the stand-in: admits the whole (narrowed) waiting queue."""
         t0 = time.perf_counter_ns()
@@ -73,6 +88,7 @@ class _Timed:
 
     def reset(self) -> None:
         self.snapshot_ns = self.plan_ns = self.original_ns = 0
+        self.sub_ns = dict.fromkeys(SNAPSHOT_PARTS, 0)
 
 
 def _step(ad: PolicyAdapter, timed: _Timed, sched, rng: np.random.Generator, shape: LoadShape,
@@ -105,6 +121,7 @@ def _step(ad: PolicyAdapter, timed: _Timed, sched, rng: np.random.Generator, sha
     apply_ns = (t1 - t0) - timed.snapshot_ns - timed.plan_ns - timed.original_ns
     return {"snapshot": timed.snapshot_ns / 1e3, "plan": timed.plan_ns / 1e3, "apply": apply_ns / 1e3,
             "measure": ((t3 - t2) + (t5 - t4)) / 1e3, "predicted_ms": timed.predicted_s * 1e3,
+            **{part: ns / 1e3 for part, ns in timed.sub_ns.items()},
             "cpu": (c1 - c0 - timed.original_ns) / 1e3}
 
 
@@ -150,7 +167,7 @@ def _summary(policy: str, shape: LoadShape, samples: list[dict[str, float]], app
     row: dict = {"policy": policy, "running": shape.running, "waiting": shape.waiting, "steps": len(samples)}
     totals = [sum(s[p] for p in PARTS) for s in samples]
     core = [s["snapshot"] + s["plan"] + s["apply"] for s in samples]
-    for name in PARTS:
+    for name in (*PARTS, *SNAPSHOT_PARTS):
         xs = [s[name] for s in samples]
         row[f"{name}_median_us"] = round(statistics.median(xs), 1)
         row[f"{name}_p90_us"] = _pct(xs, 90)
@@ -175,6 +192,7 @@ def run_adapter_bench(policies: list[str], running: list[int], waiting: int, ste
 def format_table(rows: list[dict]) -> str:
     head = f"{'policy':<10}{'running':>8}{'waiting':>8}" + "".join(f"{p + ' med/p90 us':>24}" for p in PARTS)
     head += f"{'s+p+a med/p90 us':>20}{'cpu us':>9}{'total med us':>14}{'iter ms':>9}{'share %':>9}"
+    head += f"{'views run/wait med us':>23}"
     lines = [head]
     for r in rows:
         line = f"{r['policy']:<10}{r['running']:>8}{r['waiting']:>8}"
@@ -183,5 +201,6 @@ def format_table(rows: list[dict]) -> str:
         line += f"{r['snapshot_plan_apply_median_cpu_us']:>9.1f}{r['total_median_us']:>14.1f}"
         line += f"{r['predicted_iteration_median_ms']:>9.2f}"
         line += f"{r['overhead_share_pct'] if r['overhead_share_pct'] is not None else float('nan'):>9.3f}"
+        line += f"{r['running_views_median_us']:>15.1f}/{r['waiting_views_median_us']:<7.1f}"
         lines.append(line)
     return "\n".join(lines)

@@ -12,6 +12,7 @@ kind). With policy "off" no adapter is created and no hook changes behaviour.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import time
@@ -57,7 +58,7 @@ class PolicyAdapter:
             atexit.register(self._save_at_exit)
         self.builder = SnapshotBuilder(cfg.slo)
         self.mixing_bans = sglang_view.mixing_bans(sched)
-        self.prefix_matcher = sglang_view.PrefixMatcher()
+        self.prefix_matcher = sglang_view.PrefixMatcher(on_match=self.builder.waiting.touch)
         self.parking = deferral.Parking()
         self.running_views = deferral.install_running_view(sched, self.parking)
         self.horizon_s = (cfg.load_horizon_ms or cfg.slo.ttft_slo_ms) / 1000.0
@@ -113,12 +114,14 @@ class PolicyAdapter:
 
     def snapshot(self, running_reqs, now: float | None = None) -> Snapshot:
         running_reqs = list(running_reqs)
-        return self.builder.build(self.sched, running_reqs, now=time.perf_counter() if now is None else now,
-                                  cost=self.cost, recent_iter_s=self.recent_iter_s,
-                                  mixing_allowed=self.mixing_allowed(running_reqs))
+        snap = self.builder.build(self.sched, running_reqs, now=time.perf_counter() if now is None else now,
+                                  cost=self.cost, recent_iter_s=self.recent_iter_s)
+        return snap if self.mixing_allowed(running_reqs) else dataclasses.replace(snap, mixing_allowed=False)
 
     def mixing_allowed(self, running_reqs) -> bool:
-        return not self.mixing_bans and sglang_view.mixing_allowed(self.sched, running_reqs)
+        """After a snapshot (it reads the waiting mirror the snapshot updated)."""
+        return not self.mixing_bans and sglang_view.mixing_allowed(running_reqs, self.sched.chunked_req,
+                                                                   self.builder.waiting.blocks_mixing)
 
     # ---- hook bodies --------------------------------------------------------------------------------------------
     def rejoin(self, running_batch):
@@ -136,14 +139,10 @@ class PolicyAdapter:
             problem = plan_problem(plan, snap)
         except Exception as exc:  # a policy bug must not take the server down
             self._fault("policy_exception", f"{type(exc).__name__}: {exc}")
-            self.stock_iterations += 1
-            with sglang_view.grammar_queue_hidden(sched):  # polled above: once per step on every rank
-                return original(sched, running_batch)
+            return self._stock_step(original, sched, running_batch)
         if problem is not None:
             self._fault("invalid_plan", problem)
-            self.stock_iterations += 1
-            with sglang_view.grammar_queue_hidden(sched):
-                return original(sched, running_batch)
+            return self._stock_step(original, sched, running_batch)
         self.planned_iterations += 1
         self.recent_plans.append({"t_s": t0, "running": len(snap.running), "decode": len(plan.decode),
                                   "first_token_known": sum(r.first_token_s is not None for r in snap.running),
@@ -181,6 +180,7 @@ class PolicyAdapter:
                 result = original(sched, running_batch)
             finally:
                 ctl.restore()
+                self.builder.waiting.touch(reqs)  # SGLang matched their prefixes; the ones not admitted still wait
             t0 += time.perf_counter() - t_orig  # exclude SGLang's own batch building from our overhead
             if result.batch_to_run is not None and result.batch_to_run.forward_mode.is_mixed():
                 self.mixed_forwards += 1
@@ -192,6 +192,13 @@ class PolicyAdapter:
         self.overhead_s_max = max(self.overhead_s_max, dt)
         return result
 
+    def _stock_step(self, original, sched, running_batch):
+        """This step as stock SGLang (a policy fault); SGLang works on the whole waiting queue."""
+        self.stock_iterations += 1
+        self.builder.waiting.invalidate()
+        with sglang_view.grammar_queue_hidden(sched):  # polled above: once per step on every rank
+            return original(sched, running_batch)
+
     def _finishing_inflight(self, batch) -> list:
         fn = getattr(self.sched, "_reqs_finishing_inflight", None)
         try:
@@ -200,15 +207,13 @@ class PolicyAdapter:
             return list(batch.reqs)
 
     def _resolve_prefill(self, sched, plan: Plan, snap: Snapshot) -> list:
-        wanted = {rid for rid, _ in plan.prefill}
-        by_rid = {r.rid: r for r in sched.waiting_queue if r.rid in wanted}
         chunked = sched.chunked_req
-        if chunked is not None:
-            by_rid[chunked.rid] = chunked
-        reqs = [by_rid[rid] for rid, _ in plan.prefill]
+        reqs = [chunked if chunked is not None and rid == chunked.rid else self.builder.waiting.req(rid)
+                for rid, _ in plan.prefill]
         # SGLang continues the chunked request first; the last planned item is the only one it may cut.
-        partial_early = any(c < next(v.remaining_prompt_tokens for v in (*snap.prefilling, *snap.waiting)
-                                     if v.rid == rid) for rid, c in plan.prefill[:-1])
+        views = {v.rid: v for v in snap.prefilling}
+        partial_early = any(c < (views.get(rid) or self.builder.waiting.view(rid)).remaining_prompt_tokens
+                            for rid, c in plan.prefill[:-1])
         chunked_not_first = chunked is not None and (reqs[0] is not chunked)
         if partial_early or chunked_not_first:
             self.reordered += 1
@@ -315,6 +320,8 @@ class PolicyAdapter:
             "recent_samples": list(self.recent_samples),
             "recent_plans": list(self.recent_plans),
             "bad_slo_requests": self.builder.bad_slo_requests,
+            "waiting_views_stale_fixed": self.builder.waiting.stale_fixed,
+            "waiting_full_reads": self.builder.waiting.full_reads,
             "recent_request_slos": [{"rid": rid, "ttft_slo_ms": t * 1000.0, "tpot_slo_ms": p * 1000.0, "strict": st}
                                     for rid, (t, p, st) in self.builder.recent_custom_slos.items()],
             "cost_model_saves": self.saver.saves if self.saver is not None else 0,

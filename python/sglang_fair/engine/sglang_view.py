@@ -75,21 +75,29 @@ def mixing_bans(sched) -> list[str]:
     return [flag for attr, flag in _MIXING_BANS if getattr(args, attr, None)]
 
 
-def mixing_allowed(sched, running_reqs) -> bool:
-    """Whether SGLang's mixing condition can hold this step, given the requests that may run or be prefilled."""
-    if any(r.return_logprob or r.beam_group is not None for r in running_reqs):
+def blocks_mixing(queued_req) -> bool:
+    """Whether this queued (waiting or chunked) request keeps SGLang from mixing: it returns logprobs or has input
+    embeddings."""
+    return bool(getattr(queued_req, "return_logprob", False)) or getattr(queued_req, "input_embeds", None) is not None
+
+
+def mixing_allowed(running_reqs, chunked_req, queue_blocks: bool) -> bool:
+    """Whether SGLang's mixing condition can hold this step, given the requests that may run, the chunked request and
+    whether a waiting request blocks mixing (`blocks_mixing` of any; the waiting mirror keeps that count)."""
+    if queue_blocks or (chunked_req is not None and blocks_mixing(chunked_req)):
         return False
-    queued = sched.waiting_queue if sched.chunked_req is None else [sched.chunked_req, *sched.waiting_queue]
-    return not any(r.return_logprob or r.input_embeds is not None for r in queued)
+    return not any(r.return_logprob or r.beam_group is not None for r in running_reqs)
 
 
 class PrefixMatcher:
     """Keeps `req.prefix_len` of waiting requests current (see the module docstring)."""
 
-    def __init__(self, head: int = PREFIX_MATCH_HEAD) -> None:
+    def __init__(self, head: int = PREFIX_MATCH_HEAD, on_match=None) -> None:
         self.head = head
         self._seen: weakref.WeakSet = weakref.WeakSet()
         self.matches = 0
+        self.on_match = on_match
+        """Called with the requests matched in a step (the waiting mirror re-reads their prefix hits)."""
 
     def match(self, sched) -> None:
         tree = sched.tree_cache
@@ -102,12 +110,16 @@ class PrefixMatcher:
         todo = {id(r): r for r in head}
         seen = self._seen
         todo.update((id(r), r) for r in waiting if r not in seen)
+        matched = []
         for req in todo.values():
             if not req.finished():
                 # as SGLang's own rounds: at most all but the last token (which must be computed)
                 match_kv_cache(req, tree, max_prefix_len=max(len(req.origin_input_ids) + len(req.output_ids) - 1, 0))
                 seen.add(req)
-                self.matches += 1
+                matched.append(req)
+        self.matches += len(matched)
+        if self.on_match is not None and matched:
+            self.on_match(matched)
 
 
 def unmerged_rows(sched, counted: list) -> list:

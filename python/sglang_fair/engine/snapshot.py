@@ -28,7 +28,8 @@ from the previous snapshot, for the same Req object in the same state, is reused
 - running, key = output count, last_decode_finish_time, prefill_finished_time and the TokenTimes entry; when only
   the key changed (a new token) the view is rebuilt from these and the previous view's fixed fields;
 - prefilling: always built (one request);
-- waiting, key = output count and prefix_len.
+- waiting: kept by `waiting_mirror.WaitingMirror`, which is told what changed (queue membership by identity, prefix
+  hits the adapter caused) instead of reading every queued Req each step, and re-reads the whole queue periodically.
 The other inputs are fixed while a request stays in one state: rid, prompt ids, sampling params (SLOs,
 max_new_tokens) and scheduler_recv_time from intake on; wait_queue_entry_time and, for a retracted request, the
 output ids change only as the request (re-)enters the queue, after a snapshot in which it was running, which
@@ -45,6 +46,7 @@ from typing import Iterable
 from ..config import SLO_KEYS, SloConfig, parse_request_slos
 from ..core.cost_model import CostModel
 from ..core.types import ReqView, Snapshot, fast_view
+from .waiting_mirror import FULL_CHECK_EVERY, WaitingMirror
 
 _BY_ARRIVAL = attrgetter("arrival_s")
 
@@ -56,7 +58,7 @@ class SnapshotBuilder:
 
     RECENT_CUSTOM = 32
 
-    def __init__(self, slo: SloConfig) -> None:
+    def __init__(self, slo: SloConfig, full_check_every: int = FULL_CHECK_EVERY) -> None:
         self.slo = slo
         self.token_times = TokenTimes()
         self.bad_slo_requests = 0
@@ -65,8 +67,8 @@ class SnapshotBuilder:
         """rid -> (ttft_slo_s, tpot_slo_s, strict) of the latest requests that carried their own SLOs (bounded)."""
         self._running: dict[str, tuple] = {}
         """rid -> (req, key, view) of the latest snapshot's running requests."""
-        self._waiting: dict[str, tuple] = {}
-        """rid -> (req, output count, prefix_len, view) of the latest snapshot's waiting requests."""
+        self.waiting = WaitingMirror(lambda req: self.view(req, "waiting"), full_check_every)
+        """The waiting queue's views, kept in step by what changed (engine/waiting_mirror.py)."""
         self.views_reused = self.views_updated = self.views_built = 0
         """Views since start taken unchanged from the previous snapshot / rebuilt from the previous view's fixed
         fields (a running request's new token) / built from the Req."""
@@ -138,37 +140,15 @@ class SnapshotBuilder:
         self.views_reused += len(out) - built - updated
         return out
 
-    def _waiting_views(self, queue, skip) -> list[ReqView]:
-        old, new = self._waiting, {}
-        get = old.get
-        out = []
-        built = 0
-        for r in queue:
-            rid = r.rid
-            if rid == skip or r.finished():
-                continue
-            n_out, prefix = len(r.output_ids), r.prefix_len
-            hit = get(rid)
-            if hit is not None and hit[0] is r and hit[1] == n_out and hit[2] == prefix:
-                new[rid] = hit
-                out.append(hit[3])
-            else:
-                v = self.view(r, "waiting")
-                built += 1
-                new[rid] = (r, n_out, prefix, v)
-                out.append(v)
-        self._waiting = new
-        self.views_built += built
-        self.views_reused += len(out) - built
-        out.sort(key=_BY_ARRIVAL)  # stable, as sorted() was
-        return out
-
     def build(self, sched, running_reqs: Iterable, *, now: float, cost: CostModel,
               recent_iter_s: float = 0.0, mixing_allowed: bool = True) -> Snapshot:
         running = self._running_views(running_reqs)
         chunked = sched.chunked_req
         prefilling = (self.view(chunked, "prefilling"),) if chunked is not None and not chunked.finished() else ()
-        waiting = self._waiting_views(sched.waiting_queue, chunked.rid if chunked is not None else None)
+        built = self.waiting.update(sched.waiting_queue)
+        waiting = self.waiting.views(chunked.rid if chunked is not None else None)
+        self.views_built += built
+        self.views_reused += len(waiting) - built
         capacity, used = kv_usage(sched)
         return Snapshot(now=now, running=tuple(running), prefilling=prefilling, waiting=tuple(waiting),
                         kv_capacity_tokens=capacity, kv_used_tokens=used, cost=cost, recent_iter_s=recent_iter_s,
