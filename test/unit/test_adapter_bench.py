@@ -44,8 +44,10 @@ def test_cli_json(capsys):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--policies", "fair", "nope"], "--policies: unknown nope"),
-    (["--adapter", "--policies", "nope"], "--policies: unknown nope"),
+    (["--policies", "fair", "nope"], "--policies: nope: unknown policy 'nope'"),
+    (["--policies", "fair@nope=1"], "--policies: fair@nope=1: unknown parameter 'nope' for policy 'fair'"),
+    (["--adapter", "--policies", "nope"], "--policies: nope: unknown policy 'nope'"),
+    (["--adapter", "--policies", "fair@admission=off"], "by name, without parameters"),
     (["--cost-model", "nope"], "--cost-model: unknown cost-model preset 'nope'"),
     (["--repeat", "0"], "--repeat and --snapshots >= 1"),
 ])
@@ -53,3 +55,11 @@ def test_bad_flags_exit_with_a_message_naming_the_flag(argv, words):
     with pytest.raises(SystemExit) as exc:
         main(["plan-bench", *argv])
     assert str(exc.value).startswith("sglang-fair plan-bench: ") and words in str(exc.value)
+
+
+def test_plan_bench_times_a_policy_spec_with_parameters(capsys):
+    spec = "fair@admission=demote-longest@demote_max_wait_ttft=5"
+    assert main(["plan-bench", "--json", "--policies", "fair", spec, "--running", "8", "--waiting", "40",
+                 "--repeat", "1", "--snapshots", "2"]) == 0
+    rows = orjson.loads(capsys.readouterr().out)
+    assert [r["policy"] for r in rows] == ["fair", spec] and all(r["median_us"] > 0 for r in rows)

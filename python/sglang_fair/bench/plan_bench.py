@@ -76,13 +76,23 @@ def time_policy(policy, snaps: list[Snapshot], repeat: int) -> tuple[list[float]
     return wall, cpu
 
 
+def policy_from_spec(spec: str, adapter: bool = False):
+    """A policy from a spec as `sim --policy` takes them (`fair@admission=demote-longest`); the adapter bench takes
+    registered names only."""
+    from ..sim.cli import parse_policy_spec
+    name, params = parse_policy_spec(spec)
+    if adapter and params:
+        raise ValueError("--adapter times registered policies by name, without parameters")
+    return make_policy(name, **params)
+
+
 def run_bench(policies: list[str], running: list[int], waiting: int, repeat: int, snapshots: int,
               cost: CostModel) -> list[dict]:
     rows = []
     for n in running:
         snaps = [bench_snapshot(n, waiting, seed, cost) for seed in range(snapshots)]
         for name in policies:
-            pol = make_policy(name)
+            pol = policy_from_spec(name)
             time_policy(pol, snaps[:2], 1)  # warm-up
             t, c = time_policy(pol, snaps, repeat)
             rows.append({"policy": name, "running": n, "waiting": waiting,
@@ -96,7 +106,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plan-bench", help="median planning time per step of each policy (microseconds)")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {policy, running, waiting, median_us, p90_us, median_cpu_us}")
-    p.add_argument("--policies", nargs="+", default=None, help="policies to time (default: all registered)")
+    p.add_argument("--policies", nargs="+", default=None,
+                   help="policies to time, as specs like fair@admission=demote-longest (default: all registered)")
     p.add_argument("--running", nargs="+", type=int, default=None,
                    help="running-set sizes (default 64 256 1024; with --adapter 256)")
     p.add_argument("--waiting", type=int, default=1000, help="waiting-queue length")
@@ -116,10 +127,11 @@ def _run(args: argparse.Namespace) -> int:
         args.running = [256] if args.adapter else [64, 256, 1024]
     if min(args.running) < 0 or args.waiting < 0 or args.repeat < 1 or args.snapshots < 1:
         raise SystemExit("sglang-fair plan-bench: --running and --waiting must be >= 0, --repeat and --snapshots >= 1")
-    bad = [p for p in args.policies or () if p not in policy_names()]
-    if bad:
-        raise SystemExit(f"sglang-fair plan-bench: --policies: unknown {', '.join(bad)}; choose from "
-                         f"{', '.join(policy_names())}")
+    for spec in args.policies or ():
+        try:
+            policy_from_spec(spec, adapter=args.adapter)
+        except ValueError as exc:
+            raise SystemExit(f"sglang-fair plan-bench: --policies: {spec}: {exc}") from None
     try:
         cost = load_preset(args.cost_model)
     except (OSError, ValueError, KeyError) as exc:
