@@ -3,6 +3,9 @@ demoted to best effort, served after on-time work, flagged in the plan and count
 
 from __future__ import annotations
 
+import heapq
+import math
+
 import pytest
 from factories import COST, make_req, make_running, make_snapshot, make_trace
 from hypothesis import given
@@ -10,7 +13,8 @@ from test_policy_properties import SETTINGS, assert_valid, snapshots
 
 from sglang_fair.core.metrics import RequestTimes, meets_slo, summarize
 from sglang_fair.policies import make_policy
-from sglang_fair.policies.admission import hopeless_split
+from sglang_fair.policies.admission import hopeless_split, prefill_s, prefill_share
+from sglang_fair.policies.common import edf_key, is_arrival_ordered, merge_edf
 from sglang_fair.policies.fair import FairParams
 from sglang_fair.sim.engine import EngineConfig, simulate
 
@@ -133,3 +137,49 @@ def test_demote_longest_never_picks_an_aged_request():
 def test_the_age_bound_must_be_positive(bad):
     with pytest.raises(ValueError, match="demote_max_wait_ttft"):
         FairParams(demote_max_wait_ttft=bad)
+
+
+def _reference_split(snap, longest=False, aged_after_ttft=math.inf):
+    """hopeless_split as first written (one request at a time, prefill_s per request; demoted requests re-sorted in
+    the order the queue was walked, where the first version sorted them by edf_key, which differs only on ties): the
+    bulk version must match."""
+    now, share = snap.now, prefill_share(snap)
+    waiting = snap.waiting  # EDF: kept as it is when arrival-ordered with one TTFT SLO (ties in list order)
+    if not (len({r.ttft_slo_s for r in waiting}) == 1 and is_arrival_ordered(waiting)):
+        waiting = sorted(waiting, key=edf_key)
+    on_time, demoted, kept, ahead = [], [], [], 0.0
+    walked = list(merge_edf(snap.prefilling, iter(waiting)))
+    position = {id(r): i for i, (r, _) in enumerate(walked)}
+    for r, is_waiting in walked:
+        t = prefill_s(snap.cost, r)
+        late = now + (ahead + t) / share > r.arrival_s + r.ttft_slo_s
+        aged = is_waiting and now - r.arrival_s > aged_after_ttft * r.ttft_slo_s
+        if is_waiting and late and not longest and not aged:
+            demoted.append(r)
+            continue
+        ahead += t
+        if is_waiting:
+            if not aged:
+                heapq.heappush(kept, (-t, len(on_time)))
+            on_time.append(r)
+        if late and longest and kept:
+            neg_t, i = heapq.heappop(kept)
+            ahead += neg_t
+            demoted.append(on_time[i])
+            on_time[i] = None
+    if longest and demoted:
+        on_time = [r for r in on_time if r is not None]
+        demoted.sort(key=lambda r: position[id(r)])
+    return on_time, demoted
+
+
+@pytest.mark.parametrize("longest", [False, True])
+@pytest.mark.parametrize("aged_after_ttft", [math.inf, 2.0, 0.5])
+@SETTINGS
+@given(snap=snapshots())
+def test_bulk_hopeless_split_equals_the_one_request_at_a_time_reference(longest, aged_after_ttft, snap):
+    if not snap.waiting:
+        return
+    got = hopeless_split(snap, longest=longest, aged_after_ttft=aged_after_ttft)
+    want = _reference_split(snap, longest=longest, aged_after_ttft=aged_after_ttft)
+    assert [[r.rid for r in part] for part in got] == [[r.rid for r in part] for part in want]

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from bisect import bisect_left
 from heapq import heappop, heappush
+
+import numpy as np
 
 from ..core.types import ReqView, Snapshot
 from .common import decode_time_s, edf_key, is_arrival_ordered, merge_edf
@@ -24,6 +27,50 @@ def prefill_share(snap: Snapshot) -> float:
     cost = snap.cost
     step = cost.base_s + decode_time_s(cost, snap.running)
     return max(0.05, 1.0 - step / min([r.tpot_slo_s for r in snap.running]))
+
+
+def _edf_walk(prefilling, waiting) -> tuple[list[ReqView], list[bool] | None, list[float]]:
+    """The queue in EDF order as `merge_edf(prefilling, waiting in EDF order)` walks it: (requests, whether each came
+    from `waiting` (None: all did), TTFT deadlines). `waiting` keeps its order when it is arrival-ordered with one TTFT
+    SLO (ties in list order), else it is sorted by `edf_key`; each partial prefill goes before the first waiting
+    request whose `edf_key` is not smaller, found by bisection on the (non-decreasing) deadlines."""
+    ttft0 = waiting[0].ttft_slo_s
+    if not (all([r.ttft_slo_s == ttft0 for r in waiting]) and is_arrival_ordered(waiting)):
+        keys = [(r.arrival_s + r.ttft_slo_s, r.arrival_s, r.rid) for r in waiting]  # edf_key, inline
+        waiting = [waiting[i] for i in sorted(range(len(waiting)), key=keys.__getitem__)]
+    deadlines = [r.arrival_s + r.ttft_slo_s for r in waiting]
+    if not prefilling:
+        return waiting, None, deadlines
+    reqs: list[ReqView] = []
+    from_queue: list[bool] = []
+    limits: list[float] = []
+    lo, n = 0, len(waiting)
+    for p in sorted(prefilling, key=edf_key):
+        key, deadline = edf_key(p), p.arrival_s + p.ttft_slo_s
+        j = bisect_left(deadlines, deadline, lo)
+        while j < n and deadlines[j] == deadline and not key <= edf_key(waiting[j]):
+            j += 1
+        reqs += waiting[lo:j]
+        from_queue += [True] * (j - lo)
+        limits += deadlines[lo:j]
+        reqs.append(p)
+        from_queue.append(False)
+        limits.append(deadline)
+        lo = j
+    reqs += waiting[lo:]
+    from_queue += [True] * (n - lo)
+    limits += deadlines[lo:]
+    return reqs, from_queue, limits
+
+
+def _prefill_seconds(cost, reqs) -> list[float]:
+    """`prefill_s` of each request, computed in one numpy pass (the same formula, CostModel.fine_prefill_s)."""
+    if not reqs:
+        return []
+    prompt = np.fromiter([r.prompt_tokens for r in reqs], np.float64, len(reqs))
+    prefix = np.fromiter([r.prefilled_tokens for r in reqs], np.float64, len(reqs))
+    rem = prompt - prefix
+    return np.where(rem > 0, cost.fine_prefill_s(rem, prefix), 0.0).tolist()
 
 
 def prefill_s(cost, r: ReqView) -> float:
@@ -54,7 +101,7 @@ def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False,
 
 def hopeless_split(snap: Snapshot, longest: bool = False,
                    aged_after_ttft: float = math.inf) -> tuple[list[ReqView], list[ReqView]]:
-    """(on-time, demoted) waiting requests, each in EDF order. Optimistic estimate of a waiting request's first token:
+    """(on-time, demoted) waiting requests, each in the EDF order the queue is walked in. Optimistic estimate of a waiting request's first token:
     now + (prefill seconds of the EDF queue ahead of it, demoted requests left out, plus its own) / share, where a
     remaining prompt R after prefix x costs R (b + a (x + R / 2)) (infinitely fine chunks, no per-iteration cost) and
     share = 1 - (one decode step of all running requests) / (their smallest TPOT SLO), at least 0.05 (1 without
@@ -67,32 +114,31 @@ def hopeless_split(snap: Snapshot, longest: bool = False,
     `aged_after_ttft` of its TTFT SLOs: it keeps its EDF place (its deadline is long past, so it goes first), which
     bounds how long demotion can postpone a request under sustained overload (math.inf: no bound)."""
     now, share = snap.now, prefill_share(snap)
-    waiting = snap.waiting
-    ttft0 = waiting[0].ttft_slo_s
-    if not (all([r.ttft_slo_s == ttft0 for r in waiting]) and is_arrival_ordered(waiting)):
-        waiting = sorted(waiting, key=edf_key)
-    on_time: list[ReqView] = []
-    demoted: list[ReqView] = []
+    reqs, from_queue, limits = _edf_walk(snap.prefilling, snap.waiting)
+    # Per-request inputs in bulk (the loop below runs once per queued request every step, so it touches only floats)
+    secs = _prefill_seconds(snap.cost, reqs)
+    aged_flags = [now - r.arrival_s > aged_after_ttft * r.ttft_slo_s for r in reqs]
+    on_time: list[int] = []  # positions in `reqs` (EDF order)
+    demoted: list[int] = []
     kept: list[tuple[float, int]] = []  # (-prefill seconds, index in on_time): the longest kept request on top
     ahead = 0.0
-    for r, is_waiting in merge_edf(snap.prefilling, iter(waiting)):
-        t = prefill_s(snap.cost, r)
-        late = now + (ahead + t) / share > r.arrival_s + r.ttft_slo_s
-        aged = is_waiting and now - r.arrival_s > aged_after_ttft * r.ttft_slo_s
+    for i, t in enumerate(secs):
+        late = now + (ahead + t) / share > limits[i]
+        is_waiting = from_queue is None or from_queue[i]
+        aged = is_waiting and aged_flags[i]
         if is_waiting and late and not longest and not aged:
-            demoted.append(r)
+            demoted.append(i)
             continue
         ahead += t
         if is_waiting:
             if not aged:
                 heappush(kept, (-t, len(on_time)))
-            on_time.append(r)
+            on_time.append(i)
         if late and longest and kept:  # a partial prefill can be late too: drop the longest waiting one
-            neg_t, i = heappop(kept)
+            neg_t, j = heappop(kept)
             ahead += neg_t
-            demoted.append(on_time[i])
-            on_time[i] = None
+            demoted.append(on_time[j])
+            on_time[j] = -1
     if longest and demoted:
-        on_time = [r for r in on_time if r is not None]
-        demoted.sort(key=edf_key)
-    return on_time, demoted
+        demoted.sort()  # EDF order, as the queue was walked
+    return [reqs[i] for i in on_time if i >= 0], [reqs[i] for i in demoted]
