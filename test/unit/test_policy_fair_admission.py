@@ -140,17 +140,13 @@ def test_the_age_bound_must_be_positive(bad):
 
 
 def _reference_split(snap, longest=False, aged_after_ttft=math.inf):
-    """hopeless_split as first written (one request at a time, prefill_s per request; demoted requests re-sorted in
-    the order the queue was walked, where the first version sorted them by edf_key, which differs only on ties): the
-    bulk version must match."""
+    """hopeless_split as first written (one request at a time, prefill_s per request): the bulk version must match."""
     now, share = snap.now, prefill_share(snap)
     waiting = snap.waiting  # EDF: kept as it is when arrival-ordered with one TTFT SLO (ties in list order)
     if not (len({r.ttft_slo_s for r in waiting}) == 1 and is_arrival_ordered(waiting)):
         waiting = sorted(waiting, key=edf_key)
     on_time, demoted, kept, ahead = [], [], [], 0.0
-    walked = list(merge_edf(snap.prefilling, iter(waiting)))
-    position = {id(r): i for i, (r, _) in enumerate(walked)}
-    for r, is_waiting in walked:
+    for r, is_waiting in merge_edf(snap.prefilling, iter(waiting)):
         t = prefill_s(snap.cost, r)
         late = now + (ahead + t) / share > r.arrival_s + r.ttft_slo_s
         aged = is_waiting and now - r.arrival_s > aged_after_ttft * r.ttft_slo_s
@@ -169,7 +165,7 @@ def _reference_split(snap, longest=False, aged_after_ttft=math.inf):
             on_time[i] = None
     if longest and demoted:
         on_time = [r for r in on_time if r is not None]
-        demoted.sort(key=lambda r: position[id(r)])
+        demoted.sort(key=edf_key)
     return on_time, demoted
 
 

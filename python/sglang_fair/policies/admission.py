@@ -12,11 +12,13 @@ import dataclasses
 import math
 from bisect import bisect_left
 from heapq import heappop, heappush
+from itertools import islice
+from operator import eq, le
 
 import numpy as np
 
 from ..core.types import ReqView, Snapshot
-from .common import decode_time_s, edf_key, is_arrival_ordered, merge_edf
+from .common import decode_time_s, edf_key
 
 
 def prefill_share(snap: Snapshot) -> float:
@@ -29,18 +31,23 @@ def prefill_share(snap: Snapshot) -> float:
     return max(0.05, 1.0 - step / min([r.tpot_slo_s for r in snap.running]))
 
 
-def _edf_walk(prefilling, waiting) -> tuple[list[ReqView], list[bool] | None, list[float]]:
-    """The queue in EDF order as `merge_edf(prefilling, waiting in EDF order)` walks it: (requests, whether each came
-    from `waiting` (None: all did), TTFT deadlines). `waiting` keeps its order when it is arrival-ordered with one TTFT
-    SLO (ties in list order), else it is sorted by `edf_key`; each partial prefill goes before the first waiting
-    request whose `edf_key` is not smaller, found by bisection on the (non-decreasing) deadlines."""
+def _edf_walk(prefilling, waiting) -> tuple[list[ReqView], list[bool] | None, list[float], bool]:
+    """The queue in EDF order as `common.merge_edf(prefilling, waiting in EDF order)` walks it: (requests, whether each came
+    from `waiting` (None: all did), TTFT deadlines, whether the walk may differ from `edf_key` order). `waiting`
+    keeps its order when it is arrival-ordered with one TTFT SLO (equal arrivals then stay in list order, not by rid:
+    the last flag), else it is sorted by `edf_key`; each partial prefill goes before the first waiting request whose
+    `edf_key` is not smaller, found by bisection on the (non-decreasing) deadlines."""
     ttft0 = waiting[0].ttft_slo_s
-    if not (all([r.ttft_slo_s == ttft0 for r in waiting]) and is_arrival_ordered(waiting)):
+    arrivals = [r.arrival_s for r in waiting]
+    if all([r.ttft_slo_s == ttft0 for r in waiting]) and all(map(le, arrivals, islice(arrivals, 1, None))):
+        list_ties = any(map(eq, arrivals, islice(arrivals, 1, None)))
+    else:
         keys = [(r.arrival_s + r.ttft_slo_s, r.arrival_s, r.rid) for r in waiting]  # edf_key, inline
         waiting = [waiting[i] for i in sorted(range(len(waiting)), key=keys.__getitem__)]
+        list_ties = False
     deadlines = [r.arrival_s + r.ttft_slo_s for r in waiting]
     if not prefilling:
-        return waiting, None, deadlines
+        return waiting, None, deadlines, list_ties
     reqs: list[ReqView] = []
     from_queue: list[bool] = []
     limits: list[float] = []
@@ -60,7 +67,7 @@ def _edf_walk(prefilling, waiting) -> tuple[list[ReqView], list[bool] | None, li
     reqs += waiting[lo:]
     from_queue += [True] * (n - lo)
     limits += deadlines[lo:]
-    return reqs, from_queue, limits
+    return reqs, from_queue, limits, list_ties
 
 
 def _prefill_seconds(cost, reqs) -> list[float]:
@@ -101,7 +108,7 @@ def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False,
 
 def hopeless_split(snap: Snapshot, longest: bool = False,
                    aged_after_ttft: float = math.inf) -> tuple[list[ReqView], list[ReqView]]:
-    """(on-time, demoted) waiting requests, each in the EDF order the queue is walked in. Optimistic estimate of a waiting request's first token:
+    """(on-time, demoted) waiting requests, each in EDF order. Optimistic estimate of a waiting request's first token:
     now + (prefill seconds of the EDF queue ahead of it, demoted requests left out, plus its own) / share, where a
     remaining prompt R after prefix x costs R (b + a (x + R / 2)) (infinitely fine chunks, no per-iteration cost) and
     share = 1 - (one decode step of all running requests) / (their smallest TPOT SLO), at least 0.05 (1 without
@@ -114,7 +121,7 @@ def hopeless_split(snap: Snapshot, longest: bool = False,
     `aged_after_ttft` of its TTFT SLOs: it keeps its EDF place (its deadline is long past, so it goes first), which
     bounds how long demotion can postpone a request under sustained overload (math.inf: no bound)."""
     now, share = snap.now, prefill_share(snap)
-    reqs, from_queue, limits = _edf_walk(snap.prefilling, snap.waiting)
+    reqs, from_queue, limits, list_ties = _edf_walk(snap.prefilling, snap.waiting)
     # Per-request inputs in bulk (the loop below runs once per queued request every step, so it touches only floats)
     secs = _prefill_seconds(snap.cost, reqs)
     aged_flags = [now - r.arrival_s > aged_after_ttft * r.ttft_slo_s for r in reqs]
@@ -139,6 +146,6 @@ def hopeless_split(snap: Snapshot, longest: bool = False,
             ahead += neg_t
             demoted.append(on_time[j])
             on_time[j] = -1
-    if longest and demoted:
-        demoted.sort()  # EDF order, as the queue was walked
+    if longest and demoted:  # popped ones came out of order: EDF order again
+        demoted.sort(key=(lambda i: edf_key(reqs[i])) if list_ties else None)
     return [reqs[i] for i in on_time if i >= 0], [reqs[i] for i in demoted]
