@@ -40,15 +40,12 @@ SLOs are parsed when a view is built from the Req, so `recent_custom_slos` recor
 from __future__ import annotations
 
 import collections
-from operator import attrgetter
 from typing import Iterable
 
 from ..config import SLO_KEYS, SloConfig, parse_request_slos
 from ..core.cost_model import CostModel
 from ..core.types import ReqView, Snapshot, fast_view
 from .waiting_mirror import FULL_CHECK_EVERY, WaitingMirror
-
-_BY_ARRIVAL = attrgetter("arrival_s")
 
 
 class SnapshotBuilder:
@@ -141,7 +138,7 @@ class SnapshotBuilder:
         return out
 
     def build(self, sched, running_reqs: Iterable, *, now: float, cost: CostModel,
-              recent_iter_s: float = 0.0, mixing_allowed: bool = True) -> Snapshot:
+              recent_iter_s: float = 0.0) -> Snapshot:
         running = self._running_views(running_reqs)
         chunked = sched.chunked_req
         prefilling = (self.view(chunked, "prefilling"),) if chunked is not None and not chunked.finished() else ()
@@ -151,8 +148,7 @@ class SnapshotBuilder:
         self.views_reused += len(waiting) - built
         capacity, used = kv_usage(sched)
         return Snapshot(now=now, running=tuple(running), prefilling=prefilling, waiting=tuple(waiting),
-                        kv_capacity_tokens=capacity, kv_used_tokens=used, cost=cost, recent_iter_s=recent_iter_s,
-                        mixing_allowed=mixing_allowed)
+                        kv_capacity_tokens=capacity, kv_used_tokens=used, cost=cost, recent_iter_s=recent_iter_s)
 
 
 class TokenTimes:

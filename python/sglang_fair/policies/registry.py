@@ -42,14 +42,18 @@ def policy_params(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(params)] if dataclasses.is_dataclass(params) else []
 
 
+def check_params(owner: str, params, known: list[str]) -> None:
+    """Raise ValueError naming the parameters of `params` that `owner` does not take, and the ones it does."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} for "
+                         f"{owner}; known: {', '.join(known) or 'none'}")
+
+
 def make_policy(name: str, **params) -> Policy:
     """Build a registered policy; `params` are its config dataclass fields. An unknown policy or parameter raises
     ValueError naming it and the known ones; a bad value raises the policy's own ValueError."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    known = policy_params(name)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"unknown parameter{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} for policy "
-                         f"{name!r}; known: {', '.join(known) or 'none'}")
+    check_params(f"policy {name!r}", params, policy_params(name))
     return _REGISTRY[name](**params)

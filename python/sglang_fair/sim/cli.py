@@ -21,6 +21,7 @@ from ..config import parse_param
 from ..core.checks import FieldError
 from ..core.presets import load_preset
 from ..policies import make_policy
+from ..policies.registry import check_params
 from .capacity import find_capacity, late_limit, stability_bound_scale
 from .cluster import ROUTERS, ClusterConfig, simulate_cluster
 from .engine import DEFAULT_KV_CAPACITY_TOKENS, EngineConfig, SimResult, simulate
@@ -74,10 +75,7 @@ def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int =
         engine = dataclasses.replace(engine, reject_at_arrival=True)
     limit = late_limit(len(trace)) if stop_late else None
     if name == "windserve":
-        known = [f.name for f in dataclasses.fields(WindServeConfig)]
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise ValueError(f"unknown parameter {unknown[0]!r} for windserve; known: {', '.join(known)}")
+        check_params("windserve", params, [f.name for f in dataclasses.fields(WindServeConfig)])
         ws = WindServeConfig(**params)
         return lambda scale: simulate_windserve(trace.scaled(scale), cost, engine, ws, stop_after_late=limit)
     make_policy(name, **params)  # fail fast on a bad spec
@@ -142,13 +140,9 @@ def _positive(value) -> bool:
 
 
 def _check_numbers(args) -> None:
-    """The numeric flags no config class checks; the rest are checked where they are built (FLAG_OF_FIELD)."""
+    """The flags no config class checks; the rest are checked where they are built (FLAG_OF_FIELD)."""
     if args.max_context_tokens is not None and args.max_context_tokens < 2:
         raise usage_error(args.command, "--max-context-tokens", "must be >= 2")
-    if args.kv_capacity_tokens < 1:
-        raise usage_error(args.command, "--kv-capacity-tokens", f"must be >= 1, got {args.kv_capacity_tokens}")
-    if args.replicas < 1:
-        raise usage_error(args.command, "--replicas", f"must be >= 1, got {args.replicas}")
     if args.command == "sim" and not _positive(args.rate_scale):
         raise usage_error(args.command, "--rate-scale", f"must be a finite number > 0, got {args.rate_scale}")
     if args.command == "capacity" and not _positive(args.rel_tol):
@@ -182,7 +176,7 @@ def _setup(args):
     try:
         engine = EngineConfig(kv_capacity_tokens=args.kv_capacity_tokens, ttft_slo_ms=args.ttft_slo_ms,
                               tpot_slo_ms=args.tpot_slo_ms, noise_cv=args.noise_cv, seed=args.seed)
-        if args.replicas > 1:
+        if args.replicas != 1:  # one replica runs without a router
             ClusterConfig(replicas=args.replicas, router=args.router, load_poll_interval_s=args.load_poll_interval_s)
     except FieldError as exc:
         raise usage_error(args.command, FLAG_OF_FIELD.get(exc.field, exc.field), exc.problem) from None

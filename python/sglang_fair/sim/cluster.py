@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from ..core.checks import check_non_negative, check_positive
+from ..core.checks import check_int_at_least, check_non_negative, check_positive
 from ..core.cost_model import CostModel
 from .engine import EngineConfig, Replica, SimResult, make_requests
 from .routers import ROUTERS, make_router
@@ -33,8 +33,7 @@ class ClusterConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise ValueError("replicas must be >= 1")
+        check_int_at_least("replicas", self.replicas, 1)
         if self.router not in ROUTERS:
             raise ValueError(f"unknown router {self.router!r}; choose one of {', '.join(ROUTERS)}")
         check_non_negative("load_poll_interval_s", self.load_poll_interval_s)

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.checks import check_non_negative, check_positive
+from ..core.checks import check_int_at_least, check_non_negative, check_positive
 from ..core.cost_model import CostModel
 from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
@@ -65,8 +65,8 @@ class EngineConfig:
     (no noise, no separate `iteration_time` or `planning_cost`) the factor is 1 and nothing is computed."""
 
     def __post_init__(self) -> None:
-        if self.kv_capacity_tokens < 1 or self.waiting_view_limit < 1 or self.recent_window < 1:
-            raise ValueError("kv_capacity_tokens, waiting_view_limit and recent_window must be >= 1")
+        for name in ("kv_capacity_tokens", "waiting_view_limit", "recent_window"):
+            check_int_at_least(name, getattr(self, name), 1)
         for name in ("ttft_slo_ms", "tpot_slo_ms", "idle_tick_ms"):
             check_positive(name, getattr(self, name))
         check_non_negative("noise_cv", self.noise_cv)
