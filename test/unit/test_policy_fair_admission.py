@@ -3,17 +3,19 @@ demoted to best effort, served after on-time work, flagged in the plan and count
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 
 import pytest
 from factories import COST, make_req, make_running, make_snapshot, make_trace
 from hypothesis import given
+from hypothesis import strategies as st
 from test_policy_properties import SETTINGS, assert_valid, snapshots
 
 from sglang_fair.core.metrics import RequestTimes, meets_slo, summarize
 from sglang_fair.policies import make_policy
-from sglang_fair.policies.admission import hopeless_split, prefill_s, prefill_share
+from sglang_fair.policies.admission import admission_split, hopeless_split, prefill_s, prefill_share
 from sglang_fair.policies.common import edf_key, is_arrival_ordered, merge_edf
 from sglang_fair.policies.fair import FairParams
 from sglang_fair.sim.engine import EngineConfig, simulate
@@ -179,3 +181,70 @@ def test_bulk_hopeless_split_equals_the_one_request_at_a_time_reference(longest,
     got = hopeless_split(snap, longest=longest, aged_after_ttft=aged_after_ttft)
     want = _reference_split(snap, longest=longest, aged_after_ttft=aged_after_ttft)
     assert [[r.rid for r in part] for part in got] == [[r.rid for r in part] for part in want]
+
+
+def _head_length(snap):
+    """How many of the oldest waiting requests have a TTFT deadline already behind `now` (the windowed split's head)."""
+    s = 0
+    for r in snap.waiting:
+        if not r.arrival_s + r.ttft_slo_s < snap.now:
+            break
+        s += 1
+    return s
+
+
+@pytest.mark.parametrize("longest", [False, True])
+@pytest.mark.parametrize("aged_after_ttft", [math.inf, 1.5])
+@SETTINGS
+@given(snap=snapshots(), window=st.integers(1, 4))
+def test_the_judging_window_keeps_the_whole_walk_for_a_short_live_queue_and_is_its_spec_beyond(
+        longest, aged_after_ttft, snap, window):
+    if not snap.waiting:
+        return
+    got_on, unjudged, got_dem = admission_split(snap, longest, aged_after_ttft, window)
+    want_on, want_dem = _reference_split(snap, longest=longest, aged_after_ttft=aged_after_ttft)
+    s = _head_length(snap)
+    assert [r.rid for r in hopeless_split(snap, longest, aged_after_ttft, window)[0]] == \
+        [r.rid for r in got_on] + [r.rid for r in unjudged]
+    if len(snap.waiting) - s <= window:  # every request still able to be on time is judged: the whole walk's answer
+        assert unjudged == () and [r.rid for r in got_on] == [r.rid for r in want_on]
+        assert sorted(r.rid for r in got_dem) == sorted(r.rid for r in want_dem)
+        assert [edf_key(r)[:2] for r in got_dem] == sorted(edf_key(r)[:2] for r in got_dem)
+        return
+    # beyond it: the oldest past their deadline are demoted (aged ones judged), `window` more judged, the rest not
+    head = snap.waiting[:s]
+    aged = [r for r in head if snap.now - r.arrival_s > aged_after_ttft * r.ttft_slo_s]
+    reduced = dataclasses.replace(snap, waiting=(*aged, *snap.waiting[s:s + window]))
+    ref_on, ref_dem = _reference_split(reduced, longest=longest, aged_after_ttft=aged_after_ttft)
+    assert [r.rid for r in got_on] == [r.rid for r in ref_on]
+    assert [r.rid for r in unjudged] == [r.rid for r in snap.waiting[s + window:]]
+    past = [r for r in head if r not in aged]
+    assert sorted(r.rid for r in got_dem) == sorted(r.rid for r in past + ref_dem)
+    assert [edf_key(r)[:2] for r in got_dem] == sorted(edf_key(r)[:2] for r in got_dem)
+
+
+@pytest.mark.parametrize("mode", ["demote", "demote-longest"])
+@SETTINGS
+@given(snap=snapshots())
+def test_windowed_admission_plans_are_valid_and_serve_judged_on_time_requests_first(mode, snap):
+    plan = make_policy("fair", admission=mode, admission_window_reqs=2).plan(snap)
+    assert_valid(snap, plan)
+    assert set(plan.demoted) <= {r.rid for r in snap.waiting}
+    order = [rid for rid, _ in plan.prefill]
+    first_demoted = min((order.index(rid) for rid in plan.demoted if rid in order), default=len(order))
+    assert not set(order[first_demoted:]) - set(plan.demoted) - {r.rid for r in snap.prefilling}
+
+
+def test_a_long_queue_is_judged_in_a_window_and_the_late_head_still_goes():
+    # 1 s TTFT; 300 requests arrived 1.5 s ago (late whatever happens) and 300 in the last 0.3 s
+    late = [make_req(f"old{i}", arrival_s=NOW - 1.5 + i * 1e-4, prompt_tokens=100) for i in range(300)]
+    fresh = [make_req(f"new{i}", arrival_s=NOW - 0.3 + i * 1e-4, prompt_tokens=3000 if i % 2 else 50)
+             for i in range(300)]
+    snap = make_snapshot(now=NOW, waiting=late + fresh)
+    on_time, unjudged, demoted = admission_split(snap, longest=True, window=32)
+    assert {r.rid for r in late} <= {r.rid for r in demoted}
+    assert [r.rid for r in unjudged] == [r.rid for r in fresh[32:]]
+    judged_dem = [r for r in demoted if r.rid.startswith("new")]
+    assert judged_dem and all(r.prompt_tokens == 3000 for r in judged_dem)  # the long ones of the window go
+    whole_on, whole_dem = hopeless_split(snap, longest=True)
+    assert {r.rid for r in whole_dem} >= {r.rid for r in late}  # the whole walk agrees on the head

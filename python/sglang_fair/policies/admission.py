@@ -11,23 +11,27 @@ from __future__ import annotations
 import dataclasses
 import math
 from bisect import bisect_left
-from heapq import heappop, heappush
+from heapq import heappop, heappush, heappushpop
 from itertools import islice
-from operator import eq, le
+from typing import Sequence
+from operator import attrgetter, eq, le
 
 import numpy as np
 
 from ..core.types import ReqView, Snapshot
 from .common import decode_time_s, edf_key
 
+_ARRIVAL = attrgetter("arrival_s")
 
-def prefill_share(snap: Snapshot) -> float:
+
+def prefill_share(snap: Snapshot, decode_s: float | None = None) -> float:
     """Fraction of device time left to prefill by the running decodes: 1 - (one decode step of all of them) / (their
-    smallest TPOT SLO), at least 0.05; 1 without running requests."""
+    smallest TPOT SLO), at least 0.05; 1 without running requests. `decode_s`: `decode_time_s` of all running
+    requests, when the caller has it."""
     if not snap.running:
         return 1.0
     cost = snap.cost
-    step = cost.base_s + decode_time_s(cost, snap.running)
+    step = cost.base_s + (decode_time_s(cost, snap.running) if decode_s is None else decode_s)
     return max(0.05, 1.0 - step / min([r.tpot_slo_s for r in snap.running]))
 
 
@@ -39,13 +43,20 @@ def _edf_walk(prefilling, waiting) -> tuple[list[ReqView], list[bool] | None, li
     `edf_key` is not smaller, found by bisection on the (non-decreasing) deadlines."""
     ttft0 = waiting[0].ttft_slo_s
     arrivals = [r.arrival_s for r in waiting]
+    deadlines = None
     if all([r.ttft_slo_s == ttft0 for r in waiting]) and all(map(le, arrivals, islice(arrivals, 1, None))):
         list_ties = any(map(eq, arrivals, islice(arrivals, 1, None)))
     else:
-        keys = [(r.arrival_s + r.ttft_slo_s, r.arrival_s, r.rid) for r in waiting]  # edf_key, inline
-        waiting = [waiting[i] for i in sorted(range(len(waiting)), key=keys.__getitem__)]
+        deadlines = [r.arrival_s + r.ttft_slo_s for r in waiting]
+        order = sorted(range(len(waiting)), key=deadlines.__getitem__)
+        deadlines = [deadlines[i] for i in order]
+        if any(map(eq, deadlines, islice(deadlines, 1, None))):  # equal deadlines: the whole edf_key decides
+            order = sorted(range(len(waiting)), key=lambda i: edf_key(waiting[i]))
+            deadlines = None
+        waiting = [waiting[i] for i in order]
         list_ties = False
-    deadlines = [r.arrival_s + r.ttft_slo_s for r in waiting]
+    if deadlines is None:
+        deadlines = [r.arrival_s + r.ttft_slo_s for r in waiting]
     if not prefilling:
         return waiting, None, deadlines, list_ties
     reqs: list[ReqView] = []
@@ -71,9 +82,11 @@ def _edf_walk(prefilling, waiting) -> tuple[list[ReqView], list[bool] | None, li
 
 
 def _prefill_seconds(cost, reqs) -> list[float]:
-    """`prefill_s` of each request, computed in one numpy pass (the same formula, CostModel.fine_prefill_s)."""
-    if not reqs:
-        return []
+    """`prefill_s` of each request, computed in one numpy pass (the same formula, CostModel.fine_prefill_s, and the
+    same float operations; below 128 requests in Python, where numpy's call overhead dominates)."""
+    if len(reqs) < 128:
+        return [cost.fine_prefill_s(rem, r.prefilled_tokens) if (rem := r.prompt_tokens - r.prefilled_tokens) > 0
+                else 0.0 for r in reqs]
     prompt = np.fromiter([r.prompt_tokens for r in reqs], np.float64, len(reqs))
     prefix = np.fromiter([r.prefilled_tokens for r in reqs], np.float64, len(reqs))
     rem = prompt - prefix
@@ -106,8 +119,8 @@ def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False,
     return snap.now + wait + own > new.arrival_s + new.ttft_slo_s, wait
 
 
-def hopeless_split(snap: Snapshot, longest: bool = False,
-                   aged_after_ttft: float = math.inf) -> tuple[list[ReqView], list[ReqView]]:
+def hopeless_split(snap: Snapshot, longest: bool = False, aged_after_ttft: float = math.inf,
+                   window: int = 0) -> tuple[list[ReqView], list[ReqView]]:
     """(on-time, demoted) waiting requests, each in EDF order. Optimistic estimate of a waiting request's first token:
     now + (prefill seconds of the EDF queue ahead of it, demoted requests left out, plus its own) / share, where a
     remaining prompt R after prefix x costs R (b + a (x + R / 2)) (infinitely fine chunks, no per-iteration cost) and
@@ -119,9 +132,55 @@ def hopeless_split(snap: Snapshot, longest: bool = False,
     kept so far (it included) is demoted, so a burst loses its few longest prompts rather than whoever comes last.
     Partial prefills are never demoted (they hold KV), and neither is a waiting request that has waited more than
     `aged_after_ttft` of its TTFT SLOs: it keeps its EDF place (its deadline is long past, so it goes first), which
-    bounds how long demotion can postpone a request under sustained overload (math.inf: no bound)."""
-    now, share = snap.now, prefill_share(snap)
-    reqs, from_queue, limits, list_ties = _edf_walk(snap.prefilling, snap.waiting)
+    bounds how long demotion can postpone a request under sustained overload (math.inf: no bound).
+
+    `window` > 0 bounds the work per step (the judgement is a Python walk, about a microsecond a request): the oldest
+    requests whose TTFT deadline has passed (`waiting` is in arrival order, the Snapshot contract) are demoted unless
+    aged, which is what the whole walk does with them (each is late whatever is ahead, and comes before every
+    request whose deadline is still ahead); of the others only the oldest `window` are judged, and the rest,
+    not judged this step, follow the on-time ones in arrival order (they are judged once they reach the window, as
+    fair's prefill order is EDF only among its oldest few). With at most `window` waiting requests whose deadline is
+    still ahead, the result is the whole walk's."""
+    on_time, unjudged, demoted = admission_split(snap, longest, aged_after_ttft, window)
+    return (on_time + list(unjudged) if unjudged else on_time), demoted
+
+
+def admission_split(snap: Snapshot, longest: bool = False, aged_after_ttft: float = math.inf, window: int = 0,
+                    share: float | None = None) -> tuple[list[ReqView], Sequence[ReqView], list[ReqView]]:
+    """`hopeless_split` with the on-time part in two: (judged on time, in EDF order; not judged (beyond the window),
+    in arrival order; demoted, in EDF order). `share`: `prefill_share(snap)`, when the caller has it."""
+    waiting = snap.waiting
+    if share is None:
+        share = prefill_share(snap)
+    if window <= 0 or len(waiting) <= window:
+        on_time, demoted = _split(snap, share, waiting, longest, aged_after_ttft)
+        return on_time, (), demoted
+    now = snap.now
+    past: list[ReqView] = []  # deadline passed, not aged: late whatever is ahead, so demoted
+    judged: list[ReqView] = []  # aged ones (they keep their EDF place), then the window: judged by the walk
+    s = 0
+    for r in waiting:  # the oldest, while their deadline has passed (arrival order: the rest is younger)
+        if not r.arrival_s + r.ttft_slo_s < now:
+            break
+        (judged if now - r.arrival_s > aged_after_ttft * r.ttft_slo_s else past).append(r)
+        s += 1
+    judged += waiting[s:s + window]
+    on_time, demoted = _split(snap, share, judged, longest, aged_after_ttft)
+    if past:  # in EDF order (arrival order when they share one TTFT SLO), then before the judged demoted ones
+        if len({r.ttft_slo_s for r in past}) > 1:
+            past.sort(key=edf_key)
+        demoted = past + demoted if not demoted or edf_key(past[-1]) <= edf_key(demoted[0]) else \
+            sorted(past + demoted, key=edf_key)
+    return on_time, waiting[s + window:], demoted
+
+
+def _split(snap: Snapshot, share: float, waiting, longest: bool,
+           aged_after_ttft: float) -> tuple[list[ReqView], list[ReqView]]:
+    """`hopeless_split` over the whole of `waiting` (every request judged) at prefill share `share`."""
+    if not waiting:
+        return [], []
+    now = snap.now
+    reqs, from_queue, limits, list_ties = _edf_walk(snap.prefilling, waiting)
     # Per-request inputs in bulk (the loop below runs once per queued request every step, so it touches only floats)
     secs = _prefill_seconds(snap.cost, reqs)
     aged_flags = [now - r.arrival_s > aged_after_ttft * r.ttft_slo_s for r in reqs]
@@ -137,15 +196,21 @@ def hopeless_split(snap: Snapshot, longest: bool = False,
             demoted.append(i)
             continue
         ahead += t
-        if is_waiting:
-            if not aged:
-                heappush(kept, (-t, len(on_time)))
-            on_time.append(i)
-        if late and longest and kept:  # a partial prefill can be late too: drop the longest waiting one
-            neg_t, j = heappop(kept)
+        if late and longest and (kept or is_waiting and not aged):  # a partial prefill can be late too
+            if is_waiting and not aged:  # it joins the kept ones, and the longest of them (maybe itself) goes
+                neg_t, j = heappushpop(kept, (-t, len(on_time)))
+                on_time.append(i)
+            else:
+                if is_waiting:
+                    on_time.append(i)
+                neg_t, j = heappop(kept)
             ahead += neg_t
             demoted.append(on_time[j])
             on_time[j] = -1
+        elif is_waiting:
+            if not aged:
+                heappush(kept, (-t, len(on_time)))
+            on_time.append(i)
     if longest and demoted:  # popped ones came out of order: EDF order again
         demoted.sort(key=(lambda i: edf_key(reqs[i])) if list_ties else None)
     return [reqs[i] for i in on_time if i >= 0], [reqs[i] for i in demoted]

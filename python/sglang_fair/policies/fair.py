@@ -34,7 +34,7 @@ from itertools import chain
 from ..core.checks import check_int_at_least, check_ratio
 from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
-from .admission import hopeless_split
+from .admission import admission_split, prefill_share
 from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf,
                      make_plan, merge_edf, outstanding_reserve_tokens, output_reserve_tokens, preempt_until)
 from .registry import register_policy
@@ -81,6 +81,11 @@ class FairParams:
     demoted; it is served in EDF order (first, its deadline being long past). Bounds how long demotion postpones a
     request under sustained overload, where a demoted request otherwise waits for the overload to end (math.inf, the
     default: no bound; docs/results.md)."""
+    admission_window_reqs: int = 64
+    """With admission on: how many waiting requests whose TTFT deadline is still ahead are judged each step, the
+    oldest (0: all). Requests past their deadline are always judged (demoted unless aged); the others beyond the
+    window follow the judged on-time ones unjudged until they reach it. Bounds the planning cost of a long queue
+    (the judgement is a Python walk, about a microsecond a request); see policies/admission.py."""
 
     def __post_init__(self) -> None:
         for name in ("min_budget_ms", "max_budget_ms"):
@@ -96,6 +101,7 @@ class FairParams:
         check_ratio("kv_reserve_output_ratio", self.kv_reserve_output_ratio)
         check_int_at_least("prefill_window_reqs", self.prefill_window_reqs, 0)
         check_int_at_least("catchup_tokens", self.catchup_tokens, 0)
+        check_int_at_least("admission_window_reqs", self.admission_window_reqs, 0)
         if self.decode_anchor not in ("first_token", "arrival"):
             raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
         if not isinstance(self.full_kv_progress, bool):
@@ -116,15 +122,19 @@ class FairPolicy:
 
     def plan(self, snap: Snapshot) -> Plan:
         if self.params.admission != "off" and snap.waiting:
-            on_time, demoted = hopeless_split(snap, longest=self.params.admission == "demote-longest",
-                                              aged_after_ttft=self.params.demote_max_wait_ttft)
-            if demoted:
-                plan = self._plan(snap, on_time, demoted)
+            p = self.params
+            dec_s = decode_time_s(snap.cost, snap.running)  # one decode step of every running request, shared
+            on_time, unjudged, demoted = admission_split(snap, p.admission == "demote-longest", p.demote_max_wait_ttft,
+                                                         p.admission_window_reqs, prefill_share(snap, dec_s))
+            if demoted:  # the judged on-time requests (EDF), then those beyond the judging window, then the demoted
+                plan = self._plan(snap, unjudged, demoted, on_time, dec_s) if unjudged else \
+                    self._plan(snap, on_time, demoted, (), dec_s)
                 return replace(plan, demoted=tuple([r.rid for r in demoted]))
         return self._plan(snap, snap.waiting, ())
 
-    def _plan(self, snap: Snapshot, waiting, demoted) -> Plan:
-        """The FairBatching plan with `waiting` served EDF and then `demoted` (in its order)."""
+    def _plan(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None) -> Plan:
+        """The FairBatching plan with `edf_head` served first (in its order, already EDF), then `waiting` EDF and then
+        `demoted` (in its order). `decode_all_s`: `decode_time_s` of every running request, when known."""
         p = self.params
         now, cost, running = snap.now, snap.cost, snap.running
         if not running and not snap.prefilling and not snap.waiting:
@@ -136,7 +146,7 @@ class FairPolicy:
         if running:
             slacks = self._decode_slacks(running, now)
             if p.catchup_tokens and p.decode_anchor == "first_token":
-                step = cost.base_s + decode_time_s(cost, running)
+                step = cost.base_s + (decode_time_s(cost, running) if decode_all_s is None else decode_all_s)
                 k = p.catchup_tokens
                 slacks = [s + min(k, max(0, r.max_new_tokens - r.output_tokens - 1)) * max(0.0, r.tpot_slo_s - step)
                           for s, r in zip(slacks, running)]
@@ -165,7 +175,7 @@ class FairPolicy:
                 urgent = [running[i]]
         else:
             slacks, urgent_mask, urgent = [], [], []
-            prefills = merge_edf(snap.prefilling, lazy_edf(waiting, p.prefill_window_reqs))
+            prefills = merge_edf(snap.prefilling, self._waiting_order(edf_head, waiting, p.prefill_window_reqs))
             if demoted:
                 prefills = chain(prefills, [(r, True) for r in demoted])
             head = next(prefills, None)  # (request, is_waiting) with the earliest TTFT deadline
@@ -192,7 +202,8 @@ class FairPolicy:
                              note="fair decode-only: urgent decodes exceed budget")
         kv_left = free - len(urgent) - n_lazy  # one token kept per non-urgent decode, so deferring never forces preemption
         if prefills is None and kv_left > 0 and budget > t:
-            prefills = self._prefill_order(snap, cost.max_chunk(budget - t), kv_left, waiting, demoted)
+            prefills = self._prefill_order(snap, cost.max_chunk(budget - t), kv_left, waiting, demoted,
+                                           edf_head)
             head = next(prefills, None)
 
         # ---- 3. prefills, earliest deadline first ----------------------------------------------------------------
@@ -206,11 +217,12 @@ class FairPolicy:
         # ---- 3b. where mixing is slow: prefill alone while every decode sits the step out, or decodes alone ----------
         if (running and not preempt and (cost.per_mixed_decode_req_s > 0 or no_mix)
                 and (snap.prefilling or snap.waiting)):
-            t_dec = cost.base_s + decode_time_s(cost, running)  # the decode step that must follow
+            t_dec = cost.base_s + (decode_time_s(cost, running) if decode_all_s is None else decode_all_s)  # next step
             b_budget = min_slack - t_dec
             alt_kv = free - len(running)
             if b_budget > 2.0 * cost.base_s and alt_kv > 0:
-                order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv, waiting, demoted)
+                order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv, waiting, demoted,
+                                           edf_head)
                 alt, t_alt, _ = self._fill(snap, next(order, None), order, b_budget, cost.base_s, alt_kv, gone,
                                            floor=False, strict=True, mix_s=0.0)
                 # a step of its own must carry at least its fixed cost in prefill work (live: 19-token steps at
@@ -248,14 +260,18 @@ class FairPolicy:
         return make_plan(cost, prefill, decodes, preempt, budget, predicted=t,
                          note=f"fair budget={budget * 1e3:.1f}ms urgent={len(urgent)} lazy={len(lazy_decodes)}")
 
-    def _prefill_order(self, snap: Snapshot, fit_tokens: int, kv_left: int, waiting, demoted=()):
+    @staticmethod
+    def _waiting_order(edf_head, waiting, window: int):
+        return chain(edf_head, lazy_edf(waiting, window)) if edf_head else lazy_edf(waiting, window)
+
+    def _prefill_order(self, snap: Snapshot, fit_tokens: int, kv_left: int, waiting, demoted=(), edf_head=()):
         """Partial prefills and waiting requests, earliest TTFT deadline first: EDF only among as many of the oldest
         waiting requests as could still start this iteration; demoted requests after all of them."""
         p = self.params
         window = 1 + min(kv_left, fit_tokens) // p.min_prefill_chunk_tokens
         if p.prefill_window_reqs:
             window = min(window, p.prefill_window_reqs)
-        order = merge_edf(snap.prefilling, lazy_edf(waiting, window))
+        order = merge_edf(snap.prefilling, self._waiting_order(edf_head, waiting, window))
         return chain(order, [(r, True) for r in demoted]) if demoted else order
 
     def _fill(self, snap: Snapshot, item, prefills, budget: float, t: float, kv_left: int, gone: frozenset, *,
