@@ -10,7 +10,8 @@ import pytest
 from factories import COST, make_req, make_running, make_snapshot
 
 from sglang_fair.engine import reject
-from sglang_fair.policies.admission import arrival_verdict, prefill_s
+from sglang_fair.policies.admission import arrival_verdict, policy_arrival_verdict, prefill_s
+from sglang_fair.policies.fair import FairParams
 from sglang_fair.serve import build_parser, runtime_config
 
 
@@ -33,6 +34,20 @@ def test_an_empty_server_admits_and_a_long_queue_rejects():
     late, ahead = arrival_verdict(queued, new, demoting=True)
     on_time = sum(1 for k in range(1, n + 1) if k * one <= 2.0 - 1.0 + 1e-12)
     assert ahead == pytest.approx(on_time * one) and late == (1.0 + ahead + own > 3.0)
+
+
+def test_under_demote_longest_the_verdict_demotes_the_longest_as_the_policy_does():
+    # TTFT 1 s, 0.1 ms a token: a queued 8000-token prompt (0.8 s) and a 3000-token arrival (0.3 s) cannot both be on
+    # time. Plain demote keeps the queued one and so refuses the arrival; demote-longest demotes the longer queued
+    # prompt instead, as fair's plan will, and admits the arrival.
+    queued = make_snapshot(now=0.0, waiting=[make_req("long", arrival_s=0.0, prompt_tokens=8000)])
+    new = make_req("new", arrival_s=0.0, prompt_tokens=3000)
+    assert arrival_verdict(queued, new, demoting=True)[0]
+    late, ahead = arrival_verdict(queued, new, demoting=True, longest=True)
+    assert not late and ahead == 0.0
+    assert policy_arrival_verdict(FairParams(), queued, new) == (late, ahead)  # fair's default: demote-longest
+    assert policy_arrival_verdict(FairParams(admission="demote"), queued, new)[0]
+    assert policy_arrival_verdict(None, queued, new)[0]  # a policy without admission: everything queued is ahead
 
 
 def test_running_decodes_slow_the_estimate_down():

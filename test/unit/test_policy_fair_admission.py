@@ -32,7 +32,7 @@ def queue():
 
 def test_a_hopeless_request_is_demoted_and_served_after_on_time_ones():
     snap = queue()
-    off = make_policy("fair").plan(snap)
+    off = make_policy("fair", admission="off").plan(snap)
     assert off.prefill[0][0] == "late" and off.demoted == ()  # EDF: the older deadline first
     plan = make_policy("fair", admission="demote").plan(snap)
     assert plan.demoted == ("late",)
@@ -68,7 +68,7 @@ def test_demote_longest_loses_fewer_requests_than_demote():
 
 def test_no_demotion_without_pressure_and_the_parameter_is_checked():
     snap = make_snapshot(now=NOW, waiting=[make_req("w", arrival_s=NOW)])
-    assert make_policy("fair", admission="demote").plan(snap) == make_policy("fair").plan(snap)
+    assert make_policy("fair", admission="demote").plan(snap) == make_policy("fair", admission="off").plan(snap)
     with pytest.raises(ValueError, match="admission"):
         FairParams(admission="reject")
 
@@ -87,7 +87,7 @@ def test_simulator_records_demotion_and_demote_protects_the_rest_of_a_burst():
     rows = [(0.0, 2000, 20) for _ in range(30)] + [(1.0 + 0.05 * i, 200, 20) for i in range(20)]
     trace = make_trace(rows)
     cfg = EngineConfig(ttft_slo_ms=1000.0, tpot_slo_ms=100.0)
-    off = simulate(trace, make_policy("fair"), COST, cfg)
+    off = simulate(trace, make_policy("fair", admission="off"), COST, cfg)
     dem = simulate(trace, make_policy("fair", admission="demote"), COST, cfg)
     assert not any(r.demoted for r in off.records)
     flagged = [r for r in dem.records if r.demoted]
@@ -158,13 +158,13 @@ def _reference_split(snap, longest=False, aged_after_ttft=math.inf):
         ahead += t
         if is_waiting:
             if not aged:
-                heapq.heappush(kept, (-t, len(on_time)))
+                heapq.heappush(kept, (-t, -len(on_time)))  # the longest on top, the latest of equally long ones
             on_time.append(r)
         if late and longest and kept:
             neg_t, i = heapq.heappop(kept)
             ahead += neg_t
-            demoted.append(on_time[i])
-            on_time[i] = None
+            demoted.append(on_time[-i])
+            on_time[-i] = None
     if longest and demoted:
         on_time = [r for r in on_time if r is not None]
         demoted.sort(key=edf_key)

@@ -128,8 +128,9 @@ def tpot_s(r: SimReq) -> float:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_request_is_served_within_bounded_iterations(seed):
     # bursts of 10 prompts of 200-2000 tokens every 2 s (~1.1 s of prefill per burst) and 100-300 output tokens each:
-    # below capacity, but a burst outlasts the budget, so decodes that ran ahead get deferred
-    params = FairParams()
+    # below capacity, but a burst outlasts the budget, so decodes that ran ahead get deferred. The prefill bounds are
+    # EDF's: admission off (with it on, a demoted request waits up to demote_max_wait_ttft TTFT SLOs, next test)
+    params = FairParams(admission="off")
     reqs = bursty_arrivals(seed, bursts=10, burst_size=10, gap_s=2.0)
     stats = simulate(FairPolicy(params), reqs)
     assert stats.deferrals > 0, "the scenario must exercise deferral, or the decode bound says nothing"
@@ -147,6 +148,21 @@ def test_every_request_is_served_within_bounded_iterations(seed):
     firsts = [r.first_chunk_iter for r in reqs]  # reqs are in arrival order
     assert firsts == sorted(firsts)
     # and the decodes keep their TPOT SLO throughout
+    assert max(tpot_s(r) for r in reqs) <= TPOT_S
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_with_admission_on_decodes_keep_their_bounds_and_nobody_waits_past_the_ageing_rule(seed):
+    # the same bursts under fair's default (demote-longest, demote_max_wait_ttft=5): demoted prompts are overtaken,
+    # but each gets its first token well within 5 TTFT SLOs here, and the decode bounds are untouched
+    params = FairParams()
+    assert params.admission == "demote-longest" and params.demote_max_wait_ttft == 5.0
+    reqs = bursty_arrivals(seed, bursts=10, burst_size=10, gap_s=2.0)
+    stats = simulate(FairPolicy(params), reqs)
+    assert all(r.outputs == r.outputs_wanted for r in reqs)
+    assert max(r.max_defer_streak for r in reqs) <= math.ceil(params.max_token_gap_tpot * TPOT_S / COST.base_s)
+    assert stats.starved == 0
+    assert max(r.token_times[0] - r.arrival_s for r in reqs) <= params.demote_max_wait_ttft * TTFT_S
     assert max(tpot_s(r) for r in reqs) <= TPOT_S
 
 

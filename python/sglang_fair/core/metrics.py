@@ -106,6 +106,8 @@ class Summary:
     span_s: float
     rejected: int = 0
     """Requests refused at arrival (HTTP 429): SLO misses, not lost requests (the client was told at once)."""
+    demoted: int = 0
+    """Requests a policy demoted to best effort (SLO misses, TTFT +inf in the percentiles; served all the same)."""
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -143,6 +145,7 @@ def summarize(records: Sequence[RequestTimes] | Iterable[RequestTimes]) -> Summa
         p50_ttft_s=_pct(ttft, 50), p90_ttft_s=_pct(ttft, 90), p99_ttft_s=_pct(ttft, 99),
         p50_tpot_s=_pct(tpot, 50), p90_tpot_s=_pct(tpot, 90), p99_tpot_s=_pct(tpot, 99),
         p99_tbt_s=_pct(tbt, 99), p99_lateness_s=_pct(late, 99), span_s=span, rejected=sum(r.rejected for r in recs),
+        demoted=sum(r.demoted for r in recs),
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..policies.admission import arrival_verdict
+from ..policies.admission import policy_arrival_verdict
 
 MESSAGE = ("sglang-fair: rejected at arrival: its first token would miss the TTFT SLO of {ttft_ms:.0f} ms behind "
            "{ahead_s:.1f} s of queued prefill; retry after {retry_s} s")
@@ -34,8 +34,7 @@ def arrival_problem(adapter, req) -> str | None:
     snap = adapter.current_snapshot()
     new = adapter.builder.view(req, "waiting")
     params = getattr(adapter.policy, "params", None)
-    late, ahead_s = arrival_verdict(snap, new, demoting=getattr(params, "admission", "off") != "off",
-                                    aged_after_ttft=getattr(params, "demote_max_wait_ttft", math.inf))
+    late, ahead_s = policy_arrival_verdict(params, snap, new)
     if not late:
         return None
     return MESSAGE.format(ttft_ms=new.ttft_slo_s * 1e3, ahead_s=ahead_s, retry_s=max(1, math.ceil(ahead_s)))

@@ -99,15 +99,23 @@ def prefill_s(cost, r: ReqView) -> float:
     return cost.fine_prefill_s(rem, r.prefilled_tokens) if rem > 0 else 0.0
 
 
-def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False,
+def policy_arrival_verdict(params, snap: Snapshot, new: ReqView) -> tuple[bool, float]:
+    """`arrival_verdict` judged as the policy with `params` (its `admission` and `demote_max_wait_ttft`, when it has
+    them) judges its queue."""
+    mode = getattr(params, "admission", "off")
+    return arrival_verdict(snap, new, demoting=mode != "off", longest=mode == "demote-longest",
+                           aged_after_ttft=getattr(params, "demote_max_wait_ttft", math.inf))
+
+
+def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False, longest: bool = False,
                     aged_after_ttft: float = math.inf) -> tuple[bool, float]:
     """(would `new` miss its TTFT SLO, queued with the snapshot's work; seconds of prefill ahead of it at the share
     the decodes leave, a Retry-After hint), by `hopeless_split`'s optimistic estimate. Ahead of it: the partial
     prefills and the waiting requests before it in EDF order; with `demoting` (the policy serves hopeless requests
-    after on-time work, `fair`'s admission="demote") only those `hopeless_split` keeps on time (`aged_after_ttft` as
-    there)."""
+    after on-time work, `fair`'s admission="demote" or "demote-longest") only those `hopeless_split` keeps on time
+    (`longest` and `aged_after_ttft` as there; every queued request judged)."""
     if demoting:
-        on_time, demoted = hopeless_split(dataclasses.replace(snap, waiting=(*snap.waiting, new)),
+        on_time, demoted = hopeless_split(dataclasses.replace(snap, waiting=(*snap.waiting, new)), longest=longest,
                                           aged_after_ttft=aged_after_ttft)
         late = any(r.rid == new.rid for r in demoted)
         ahead = (*snap.prefilling, *(r for r in on_time if r.rid != new.rid))
@@ -129,7 +137,8 @@ def hopeless_split(snap: Snapshot, longest: bool = False, aged_after_ttft: float
 
     `longest` (admission="demote-longest"): Moore-Hodgson's rule instead, which minimises the number of late jobs on
     one machine: when the request in hand would be late, the waiting request with the longest prefill among those
-    kept so far (it included) is demoted, so a burst loses its few longest prompts rather than whoever comes last.
+    kept so far (it included; of equally long ones the latest in EDF order) is demoted, so a burst loses its few
+    longest prompts rather than whoever comes last, and equal prompts keep their order.
     Partial prefills are never demoted (they hold KV), and neither is a waiting request that has waited more than
     `aged_after_ttft` of its TTFT SLOs: it keeps its EDF place (its deadline is long past, so it goes first), which
     bounds how long demotion can postpone a request under sustained overload (math.inf: no bound).
@@ -186,7 +195,8 @@ def _split(snap: Snapshot, share: float, waiting, longest: bool,
     aged_flags = [now - r.arrival_s > aged_after_ttft * r.ttft_slo_s for r in reqs]
     on_time: list[int] = []  # positions in `reqs` (EDF order)
     demoted: list[int] = []
-    kept: list[tuple[float, int]] = []  # (-prefill seconds, index in on_time): the longest kept request on top
+    # (-prefill seconds, -index in on_time): the longest kept request on top, the latest of equally long ones
+    kept: list[tuple[float, int]] = []
     ahead = 0.0
     for i, t in enumerate(secs):
         late = now + (ahead + t) / share > limits[i]
@@ -198,18 +208,18 @@ def _split(snap: Snapshot, share: float, waiting, longest: bool,
         ahead += t
         if late and longest and (kept or is_waiting and not aged):  # a partial prefill can be late too
             if is_waiting and not aged:  # it joins the kept ones, and the longest of them (maybe itself) goes
-                neg_t, j = heappushpop(kept, (-t, len(on_time)))
+                neg_t, j = heappushpop(kept, (-t, -len(on_time)))
                 on_time.append(i)
             else:
                 if is_waiting:
                     on_time.append(i)
                 neg_t, j = heappop(kept)
             ahead += neg_t
-            demoted.append(on_time[j])
-            on_time[j] = -1
+            demoted.append(on_time[-j])
+            on_time[-j] = -1
         elif is_waiting:
             if not aged:
-                heappush(kept, (-t, len(on_time)))
+                heappush(kept, (-t, -len(on_time)))
             on_time.append(i)
     if longest and demoted:  # popped ones came out of order: EDF order again
         demoted.sort(key=(lambda i: edf_key(reqs[i])) if list_ties else None)

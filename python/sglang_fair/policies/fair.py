@@ -17,11 +17,12 @@ Decode rows that share a forward with prefill are charged the cost model's mixed
 mix (`Snapshot.mixing_allowed` false) every plan is prefill-only (decodes sit out, the prefill budget leaving room for
 the decode step after it) or decode-only (urgent decodes, or a prefill too small to be worth its own step).
 
-SLO-aware admission (`admission="demote"`, beyond the paper; default "off"): a waiting request whose first token
+SLO-aware admission (`admission="demote"`, beyond the paper): a waiting request whose first token
 cannot be on time even by an optimistic estimate (EDF queue ahead of it, prefilled at the share of each TPOT the running
 decodes leave, no per-iteration cost) is demoted to best effort: it goes after every on-time prefill and is listed in
 `Plan.demoted` (the simulator counts it as an SLO miss). Stateless: a request is re-judged every step.
-`admission="demote-longest"` demotes the longest kept prompt instead (Moore-Hodgson: fewest late requests).
+`admission="demote-longest"` (the default, with `demote_max_wait_ttft=5`) demotes the longest kept prompt instead
+(Moore-Hodgson: fewest late requests); `admission="off"` serves every request EDF, as the paper does.
 """
 
 from __future__ import annotations
@@ -71,16 +72,17 @@ class FairParams:
     """With no free KV and no urgent decode, treat the least-slack decode as urgent, so it preempts now (most slack
     first) instead of the engine idling until a decode turns urgent. Off by default (plans change only when KV is full).
     """
-    admission: str = "off"
+    admission: str = "demote-longest"
     """SLO-aware admission: "off" (every request is served EDF), "demote" (a waiting request whose TTFT can no
-    longer be met is served after the on-time ones and reported in `Plan.demoted`) or "demote-longest" (when one
-    would be late, the longest kept prompt is demoted instead: Moore-Hodgson, fewest late requests). See
-    policies/admission.py. Rejection (HTTP 429) is not implemented."""
-    demote_max_wait_ttft: float = math.inf
+    longer be met is served after the on-time ones and reported in `Plan.demoted`) or "demote-longest" (the default:
+    when one would be late, the longest kept prompt is demoted instead: Moore-Hodgson, fewest late requests; it
+    raised simulated capacity in every cell measured, docs/results.md). See policies/admission.py. Refusing at
+    arrival (HTTP 429) is the server's `--fair-admission reject`."""
+    demote_max_wait_ttft: float = 5.0
     """With admission on: a waiting request that has waited more than this many of its TTFT SLOs is no longer
     demoted; it is served in EDF order (first, its deadline being long past). Bounds how long demotion postpones a
-    request under sustained overload, where a demoted request otherwise waits for the overload to end (math.inf, the
-    default: no bound; docs/results.md)."""
+    request under sustained overload, where a demoted request otherwise waits for the overload to end (math.inf: no
+    bound; docs/results.md)."""
     admission_window_reqs: int = 64
     """With admission on: how many waiting requests whose TTFT deadline is still ahead are judged each step, the
     oldest (0: all). Requests past their deadline are always judged (demoted unless aged); the others beyond the

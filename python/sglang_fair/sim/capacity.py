@@ -132,13 +132,17 @@ class CapacityResult:
     """Why no rate scale met the attainment criterion (empty when one did)."""
     figures_at_scale: float | None = None
     """The scale the P99 figures were taken at: the capacity, or the lowest scale tried when the capacity is 0."""
+    demoted_at_capacity: int = 0
+    """Requests the policy demoted at that scale (each an SLO miss with TTFT +inf, so more than 1% of the trace
+    leaves no finite P99 TTFT)."""
 
     def to_json(self) -> dict:
         return {"capacity": self.capacity, "capacity_attainment": self.capacity_attainment,
                 "why": list(self.why), "why_attainment": list(self.why_attainment),
                 "figures_at_scale": self.figures_at_scale,
                 "p99_ttft_ms": self.p99_ttft_ms, "p99_tpot_ms": self.p99_tpot_ms,
-                "attainment_at_capacity": self.attainment_at_capacity, "bound_scale": self.bound_scale,
+                "attainment_at_capacity": self.attainment_at_capacity, "demoted_at_capacity": self.demoted_at_capacity,
+                "bound_scale": self.bound_scale,
                 "bound_fraction": self.bound_fraction, "capacity_rps": self.capacity_rps,
                 "evaluations": {str(k): {"goodput_rps": v.goodput_rps, "attainment": v.attainment,
                                          "p99_ttft_ms": v.p99_ttft_s * 1e3, "p99_tpot_ms": v.p99_tpot_s * 1e3}
@@ -173,7 +177,7 @@ def find_capacity(run: Callable[[float], SimResult], trace, cost: CostModel, ttf
         p99_ttft_ms=at.p99_ttft_s * 1e3, p99_tpot_ms=at.p99_tpot_s * 1e3, attainment_at_capacity=at.attainment,
         bound_scale=bound, bound_fraction=cap / bound if bound > 0 else math.nan,
         capacity_rps=cap * trace.rate_rps, evaluations=dict(search.summaries), why=why, why_attainment=why_att,
-        figures_at_scale=at_scale), search
+        figures_at_scale=at_scale, demoted_at_capacity=at.demoted), search
 
 
 def explain_no_capacity(trace, cost: CostModel, ttft_slo_s: float, tpot_slo_s: float, allowed_misses: int,

@@ -29,7 +29,7 @@ from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
 from ..core.types import Plan, ReqView, Snapshot, fast_view  # noqa: F401  (fast_view: re-exported)
 from ..core.metrics import RequestTimes
-from ..policies.admission import arrival_verdict
+from ..policies.admission import policy_arrival_verdict
 
 IterationTime = Callable[[list, list], float]
 """(prefill chunks [(new tokens, prefix tokens)], decode contexts) -> seconds."""
@@ -165,9 +165,7 @@ class Replica:
         """Judge an arrival as `--fair-admission reject` does live (engine/reject.py): refused when its first token
         would miss the TTFT SLO behind the queued work (only the on-time part when the policy demotes)."""
         params = getattr(self.policy, "params", None)
-        late, _ = arrival_verdict(self.snapshot(), req.pending_view(),
-                                  demoting=getattr(params, "admission", "off") != "off",
-                                  aged_after_ttft=getattr(params, "demote_max_wait_ttft", math.inf))
+        late, _ = policy_arrival_verdict(params, self.snapshot(), req.pending_view())
         if late:
             req.rejected = True
             self.rejected += 1
