@@ -1,4 +1,5 @@
-"""Live overload on the emulated device: `fair` with admission off (today's default) against the candidate default
+"""Live overload on the emulated device: `fair` with admission off (the default until the ninth session) against the
+default since then
 `admission=demote-longest, demote_max_wait_ttft=5`, one probe each at a rate scale past capacity on the emulated
 quick window (Azure conv, 150 requests from request 1000, real lengths). Per configuration: requests sent and
 answered, the share of first tokens within the TTFT SLO, P50 / P99 / max TTFT and P99 TPOT (emulated GPU ms),

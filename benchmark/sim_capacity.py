@@ -40,9 +40,13 @@ WINDOWS = {  # trace -> load_trace kwargs (window of the unscaled trace)
     "sharegpt": {"limit": 1000},
 }
 REL_TOL = 0.06
-STOCK_POLICIES = ["fair", "fair@admission=demote", "fair@admission=demote-longest", "sarathi-512", "sarathi-2048",
-                  "sglang-default", "sglang-mixed-2048", "slai", "rad", "fair+reject", "fair@admission=demote+reject"]
+STOCK_POLICIES = ["fair", "fair@admission=off", "fair@admission=demote@demote_max_wait_ttft=inf",
+                  "fair@admission=demote-longest@demote_max_wait_ttft=inf", "sarathi-512", "sarathi-2048",
+                  "sglang-default", "sglang-mixed-2048", "slai", "rad", "fair+reject",
+                  "fair@admission=demote@demote_max_wait_ttft=inf+reject"]
 """Part "stock" (docs/results.md, "Simulated capacity: SGLang's default, RAD, admission"); `--policies` overrides.
+`fair` is the default (admission demote-longest, k = 5); the tables measured before it became the default label
+admission off `fair` and the k = inf variants without `@demote_max_wait_ttft=inf` (docs/results.md, top).
 `+reject`: the server refuses hopeless arrivals (`--fair-admission reject`, sim.cli.REJECT_SUFFIX)."""
 FIXED_BUDGETS = ("sarathi-512", "sarathi-2048", "sglang-default")
 """The fixed-budget baselines issue 16's goals are measured against ("best fixed" in the tables)."""

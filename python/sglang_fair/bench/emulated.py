@@ -31,16 +31,19 @@ EMULATED_POLICIES: dict[str, list[str]] = {
     "stock-mixed-2048": ["--fair-policy", OFF, "--chunked-prefill-size", "2048", "--enable-mixed-chunk"],
     "stock-mixed-512": ["--fair-policy", OFF, "--chunked-prefill-size", "512", "--enable-mixed-chunk"],
     "fair": ["--fair-policy", "fair"],
+    "fair-admission-off": ["--fair-policy", "fair", "--fair-param", "admission=off"],
     "slai": ["--fair-policy", "slai"],
     "sarathi-512": ["--fair-policy", "sarathi", "--fair-param", "token_budget=512"],
     "sarathi-2048": ["--fair-policy", "sarathi", "--fair-param", "token_budget=2048"],
 }
 """Server flags per policy on top of `--emulate-device` (which sets chunked prefill 8192, SGLang's 80 GB default).
 `stock`: SGLang's defaults on that GPU (prefill first, chunks of 8192, no mixed chunk); `stock-mixed-*`: SGLang's
-own stall-free batching (`--enable-mixed-chunk`); the rest our policies through the plugin, GPU defaults."""
+own stall-free batching (`--enable-mixed-chunk`); the rest our policies through the plugin, GPU defaults
+(`fair-admission-off`: fair without its SLO-aware admission, the default before the ninth session)."""
 EMULATED_STOCK = ("stock", "stock-mixed-2048", "stock-mixed-512")
 EMULATED_SIM_SPECS = {"stock": "sglang-default", "stock-mixed-2048": "sglang-mixed-2048",
-                      "stock-mixed-512": "sglang-mixed-512", "fair": "fair", "slai": "slai",
+                      "stock-mixed-512": "sglang-mixed-512", "fair": "fair", "fair-admission-off": "fair@admission=off",
+                      "slai": "slai",
                       "sarathi-512": "sarathi-512", "sarathi-2048": "sarathi-2048"}
 """Each live policy's twin in the simulator (the same policy code; stock SGLang by our sglang-default model)."""
 

@@ -8,7 +8,8 @@
 - every registered policy by its name (`fair`, `slai`, `sarathi`, ...) through the plugin; `sarathi-512`: our Sarathi
   policy with a 512-token budget;
   on a CPU `serve` gives `fair` its CPU parameters (`config.CPU_FAIR_PARAMS`: catch-up 16 tokens);
-- `fair-strict`: `fair` with `catchup_tokens=0`, per-token decode deadlines (the policy default, as the paper).
+- `fair-strict`: `fair` with `catchup_tokens=0`, per-token decode deadlines (the policy default, as the paper);
+- `fair-admission-off`: `fair` without its SLO-aware admission (the default before the ninth session).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ LIVE_POLICIES: dict[str, list[str]] = {
     "stock-mixed-512": ["--fair-policy", OFF, "--chunked-prefill-size", "512", "--enable-mixed-chunk"],
     **{name: ["--fair-policy", name, "--chunked-prefill-size", "2048"] for name in policy_names()},
     "fair-strict": ["--fair-policy", "fair", "--fair-param", "catchup_tokens=0", "--chunked-prefill-size", "2048"],
+    "fair-admission-off": ["--fair-policy", "fair", "--fair-param", "admission=off", "--chunked-prefill-size", "2048"],
     "sarathi-512": ["--fair-policy", "sarathi", "--fair-param", "token_budget=512", "--chunked-prefill-size", "2048"],
 }
 """Every registered policy under its own name through the plugin, plus the stock configurations and named
@@ -28,7 +30,8 @@ variants (a new policy file is a live benchmark choice with no edit here)."""
 STOCK = ("stock", "stock-mixed-512")
 """Policies with our plugin inert (no cost model, no status route)."""
 SIM_SPECS = {"fair": "fair@" + "@".join(f"{k}={v}" for k, v in CPU_FAIR_PARAMS.items()),
-             "fair-strict": "fair@catchup_tokens=0", "slai": "slai", "sarathi-512": "sarathi-512"}
+             "fair-strict": "fair@catchup_tokens=0", "slai": "slai", "sarathi-512": "sarathi-512",
+             "fair-admission-off": "fair@admission=off@" + "@".join(f"{k}={v}" for k, v in CPU_FAIR_PARAMS.items())}
 """Live policy -> the simulator's spec for the same policy code (stock SGLang has no simulator twin); the live
 servers run on the CPU, so `fair` carries serve's CPU parameters."""
 

@@ -84,8 +84,9 @@ def _edf_walk(prefilling, waiting) -> tuple[list[ReqView], list[bool] | None, li
 def _prefill_seconds(cost, reqs) -> list[float]:
     """`prefill_s` of each request, computed in one numpy pass (the same formula, CostModel.fine_prefill_s, and the
     same float operations; below 128 requests in Python, where numpy's call overhead dominates)."""
-    if len(reqs) < 128:
-        return [cost.fine_prefill_s(rem, r.prefilled_tokens) if (rem := r.prompt_tokens - r.prefilled_tokens) > 0
+    if len(reqs) < 128:  # fine_prefill_s inline: R (b + a (x + R / 2)), the same operations in the same order
+        b, a = cost.per_prefill_token_s, cost.per_attn_token2_s
+        return [rem * (b + a * (r.prefilled_tokens + 0.5 * rem)) if (rem := r.prompt_tokens - r.prefilled_tokens) > 0
                 else 0.0 for r in reqs]
     prompt = np.fromiter([r.prompt_tokens for r in reqs], np.float64, len(reqs))
     prefix = np.fromiter([r.prefilled_tokens for r in reqs], np.float64, len(reqs))
@@ -192,35 +193,44 @@ def _split(snap: Snapshot, share: float, waiting, longest: bool,
     reqs, from_queue, limits, list_ties = _edf_walk(snap.prefilling, waiting)
     # Per-request inputs in bulk (the loop below runs once per queued request every step, so it touches only floats)
     secs = _prefill_seconds(snap.cost, reqs)
-    aged_flags = [now - r.arrival_s > aged_after_ttft * r.ttft_slo_s for r in reqs]
+    if from_queue is None:
+        from_queue = [True] * len(reqs)
+    # poppable: a waiting request not aged (partial prefills and aged requests are never demoted)
+    poppable = [w and not now - r.arrival_s > aged_after_ttft * r.ttft_slo_s for r, w in zip(reqs, from_queue)]
     on_time: list[int] = []  # positions in `reqs` (EDF order)
     demoted: list[int] = []
     # (-prefill seconds, -index in on_time): the longest kept request on top, the latest of equally long ones
     kept: list[tuple[float, int]] = []
     ahead = 0.0
-    for i, t in enumerate(secs):
-        late = now + (ahead + t) / share > limits[i]
-        is_waiting = from_queue is None or from_queue[i]
-        aged = is_waiting and aged_flags[i]
-        if is_waiting and late and not longest and not aged:
-            demoted.append(i)
-            continue
-        ahead += t
-        if late and longest and (kept or is_waiting and not aged):  # a partial prefill can be late too
-            if is_waiting and not aged:  # it joins the kept ones, and the longest of them (maybe itself) goes
-                neg_t, j = heappushpop(kept, (-t, -len(on_time)))
-                on_time.append(i)
-            else:
-                if is_waiting:
-                    on_time.append(i)
-                neg_t, j = heappop(kept)
-            ahead += neg_t
-            demoted.append(on_time[-j])
-            on_time[-j] = -1
-        elif is_waiting:
-            if not aged:
+    for i, (t, limit, is_waiting, p) in enumerate(zip(secs, limits, from_queue, poppable)):
+        if not now + (ahead + t) / share > limit:  # on time
+            ahead += t
+            if p:
                 heappush(kept, (-t, -len(on_time)))
+            if is_waiting:
+                on_time.append(i)
+            continue
+        if not longest:  # demote: the late request itself goes, unless it cannot
+            if p:
+                demoted.append(i)
+                continue
+            ahead += t
+            if is_waiting:
+                on_time.append(i)
+            continue
+        ahead += t  # demote-longest: the longest kept request goes (it may be this one)
+        if p:
+            neg_t, j = heappushpop(kept, (-t, -len(on_time)))
             on_time.append(i)
+        else:
+            if is_waiting:
+                on_time.append(i)
+            if not kept:  # a partial prefill or an aged request is late and nothing can make room
+                continue
+            neg_t, j = heappop(kept)
+        ahead += neg_t
+        demoted.append(on_time[-j])
+        on_time[-j] = -1
     if longest and demoted:  # popped ones came out of order: EDF order again
         demoted.sort(key=(lambda i: edf_key(reqs[i])) if list_ties else None)
     return [reqs[i] for i in on_time if i >= 0], [reqs[i] for i in demoted]
