@@ -160,6 +160,29 @@ def test_grammar_queue_is_restored_after_the_call():
     assert calls[0]["grammar_queue"] == [] and sched.grammar_manager.grammar_queue == [pending]
 
 
+def test_demoted_requests_are_counted_in_the_status_once_each():
+    """fair's default admission serves a request past its TTFT deadline (2 s here) as best effort; the status and
+    the gauges show how many the last plan demoted and how many demotions there were."""
+    import time
+    now = time.perf_counter()
+    late = [Req(f"late{i}", prompt=60, recv=now - 3.0) for i in range(2)]  # past 2 s, not yet aged (5 x 2 s)
+    fresh = Req("fresh", prompt=60, recv=now)
+    sched = Sched(waiting=[*late, fresh])
+    ad = adapter(sched, min_budget_ms=5.0)
+    ad._count_demoted(("late0", "late1"))
+    ad._count_demoted(("late0", "late1"))  # still demoted: not a new demotion
+    assert (ad.demoted_now, ad.demotions_total) == (2, 2)
+    ad._count_demoted(())
+    ad._count_demoted(("late0",))  # demoted again after a plan without: counted again
+    assert (ad.demoted_now, ad.demotions_total) == (1, 3)
+    ad2 = adapter(sched)
+    ad2.form_prefill(fake_original([]), sched, sched.running_batch)
+    st = ad2.status()
+    assert st["demoted_now"] == 2 and st["demotions_total"] == 2
+    assert ad2.recent_plans[-1]["demoted"] == 2
+    assert adapter(Sched(waiting=[Req("w", recv=time.perf_counter())]), admission="off").status()["demoted_now"] == 0
+
+
 # ---- item 3: status -----------------------------------------------------------------------------------------------
 def test_status_counts_rows_of_the_last_batch_not_merged_yet():
     """After a mixed step SGLang replaced the running batch with an empty one; its decodes and the new decode are in

@@ -69,6 +69,9 @@ class PolicyAdapter:
         self.stock_iterations = 0
         self.deferred_now = 0
         self.deferred_total = 0
+        self.demoted_now = 0
+        self.demotions_total = 0
+        self._demoted_last: frozenset = frozenset()
         self.plan_deferred_rows = 0
         self.reordered = 0
         self.preempt_left_to_sglang = 0
@@ -148,7 +151,9 @@ class PolicyAdapter:
                                   "first_token_known": sum(r.first_token_s is not None for r in snap.running),
                                   "prefill_tokens": plan.prefill_tokens, "waiting": len(snap.waiting),
                                   "budget_ms": plan.budget_s * 1000.0 if math.isfinite(plan.budget_s) else None,
-                                  "predicted_ms": plan.predicted_s * 1000.0, "note": plan.note[:120]})
+                                  "predicted_ms": plan.predicted_s * 1000.0, "demoted": len(plan.demoted),
+                                  "note": plan.note[:120]})
+        self._count_demoted(plan.demoted)
         self.budget_s = plan.budget_s
         self.predicted_s = plan.predicted_s
         self.planned_prefill_tokens += plan.prefill_tokens
@@ -267,6 +272,17 @@ class PolicyAdapter:
             except Exception as exc:
                 self._fault("metrics", f"{type(exc).__name__}: {exc}")
 
+    def _count_demoted(self, demoted: tuple[str, ...]) -> None:
+        """Requests the plan serves as best effort (SLO-aware admission): how many now, and how many times one
+        entered that state (a request demoted in consecutive plans counts once)."""
+        self.demoted_now = len(demoted)
+        if demoted:
+            now = frozenset(demoted)
+            self.demotions_total += len(now - self._demoted_last)
+            self._demoted_last = now
+        elif self._demoted_last:
+            self._demoted_last = frozenset()
+
     # ---- status -------------------------------------------------------------------------------------------------
     def current_snapshot(self) -> Snapshot:
         """A snapshot outside the policy step (status, arrivals): the running batch, the parked rows and the last
@@ -289,6 +305,8 @@ class PolicyAdapter:
             "deferred_now": len(self.parking),
             "deferred_last_plan": self.deferred_now,
             "deferred_total": self.deferred_total,
+            "demoted_now": self.demoted_now,
+            "demotions_total": self.demotions_total,
             "plan_deferred_rows": self.plan_deferred_rows,
             "mixed_forwards": self.mixed_forwards,
             "admission": self.cfg.admission,

@@ -17,6 +17,8 @@ _GAUGES = {
     "budget_ms": "Iteration time budget the policy planned the last step against (ms; absent = unbounded).",
     "deferred_now": "Running decodes parked (deferred) right now.",
     "deferred_total": "Decode row-steps deferred since start.",
+    "demoted_now": "Waiting requests the last plan served as best effort (their TTFT SLO can no longer be met).",
+    "demotions_total": "Times a request was demoted to best effort since start (consecutive plans count once).",
     "planned_iterations": "Iterations formed by the sglang-fair policy.",
     "admission_budget_tokens": "Prefill admission budget: new prompt tokens admissible within the load horizon.",
     "token_load": "Token load served on /get_load (lower = more room).",
