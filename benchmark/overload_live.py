@@ -1,9 +1,8 @@
-"""Live overload on the emulated device: `fair` with admission off (the default until the ninth session) against the
-default since then
-`admission=demote-longest, demote_max_wait_ttft=5`, one probe each at a rate scale past capacity on the emulated
+"""Live overload on the emulated device: `fair` with admission off (the default until the ninth session) against
+fair's default since then (`admission=demote-longest, demote_max_wait_ttft=5`), one probe each at a rate scale past capacity on the emulated
 quick window (Azure conv, 150 requests from request 1000, real lengths). Per configuration: requests sent and
 answered, the share of first tokens within the TTFT SLO, P50 / P99 / max TTFT and P99 TPOT (emulated GPU ms),
-attainment (both SLOs), and the server's planned / stock iterations and faults. Figures are EMULATED.
+attainment (both SLOs), and the server's planned / stock iterations, demotions and faults. Figures are EMULATED.
 
     .venv/bin/python benchmark/overload_live.py --emulate a100-llama3-8b:6 --scale 2 --out out/overload
 
@@ -28,8 +27,7 @@ from sglang_fair.live.server import exit_on_sigterm, sglang_server
 
 CONFIGS = {
     "fair, admission off": ["--fair-param", "admission=off"],
-    "fair, demote-longest k=5": ["--fair-param", "admission=demote-longest", "--fair-param",
-                                 "demote_max_wait_ttft=5"],
+    "fair (default: demote-longest k=5)": [],
 }
 
 
@@ -79,12 +77,13 @@ def main() -> int:
         bench.say(f"{label}: {json.dumps({k: v for k, v in fig.items() if k not in ('status', 'server_args')})}")
     (out / "overload.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"EMULATED {args.emulate}, Azure conv window at x{args.scale:g} (figures in emulated GPU ms)")
-    print("| config | sent / answered | first tokens on time | attainment | P50 / P99 / max TTFT | P99 / max TPOT |")
-    print("|---|---|---|---|---|---|")
+    print("| config | sent / answered | first tokens on time | attainment | P50 / P99 / max TTFT | P99 / max TPOT | "
+          "demotions |")
+    print("|---|---|---|---|---|---|---|")
     for label, f in results["configs"].items():
         print(f"| {label} | {f['sent']} / {f['answered']} | {f['first_token_on_time']:.1%} | {f['attainment']:.1%} | "
               f"{f['p50_ttft_ms']:.0f} / {f['p99_ttft_ms']:.0f} / {f['max_ttft_ms']:.0f} | "
-              f"{f['p99_tpot_ms']:.1f} / {f['max_tpot_ms']:.1f} |")
+              f"{f['p99_tpot_ms']:.1f} / {f['max_tpot_ms']:.1f} | {f['status'].get('demotions_total')} |")
     return 0
 
 
