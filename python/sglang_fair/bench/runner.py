@@ -285,8 +285,7 @@ def _status(srv) -> dict:
     except Exception as exc:  # report, do not fail the benchmark over a status read
         return {"error": str(exc)}
     keys = ("planned_iterations", "mixed_forwards", "deferred_total", "demotions_total", "cost_rel_err_ewma",
-            "cost_model",
-            "stock_iterations", "faults", "overhead_ms_mean", "overhead_ms_max", "emulated_device")
+            "cost_model", "stock_iterations", "faults", "overhead_ms_mean", "overhead_ms_max", "emulated_device")
     return {k: rank.get(k) for k in keys}
 
 
