@@ -1,8 +1,9 @@
 """Live overload on the emulated device: `fair` with admission off (the default until the ninth session) against
-fair's default since then (`admission=demote-longest, demote_max_wait_ttft=5`), one probe each at a rate scale past capacity on the emulated
-quick window (Azure conv, 150 requests from request 1000, real lengths). Per configuration: requests sent and
-answered, the share of first tokens within the TTFT SLO, P50 / P99 / max TTFT and P99 TPOT (emulated GPU ms),
-attainment (both SLOs), and the server's planned / stock iterations, demotions and faults. Figures are EMULATED.
+fair's default since then (`admission=demote-longest, demote_max_wait_ttft=5`), one probe each at a rate scale past
+capacity on the emulated quick window (Azure conv, 150 requests from request 1000, real lengths). Per configuration:
+requests sent and answered, the share of first tokens within the TTFT SLO, P50 / P99 / max TTFT and P99 TPOT
+(emulated GPU ms), attainment (both SLOs), and the server's planned / stock iterations, demotions and faults.
+Figures are EMULATED.
 
     .venv/bin/python benchmark/overload_live.py --emulate a100-llama3-8b:6 --scale 2 --out out/overload
 

@@ -100,13 +100,13 @@ def part_stock(out: Path, shared, policies: list[str], traces: list[str], preset
                     continue
                 res, search, wall = capacity(trace, spec, cost, tpot, noise_cv=noise_cv, cost_headroom=cost_headroom)
                 at = search.results.get(float(f"{res.capacity:.6g}")) if res.capacity > 0 else None
-                demoted = sum(r.demoted for r in at.records) if at is not None else None
                 rejected = sum(r.rejected for r in at.records) if at is not None else None
                 rows.append({"trace": name, "window": win, "requests": len(trace), "trace_rate_rps": trace.rate_rps,
-                             "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall, "demoted_at_capacity": demoted,
+                             "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall,
                              "rejected_at_capacity": rejected, "preset": preset, "noise_cv": noise_cv,
-                             "cost_headroom": cost_headroom,
-                             **res.to_json()})
+                             "cost_headroom": cost_headroom, **res.to_json(),
+                             # the capacity's own count (to_json gives the lowest scale's when the capacity is 0)
+                             "demoted_at_capacity": res.demoted_at_capacity if res.capacity > 0 else None})
                 path.write_text(json.dumps(rows, indent=1))
 
 

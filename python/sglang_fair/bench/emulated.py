@@ -43,8 +43,7 @@ own stall-free batching (`--enable-mixed-chunk`); the rest our policies through 
 EMULATED_STOCK = ("stock", "stock-mixed-2048", "stock-mixed-512")
 EMULATED_SIM_SPECS = {"stock": "sglang-default", "stock-mixed-2048": "sglang-mixed-2048",
                       "stock-mixed-512": "sglang-mixed-512", "fair": "fair", "fair-admission-off": "fair@admission=off",
-                      "slai": "slai",
-                      "sarathi-512": "sarathi-512", "sarathi-2048": "sarathi-2048"}
+                      "slai": "slai", "sarathi-512": "sarathi-512", "sarathi-2048": "sarathi-2048"}
 """Each live policy's twin in the simulator (the same policy code; stock SGLang by our sglang-default model)."""
 
 CONV_REQUEST_1000_S = 216.174389

@@ -29,9 +29,9 @@ LIVE_POLICIES: dict[str, list[str]] = {
 variants (a new policy file is a live benchmark choice with no edit here)."""
 STOCK = ("stock", "stock-mixed-512")
 """Policies with our plugin inert (no cost model, no status route)."""
-SIM_SPECS = {"fair": "fair@" + "@".join(f"{k}={v}" for k, v in CPU_FAIR_PARAMS.items()),
-             "fair-strict": "fair@catchup_tokens=0", "slai": "slai", "sarathi-512": "sarathi-512",
-             "fair-admission-off": "fair@admission=off@" + "@".join(f"{k}={v}" for k, v in CPU_FAIR_PARAMS.items())}
+_CPU_FAIR = "@".join(f"{k}={v}" for k, v in CPU_FAIR_PARAMS.items())
+SIM_SPECS = {"fair": f"fair@{_CPU_FAIR}", "fair-strict": "fair@catchup_tokens=0", "slai": "slai",
+             "sarathi-512": "sarathi-512", "fair-admission-off": f"fair@admission=off@{_CPU_FAIR}"}
 """Live policy -> the simulator's spec for the same policy code (stock SGLang has no simulator twin); the live
 servers run on the CPU, so `fair` carries serve's CPU parameters."""
 

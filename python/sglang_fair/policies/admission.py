@@ -13,15 +13,13 @@ import math
 from bisect import bisect_left
 from heapq import heappop, heappush, heappushpop
 from itertools import islice
+from operator import eq, le
 from typing import Sequence
-from operator import attrgetter, eq, le
 
 import numpy as np
 
 from ..core.types import ReqView, Snapshot
 from .common import decode_time_s, edf_key
-
-_ARRIVAL = attrgetter("arrival_s")
 
 
 def prefill_share(snap: Snapshot, decode_s: float | None = None) -> float:
