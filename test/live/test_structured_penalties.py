@@ -2,9 +2,10 @@
 
 - an idle json_schema request finishes in seconds (it hung: ready grammar requests reached the waiting queue only
   inside SGLang's prefill call, which the adapter skipped for plans without prefill);
-- a burst of six 900-token prompts, eight penalized sampled requests (frequency / presence penalty,
-  min_new_tokens) and one json_schema request all finish while fair defers decodes (parked copies used to share the
-  penalizer orchestrator with the running batch and crashed the scheduler after a mixed or prefill step);
+- a burst of six 900-token prompts and one json_schema request, sent while eight penalized sampled requests
+  (frequency / presence penalty, min_new_tokens; streamed) are decoding, all finish while fair defers decodes (parked
+  copies used to share the penalizer orchestrator with the running batch and crashed the scheduler after a mixed or
+  prefill step);
 - /get_load answers quickly throughout the burst, and the server is healthy and idle after it;
 - `--max-queued-requests` rejects what does not fit in the waiting queue with 503 and serves the rest.
 Bounded: about 2-3 minutes on a 2-core CPU.
@@ -94,13 +95,24 @@ def test_burst_with_penalties_and_grammar_defers_decodes_and_completes(srv):
             loads.append((r.status_code, r.json()))
             time.sleep(0.2)
 
+    decoding = threading.Semaphore(0)  # released once per penalized request, at its first streamed token
+
     def penalized(i: int) -> dict:
         sp = {"temperature": 0.8, "top_p": 0.95, "frequency_penalty": 0.5, "presence_penalty": 0.3,
               "repetition_penalty": 1.1 if i % 2 else 1.0, "min_new_tokens": 16, "max_new_tokens": 32,
               "sampling_seed": i}
-        r = _post(srv, {"input_ids": _ids(40 + 10 * i, i), "sampling_params": sp})
-        r.raise_for_status()
-        return r.json()
+        last, first = None, True
+        with requests.post(srv.url + "/generate", json={"input_ids": _ids(40 + 10 * i, i), "sampling_params": sp,
+                                                        "stream": True}, stream=True, timeout=TIMEOUT_S) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.startswith(b"data:") and line != b"data: [DONE]":
+                    last = json.loads(line[5:])
+                    if first:
+                        first = False
+                        decoding.release()
+        assert last is not None, f"penalized request {i} streamed nothing"
+        return last
 
     def long_prompt(i: int) -> dict:
         r = _post(srv, {"input_ids": _ids(900, 100 + i), "sampling_params": {"temperature": 0.0, "max_new_tokens": 8,
@@ -113,7 +125,10 @@ def test_burst_with_penalties_and_grammar_defers_decodes_and_completes(srv):
     poller.start()
     with cf.ThreadPoolExecutor(16) as ex:
         pen = [ex.submit(penalized, i) for i in range(8)]
-        time.sleep(1.0)  # the penalized requests are decoding when the prompts arrive
+        # the prompts arrive once every penalized request is decoding (with at least 15 tokens to go), however slow
+        # this machine is today: a fixed sleep let a loaded machine deliver them all at once, leaving no decode to defer
+        for _ in range(8):
+            assert decoding.acquire(timeout=TIMEOUT_S), "a penalized request produced no first token"
         longs = [ex.submit(long_prompt, i) for i in range(6)]
         js = ex.submit(_json_request, srv)
         pen_out = [f.result() for f in pen]
