@@ -7,6 +7,7 @@ are stand-ins with the attributes those methods read. The penalizer code is SGLa
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -201,6 +202,25 @@ def test_prefill_control_narrows_and_restores():
     assert sched.waiting_queue == [w[0], w[1], w[2], w[4], retracted]
     assert (sched.chunked_prefill_size, sched.is_mixed_chunk) == (2048, False)
     assert not hasattr(sched.policy, deferral.ORDER_ATTR) and ctl.admitted == {w[3]}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prefill_control_restore_matches_the_rebuilt_queue(seed):
+    """restore edits the queue in place and stops reading at the last admitted request; the result is the queue
+    rebuilt from scratch: the old queue without the admitted requests, then what SGLang re-queued and was not queued."""
+    rng = random.Random(seed)
+    w = [FakeReq(f"w{i}") for i in range(rng.randrange(1, 40))]
+    sched = fake_sched(w)
+    planned = rng.sample(w, rng.randrange(0, min(len(w), 8) + 1))
+    ctl = deferral.PrefillControl(sched, prefill_reqs=planned, chunk_tokens=64, n_decode=0, mixed=False)
+    admitted = set(rng.sample(planned, rng.randrange(0, len(planned) + 1)))
+    extra = [FakeReq(f"back{i}") for i in range(rng.randrange(0, 3))]
+    if rng.random() < 0.5:  # a request SGLang hands back although it is queued already is not queued twice
+        extra.append(rng.choice(w))
+    sched.waiting_queue = [r for r in planned if r not in admitted] + extra
+    ctl.restore()
+    expected = [r for r in w if r not in admitted] + [r for r in extra if r not in set(w)]
+    assert sched.waiting_queue == expected and ctl.admitted == admitted
 
 
 def test_prefill_control_without_mixing_keeps_the_plain_chunk():

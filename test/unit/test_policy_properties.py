@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 from factories import batch_of, kv_after, kv_held
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sglang_fair.core.cost_model import CostModel
@@ -135,19 +135,25 @@ def test_fair_budget_urgency_and_decode_only(snap, gap, anchor):
         assert urgent_only > plan.budget_s
 
 
+@pytest.mark.parametrize("admission", ["demote-longest", "off"])
 @SETTINGS
 @given(snap=snapshots())
-def test_fair_makes_progress_whenever_there_is_work(snap):
+def test_fair_makes_progress_whenever_there_is_work(admission, snap):
     """Liveness: with running decodes, the plan is not empty unless KV is full and no decode is urgent yet (then
     waiting costs nothing: the least-slack decode turns urgent, and preempts, before its deadline); with only queued
-    prompts the EDF head gets a chunk whenever its prompt fits in free KV."""
-    plan = make_policy("fair").plan(snap)
+    prompts the EDF head gets a chunk whenever its prompt fits in free KV - the head of the requests the plan did not
+    demote (admission, the default), or of all of them when it demoted every one."""
+    plan = make_policy("fair", admission=admission).plan(snap)
+    if admission == "off":
+        assert not plan.demoted
     if snap.running:
         thr = plan.budget_s + min(r.tpot_slo_s for r in snap.running)
         if snap.kv_free_tokens >= 1 or any(decode_slack(r, snap.now, "first_token") < thr for r in snap.running):
             assert plan.decode or plan.preempt or plan.prefill
     elif snap.prefilling or snap.waiting:
-        head = min((*snap.prefilling, *snap.waiting), key=edf_key)
+        pending = (*snap.prefilling, *snap.waiting)
+        kept = [r for r in pending if r.rid not in set(plan.demoted)]
+        head = min(kept or pending, key=edf_key)
         partial = snap.prefilling
         # enough KV for the head's prompt, every partial prompt, and all their outputs (a generous reserve)
         need = (head.remaining_prompt_tokens + sum(r.remaining_prompt_tokens for r in partial)
@@ -159,7 +165,11 @@ def test_fair_makes_progress_whenever_there_is_work(snap):
 @SETTINGS
 @given(snap=snapshots())
 def test_fair_takes_prefills_in_edf_order(snap):
+    """EDF among the requests that could start this step, which the policy counts at min_prefill_chunk_tokens each
+    (its window): prompts shorter than that can start in larger numbers, and beyond the window they keep arrival
+    order (ties by list order, not by rid), so they are left out here."""
     p = FairParams(prefill_window_reqs=0, admission="off")  # with admission on, demoted requests go last
+    assume(all(r.remaining_prompt_tokens >= p.min_prefill_chunk_tokens for r in (*snap.prefilling, *snap.waiting)))
     plan = FairPolicy(p).plan(snap)
     by_rid = {r.rid: r for r in (*snap.prefilling, *snap.waiting)}
     keys = [edf_key(by_rid[rid]) for rid, _ in plan.prefill]

@@ -26,7 +26,7 @@ def plan_problem(plan: Plan, snap: Snapshot, *, allow_empty: bool = False) -> st
         return f"policy returned {type(plan).__name__}, not Plan"
     running = {r.rid for r in snap.running}
     prefilling = {r.rid for r in snap.prefilling}
-    pending = {r.rid: r for r in (*snap.prefilling, *snap.waiting)}
+    pending = _pending(snap, {rid for rid, _ in plan.prefill})
     preempt = set(plan.preempt)
     if len(preempt) != len(plan.preempt):
         return "a preemption planned twice"
@@ -58,3 +58,17 @@ def plan_problem(plan: Plan, snap: Snapshot, *, allow_empty: bool = False) -> st
     if plan.prefill and plan.decode and not snap.mixing_allowed:
         return "mixed plan where the engine cannot mix"
     return None
+
+
+def _pending(snap: Snapshot, wanted: set) -> dict:
+    """rid -> view of the partial prefills and waiting requests named in `wanted`. The waiting queue is read only
+    until all are found: policies admit from its head, and reading a long queue's views every step is most of the
+    check's cost."""
+    pending = {r.rid: r for r in snap.prefilling if r.rid in wanted}
+    if len(pending) < len(wanted):
+        for r in snap.waiting:
+            if r.rid in wanted:
+                pending[r.rid] = r
+                if len(pending) == len(wanted):
+                    break
+    return pending

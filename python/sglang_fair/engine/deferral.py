@@ -200,10 +200,15 @@ class PrefillControl:
         after = sched.waiting_queue
         after_set = set(after)
         admitted = {r for r in self._planned if r not in after_set}
-        full_set = set(self._full) if after else ()
-        # Requests SGLang re-queued during the call (preempted, grammar-ready) keep their place at the end.
-        kept = [r for r in self._full if r not in admitted] if admitted else list(self._full)
-        sched.waiting_queue = kept + [r for r in after if r not in full_set]
+        queue = self._full  # the queue as it was, edited in place: a long queue is not read past the admitted
+        if admitted:
+            _remove_by_identity(queue, admitted)
+        planned = set(self._planned)
+        extra = [r for r in after if r not in planned]
+        if extra:  # re-queued by SGLang during the call (preempted, grammar-ready): at the end, unless queued already
+            queued = set(queue)
+            queue.extend([r for r in extra if r not in queued])
+        sched.waiting_queue = queue
         sched.chunked_prefill_size, sched.is_mixed_chunk, _ = self._saved
         if hasattr(sched.policy, ORDER_ATTR):
             delattr(sched.policy, ORDER_ATTR)
@@ -274,3 +279,17 @@ def rows_to_defer(batch, planned: set[str], *, has_prefill: bool, finishing: Cal
     if not has_prefill and len(defer) == len(batch.reqs):
         defer = defer[1:]  # always keep one row active when no prefill runs
     return defer, n_wanted
+
+
+def _remove_by_identity(queue: list, reqs: set) -> None:
+    """Delete `reqs` from `queue` in place, matching by identity; the scan stops once all are found (admitted
+    requests come from the queue's head) and reads ids only, not the queued objects."""
+    want = {id(r) for r in reqs}
+    found = []
+    for i, x in enumerate(map(id, queue)):
+        if x in want:
+            found.append(i)
+            if len(found) == len(want):
+                break
+    for i in reversed(found):
+        del queue[i]

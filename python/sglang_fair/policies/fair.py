@@ -268,7 +268,8 @@ class FairPolicy:
 
     def _prefill_order(self, snap: Snapshot, fit_tokens: int, kv_left: int, waiting, demoted=(), edf_head=()):
         """Partial prefills and waiting requests, earliest TTFT deadline first: EDF only among as many of the oldest
-        waiting requests as could still start this iteration; demoted requests after all of them."""
+        waiting requests as could still start this iteration (counted at `min_prefill_chunk_tokens` each, so prompts
+        shorter than that can start beyond the window, in arrival order); demoted requests after all of them."""
         p = self.params
         window = 1 + min(kv_left, fit_tokens) // p.min_prefill_chunk_tokens
         if p.prefill_window_reqs:
