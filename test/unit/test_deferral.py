@@ -219,7 +219,8 @@ def test_prefill_control_restore_matches_the_rebuilt_queue(seed):
         extra.append(rng.choice(w))
     sched.waiting_queue = [r for r in planned if r not in admitted] + extra
     ctl.restore()
-    expected = [r for r in w if r not in admitted] + [r for r in extra if r not in set(w)]
+    queued = set(w)
+    expected = [r for r in w if r not in admitted] + [r for r in extra if r not in queued]
     assert sched.waiting_queue == expected and ctl.admitted == admitted
 
 

@@ -151,8 +151,8 @@ def test_fair_makes_progress_whenever_there_is_work(admission, snap):
         if snap.kv_free_tokens >= 1 or any(decode_slack(r, snap.now, "first_token") < thr for r in snap.running):
             assert plan.decode or plan.preempt or plan.prefill
     elif snap.prefilling or snap.waiting:
-        pending = (*snap.prefilling, *snap.waiting)
-        kept = [r for r in pending if r.rid not in set(plan.demoted)]
+        pending, demoted = (*snap.prefilling, *snap.waiting), set(plan.demoted)
+        kept = [r for r in pending if r.rid not in demoted]
         head = min(kept or pending, key=edf_key)
         partial = snap.prefilling
         # enough KV for the head's prompt, every partial prompt, and all their outputs (a generous reserve)

@@ -200,7 +200,7 @@ class PrefillControl:
         after = sched.waiting_queue
         after_set = set(after)
         admitted = {r for r in self._planned if r not in after_set}
-        queue = self._full  # the queue as it was, edited in place: a long queue is not read past the admitted
+        queue = self._full  # the queue as it was, edited in place: not read past the last admitted request
         if admitted:
             _remove_by_identity(queue, admitted)
         planned = set(self._planned)
@@ -282,8 +282,8 @@ def rows_to_defer(batch, planned: set[str], *, has_prefill: bool, finishing: Cal
 
 
 def _remove_by_identity(queue: list, reqs: set) -> None:
-    """Delete `reqs` from `queue` in place, matching by identity; the scan stops once all are found (admitted
-    requests come from the queue's head) and reads ids only, not the queued objects."""
+    """Delete `reqs` from `queue` in place, matching by identity. The scan reads ids only, not the queued objects,
+    and stops at the last of `reqs` (early when they sit near the head, as in an arrival-ordered queue)."""
     want = {id(r) for r in reqs}
     found = []
     for i, x in enumerate(map(id, queue)):
