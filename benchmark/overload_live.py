@@ -7,6 +7,9 @@ Figures are EMULATED.
 
     .venv/bin/python benchmark/overload_live.py --emulate a100-llama3-8b:6 --scale 2 --out out/overload
 
+`--trace` runs each server with `--fair-trace` and adds the trace's summary (`sglang-fair trace-report`); `--only`
+runs one configuration.
+
 One server at a time (the machine's rule: each config's server is stopped before the next starts).
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sglang_fair.bench.runner import SERVE, Bench, _status, emulated_config
+from sglang_fair.bench import trace_report
 from sglang_fair.core.metrics import meets_slo, summarize, tpot_s, ttft_s
 from sglang_fair.data.model import make_model
 from sglang_fair.emulate.serve_args import MICRO_SPEC
@@ -30,6 +34,8 @@ CONFIGS = {
     "fair, admission off": ["--fair-param", "admission=off"],
     "fair (default: demote-longest k=5)": [],
 }
+SHORT = {"admission-off": "fair, admission off", "default": "fair (default: demote-longest k=5)"}
+"""--only's names for CONFIGS."""
 
 
 def probe_figures(probe, dilation: float) -> dict:
@@ -51,6 +57,9 @@ def main() -> int:
     ap.add_argument("--emulate", default="a100-llama3-8b:6")
     ap.add_argument("--scale", type=float, default=2.0, help="rate scale of the probe (the window's capacity is ~1)")
     ap.add_argument("--out", default="out/overload")
+    ap.add_argument("--only", choices=sorted(SHORT), help="run one configuration (default: both)")
+    ap.add_argument("--trace", action="store_true",
+                    help="run each server with --fair-trace OUT/trace-NAME.jsonl and add its trace-report summary")
     args = ap.parse_args()
     if not args.scale > 0:
         raise SystemExit("overload_live.py: --scale must be > 0")
@@ -65,8 +74,13 @@ def main() -> int:
     key = cfg.workloads[0].trace
     results = {"emulated_device": args.emulate, "scale": args.scale, "window": cfg.workloads[0].to_json(),
                "ttft_slo_ms": cfg.ttft_slo_ms, "tpot_slo_ms": cfg.tpot_slo_ms, "configs": {}}
-    for label, extra in CONFIGS.items():
-        server_args = bench.server_args("fair") + extra
+    for name, label in SHORT.items():
+        if args.only not in (None, name):
+            continue
+        server_args = bench.server_args("fair") + CONFIGS[label]
+        trace = (out / f"trace-{name}.jsonl").resolve() if args.trace else None
+        if trace is not None:
+            server_args += ["--fair-trace", str(trace)]
         bench.say(f"starting {label}: sglang-fair serve {' '.join(server_args)}")
         with sglang_server(bench.model, server_args, command=SERVE, startup_timeout_s=600) as srv:
             bench._warm_up(srv.url)
@@ -74,6 +88,9 @@ def main() -> int:
             fig = probe_figures(probe, cfg.dilation)
             fig["status"] = _status(srv)
         fig["server_args"] = server_args
+        if trace is not None:  # the server is stopped: its trace is on disk but for at most its last 0.25 s
+            fig["trace_summary"] = trace_report.summarize(trace_report.read_trace(trace))
+            print(f"{label}: trace {trace}\n{trace_report.render(fig['trace_summary'])}")
         results["configs"][label] = fig
         bench.say(f"{label}: {json.dumps({k: v for k, v in fig.items() if k not in ('status', 'server_args')})}")
     (out / "overload.json").write_text(json.dumps(results, indent=1) + "\n")

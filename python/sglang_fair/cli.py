@@ -14,6 +14,7 @@ COMMANDS = (
     ("sglang_fair.bench.plan_bench", "add_parser"),
     ("sglang_fair.sim.cli", "add_parsers"),
     ("sglang_fair.bench.cli", "add_parser"),
+    ("sglang_fair.bench.trace_report", "add_parser"),
 )
 
 

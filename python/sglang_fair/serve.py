@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fair-save-cost-model", default=None, metavar="PATH",
                    help="write the online cost-model fit to PATH (JSON, loadable by --fair-cost-model) after each "
                         "accepted refit")
+    g.add_argument("--fair-trace", default=None, metavar="PATH",
+                   help="write the scheduler's iteration trace to PATH (JSON lines: every plan, every measured forward "
+                        "and, with --emulate-device, every emulated forward; rewritten at start; summarise it with "
+                        "`sglang-fair trace-report PATH`)")
+    g.add_argument("--fair-trace-max-mb", type=float, default=1024.0, metavar="MB",
+                   help="stop the trace at this size, MiB (default 1024)")
     g.add_argument("--fair-load-horizon-ms", type=float, default=None,
                    help="horizon of the prefill admission budget served on /get_load (default: the TTFT SLO)")
     g.add_argument("--fair-loads", default="fair", choices=LOADS_CHOICES,
@@ -92,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 FLAG_OF_FIELD = {"policy": "--fair-policy", "ttft_slo_ms": "--ttft-slo-ms", "tpot_slo_ms": "--tpot-slo-ms",
                  "load_horizon_ms": "--fair-load-horizon-ms", "loads": "--fair-loads",
-                 "admission": "--fair-admission"}
+                 "admission": "--fair-admission", "trace_max_mb": "--fair-trace-max-mb"}
 """The flag that sets each validated config field (errors name the flag, not the field)."""
 
 
@@ -102,14 +108,16 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
         params = dict(parse_param(t) for t in ns.fair_param)
     except ValueError as exc:
         raise ValueError(f"--fair-param: {exc}") from None
-    save_path = _save_cost_model_path(ns.fair_save_cost_model)
+    save_path = _writable_file_path("--fair-save-cost-model", ns.fair_save_cost_model)
+    trace_path = _writable_file_path("--fair-trace", ns.fair_trace)
     if save_path is not None and ns.fair_no_online_fit:
         raise ValueError("--fair-save-cost-model needs the online fit (drop --fair-no-online-fit)")
     try:
         cfg = RuntimeConfig(policy=ns.fair_policy, slo=SloConfig(ttft_slo_ms=ns.ttft_slo_ms, tpot_slo_ms=ns.tpot_slo_ms),
                             policy_params=params, cost_model=ns.fair_cost_model, online_fit=not ns.fair_no_online_fit,
                             load_horizon_ms=ns.fair_load_horizon_ms, save_cost_model=save_path,
-                            loads=ns.fair_loads, admission=ns.fair_admission)
+                            loads=ns.fair_loads, admission=ns.fair_admission, trace_path=trace_path,
+                            trace_max_mb=ns.fair_trace_max_mb)
     except FieldError as exc:
         raise ValueError(f"{FLAG_OF_FIELD.get(exc.field, exc.field)} {exc.problem}") from None
     if cfg.active:
@@ -153,14 +161,15 @@ def refused_sglang_flags(cfg: RuntimeConfig, args: list[str]) -> list[str]:
     return out
 
 
-def _save_cost_model_path(path: str | None) -> str | None:
-    """Absolute path for --fair-save-cost-model (the scheduler child writes it); its folder must be writable."""
+def _writable_file_path(flag: str, path: str | None) -> str | None:
+    """Absolute path for a file the scheduler child writes (`flag` names it in the error); its folder must be
+    writable."""
     if path is None:
         return None
     p = os.path.abspath(path)
     folder = os.path.dirname(p)
     if os.path.isdir(p) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ValueError(f"--fair-save-cost-model: {path!r} is not a file path in a writable folder")
+        raise ValueError(f"{flag}: {path!r} is not a file path in a writable folder")
     return p
 
 
@@ -247,6 +256,9 @@ def main(argv: list[str]) -> int:
         cfg = runtime_config(ns)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2, before any model loads
+    if cfg.trace_path and not cfg.active and not emulate:
+        parser.error(f"--fair-trace records the plans and forwards of an active policy, or an emulated device's "
+                     f"forwards: with --fair-policy {cfg.policy} it needs --emulate-device")
     refused = refused_sglang_flags(cfg, rest)
     if refused:
         parser.error(f"--fair-policy {cfg.policy} does not support: {'; '.join(refused)} (use --fair-policy off)")

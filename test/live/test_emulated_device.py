@@ -8,7 +8,10 @@ gauges with the spec and dilation as labels, equal to /server_info's counters.""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -58,19 +61,32 @@ def _check_reports(srv, policy: str) -> dict:
     return rank
 
 
-def _server(serve_command, policy: str):
+def _server(serve_command, policy: str, trace=None):
     from sglang_fair.emulate.serve_args import split_emulate_args
     _, emu = split_emulate_args(["--emulate-device", SPEC])
     micro = emu.sglang_args([])
     model = micro[micro.index("--model-path") + 1]
     args = ["--fair-policy", policy, "--emulate-device", SPEC, "--enable-metrics", *cpu_server_args(None)]  # serve sizes the KV pool
+    if trace is not None:
+        args += ["--fair-trace", str(trace)]
     return emu, sglang_server(model, args, command=serve_command, startup_timeout_s=600)
 
 
-def test_stock_forwards_take_exactly_the_emulated_time(serve_command, generate_ok, prompt_ids):
+def _trace(path, counts: dict, timeout_s: float = 10.0) -> dict:
+    """The trace's records once it holds at least `counts` records of each kind (the writer flushes every 0.25 s)."""
+    from sglang_fair.bench.trace_report import read_trace
+    deadline = time.monotonic() + timeout_s
+    while True:
+        recs = read_trace(path) if path.exists() else {}
+        if all(len(recs.get(k, ())) >= n for k, n in counts.items()) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.2)
+
+
+def test_stock_forwards_take_exactly_the_emulated_time(serve_command, generate_ok, prompt_ids, tmp_path):
     from sglang_fair.emulate.device import DeviceModel
 
-    emu, server = _server(serve_command, "off")
+    emu, server = _server(serve_command, "off", trace=tmp_path / "off.jsonl")
     dev = DeviceModel(emu.spec)
     with server as srv:
         before = _counters(srv)
@@ -82,6 +98,15 @@ def test_stock_forwards_take_exactly_the_emulated_time(serve_command, generate_o
         after = _counters(srv)
         rank = _check_reports(srv, "off")
         log = srv.log_text()
+        recs = _trace(tmp_path / "off.jsonl", {"device": after["iterations"]})
+    # --fair-trace with the policy off: the emulated device's forwards only, each as the counters booked it
+    assert set(recs) == {"start", "device"} and recs["start"][0]["policy"] == "off"
+    assert recs["start"][0]["emulated_device"] == SPEC and recs["start"][0]["dilation"] == 5.0
+    fwd = recs["device"]
+    assert len(fwd) == after["iterations"] and sum(d["overrun"] for d in fwd) == after["overruns"]
+    assert sum(d["emulated_ms"] for d in fwd) == pytest.approx(after["emulated_s"] * 1e3, rel=1e-9)
+    assert [d["batch"] for d in fwd[-new:]] == ["prefill"] + ["decode"] * (new - 1)
+    assert fwd[-new]["prefill_tokens"] == prompt
     assert rank["iterations"] == after["iterations"] > 0
     assert len(out["output_ids"]) == new
     want = dev.iteration_s([(prompt, 0)]) + sum(dev.iteration_s((), [prompt + j]) for j in range(1, new))
@@ -98,8 +123,9 @@ def test_stock_forwards_take_exactly_the_emulated_time(serve_command, generate_o
     assert "emulated device a100-llama3-8b:5 active" in log and "KV pool of the emulated GPU 425" in log
 
 
-def test_fair_plans_on_the_emulated_clock(serve_command, generate_ok, prompt_ids):
-    _, server = _server(serve_command, "fair")
+def test_fair_plans_on_the_emulated_clock(serve_command, generate_ok, prompt_ids, tmp_path):
+    path = tmp_path / "fair.jsonl"
+    _, server = _server(serve_command, "fair", trace=path)
     with server as srv:
         status = srv.get("/sglang_fair/status").json()
         assert status["active"] and status["policy"] == "fair"
@@ -110,6 +136,22 @@ def test_fair_plans_on_the_emulated_clock(serve_command, generate_ok, prompt_ids
         counters = _counters(srv)
         rank = _check_reports(srv, "fair")
         metrics = srv.get("/metrics").text
+        r0 = after["ranks"][0]
+        recs = _trace(path, {"plan": r0["planned_iterations"] + r0["stock_iterations"],
+                             "forward": r0["measured_iterations"], "device": counters["iterations"]})
+        report = subprocess.run([sys.executable, "-m", "sglang_fair.cli", "trace-report", "--json", str(path)],
+                                capture_output=True, text=True, timeout=120)
+    # --fair-trace: every plan, every measured forward (linked to its plan) and every emulated forward
+    assert len(recs["plan"]) >= r0["planned_iterations"] and len(recs["forward"]) >= r0["measured_iterations"]
+    assert len(recs["device"]) == counters["iterations"]
+    seqs = {p["seq"] for p in recs["plan"]}
+    assert all(f["plan_seq"] in seqs for f in recs["forward"] if f["plan_seq"] > 0)
+    assert sum(p["prefill_tokens"] for p in recs["plan"] if not p.get("stock")) >= sum(
+        200 + 300 * (k % 3) for k in range(6)) - 6  # every prompt planned (less a fully cached last token)
+    assert report.returncode == 0, report.stderr
+    summary = json.loads(report.stdout)
+    assert summary["policy"] == "fair" and summary["emulated_device"] == SPEC
+    assert summary["plans"]["n"] == len(recs["plan"]) and summary["device"]["n"] == counters["iterations"]
     assert "sglang_fair:planned_iterations" in metrics  # the policy's gauges beside the emulated device's
     assert rank["iterations"] >= counters["iterations"]
     assert all(len(o["output_ids"]) == 8 for o in outs)

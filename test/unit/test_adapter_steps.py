@@ -336,3 +336,43 @@ def test_a_fully_cached_prompt_still_gets_its_last_token_planned():
     sched.waiting_queue = [again]
     again.prefix_len = 9  # a full match by another path (SGLang's own calc_priority passes no limit)
     assert ad.snapshot([]).waiting[0].remaining_prompt_tokens == 1
+
+
+# ---- --fair-trace -----------------------------------------------------------------------------------------------
+def test_the_trace_has_every_plan_and_forward_linked_by_sequence(tmp_path, monkeypatch):
+    """One `plan` record per step (a stock fallback marked), one `forward` record per measured forward carrying the
+    latest plan's number, with the longest gap a row saw between two of its tokens."""
+    from sglang_fair.bench.trace_report import read_trace
+    from sglang_fair.engine import trace
+
+    path = tmp_path / "trace.jsonl"
+    monkeypatch.setattr(trace, "_writer", None)
+    trace.configure(str(path), header={"policy": "fair"})
+    d = Req("d", outputs=4, prefill_done=1.0, last_decode=2.0)
+    sched = Sched(waiting=[Req("w", prompt=300)], running=[d])
+    ad = adapter(sched)
+    assert ad.trace is trace.writer()
+    result = ad.form_prefill(fake_original([]), sched, sched.running_batch)
+    ad.on_run_batch(d_batch := Batch([d]), 5.0, 5.1)
+    d.output_ids.append(9)
+    ad.on_result(5.1)
+    ad.on_run_batch(d_batch, 5.2, 5.3)
+    d.output_ids.append(9)
+    ad.on_result(5.35)  # d's previous token at 5.1: a 250 ms gap
+    ad.policy = SimpleNamespace(plan=lambda snap: 1 / 0)
+    ad.form_prefill(fake_original([]), sched, sched.running_batch)  # a stock step
+    assert result.batch_to_run is not None
+    assert ad.status()["trace"]["records"] == 4
+    trace.writer().close()
+    recs = read_trace(path)
+    assert recs["start"][0]["policy"] == "fair"
+    plans, forwards = recs["plan"], recs["forward"]
+    assert [p.get("stock", False) for p in plans] == [False, True]
+    p = plans[0]
+    assert p["seq"] == 1 and 0 < p["prefill_tokens"] <= 300 and p["prefill_chunks"] == [p["prefill_tokens"]]
+    assert p["n_prefill"] == 1 and p["decode"] + p["deferred"] == 1
+    assert p["running"] == 1 and p["waiting"] == 1 and p["overhead_ms"] > 0 and p["note"].startswith("fair")
+    assert [f["plan_seq"] for f in forwards] == [1, 1]
+    assert forwards[0]["n_decode"] == 1 and forwards[0]["measured_ms"] == pytest.approx(100.0)
+    assert forwards[0]["max_token_gap_ms"] == 0.0  # d's first observed token
+    assert forwards[1]["max_token_gap_ms"] == pytest.approx(250.0)

@@ -249,3 +249,20 @@ def test_an_empty_batch_breaks_the_overlap_chain():
     clock.now += 0.004
     pad.run(clock.forward(0.0), BUSY, decode_batch([10]))
     assert pad.last_credit_s == 0.0
+
+
+def test_each_counted_forward_is_reported_to_the_trace_with_its_overrun():
+    """`--fair-trace`'s device records: one per counted forward (empty batches none), with the overlap credit and
+    whether it overran, as the counters book it."""
+    pad, clock = overlap_padder(0.050)
+    records = []
+    pad.on_forward = records.append
+    pad.run(clock.forward(0.010), IDLE, decode_batch([10, 20]))
+    clock.now += 0.005
+    pad.run(clock.forward(0.048), BUSY, extend_batch([(100, 0)], decode_prefixes=[30]))
+    pad.run(clock.forward(0.0), BUSY, SimpleNamespace(forward_mode=mode("idle"), reqs=[]))
+    assert [(r["batch"], r["prefill_tokens"], r["decode_rows"], r["overrun"]) for r in records] == \
+        [("decode", 0, 2, False), ("mixed", 100, 1, True)]
+    assert records[0]["emulated_ms"] == pytest.approx(50.0) and records[0]["real_ms"] == pytest.approx(10.0)
+    assert records[1]["credit_ms"] == pytest.approx(5.0) and records[0]["credit_ms"] == 0.0
+    assert sum(r["overrun"] for r in records) == pad.counters.overruns

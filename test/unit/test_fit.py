@@ -102,6 +102,26 @@ def test_unidentifiable_terms_keep_the_prior():
     assert abs(model.per_prefill_token_s / TRUE.per_prefill_token_s - 1) < 0.05
 
 
+def test_a_term_only_lightly_weighted_samples_exercise_keeps_the_prior():
+    """FitOptions.min_term_weight: the prefill terms of 20 prefill-only samples are fitted at full weight, but kept at
+    the prior's value when those samples carry 0.02 each (0.4 in all, as old samples do under forgetting)."""
+    from sglang_fair.core.fit import fit_features
+    prior = CostModel(base_s=0.02, per_prefill_token_s=3e-4, per_decode_req_s=3e-4, per_context_token_s=1e-7)
+    samples = iterations(TRUE, 20, seed=21, decode=False) + iterations(TRUE, 200, seed=22, prefill=False)
+    X = np.array([CostModel.features(p, d) for p, d, _ in samples])
+    y = np.array([t for _, _, t in samples])
+    opts = FitOptions(min_term_weight=8.0)
+    full, rep = fit_features(X, y, options=opts, prior=prior)
+    assert "prefill_tokens" in rep.fitted_terms and abs(full.per_prefill_token_s / TRUE.per_prefill_token_s - 1) < 0.1
+    w = np.r_[np.full(20, 0.02), np.ones(200)]
+    light, rep = fit_features(X, y, sample_weight=w, options=opts, prior=prior)
+    assert {"prefill_tokens", "attn_tokens2"} <= set(rep.fixed_terms)
+    assert light.per_prefill_token_s == prior.per_prefill_token_s
+    assert "decode_reqs" in rep.fitted_terms  # the well-supported terms are still fitted
+    with pytest.raises(ValueError, match="min_term_weight"):
+        FitOptions(min_term_weight=-1.0)
+
+
 def test_fit_rejects_unusable_input():
     with pytest.raises(ValueError, match="no usable samples"):
         fit_cost_model([([], [], 0.1), ([(10, 0)], [], -1.0), ([(10, 0)], [], math.nan)])
@@ -148,6 +168,51 @@ def test_online_fit_keeps_the_quadratic_prefill_term_of_its_prior_by_default():
     assert fitter.model.per_attn_token2_s == PRIOR.per_attn_token2_s != TRUE.per_attn_token2_s
     assert "attn_tokens2" not in fitter.report.fitted_terms
     assert abs(fitter.model.per_decode_req_s / TRUE.per_decode_req_s - 1) < 0.1  # the linear terms still learn
+
+
+def test_online_keeps_the_prefill_terms_through_a_decode_only_stretch():
+    """A term the recent samples do not exercise keeps its value exactly through a decode-only stretch (the recorded
+    case where it did not is the next test), and is learnt again once prefill samples return."""
+    truth = CostModel.from_coefficients(TRUE.coefficients() * np.array([1, 1, 0, 1, 1, 1]))  # PRIOR's zero quadratic
+    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(refit_every=32))
+    feed(fitter, iterations(truth, 600, seed=23))
+    learnt = fitter.model
+    assert abs(learnt.per_prefill_token_s / truth.per_prefill_token_s - 1) < 0.1
+    for seed in range(24, 34):  # 10 x 32 decode-only forwards, each chunk ending in a refit
+        feed(fitter, iterations(truth, 32, seed=seed, prefill=False))
+        assert fitter.model.per_prefill_token_s == learnt.per_prefill_token_s
+        assert fitter.model.per_mixed_decode_req_s == learnt.per_mixed_decode_req_s
+    assert {"prefill_tokens", "mixed_decode_reqs"} <= set(fitter.report.fixed_terms)
+    assert fitter.report.n_samples > 32  # old prefill samples are still in the window, with little weight
+    slower = CostModel.from_coefficients(truth.coefficients() * np.array([1, 2, 1, 1, 1, 1]))  # prefill x 2
+    feed(fitter, iterations(slower, 300, seed=40))
+    assert abs(fitter.model.per_prefill_token_s / slower.per_prefill_token_s - 1) < 0.1
+
+
+def test_online_fit_of_a_recorded_decode_stretch_keeps_its_prefill_cost():
+    """The forwards recorded live (data/fit_window_decode_stretch.json.gz, a `--fair-trace` on the emulated A100):
+    a few prefill and mixed forwards, then ~300 decode-only ones. Without a minimum weight per term a refit 256
+    forwards into the stretch rejected the old prefill samples as outliers, set the prefill-token coefficient to 0
+    and put prefill's cost on the mixed-row term; the burst that followed ran 3-8x longer than planned."""
+    import gzip
+    from sglang_fair.core.fit import ONLINE_TERMS
+    from sglang_fair.core.presets import load_preset
+    doc = json.loads(gzip.open(Path(__file__).parent / "data" / "fit_window_decode_stretch.json.gz").read())
+    prior = load_preset("a100-llama3-8b").scaled(6)
+
+    def replay(config: OnlineFitConfig) -> list[CostModel]:
+        fitter, models = OnlineCostFitter(prior, config), []
+        for prefills, rows, ctx, ms in doc["forwards"]:  # only the contexts' sum enters the features
+            fitter.observe([tuple(p) for p in prefills], [ctx / rows] * rows if rows else [], ms / 1000.0)
+            models.append(fitter.model)
+        return models
+
+    old = replay(OnlineFitConfig(options=FitOptions(terms=ONLINE_TERMS)))  # the fitter before the minimum
+    assert old[-1].per_prefill_token_s == 0.0 and old[-1].prefill_s(1055) < 0.2 * prior.prefill_s(1055)
+    measured_1055 = 0.606  # the recorded 1055-token prefill-only forward (its 10th), seconds on the dilated clock
+    for m in replay(OnlineFitConfig()):
+        assert m.per_prefill_token_s > 0.5 * prior.per_prefill_token_s
+        assert abs(m.prefill_s(1055) + m.base_s - measured_1055) < 0.2 * measured_1055
 
 
 def test_online_outliers_do_not_wreck_the_model():

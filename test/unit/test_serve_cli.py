@@ -22,6 +22,10 @@ def run_serve(*args: str) -> subprocess.CompletedProcess:
     (["--tpot-slo-ms", "nan"], "--tpot-slo-ms"),
     (["--fair-param", "no_equals_sign"], "--fair-param"),
     (["--fair-load-horizon-ms", "-1"], "--fair-load-horizon-ms"),
+    (["--fair-trace", "/nonexistent/folder/trace.jsonl"], "--fair-trace"),
+    (["--fair-trace", "/tmp"], "--fair-trace"),  # a folder, not a file
+    (["--fair-trace", "/tmp/t.jsonl", "--fair-trace-max-mb", "0"], "--fair-trace-max-mb"),
+    (["--fair-trace", "/tmp/t.jsonl", "--fair-policy", "off"], "--fair-trace"),  # off traces only an emulated device
 ])
 def test_bad_flags_exit_nonzero_naming_the_flag(args, flag):
     # --model-path points nowhere: the process must fail on our flag before it ever looks at the model.
@@ -39,8 +43,10 @@ def test_unknown_policy_param_is_rejected_by_the_policy():
 
 def test_runtime_config_round_trips_through_the_environment():
     ns, rest = build_parser().parse_known_args(
-        ["--fair-policy", "sarathi", "--ttft-slo-ms", "1500", "--fair-param", "token_budget=512", "--port", "1234"])
+        ["--fair-policy", "sarathi", "--ttft-slo-ms", "1500", "--fair-param", "token_budget=512", "--port", "1234",
+         "--fair-trace", "rel-trace.jsonl", "--fair-trace-max-mb", "5"])
     cfg = runtime_config(ns)
+    assert cfg.trace_path.startswith("/") and cfg.trace_path.endswith("/rel-trace.jsonl") and cfg.trace_max_mb == 5
     assert rest == ["--port", "1234"]
     back = RuntimeConfig.from_env({ENV_VAR: cfg.to_json()})
     assert back == cfg

@@ -64,6 +64,11 @@ class RuntimeConfig:
     admission: str = "off"
     """"reject": a request whose first token cannot meet its TTFT SLO behind the queued work gets HTTP 429 with
     Retry-After at arrival (engine/reject.py); "off": every request is queued. Needs an active policy."""
+    trace_path: str | None = None
+    """Where the scheduler writes its iteration trace (JSON lines: plans, forwards, emulated device; engine/trace.py);
+    None: no trace."""
+    trace_max_mb: float = 1024.0
+    """The trace stops (with a `truncated` record) at this size, MiB."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_CHOICES:
@@ -76,6 +81,7 @@ class RuntimeConfig:
             raise FieldError("admission", f"must be one of {', '.join(ADMISSION_CHOICES)}, got {self.admission!r}")
         if self.admission != "off" and self.policy == OFF:
             raise FieldError("admission", f"{self.admission!r} needs an active policy (not {OFF!r})")
+        check_positive("trace_max_mb", self.trace_max_mb)
         if self.save_cost_model is not None and not self.online_fit:
             raise ValueError("save_cost_model needs the online fit (online_fit=True)")
 

@@ -64,6 +64,10 @@ class FitOptions:
     """Floor of the robust residual scale, relative (x median measured time when not `relative`): keeps noise-free
     data stable."""
     max_iter: int = 30
+    min_term_weight: float = 0.0
+    """A term is fitted only if the samples that exercise it (its feature > 0) carry at least this much sample weight
+    (a weight-1 sample counts 1); otherwise it keeps the prior's value. 0: no minimum. The online fitter sets it
+    (OnlineFitConfig): a few old samples must not decide a term alone."""
 
     def __post_init__(self) -> None:
         unknown = set(self.terms) - set(FEATURES)
@@ -71,6 +75,8 @@ class FitOptions:
             raise ValueError(f"FitOptions.terms: unknown terms {sorted(unknown)}; known: {FEATURES}")
         if not (self.min_rel_singular > 0 and self.min_scale > 0 and self.max_iter >= 1):
             raise ValueError("FitOptions: min_rel_singular and min_scale must be > 0 and max_iter >= 1")
+        if not self.min_term_weight >= 0:
+            raise ValueError("FitOptions.min_term_weight must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +149,9 @@ def fit_features(X: np.ndarray, y: np.ndarray, *, sample_weight: np.ndarray | No
     prior_coef = prior.coefficients() if prior is not None else np.zeros(len(FEATURES))
     scale = 1.0 / y if options.relative else np.ones_like(y)
 
-    allowed = [j for j, name in enumerate(FEATURES) if name in options.terms]
+    allowed = [j for j, name in enumerate(FEATURES)
+               if name in options.terms and (not options.min_term_weight
+                                             or w[X[:, j] > 0].sum() >= options.min_term_weight)]
     active = _identifiable(X[:, allowed] * (scale * np.sqrt(w))[:, None], options.min_rel_singular)
     active = [allowed[j] for j in active]
     coef, rw = _robust_fit(X, y, w, scale, active, prior_coef, options)
@@ -274,6 +282,15 @@ ONLINE_TERMS = tuple(t for t in FEATURES if t != "attn_tokens2")
 policy itself shapes the chunks the fitter sees, and once a refit overestimated that term (from a window of short
 chunks) fair planned only short chunks, so no sample could ever correct it (seen live: 1e-4 s/token^2, a 367-token
 prompt predicted at 13 s, prefill starved). The linear terms stay identifiable from the samples any policy makes."""
+ONLINE_MIN_TERM_WEIGHT = 8.0
+"""The online fitter refits a term only while the window holds at least 8 fresh samples' worth of forgetting weight
+exercising it (FitOptions.min_term_weight); otherwise the term keeps the current model's value. Seen live (emulated
+A100, overload, `--fair-trace`): after ~250 decode-only forwards the few old prefill samples (forgetting weight ~0.15
+each) were rejected as outliers by the robust fit, which set the prefill-token coefficient to 0 and charged prefill
+to the mixed-row term (85 ms a row); the next burst's prefills ran 3-8x longer than planned and stalled the decodes.
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class OnlineFitConfig:
     window_samples: int = 512
@@ -286,8 +303,10 @@ class OnlineFitConfig:
     """No refit before this many usable samples are in the window."""
     min_inlier_weight: float = 0.6
     """Reject a refit unless the samples it keeps (bisquare weight >= 0.5) hold this share of the forgetting weight."""
-    options: FitOptions = field(default_factory=lambda: FitOptions(terms=ONLINE_TERMS))
-    """By default the quadratic prefill term stays at the prior's value (see ONLINE_TERMS)."""
+    options: FitOptions = field(default_factory=lambda: FitOptions(terms=ONLINE_TERMS,
+                                                                   min_term_weight=ONLINE_MIN_TERM_WEIGHT))
+    """By default the quadratic prefill term stays at the prior's value (see ONLINE_TERMS), and so does every term
+    the recent samples do not exercise (ONLINE_MIN_TERM_WEIGHT)."""
 
     def __post_init__(self) -> None:
         if self.window_samples < 2 or self.refit_every < 1 or self.min_samples < 1:

@@ -93,6 +93,10 @@ def _make_hooks(spec: DeviceSpec):
             gauges = report.gauges_for(self, spec)  # None without --enable-metrics
             if gauges is not None:
                 padder.on_account = gauges.maybe_update
+            from ..engine import trace
+            tw = trace.writer()
+            if tw is not None:
+                padder.on_forward = lambda rec: tw.write("device", rec)
             setattr(self, PADDER_ATTR, padder)
             logger.warning("sglang-fair: emulated device %s active (jitter cv %g, KV pool of the emulated GPU %d "
                            "tokens)", spec.text(), spec.jitter_cv, padder.device.kv_pool_tokens)

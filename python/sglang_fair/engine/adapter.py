@@ -24,7 +24,7 @@ from ..core.plan_check import plan_problem
 from ..core.presets import load_cost_model
 from ..core.types import Plan, Snapshot
 from ..policies import Policy
-from . import deferral, sglang_view
+from . import deferral, sglang_view, trace
 from .snapshot import SnapshotBuilder
 
 logger = logging.getLogger("sglang_fair")
@@ -97,6 +97,7 @@ class PolicyAdapter:
         """Requests answered HTTP 429 at arrival (`--fair-admission reject`, engine/reject.py)."""
         self.measured_iterations = 0
         self.gauges = None  # gauges.Gauges when --enable-metrics
+        self.trace = trace.writer()  # --fair-trace (engine/trace.py), or None
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     @property
@@ -147,12 +148,12 @@ class PolicyAdapter:
             self._fault("invalid_plan", problem)
             return self._stock_step(original, sched, running_batch)
         self.planned_iterations += 1
-        self.recent_plans.append({"t_s": t0, "running": len(snap.running), "decode": len(plan.decode),
-                                  "first_token_known": sum(r.first_token_s is not None for r in snap.running),
-                                  "prefill_tokens": plan.prefill_tokens, "waiting": len(snap.waiting),
-                                  "budget_ms": plan.budget_s * 1000.0 if math.isfinite(plan.budget_s) else None,
-                                  "predicted_ms": plan.predicted_s * 1000.0, "demoted": len(plan.demoted),
-                                  "note": plan.note[:120]})
+        record = {"seq": self.planned_iterations, "t_s": t0, "running": len(snap.running), "decode": len(plan.decode),
+                  "first_token_known": sum(r.first_token_s is not None for r in snap.running),
+                  "prefill_tokens": plan.prefill_tokens, "waiting": len(snap.waiting),
+                  "budget_ms": plan.budget_s * 1000.0 if math.isfinite(plan.budget_s) else None,
+                  "predicted_ms": plan.predicted_s * 1000.0, "demoted": len(plan.demoted), "note": plan.note[:120]}
+        self.recent_plans.append(record)
         self._count_demoted(plan.demoted)
         self.budget_s = plan.budget_s
         self.predicted_s = plan.predicted_s
@@ -195,12 +196,19 @@ class PolicyAdapter:
         dt = time.perf_counter() - t0
         self.overhead_s_total += dt
         self.overhead_s_max = max(self.overhead_s_max, dt)
+        if self.trace is not None:
+            self.trace.write("plan", {**record, "prefilling": len(snap.prefilling), "n_prefill": len(plan.prefill),
+                                      "prefill_chunks": [c for _, c in plan.prefill[:16]], "deferred": n_wanted,
+                                      "parked": self.deferred_now if defer else 0, "preempt": len(plan.preempt),
+                                      "note": plan.note, "overhead_ms": dt * 1000.0})
         return result
 
     def _stock_step(self, original, sched, running_batch):
         """This step as stock SGLang (a policy fault); SGLang works on the whole waiting queue."""
         self.stock_iterations += 1
         self.builder.waiting.invalidate()
+        if self.trace is not None:
+            self.trace.write("plan", {"seq": self.planned_iterations, "t_s": time.perf_counter(), "stock": True})
         with sglang_view.grammar_queue_hidden(sched):  # polled above: once per step on every rank
             return original(sched, running_batch)
 
@@ -231,13 +239,13 @@ class PolicyAdapter:
         except Exception as exc:
             self._fault("features", f"{type(exc).__name__}: {exc}")
             return
-        self._launches.append((prefills, decodes, t_start, t_end, list(batch.reqs)))
+        self._launches.append((prefills, decodes, t_start, t_end, list(batch.reqs), self.planned_iterations))
 
     def on_result(self, t_done: float) -> None:
         if not self._launches:
             return
-        prefills, decodes, t_start, t_end, reqs = self._launches.popleft()
-        self.builder.token_times.observe(reqs, t_done)  # each row's latest token, whatever forward produced it
+        prefills, decodes, t_start, t_end, reqs, plan_seq = self._launches.popleft()
+        gap = self.builder.token_times.observe(reqs, t_done)  # each row's latest token, whatever forward made it
         if self.sync_device:  # CPU forward runs inside run_batch
             measured = t_end - t_start
         else:  # accelerator: launch .. result processed, not before the previous batch was done
@@ -251,6 +259,13 @@ class PolicyAdapter:
                                     "prefills": [list(p) for p in prefills[:8]], "n_decode": len(decodes),
                                     "decode_ctx": int(sum(decodes)), "measured_ms": measured * 1000.0,
                                     "predicted_ms": predicted * 1000.0})
+        if self.trace is not None:
+            self.trace.write("forward", {"plan_seq": plan_seq, "t_start_s": t_start, "t_done_s": t_done,
+                                         "prefill_tokens": sum(c for c, _ in prefills),
+                                         "prefills": [list(p) for p in prefills[:16]], "n_prefill": len(prefills),
+                                         "n_decode": len(decodes), "decode_ctx": int(sum(decodes)),
+                                         "measured_ms": measured * 1000.0, "predicted_ms": predicted * 1000.0,
+                                         "max_token_gap_ms": gap * 1000.0})
         self.measured_iterations += 1
         self.last_measured_s, self.last_predicted_s = measured, predicted
         a = 0.1
@@ -345,6 +360,7 @@ class PolicyAdapter:
             "cost_model_saves": self.saver.saves if self.saver is not None else 0,
             "overhead_ms_mean": 1000.0 * self.overhead_s_total / max(1, self.planned_iterations),
             "overhead_ms_max": 1000.0 * self.overhead_s_max,
+            "trace": self.trace.status() if self.trace is not None else None,
         }
 
     def _save_at_exit(self) -> None:

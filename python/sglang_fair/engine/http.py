@@ -159,7 +159,7 @@ def build_status(cfg: RuntimeConfig, ranks: list[dict], emulated: DeviceSpec | N
         "emulated_device": device_label(emulated),
         "config": {"ttft_slo_ms": cfg.slo.ttft_slo_ms, "tpot_slo_ms": cfg.slo.tpot_slo_ms,
                    "policy_params": cfg.policy_params, "cost_model": cfg.cost_model, "online_fit": cfg.online_fit,
-                   "load_horizon_ms": cfg.load_horizon_ms},
+                   "load_horizon_ms": cfg.load_horizon_ms, "trace_path": cfg.trace_path},
         "versions": {"sglang_fair": _version("sglang-fair"), "sglang": _version("sglang"),
                      "sglang_router": _version("sglang-router")},
         "hooks_verified": bool(ranks) and all(r.get("hooks_verified") for r in ranks),

@@ -32,7 +32,13 @@ def load() -> None:
         from ..emulate.hook import register_from_env
         from . import scheduler_hooks
 
-        register_from_env()  # first: the emulated device's padder must be the innermost run_batch wrapper
+        spec = register_from_env()  # first: the emulated device's padder must be the innermost run_batch wrapper
+        if cfg.trace_path:  # opened by the scheduler child on its first record (engine/trace.py)
+            from . import trace
+            trace.configure(cfg.trace_path, cfg.trace_max_mb, header={
+                "policy": cfg.policy, "params": cfg.policy_params, "ttft_slo_ms": cfg.slo.ttft_slo_ms,
+                "tpot_slo_ms": cfg.slo.tpot_slo_ms, "emulated_device": spec.text() if spec is not None else None,
+                "dilation": spec.dilation if spec is not None else 1.0})
         scheduler_hooks.register(cfg)
         if multiprocessing.parent_process() is None:  # the HTTP (main) process; SGLang's workers are mp children
             from . import http

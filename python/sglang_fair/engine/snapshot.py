@@ -163,8 +163,11 @@ class TokenTimes:
     def __init__(self) -> None:
         self._seen: dict[str, tuple[int, float]] = {}
 
-    def observe(self, reqs: Iterable, t: float) -> None:
+    def observe(self, reqs: Iterable, t: float) -> float:
+        """Record the new tokens; returns the longest gap (s) between a request's previous observed token and this
+        one, among the unfinished requests that got one (0.0 when none had a previous token)."""
         seen = self._seen
+        gap = 0.0
         for req in reqs:
             rid = req.rid
             if req.finished():
@@ -173,10 +176,13 @@ class TokenTimes:
             n = len(req.output_ids)
             old = seen.get(rid)
             if n and (old is None or old[0] != n):
+                if old is not None and t - old[1] > gap:
+                    gap = t - old[1]
                 seen.pop(rid, None)
                 seen[rid] = (n, t)
         while len(seen) > self.MAX:
             del seen[next(iter(seen))]
+        return gap
 
     def get(self, rid: str) -> float:
         """The time of the request's latest observed token (0.0 when none was observed)."""

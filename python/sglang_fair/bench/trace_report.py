@@ -1,0 +1,183 @@
+"""`sglang-fair trace-report PATH`: what a `--fair-trace` file says about the server's iterations.
+
+Reads the JSON lines engine/trace.py writes and prints (or, with `--json`, emits) per record kind:
+- plans: how many, of which shape (prefill only, decode only, mixed, nothing), stock fallbacks, decode rows the plans
+  deferred, demoted requests, the adapter's overhead;
+- forwards: measured times, the cost model's error (|predicted - measured| / measured), how often a forward ran
+  past its plan's budget or past 110% of its plan's prediction, and the longest gap a decode row saw between two
+  tokens against the TPOT SLO (in the server's clock: under an emulated device with dilation k, the SLO flags the
+  bench passes are already k times the emulated GPU's);
+- device (emulated): overruns by batch kind and the overlap credit.
+Times are milliseconds on the server's clock (divide by the dilation for emulated GPU time; `start.dilation`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+OVER_PREDICTION = 1.10
+"""A forward counts as slower than planned when it took more than this times its plan's predicted time."""
+
+
+def read_trace(path: str | Path) -> dict[str, list[dict]]:
+    """Records of the trace at `path` grouped by kind (file order kept). A torn last line (the writer was killed
+    mid-write) is skipped; any other bad line raises ValueError naming its line number."""
+    out: dict[str, list[dict]] = {}
+    lines = Path(path).read_bytes().splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise ValueError(f"{path}: line {i} is not JSON") from None
+        if not isinstance(rec, dict) or "kind" not in rec:
+            raise ValueError(f"{path}: line {i} is not a trace record (no 'kind')")
+        out.setdefault(rec["kind"], []).append(rec)
+    return out
+
+
+def _pct(values, qs=(50, 90, 99)) -> dict:
+    a = np.asarray([v for v in values if v is not None], dtype=float)
+    if not a.size:
+        return {f"p{q}": None for q in qs} | {"max": None}
+    return {f"p{q}": float(np.percentile(a, q)) for q in qs} | {"max": float(a.max())}
+
+
+def plan_shape(p: dict) -> str:
+    if p.get("stock"):
+        return "stock"
+    pre, dec = p.get("prefill_tokens", 0) > 0, p.get("decode", 0) > 0
+    return "mixed" if pre and dec else "prefill-only" if pre else "decode-only" if dec else "nothing"
+
+
+def summarize(records: dict[str, list[dict]]) -> dict:
+    start = (records.get("start") or [{}])[0]
+    plans = records.get("plan", [])
+    forwards = records.get("forward", [])
+    device = records.get("device", [])
+    tpot_ms = start.get("tpot_slo_ms")
+    out: dict = {"policy": start.get("policy"), "emulated_device": start.get("emulated_device"),
+                 "dilation": start.get("dilation", 1.0), "tpot_slo_ms": tpot_ms, "ttft_slo_ms": start.get("ttft_slo_ms"),
+                 "truncated": bool(records.get("truncated"))}
+    if plans:
+        planned = [p for p in plans if not p.get("stock")]
+        out["plans"] = {
+            "n": len(plans), "shapes": dict(Counter(plan_shape(p) for p in plans)),
+            "with_deferred_rows": sum(1 for p in planned if p.get("deferred", 0) > 0),
+            "deferred_rows": _pct([p.get("deferred", 0) for p in planned]),
+            "with_demoted": sum(1 for p in planned if p.get("demoted", 0) > 0),
+            "demoted": _pct([p.get("demoted", 0) for p in planned]),
+            "running": _pct([p.get("running", 0) for p in planned]),
+            "waiting": _pct([p.get("waiting", 0) for p in planned]),
+            "overhead_ms": _pct([p.get("overhead_ms") for p in planned]),
+            "budget_ms": _pct([p.get("budget_ms") for p in planned]),
+        }
+    if forwards:
+        by_seq = {p["seq"]: p for p in plans if not p.get("stock") and "seq" in p}
+        meas = np.array([f["measured_ms"] for f in forwards], dtype=float)
+        pred = np.array([f["predicted_ms"] for f in forwards], dtype=float)
+        linked = [(f, by_seq[f["plan_seq"]]) for f in forwards if f.get("plan_seq") in by_seq]
+        over_budget = [f for f, p in linked if p.get("budget_ms") is not None and f["measured_ms"] > p["budget_ms"]]
+        slow = [f for f, p in linked if f["measured_ms"] > OVER_PREDICTION * p.get("predicted_ms", math.inf)]
+        decoding = [f for f in forwards if f.get("n_decode", 0) > 0]
+        gaps = [f.get("max_token_gap_ms", 0.0) for f in forwards]
+        out["forwards"] = {
+            "n": len(forwards), "with_decode_rows": len(decoding),
+            "measured_ms": _pct(meas), "abs_rel_err": _pct(np.abs(pred - meas) / np.maximum(meas, 1e-9)),
+            "under_predicted": float(np.mean(meas > OVER_PREDICTION * pred)),
+            "linked_to_plan": len(linked),
+            "over_plan_budget": len(over_budget) / len(linked) if linked else None,
+            "over_plan_prediction": len(slow) / len(linked) if linked else None,
+            "slow_by_shape": dict(Counter(plan_shape(p) for f, p in linked
+                                          if f["measured_ms"] > OVER_PREDICTION * p.get("predicted_ms", math.inf))),
+            "max_token_gap_ms": _pct(gaps),
+        }
+        if tpot_ms:
+            over = [f for f in decoding if f["measured_ms"] > tpot_ms]
+            out["forwards"]["decode_forwards_over_tpot"] = len(over) / len(decoding) if decoding else None
+            out["forwards"]["token_gaps_over_tpot"] = sum(1 for g in gaps if g > tpot_ms)
+            out["forwards"]["token_gaps_over_2x_tpot"] = sum(1 for g in gaps if g > 2 * tpot_ms)
+    if device:
+        kinds = Counter(d["batch"] for d in device)
+        over = Counter(d["batch"] for d in device if d.get("overrun"))
+        out["device"] = {
+            "n": len(device), "overruns": sum(over.values()), "overrun_fraction": sum(over.values()) / len(device),
+            "by_kind": {k: {"forwards": n, "overruns": over.get(k, 0)} for k, n in sorted(kinds.items())},
+            "emulated_ms": _pct([d["emulated_ms"] for d in device]),
+            "real_over_emulated": _pct([d["real_ms"] / d["emulated_ms"] for d in device if d["emulated_ms"] > 0]),
+            "credit_ms_mean": float(np.mean([d.get("credit_ms", 0.0) for d in device])),
+        }
+    return out
+
+
+def _fmt(d: dict | None, unit: str = "") -> str:
+    if not d or d.get("p50") is None:
+        return "-"
+    return " / ".join(f"{d[k]:.4g}" for k in ("p50", "p90", "p99", "max") if k in d) + (f" {unit}" if unit else "")
+
+
+def render(s: dict) -> str:
+    dev = f", EMULATED {s['emulated_device']} (server clock = {s['dilation']:g} x the emulated GPU's)" \
+        if s.get("emulated_device") else ""
+    lines = [f"policy {s['policy']}{dev}; SLOs TTFT {s['ttft_slo_ms']} ms, TPOT {s['tpot_slo_ms']} ms (server clock)"
+             + ("; TRACE TRUNCATED" if s["truncated"] else "")]
+    if "plans" in s:
+        p = s["plans"]
+        lines += [f"plans: {p['n']} ({', '.join(f'{k} {v}' for k, v in sorted(p['shapes'].items()))})",
+                  f"  deferred decode rows (p50/p90/p99/max): {_fmt(p['deferred_rows'])}; plans deferring: "
+                  f"{p['with_deferred_rows']}",
+                  f"  demoted: {_fmt(p['demoted'])}; plans with demoted requests: {p['with_demoted']}",
+                  f"  running / waiting seen: {_fmt(p['running'])} / {_fmt(p['waiting'])}",
+                  f"  budget: {_fmt(p['budget_ms'], 'ms')}; adapter overhead: {_fmt(p['overhead_ms'], 'ms')}"]
+    if "forwards" in s:
+        f = s["forwards"]
+        lines += [f"forwards: {f['n']} ({f['with_decode_rows']} with decode rows); measured {_fmt(f['measured_ms'], 'ms')}",
+                  f"  cost model |err| / measured: {_fmt(f['abs_rel_err'])}; measured > {OVER_PREDICTION:g} x predicted: "
+                  f"{f['under_predicted']:.1%}"]
+        if f["linked_to_plan"]:
+            lines.append(f"  of {f['linked_to_plan']} planned forwards: past the plan's budget {f['over_plan_budget']:.1%}, "
+                         f"past {OVER_PREDICTION:g} x its prediction {f['over_plan_prediction']:.1%} "
+                         f"({', '.join(f'{k} {v}' for k, v in sorted(f['slow_by_shape'].items())) or 'none'})")
+        lines.append(f"  longest token gap per forward: {_fmt(f['max_token_gap_ms'], 'ms')}")
+        if "decode_forwards_over_tpot" in f and f["decode_forwards_over_tpot"] is not None:
+            lines.append(f"  forwards with decode rows longer than the TPOT SLO: {f['decode_forwards_over_tpot']:.1%}; "
+                         f"forwards whose longest token gap passed it: {f['token_gaps_over_tpot']} "
+                         f"(2x: {f['token_gaps_over_2x_tpot']})")
+    if "device" in s:
+        d = s["device"]
+        kinds = ", ".join(f"{k} {v['overruns']}/{v['forwards']}" for k, v in d["by_kind"].items())
+        lines += [f"emulated device forwards: {d['n']}, overruns {d['overruns']} ({d['overrun_fraction']:.2%}; {kinds})",
+                  f"  emulated {_fmt(d['emulated_ms'], 'ms')}; real / emulated {_fmt(d['real_over_emulated'])}; "
+                  f"overlap credit {d['credit_ms_mean']:.2f} ms mean"]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    try:
+        s = summarize(read_trace(args.path))
+    except (OSError, ValueError) as exc:
+        print(f"sglang-fair trace-report: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(orjson.dumps(s, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render(s))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("trace-report", help="summarise a --fair-trace file (plans, forwards, emulated device)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("path", help="the trace file written by `sglang-fair serve --fair-trace PATH`")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)

@@ -1,0 +1,124 @@
+"""`--fair-trace`: the writer (engine/trace.py) and `sglang-fair trace-report` (bench/trace_report.py). The adapter's
+and the padder's records are checked in test_adapter_steps.py and test_emulate_pad.py, the whole path live in
+test/live/test_emulated_device.py."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from sglang_fair.bench import trace_report
+from sglang_fair.cli import main as cli_main
+from sglang_fair.engine.trace import TraceWriter
+
+
+def lines(path) -> list[dict]:
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()]
+
+
+def test_writer_starts_with_a_header_and_truncates_the_old_file(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("old run\n" * 100)
+    tw = TraceWriter(path, 1 << 20, header={"policy": "fair", "tpot_slo_ms": 100.0})
+    tw.write("plan", {"seq": 1, "t_s": 1.0})
+    tw.write("forward", {"plan_seq": 1, "measured_ms": 5.0})
+    tw.close()
+    recs = lines(path)
+    assert [r["kind"] for r in recs] == ["start", "plan", "forward"]
+    assert recs[0]["policy"] == "fair" and recs[0]["tpot_slo_ms"] == 100.0 and recs[0]["pid"] > 0
+    assert recs[2] == {"kind": "forward", "plan_seq": 1, "measured_ms": 5.0}
+    assert tw.status()["records"] == 2 and tw.status()["dropped"] == 0
+
+
+def test_writer_stops_at_its_size_bound_with_a_truncated_record(tmp_path):
+    path = tmp_path / "t.jsonl"
+    tw = TraceWriter(path, 2000)
+    for i in range(200):
+        tw.write("forward", {"plan_seq": i, "measured_ms": 1.5, "predicted_ms": 1.0})
+    tw.close()
+    recs = lines(path)
+    assert recs[-1]["kind"] == "truncated" and sum(r["kind"] == "truncated" for r in recs) == 1
+    assert path.stat().st_size <= 2000 + 100  # the bound, plus the one truncated record
+    assert tw.records == len(recs) - 2 and tw.records + tw.dropped == 200
+    assert trace_report.summarize(trace_report.read_trace(path))["truncated"]
+
+
+def test_a_write_error_stops_the_trace_without_raising(tmp_path):
+    tw = TraceWriter(tmp_path / "missing-folder" / "t.jsonl", 1 << 20)
+    tw.write("plan", {"seq": 1})
+    tw.write("plan", {"seq": 2})
+    st = tw.status()
+    assert st["error"] and "FileNotFoundError" in st["error"] and st["dropped"] == 2 and st["records"] == 0
+
+
+def write_trace(path, plans, forwards, device=(), tpot=100.0):
+    tw = TraceWriter(path, 1 << 20, header={"policy": "fair", "tpot_slo_ms": tpot, "ttft_slo_ms": 2000.0,
+                                           "emulated_device": "a100-llama3-8b:6" if device else None,
+                                           "dilation": 6.0 if device else 1.0})
+    for p in plans:
+        tw.write("plan", p)
+    for f in forwards:
+        tw.write("forward", f)
+    for d in device:
+        tw.write("device", d)
+    tw.close()
+    return path
+
+
+def plan(seq, *, prefill=0, decode=0, deferred=0, budget=50.0, predicted=40.0, demoted=0):
+    return {"seq": seq, "t_s": seq * 0.1, "running": decode + deferred, "waiting": 3, "prefill_tokens": prefill,
+            "decode": decode, "deferred": deferred, "budget_ms": budget, "predicted_ms": predicted,
+            "demoted": demoted, "overhead_ms": 0.5}
+
+
+def forward(seq, measured, predicted=40.0, n_decode=4, gap=0.0):
+    return {"plan_seq": seq, "measured_ms": measured, "predicted_ms": predicted, "n_decode": n_decode,
+            "max_token_gap_ms": gap}
+
+
+def test_report_counts_plan_shapes_and_forwards_past_their_plan(tmp_path):
+    plans = [plan(1, prefill=512, decode=0, deferred=4), plan(2, decode=4), plan(3, prefill=64, decode=4),
+             plan(4, decode=4, demoted=2), {"seq": 4, "t_s": 0.5, "stock": True}]
+    forwards = [forward(1, 60.0, n_decode=0),  # past its budget (50) and 1.1 x its prediction (40)
+                forward(2, 43.0, gap=250.0),  # within 1.1 x; one token gap past 2 x the TPOT SLO
+                forward(3, 30.0, gap=120.0),
+                forward(4, 43.0, predicted=30.0, gap=90.0),  # 43 > 1.1 x 30 (its own) but not 1.1 x its plan's 40
+                forward(99, 500.0)]  # no such plan: not linked
+    s = trace_report.summarize(trace_report.read_trace(write_trace(tmp_path / "t.jsonl", plans, forwards)))
+    p, f = s["plans"], s["forwards"]
+    assert p["n"] == 5 and p["shapes"] == {"prefill-only": 1, "decode-only": 2, "mixed": 1, "stock": 1}
+    assert p["with_deferred_rows"] == 1 and p["deferred_rows"]["max"] == 4 and p["with_demoted"] == 1
+    assert f["n"] == 5 and f["linked_to_plan"] == 4 and f["with_decode_rows"] == 4
+    assert f["over_plan_budget"] == pytest.approx(1 / 4) and f["over_plan_prediction"] == pytest.approx(1 / 4)
+    assert f["slow_by_shape"] == {"prefill-only": 1}
+    assert f["under_predicted"] == pytest.approx(3 / 5)  # 60 vs 40, 43 vs 30, 500 vs 40
+    assert f["token_gaps_over_tpot"] == 2 and f["token_gaps_over_2x_tpot"] == 1
+    assert f["decode_forwards_over_tpot"] == pytest.approx(1 / 4)  # 500 ms
+    text = trace_report.render(s)
+    assert "plans: 5" in text and "past the plan's budget 25.0%" in text and "EMULATED" not in text
+
+
+def test_report_on_an_emulated_trace_counts_overruns_by_kind(tmp_path):
+    device = [{"batch": "decode", "emulated_ms": 60.0, "real_ms": 30.0, "credit_ms": 3.0, "overrun": False},
+              {"batch": "mixed", "emulated_ms": 90.0, "real_ms": 95.0, "credit_ms": 0.0, "overrun": True},
+              {"batch": "mixed", "emulated_ms": 90.0, "real_ms": 45.0, "credit_ms": 0.0, "overrun": False}]
+    s = trace_report.summarize(trace_report.read_trace(write_trace(tmp_path / "t.jsonl", [], [], device)))
+    d = s["device"]
+    assert d["n"] == 3 and d["overruns"] == 1 and d["overrun_fraction"] == pytest.approx(1 / 3)
+    assert d["by_kind"] == {"decode": {"forwards": 1, "overruns": 0}, "mixed": {"forwards": 2, "overruns": 1}}
+    assert d["credit_ms_mean"] == pytest.approx(1.0)
+    assert "EMULATED a100-llama3-8b:6" in trace_report.render(s)
+
+
+def test_a_torn_last_line_is_skipped_and_a_bad_line_elsewhere_is_an_error(tmp_path, capsys):
+    path = write_trace(tmp_path / "t.jsonl", [plan(1, decode=2)], [forward(1, 10.0)])
+    with open(path, "ab") as f:
+        f.write(b'{"kind": "forw')  # the writer was killed mid-line
+    assert trace_report.summarize(trace_report.read_trace(path))["forwards"]["n"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"kind": "start"}\nnot json\n{"kind": "plan", "seq": 1}\n')
+    assert cli_main(["trace-report", str(bad)]) == 2
+    assert "line 2 is not JSON" in capsys.readouterr().err
+    assert cli_main(["trace-report", str(tmp_path / "none.jsonl")]) == 2
+    assert cli_main(["trace-report", "--json", str(path)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["plans"]["n"] == 1
