@@ -343,7 +343,7 @@ def test_the_trace_has_every_plan_and_forward_linked_by_sequence(tmp_path, monke
     """One `plan` record per step (a stock fallback marked), one `forward` record per measured forward carrying the
     latest plan's number, with the longest gap a row saw between two of its tokens."""
     from sglang_fair.bench.trace_report import read_trace
-    from sglang_fair.engine import trace
+    from sglang_fair.core import trace
 
     path = tmp_path / "trace.jsonl"
     monkeypatch.setattr(trace, "_writer", None)

@@ -1,4 +1,4 @@
-"""`--fair-trace`: the writer (engine/trace.py) and `sglang-fair trace-report` (bench/trace_report.py). The adapter's
+"""`--fair-trace`: the writer (core/trace.py) and `sglang-fair trace-report` (bench/trace_report.py). The adapter's
 and the padder's records are checked in test_adapter_steps.py and test_emulate_pad.py, the whole path live in
 test/live/test_emulated_device.py."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from sglang_fair.bench import trace_report
 from sglang_fair.cli import main as cli_main
-from sglang_fair.engine.trace import TraceWriter
+from sglang_fair.core.trace import TraceWriter
 
 
 def lines(path) -> list[dict]:

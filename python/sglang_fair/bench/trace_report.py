@@ -1,6 +1,6 @@
 """`sglang-fair trace-report PATH`: what a `--fair-trace` file says about the server's iterations.
 
-Reads the JSON lines engine/trace.py writes and prints (or, with `--json`, emits) per record kind:
+Reads the JSON lines core/trace.py writes and prints (or, with `--json`, emits) per record kind:
 - plans: how many, of which shape (prefill only, decode only, mixed, nothing), stock fallbacks, decode rows the plans
   deferred, demoted requests, the adapter's overhead;
 - forwards: measured times, the cost model's error (|predicted - measured| / measured), how often a forward ran

@@ -65,7 +65,7 @@ class RuntimeConfig:
     """"reject": a request whose first token cannot meet its TTFT SLO behind the queued work gets HTTP 429 with
     Retry-After at arrival (engine/reject.py); "off": every request is queued. Needs an active policy."""
     trace_path: str | None = None
-    """Where the scheduler writes its iteration trace (JSON lines: plans, forwards, emulated device; engine/trace.py);
+    """Where the scheduler writes its iteration trace (JSON lines: plans, forwards, emulated device; core/trace.py);
     None: no trace."""
     trace_max_mb: float = 1024.0
     """The trace stops (with a `truncated` record) at this size, MiB."""

@@ -93,7 +93,7 @@ def _make_hooks(spec: DeviceSpec):
             gauges = report.gauges_for(self, spec)  # None without --enable-metrics
             if gauges is not None:
                 padder.on_account = gauges.maybe_update
-            from ..engine import trace
+            from ..core import trace
             tw = trace.writer()
             if tw is not None:
                 padder.on_forward = lambda rec: tw.write("device", rec)

@@ -18,13 +18,14 @@ import math
 import time
 
 from ..config import RuntimeConfig
+from ..core import trace
 from ..core.cost_model import CostModel
 from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
 from ..core.presets import load_cost_model
 from ..core.types import Plan, Snapshot
 from ..policies import Policy
-from . import deferral, sglang_view, trace
+from . import deferral, sglang_view
 from .snapshot import SnapshotBuilder
 
 logger = logging.getLogger("sglang_fair")
@@ -97,7 +98,7 @@ class PolicyAdapter:
         """Requests answered HTTP 429 at arrival (`--fair-admission reject`, engine/reject.py)."""
         self.measured_iterations = 0
         self.gauges = None  # gauges.Gauges when --enable-metrics
-        self.trace = trace.writer()  # --fair-trace (engine/trace.py), or None
+        self.trace = trace.writer()  # --fair-trace (core/trace.py), or None
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     @property

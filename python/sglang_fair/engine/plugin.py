@@ -33,8 +33,8 @@ def load() -> None:
         from . import scheduler_hooks
 
         spec = register_from_env()  # first: the emulated device's padder must be the innermost run_batch wrapper
-        if cfg.trace_path:  # opened by the scheduler child on its first record (engine/trace.py)
-            from . import trace
+        if cfg.trace_path:  # opened by the scheduler child on its first record (core/trace.py)
+            from ..core import trace
             trace.configure(cfg.trace_path, cfg.trace_max_mb, header={
                 "policy": cfg.policy, "params": cfg.policy_params, "ttft_slo_ms": cfg.slo.ttft_slo_ms,
                 "tpot_slo_ms": cfg.slo.tpot_slo_ms, "emulated_device": spec.text() if spec is not None else None,
