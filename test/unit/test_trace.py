@@ -72,8 +72,8 @@ def plan(seq, *, prefill=0, decode=0, deferred=0, budget=50.0, predicted=40.0, d
 
 
 def forward(seq, measured, predicted=40.0, n_decode=4, gap=0.0):
-    return {"plan_seq": seq, "measured_ms": measured, "predicted_ms": predicted, "n_decode": n_decode,
-            "max_token_gap_ms": gap}
+    return {"plan_seq": seq, "t_start_s": seq * 0.1, "measured_ms": measured, "predicted_ms": predicted,
+            "n_decode": n_decode, "max_token_gap_ms": gap}
 
 
 def test_report_counts_plan_shapes_and_forwards_past_their_plan(tmp_path):
@@ -122,3 +122,53 @@ def test_a_torn_last_line_is_skipped_and_a_bad_line_elsewhere_is_an_error(tmp_pa
     assert cli_main(["trace-report", str(tmp_path / "none.jsonl")]) == 2
     assert cli_main(["trace-report", "--json", str(path)]) == 0
     assert orjson.loads(capsys.readouterr().out)["plans"]["n"] == 1
+
+
+def test_a_window_on_the_wall_clock_selects_one_probes_records(tmp_path):
+    """`bench --trace` summarises each probe from the records within its replay: wall-clock times are placed on the
+    scheduler's clock by the start record."""
+    path = tmp_path / "t.jsonl"
+    tw = TraceWriter(path, 1 << 20, clock=lambda: 100.0)  # the start record: t_s 100 on the scheduler's clock
+    tw.write("plan", plan(1, decode=2) | {"t_s": 101.0})
+    tw.write("plan", plan(2, decode=2, deferred=3) | {"t_s": 105.0})
+    tw.write("forward", forward(1, 10.0) | {"t_start_s": 101.1})
+    tw.write("forward", forward(2, 700.0, gap=700.0) | {"t_start_s": 105.1})
+    tw.write("device", {"t_s": 105.1, "batch": "decode", "emulated_ms": 700.0, "real_ms": 20.0, "credit_ms": 0.0,
+                        "overrun": False})
+    tw.close()
+    recs = trace_report.read_trace(path)
+    wall0 = recs["start"][0]["wall_s"]  # = t_s 100
+    s = trace_report.summarize(recs, window_wall_s=(wall0 + 4.0, wall0 + 6.0))
+    assert s["window_wall_s"] == [wall0 + 4.0, wall0 + 6.0]
+    assert s["plans"]["n"] == 1 and s["plans"]["with_deferred_rows"] == 1
+    assert s["forwards"]["n"] == 1 and s["forwards"]["measured_ms"]["max"] == 700.0 and s["device"]["n"] == 1
+    assert trace_report.summarize(recs)["forwards"]["n"] == 2
+    assert "forwards" not in trace_report.summarize(recs, window_wall_s=(wall0 + 10.0, wall0 + 20.0))
+    with pytest.raises(ValueError, match="no start record"):
+        trace_report.summarize({"plan": [plan(1)]}, window_wall_s=(0.0, 1.0))
+
+
+def test_bench_traces_plugin_servers_and_stock_only_on_an_emulated_device(tmp_path):
+    from sglang_fair.bench.runner import Bench, add_trace_summaries, emulated_config, quick_config
+    cpu = quick_config()
+    cpu.trace = True
+    bench = Bench(cpu, tmp_path, "model")
+    fair_args = bench.server_args("fair")
+    assert fair_args[fair_args.index("--fair-trace") + 1] == str((tmp_path / "trace-fair.jsonl").resolve())
+    assert "--fair-trace" not in bench.server_args("stock")  # --fair-policy off traces only an emulated device
+    emu = emulated_config("a100-llama3-8b:6")
+    emu.trace = True
+    stock = Bench(emu, tmp_path, "model").server_args("stock")
+    assert stock[stock.index("--fair-trace") + 1].endswith("trace-stock.jsonl")
+    emu.trace = False
+    assert "--fair-trace" not in Bench(emu, tmp_path, "model").server_args("fair")
+    # each probe gets the summary of its own replay
+    path = write_trace(tmp_path / "t.jsonl", [plan(1, decode=2)], [forward(1, 10.0)])
+    recs = trace_report.read_trace(path)
+    wall0, t0 = recs["start"][0]["wall_s"], recs["start"][0]["t_s"]
+    out = {"azure-conv": {"probes": {"1": {"started_wall_s": wall0 - 5.0, "wall_s": 4.0},
+                                     "2": {"started_wall_s": wall0 - t0, "wall_s": 1e9}}}}
+    add_trace_summaries(out, recs, ["azure-conv"])
+    assert out["trace_summary"]["plans"]["n"] == 1
+    assert "plans" not in out["azure-conv"]["probes"]["1"]["trace"]  # before the server's first record
+    assert out["azure-conv"]["probes"]["2"]["trace"]["plans"]["n"] == 1

@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--emulate-overlap", choices=("on", "off"), default="on",
                    help="with --emulate: emulate SGLang's GPU overlap loop, hiding the host time between forwards "
                         "behind the previous forward (default on, as SGLang runs on a GPU)")
+    p.add_argument("--trace", action="store_true",
+                   help="run each single server with --fair-trace OUT/trace-POLICY.jsonl and add the trace's summary "
+                        "(whole run and per probe) to results.json (plugin policies; stock too with --emulate)")
     from ..sim.cli import add_trace_shaping
     add_trace_shaping(p)
     p.set_defaults(func=main)
@@ -81,6 +84,7 @@ def _config(args):
     if args.spread_arrivals or args.max_context_tokens is not None:
         cfg.workloads = [dataclasses.replace(w, spread_arrivals=args.spread_arrivals,
                                              max_context_tokens=args.max_context_tokens) for w in cfg.workloads]
+    cfg.trace = bool(getattr(args, "trace", False))
     return cfg
 
 

@@ -37,6 +37,8 @@ class Probe:
     input_lens: list[int]
     """Prompt lengths bench_serving really sent (tokens, its own count)."""
     bench: dict = field(default_factory=dict)
+    started_wall_s: float = 0.0
+    """Wall-clock time (time.time()) when the replay began: places the probe in a server's `--fair-trace`."""
     """bench_serving's own summary figures (its percentiles, throughput, goodput)."""
 
 
@@ -79,6 +81,7 @@ def run_probe(base_url: str, model: str, trace: Trace, trace_path: Path, scale: 
     out_path = work_dir / f"probe-{time.time_ns()}.jsonl"
     argv = _bench_argv(base_url, model, trace_path, scale, len(trace), out_path, seed)
     captured = io.StringIO()
+    started = time.time()
     t0 = time.monotonic()
     old_argv = sys.argv
     try:
@@ -97,7 +100,7 @@ def run_probe(base_url: str, model: str, trace: Trace, trace_path: Path, scale: 
     out_path.unlink()
     return Probe(scale=scale, records=to_records(res, trace, scale, ttft_slo_s, tpot_slo_s), aborted=dog.fired,
                  wall_s=wall, input_lens=[int(x) for x in res.get("input_lens", [])],
-                 bench={k: res.get(k) for k in BENCH_KEYS if k in res})
+                 bench={k: res.get(k) for k in BENCH_KEYS if k in res}, started_wall_s=started)
 
 
 def to_records(res: dict, trace: Trace, scale: float, ttft_slo_s: float, tpot_slo_s: float) -> list[RequestTimes]:

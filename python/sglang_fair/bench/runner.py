@@ -21,7 +21,7 @@ import numpy as np
 from ..live.server import cpu_server_args, requests_served, server_slots, sglang_router, sglang_server
 from ..core.metrics import summarize
 from .client import Probe, run_probe
-from . import emulated
+from . import emulated, trace_report
 from .emulated import (EMULATED_POLICIES, EMULATED_STOCK, EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS,
                        MAX_OVERRUN_FRACTION, full_workloads, quick_workloads)
 from .policies import STOCK, policy_args
@@ -66,6 +66,9 @@ class BenchConfig:
     """`PRESET[:DILATION]`: every server on the emulated accelerator (emulated.py); None: the CPU as it is."""
     emulate_overlap: bool = True
     """On the emulated device: emulate SGLang's GPU overlap loop (serve --emulate-overlap, emulate/pad.py)."""
+    trace: bool = False
+    """Run each single server with `--fair-trace OUT/trace-NAME.jsonl` (plugin policies; stock too on an emulated
+    device) and add the trace's summary to its results and to each probe (`sglang-fair trace-report`)."""
 
     @property
     def dilation(self) -> float:
@@ -203,12 +206,24 @@ class Bench:
                                         overlap=c.emulate_overlap)
             if name == "fair":
                 args += ["--fair-save-cost-model", str(self.cost_model_path)]
-            return [*args, *NO_CACHE, *cpu_server_args(None)]  # serve sizes the KV pool like the emulated GPU's
+            return [*args, *self._trace_args(name), *NO_CACHE, *cpu_server_args(None)]  # KV pool: the emulated GPU's
         first_plugin = name not in STOCK and not self.cost_model_path.exists()
         args = policy_args(name, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
                            cost_model=None if first_plugin or name in STOCK else str(self.cost_model_path),
                            save_cost_model=str(self.cost_model_path) if first_plugin else None)
-        return args + [*NO_CACHE, *cpu_server_args(c.kv_tokens, float32=True)]
+        return args + [*self._trace_args(name), *NO_CACHE, *cpu_server_args(c.kv_tokens, float32=True)]
+
+    def trace_path(self, name: str) -> Path | None:
+        """Where `name`'s single server writes its `--fair-trace` (None: not traced; stock SGLang is traced only on
+        an emulated device, where its forwards are the device's)."""
+        c = self.config
+        if not c.trace or (name in c.stock_names and not c.emulate):
+            return None
+        return (self.out_dir / f"trace-{name}.jsonl").resolve()
+
+    def _trace_args(self, name: str) -> list[str]:
+        path = self.trace_path(name)
+        return ["--fair-trace", str(path)] if path is not None else []
 
     def run_single(self, name: str, extra_scales: dict | None = None) -> dict:
         """Capacity of `name` on every workload; `extra_scales` (workload -> scale): one more probe there when
@@ -228,6 +243,9 @@ class Bench:
                     out[key]["probes"].update(extra["probes"])
             if name not in c.stock_names:
                 out["status"] = _status(srv)
+        path = self.trace_path(name)
+        if path is not None and path.exists():  # the server has stopped: its trace is complete but for ~0.25 s
+            add_trace_summaries(out, trace_report.read_trace(path), [*self.traces])
         return out
 
     def cluster_args(self, server_policy: str, cost_model: str | None = None) -> list[str]:
@@ -268,9 +286,20 @@ class Bench:
         return res
 
 
+def add_trace_summaries(out: dict, records: dict, keys: list[str]) -> None:
+    """`out["trace_summary"]`: the whole trace's summary; each probe of `out[key]["probes"]` gets `trace`, the summary
+    of the records within its replay (`started_wall_s` .. + `wall_s`)."""
+    out["trace_summary"] = trace_report.summarize(records)
+    for key in keys:
+        for probe in (out.get(key) or {}).get("probes", {}).values():
+            if probe.get("started_wall_s"):
+                window = (probe["started_wall_s"], probe["started_wall_s"] + probe["wall_s"])
+                probe["trace"] = trace_report.summarize(records, window_wall_s=window)
+
+
 def _probe_json(p: Probe, s, dilation: float = 1.0, by_kind: dict | None = None) -> dict:
     d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in s.to_dict().items()}
-    d.update(wall_s=p.wall_s, aborted=p.aborted, bench_serving=p.bench,
+    d.update(wall_s=p.wall_s, started_wall_s=p.started_wall_s, aborted=p.aborted, bench_serving=p.bench,
              input_tokens_mean=float(np.mean(p.input_lens)) if p.input_lens else None)
     if by_kind is not None:  # an emulated device: overruns, and percentiles in the emulated GPU's own time
         overruns = emulated.overrun_fraction(by_kind)

@@ -60,7 +60,26 @@ def plan_shape(p: dict) -> str:
     return "mixed" if pre and dec else "prefill-only" if pre else "decode-only" if dec else "nothing"
 
 
-def summarize(records: dict[str, list[dict]]) -> dict:
+TIME_FIELD = {"plan": "t_s", "forward": "t_start_s", "device": "t_s"}
+"""The scheduler-clock time of each record kind (a forward counts where it started)."""
+
+
+def in_window(records: dict[str, list[dict]], window_wall_s: tuple[float, float]) -> dict[str, list[dict]]:
+    """The plan, forward and device records whose time falls within the wall-clock window (start, end), placed on
+    the scheduler's clock by the `start` record (which pairs `wall_s` with `t_s`); other kinds kept as they are."""
+    start = (records.get("start") or [None])[0]
+    if start is None:
+        raise ValueError("the trace has no start record: its times cannot be placed on the wall clock")
+    lo, hi = (start["t_s"] + w - start["wall_s"] for w in window_wall_s)
+    return {kind: [r for r in recs if lo <= r[TIME_FIELD[kind]] <= hi] if kind in TIME_FIELD else recs
+            for kind, recs in records.items()}
+
+
+def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float] | None = None) -> dict:
+    """The summary of a trace (`read_trace`'s records), or of its records within `window_wall_s` (wall-clock
+    seconds, e.g. one benchmark probe's replay; `window` in the result)."""
+    if window_wall_s is not None:
+        records = in_window(records, window_wall_s)
     start = (records.get("start") or [{}])[0]
     plans = records.get("plan", [])
     forwards = records.get("forward", [])
@@ -68,7 +87,8 @@ def summarize(records: dict[str, list[dict]]) -> dict:
     tpot_ms = start.get("tpot_slo_ms")
     out: dict = {"policy": start.get("policy"), "emulated_device": start.get("emulated_device"),
                  "dilation": start.get("dilation", 1.0), "tpot_slo_ms": tpot_ms, "ttft_slo_ms": start.get("ttft_slo_ms"),
-                 "truncated": bool(records.get("truncated"))}
+                 "truncated": bool(records.get("truncated")),
+                 "window_wall_s": list(window_wall_s) if window_wall_s is not None else None}
     if plans:
         planned = [p for p in plans if not p.get("stock")]
         out["plans"] = {
