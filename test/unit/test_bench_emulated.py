@@ -90,6 +90,16 @@ def test_summary_carries_the_device_the_ratio_and_the_largest_overrun(tmp_path):
     assert "overlap loop emulated: on" in md and "(img/live/emulated-live-azure-conv.png)" in md
     from sglang_fair.bench.report import plots
     assert [p.name for p in plots(results, tmp_path)] == ["emulated-live-azure-conv.png"]  # not the CPU run's plot
+    assert "--fair-trace" not in md  # no traced probe, no trace table
+    pct = {"p50": 1.0, "p90": 1.0, "p99": 1.0}
+    fair[key]["probes"]["1.5"]["trace"] = {
+        "forwards": {"n": 40, "decode_forwards_over_tpot": 0.05, "over_plan_prediction": 0.025,
+                     "measured_ms": pct | {"max": 900.0}, "max_token_gap_ms": pct | {"max": 1800.0}},
+        "plans": {"with_deferred_rows": 7, "with_demoted": 2}}
+    stock[key]["probes"]["1"]["trace"] = {"plans": {}}  # a stock trace window without forwards: no row
+    md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3 --trace", "img/live")
+    assert "| fair | 1.5 | 40 | 5.0% | 2.5% | 300 | 600 | 7 | 2 |" in md  # server-clock ms / dilation 3
+    assert md.count("| stock | 1 |") == 1  # its capacity row only, no trace row
 
 
 def test_simulator_takes_the_true_iteration_time_from_outside():

@@ -151,12 +151,38 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
                           f"at the TPOT SLO, whatever the policy; device preset): {sent}{b['trace_lengths']:.3f} on "
                           f"the trace's lengths."]
         lines += ["", f"![emulated {key}]({img_prefix}/emulated-live-{key}.png)", ""]
+        lines += trace_table(results, key, k)
     if results.get("fidelity"):
         lines += ["### Simulator vs emulated live", "",
                   "Each valid probe replayed in the simulator with the device model as the true iteration time "
                   "(so the gap is what the simulator misses of the real scheduler). Median |sim - live| / live:", "",
                   *fidelity_table(results["fidelity"])]
     return "\n".join(lines)
+
+
+def trace_table(results: dict, key: str, dilation: float) -> list[str]:
+    """Markdown lines: what each traced probe's plans and forwards were (`bench --trace`; none without traces).
+    Times in emulated GPU ms (the server clock / `dilation`)."""
+    rows = []
+    for name, r in results["single"].items():
+        for x, p in sorted(((r.get(key) or {}).get("probes") or {}).items(), key=lambda t: float(t[0])):
+            t = p.get("trace")
+            if not t or "forwards" not in t:
+                continue
+            f, pl = t["forwards"], t.get("plans") or {}
+            over = f.get("decode_forwards_over_tpot")
+            slow = f.get("over_plan_prediction")
+            rows.append(f"| {name} | {x} | {f['n']} | {'-' if over is None else f'{over:.1%}'} | "
+                        f"{'-' if slow is None else f'{slow:.1%}'} | {f['measured_ms']['max'] / dilation:.0f} | "
+                        f"{f['max_token_gap_ms']['max'] / dilation:.0f} | {pl.get('with_deferred_rows', '-')} | "
+                        f"{pl.get('with_demoted', '-')} |")
+    if not rows:
+        return []
+    return ["What each probe's server did, from its `--fair-trace` (`bench --trace`; the records within the probe's "
+            "replay, `sglang-fair trace-report`), emulated ms:", "",
+            "| policy | probe | forwards | with decode rows, longer than the TPOT SLO | past 1.1x their plan's "
+            "prediction | longest forward | longest token gap | plans deferring rows | plans demoting |",
+            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def _fmt(x) -> str:
