@@ -97,9 +97,11 @@ def test_summary_carries_the_device_the_ratio_and_the_largest_overrun(tmp_path):
                      "measured_ms": pct | {"max": 900.0}, "max_token_gap_ms": pct | {"max": 1800.0}},
         "plans": {"with_deferred_rows": 7, "with_demoted": 2}}
     stock[key]["probes"]["1"]["trace"] = {"plans": {}}  # a stock trace window without forwards: no row
+    stock[key]["probes"]["2"]["trace"] = {"device": {"n": 30, "emulated_ms": pct | {"max": 1500.0}}}  # stock's
     md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3 --trace", "img/live")
     assert "| fair | 1.5 | 40 | 5.0% | 2.5% | 300 | 600 | 7 | 2 |" in md  # server-clock ms / dilation 3
     assert md.count("| stock | 1 |") == 1  # its capacity row only, no trace row
+    assert "| stock | 2 | 30 | - | - | 500 | - | - | - |" in md  # the emulated device's forwards only
 
 
 def test_simulator_takes_the_true_iteration_time_from_outside():
