@@ -4,7 +4,8 @@ Written by the scheduler child (the only SGLang process that plans or runs forwa
 truncated, on the first record of that process, so a restarted server starts a fresh trace. Records (all times in
 the scheduler's `time.perf_counter()` seconds, `t_s`; the `start` record maps that clock to wall time):
 - `start`: pid, `wall_s` and `t_s` read together, the policy, the default SLOs, the emulated device (or null);
-- `plan` (active policy, every step): its sequence number `seq`, what the policy saw (running, prefilling,
+- `plan` (active policy, every step with something running or queued; an idle scheduler's wake-ups are left out):
+  its sequence number `seq` (the adapter's `planned_iterations`, so gaps in `seq` are idle steps), what the policy saw (running, prefilling,
   waiting), what it planned (prefill chunks and tokens, decode rows, rows deferred, demoted, preempt), its budget
   and predicted time, the adapter's own overhead and the policy's note; `stock: true` on a step that fell back to
   stock SGLang (a policy fault);

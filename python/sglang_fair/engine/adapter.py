@@ -197,7 +197,7 @@ class PolicyAdapter:
         dt = time.perf_counter() - t0
         self.overhead_s_total += dt
         self.overhead_s_max = max(self.overhead_s_max, dt)
-        if self.trace is not None:
+        if self.trace is not None and (snap.running or snap.waiting or snap.prefilling):  # idle wake-ups: not traced
             self.trace.write("plan", {**record, "prefilling": len(snap.prefilling), "n_prefill": len(plan.prefill),
                                       "prefill_chunks": [c for _, c in plan.prefill[:16]], "deferred": n_wanted,
                                       "parked": self.deferred_now if defer else 0, "preempt": len(plan.preempt),
