@@ -31,11 +31,10 @@ from sglang_fair.emulate.serve_args import MICRO_SPEC
 from sglang_fair.live.server import exit_on_sigterm, sglang_server
 
 CONFIGS = {
-    "fair, admission off": ["--fair-param", "admission=off"],
-    "fair (default: demote-longest k=5)": [],
+    "admission-off": ("fair, admission off", ["--fair-param", "admission=off"]),
+    "default": ("fair (default: demote-longest k=5)", []),
 }
-SHORT = {"admission-off": "fair, admission off", "default": "fair (default: demote-longest k=5)"}
-"""--only's names for CONFIGS."""
+"""--only's name -> (label, serve flags) of each configuration."""
 
 
 def probe_figures(probe, dilation: float) -> dict:
@@ -57,7 +56,7 @@ def main() -> int:
     ap.add_argument("--emulate", default="a100-llama3-8b:6")
     ap.add_argument("--scale", type=float, default=2.0, help="rate scale of the probe (the window's capacity is ~1)")
     ap.add_argument("--out", default="out/overload")
-    ap.add_argument("--only", choices=sorted(SHORT), help="run one configuration (default: both)")
+    ap.add_argument("--only", choices=sorted(CONFIGS), help="run one configuration (default: both)")
     ap.add_argument("--trace", action="store_true",
                     help="run each server with --fair-trace OUT/trace-NAME.jsonl and add its trace-report summary")
     args = ap.parse_args()
@@ -74,10 +73,10 @@ def main() -> int:
     key = cfg.workloads[0].trace
     results = {"emulated_device": args.emulate, "scale": args.scale, "window": cfg.workloads[0].to_json(),
                "ttft_slo_ms": cfg.ttft_slo_ms, "tpot_slo_ms": cfg.tpot_slo_ms, "configs": {}}
-    for name, label in SHORT.items():
+    for name, (label, extra) in CONFIGS.items():
         if args.only not in (None, name):
             continue
-        server_args = bench.server_args("fair") + CONFIGS[label]
+        server_args = bench.server_args("fair") + extra
         trace = (out / f"trace-{name}.jsonl").resolve() if args.trace else None
         if trace is not None:
             server_args += ["--fair-trace", str(trace)]

@@ -37,9 +37,9 @@ class Probe:
     input_lens: list[int]
     """Prompt lengths bench_serving really sent (tokens, its own count)."""
     bench: dict = field(default_factory=dict)
+    """bench_serving's own summary figures (its percentiles, throughput, goodput)."""
     started_wall_s: float = 0.0
     """Wall-clock time (time.time()) when the replay began: places the probe in a server's `--fair-trace`."""
-    """bench_serving's own summary figures (its percentiles, throughput, goodput)."""
 
 
 BENCH_KEYS = ("completed", "request_throughput", "output_throughput", "mean_ttft_ms", "median_ttft_ms",

@@ -166,11 +166,12 @@ def trace_table(results: dict, key: str, dilation: float) -> list[str]:
     rows = []
     for name, r in results["single"].items():
         for x, p in sorted(((r.get(key) or {}).get("probes") or {}).items(), key=lambda t: float(t[0])):
-            t = p.get("trace")
-            if t and "forwards" not in t and "device" in t:  # stock: only the emulated device's forwards
-                d = t["device"]
-                rows.append(f"| {name} | {x} | {d['n']} | - | - | {d['emulated_ms']['max'] / dilation:.0f} | - | - | - |")
-            if not t or "forwards" not in t:
+            t = p.get("trace") or {}
+            if "forwards" not in t:
+                if "device" in t:  # stock: only the emulated device's forwards
+                    d = t["device"]
+                    rows.append(f"| {name} | {x} | {d['n']} | - | - | {d['emulated_ms']['max'] / dilation:.0f} | - | "
+                                f"- | - |")
                 continue
             f, pl = t["forwards"], t.get("plans") or {}
             over = f.get("decode_forwards_over_tpot")

@@ -86,7 +86,8 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
     device = records.get("device", [])
     tpot_ms = start.get("tpot_slo_ms")
     out: dict = {"policy": start.get("policy"), "emulated_device": start.get("emulated_device"),
-                 "dilation": start.get("dilation", 1.0), "tpot_slo_ms": tpot_ms, "ttft_slo_ms": start.get("ttft_slo_ms"),
+                 "dilation": start.get("dilation", 1.0), "tpot_slo_ms": tpot_ms,
+                 "ttft_slo_ms": start.get("ttft_slo_ms"),
                  "truncated": bool(records.get("truncated")),
                  "window_wall_s": list(window_wall_s) if window_wall_s is not None else None}
     if plans:
@@ -108,7 +109,7 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
         pred = np.array([f["predicted_ms"] for f in forwards], dtype=float)
         linked = [(f, by_seq[f["plan_seq"]]) for f in forwards if f.get("plan_seq") in by_seq]
         over_budget = [f for f, p in linked if p.get("budget_ms") is not None and f["measured_ms"] > p["budget_ms"]]
-        slow = [f for f, p in linked if f["measured_ms"] > OVER_PREDICTION * p.get("predicted_ms", math.inf)]
+        slow = [(f, p) for f, p in linked if f["measured_ms"] > OVER_PREDICTION * p.get("predicted_ms", math.inf)]
         decoding = [f for f in forwards if f.get("n_decode", 0) > 0]
         gaps = [f.get("max_token_gap_ms", 0.0) for f in forwards]
         out["forwards"] = {
@@ -118,8 +119,7 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
             "linked_to_plan": len(linked),
             "over_plan_budget": len(over_budget) / len(linked) if linked else None,
             "over_plan_prediction": len(slow) / len(linked) if linked else None,
-            "slow_by_shape": dict(Counter(plan_shape(p) for f, p in linked
-                                          if f["measured_ms"] > OVER_PREDICTION * p.get("predicted_ms", math.inf))),
+            "slow_by_shape": dict(Counter(plan_shape(p) for _, p in slow)),
             "max_token_gap_ms": _pct(gaps),
         }
         if tpot_ms:

@@ -5,10 +5,10 @@ truncated, on the first record of that process, so a restarted server starts a f
 the scheduler's `time.perf_counter()` seconds, `t_s`; the `start` record maps that clock to wall time):
 - `start`: pid, `wall_s` and `t_s` read together, the policy, the default SLOs, the emulated device (or null);
 - `plan` (active policy, every step with something running or queued; an idle scheduler's wake-ups are left out):
-  its sequence number `seq` (the adapter's `planned_iterations`, so gaps in `seq` are idle steps), what the policy saw (running, prefilling,
-  waiting), what it planned (prefill chunks and tokens, decode rows, rows deferred, demoted, preempt), its budget
-  and predicted time, the adapter's own overhead and the policy's note; `stock: true` on a step that fell back to
-  stock SGLang (a policy fault);
+  its sequence number `seq` (the adapter's `planned_iterations`, so gaps in `seq` are idle steps), what the policy
+  saw (running, prefilling, waiting), what it planned (prefill chunks and tokens, decode rows, rows deferred,
+  demoted, preempt), its budget and predicted time, the adapter's own overhead and the policy's note; `stock: true`
+  on a step that fell back to stock SGLang (a policy fault);
 - `forward` (active policy, every measured forward): `plan_seq` (the latest plan before it), the batch's prefill
   tokens and chunks, decode rows and their summed context, measured and predicted milliseconds;
 - `device` (emulated device, every policy including `off`): the batch's kind (`batch`: decode, prefill, mixed), its
@@ -54,7 +54,8 @@ class TraceWriter:
         self._stop = threading.Event()
 
     def write(self, kind: str, record: dict) -> None:
-        """Append one record of `kind` (`record` must not have its own "kind" key). Never raises on I/O: an error stops the trace (kept in `error`)."""
+        """Append one record of `kind` (`record` must not have its own "kind" key). Never raises on I/O: an error
+        stops the trace (kept in `error`)."""
         if self.error is not None or self.bytes >= self.max_bytes:
             self.dropped += 1
             return

@@ -123,8 +123,8 @@ class Padder:
         self.log_every_s = log_every_s
         self._last_log = clock()
         self.on_forward: Callable[[dict], None] | None = None
-        """Called with each counted forward's record (batch kind, prefill tokens, decode rows, emulated / real / credit ms,
-        overrun), after its padding wait (`--fair-trace`'s `device` records)."""
+        """Called with each counted forward's record (batch kind, prefill tokens, decode rows, emulated / real / credit
+        ms, overrun), after its padding wait (`--fair-trace`'s `device` records)."""
         self.on_account: Callable[[PadCounters], None] | None = None
         """Called with the counters after each counted forward, before the padding wait (report.py publishes the
         Prometheus gauges from it); an exception from it is logged once and the callback dropped."""
@@ -152,9 +152,10 @@ class Padder:
         overruns = self.counters.overruns
         self.account(t0, t1, emulated, kind, busy=busy)
         if emulated > 0:
-            self.recent.append((sum(c for c, _ in prefills), len(decodes), emulated * 1e3, (t1 - t0) * 1e3))
+            tokens = sum(c for c, _ in prefills)
+            self.recent.append((tokens, len(decodes), emulated * 1e3, (t1 - t0) * 1e3))
             if self.on_forward is not None:
-                self.on_forward({"t_s": t0, "batch": kind, "prefill_tokens": sum(c for c, _ in prefills),
+                self.on_forward({"t_s": t0, "batch": kind, "prefill_tokens": tokens,
                                  "decode_rows": len(decodes), "emulated_ms": emulated * 1e3,
                                  "real_ms": (t1 - t0) * 1e3, "credit_ms": self.last_credit_s * 1e3,
                                  "overrun": self.counters.overruns > overruns})
