@@ -8,7 +8,8 @@ Figures are EMULATED.
     .venv/bin/python benchmark/overload_live.py --emulate a100-llama3-8b:6 --scale 2 --out out/overload
 
 `--trace` runs each server with `--fair-trace` and adds the trace's summary (`sglang-fair trace-report`); `--only`
-runs one configuration.
+runs the named configurations (comma-separated; default: admission-off,default). `recover-off` is the default with
+`recover_tpot=false` (the budget before the twelfth session: a decode behind its envelope stays behind).
 
 One server at a time (the machine's rule: each config's server is stopped before the next starts).
 """
@@ -32,7 +33,8 @@ from sglang_fair.live.server import exit_on_sigterm, sglang_server
 
 CONFIGS = {
     "admission-off": ("fair, admission off", ["--fair-param", "admission=off"]),
-    "default": ("fair (default: demote-longest k=5)", []),
+    "default": ("fair (default: demote-longest k=5, recover_tpot)", []),
+    "recover-off": ("fair, recover_tpot off", ["--fair-param", "recover_tpot=false"]),
 }
 """--only's name -> (label, serve flags) of each configuration."""
 
@@ -48,7 +50,8 @@ def probe_figures(probe, dilation: float) -> dict:
             "attainment": sum(meets_slo(r) for r in recs) / max(1, len(recs)),
             "p50_ttft_ms": float(np.percentile(ttfts, 50)) * ms, "p99_ttft_ms": float(np.percentile(ttfts, 99)) * ms,
             "max_ttft_ms": float(ttfts.max()) * ms, "p99_tpot_ms": s.p99_tpot_s * ms,
-            "max_tpot_ms": max((tpot_s(r) for r in done), default=math.nan) * ms, "wall_s": probe.wall_s}
+            "max_tpot_ms": max((tpot_s(r) for r in done), default=math.nan) * ms,
+            "tpot_over_slo": sum(r.n_outputs > 1 and tpot_s(r) > r.tpot_slo_s for r in done), "wall_s": probe.wall_s}
 
 
 def main() -> int:
@@ -56,12 +59,16 @@ def main() -> int:
     ap.add_argument("--emulate", default="a100-llama3-8b:6")
     ap.add_argument("--scale", type=float, default=2.0, help="rate scale of the probe (the window's capacity is ~1)")
     ap.add_argument("--out", default="out/overload")
-    ap.add_argument("--only", choices=sorted(CONFIGS), help="run one configuration (default: both)")
+    ap.add_argument("--only", default="admission-off,default",
+                    help=f"comma-separated configurations to run, from {', '.join(CONFIGS)} (default: %(default)s)")
     ap.add_argument("--trace", action="store_true",
                     help="run each server with --fair-trace OUT/trace-NAME.jsonl and add its trace-report summary")
     args = ap.parse_args()
     if not args.scale > 0:
         raise SystemExit("overload_live.py: --scale must be > 0")
+    only = [n for n in args.only.split(",") if n]
+    if not only or set(only) - set(CONFIGS):
+        raise SystemExit(f"overload_live.py: --only takes names from {', '.join(CONFIGS)}, got {args.only!r}")
     exit_on_sigterm()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,9 +80,8 @@ def main() -> int:
     key = cfg.workloads[0].trace
     results = {"emulated_device": args.emulate, "scale": args.scale, "window": cfg.workloads[0].to_json(),
                "ttft_slo_ms": cfg.ttft_slo_ms, "tpot_slo_ms": cfg.tpot_slo_ms, "configs": {}}
-    for name, (label, extra) in CONFIGS.items():
-        if args.only not in (None, name):
-            continue
+    for name in only:
+        label, extra = CONFIGS[name]
         server_args = bench.server_args("fair") + extra
         trace = (out / f"trace-{name}.jsonl").resolve() if args.trace else None
         if trace is not None:
@@ -95,12 +101,13 @@ def main() -> int:
     (out / "overload.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"EMULATED {args.emulate}, Azure conv window at x{args.scale:g} (figures in emulated GPU ms)")
     print("| config | sent / answered | first tokens on time | attainment | P50 / P99 / max TTFT | P99 / max TPOT | "
-          "demotions |")
-    print("|---|---|---|---|---|---|---|")
+          "TPOT over SLO | demotions |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, f in results["configs"].items():
         print(f"| {label} | {f['sent']} / {f['answered']} | {f['first_token_on_time']:.1%} | {f['attainment']:.1%} | "
               f"{f['p50_ttft_ms']:.0f} / {f['p99_ttft_ms']:.0f} / {f['max_ttft_ms']:.0f} | "
-              f"{f['p99_tpot_ms']:.1f} / {f['max_tpot_ms']:.1f} | {f['status'].get('demotions_total')} |")
+              f"{f['p99_tpot_ms']:.1f} / {f['max_tpot_ms']:.1f} | {f['tpot_over_slo']} | "
+              f"{f['status'].get('demotions_total')} |")
     return 0
 
 

@@ -21,6 +21,7 @@ from .config import (CPU_DEFAULTS, POLICY_CHOICES, RuntimeConfig, SloConfig, cpu
                      parse_param, with_cpu_policy_defaults)
 from .config.runtime import ADMISSION_CHOICES, LOADS_CHOICES
 from .core.checks import FieldError
+from .core.trace import holder_pid
 from .emulate.serve_args import split_emulate_args
 
 ALWAYS_DEFAULTS = (("--host", "127.0.0.1"),)
@@ -110,6 +111,9 @@ def runtime_config(ns: argparse.Namespace) -> RuntimeConfig:
         raise ValueError(f"--fair-param: {exc}") from None
     save_path = _writable_file_path("--fair-save-cost-model", ns.fair_save_cost_model)
     trace_path = _writable_file_path("--fair-trace", ns.fair_trace)
+    if trace_path is not None and (pid := holder_pid(trace_path)) is not None:
+        raise ValueError(f"--fair-trace: {trace_path!r} is being written by a running server (pid {pid}); "
+                         f"give each server its own file")
     if save_path is not None and ns.fair_no_online_fit:
         raise ValueError("--fair-save-cost-model needs the online fit (drop --fair-no-online-fit)")
     try:
@@ -266,6 +270,8 @@ def main(argv: list[str]) -> int:
     args = sglang_args(emulate.sglang_args(rest) if emulate else rest, cpu)
     if cpu and not emulate:  # an emulated GPU runs the policies with their GPU defaults
         cfg = with_cpu_policy_defaults(cfg)
+    if emulate:  # ... on its dilated clock
+        cfg = emulate.with_dilated_policy_times(cfg)
     env = dict(os.environ, **cfg.to_env(), **(emulate.env() if emulate else {}))
     if emulate:
         print(emulate.banner(), file=sys.stderr)

@@ -161,3 +161,21 @@ def test_cpu_server_args_without_a_kv_size_leave_it_to_serve():
     i = sized.index("--max-total-tokens")
     assert sized[i + 1] == "5000"
     assert cpu_server_args(None) == sized[:i] + sized[i + 2:]  # the same flags, the emulated GPU's pool from serve
+
+
+def test_policy_time_parameters_are_dilated_unless_the_user_set_them():
+    from sglang_fair.config import RuntimeConfig
+    from sglang_fair.policies.fair import FairParams
+
+    _, emulate = split_emulate_args(["--emulate-device", "a100-llama3-8b:6"])
+    cfg = emulate.with_dilated_policy_times(RuntimeConfig(policy="fair", policy_params={"max_budget_ms": 700.0}))
+    assert cfg.policy_params == {"max_budget_ms": 700.0, "min_budget_ms": FairParams().min_budget_ms * 6}
+    # a policy without time-valued parameters, the plugin off and dilation 1 are left alone
+    sarathi = RuntimeConfig(policy="sarathi", policy_params={"token_budget": 512})
+    assert emulate.with_dilated_policy_times(sarathi) == sarathi
+    off = RuntimeConfig(policy="off")
+    assert emulate.with_dilated_policy_times(off) == off
+    _, plain = split_emulate_args(["--emulate-device", "a100-llama3-8b"])
+    assert plain.spec.dilation == 1.0
+    fair = RuntimeConfig(policy="fair")
+    assert plain.with_dilated_policy_times(fair) == fair

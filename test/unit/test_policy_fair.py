@@ -24,10 +24,11 @@ def fair(**kw) -> FairPolicy:
 def test_worked_example_urgent_decode_then_prefill_then_defer():
     # slacks 30 ms and 500 ms, tpot 100 ms: budget = max(30 ms, 100 ms) = 100 ms; urgent iff slack < 200 ms.
     # u (urgent) costs 5 + 0.2 = 5.2 ms; 94.8 ms are left -> 948 prefill tokens of w's 2000; lazy is deferred.
+    # (recover_tpot off: u, 70 ms behind, would lower the budget; test_policy_fair_recover.py)
     snap = make_snapshot(now=NOW, running=[make_running_with_slack("u", 0.03, now=NOW),
                                            make_running_with_slack("lazy", 0.5, now=NOW)],
                          waiting=[make_req("w", arrival_s=NOW - 0.2, prompt_tokens=2000)])
-    plan = fair().plan(snap)
+    plan = fair(recover_tpot=False).plan(snap)
     assert plan.budget_s == pytest.approx(0.1)
     assert plan.decode == ("u",)
     assert plan.deferred(snap) == ("lazy",)
@@ -131,9 +132,9 @@ def test_small_tail_chunk_is_not_started():
     snap = make_snapshot(now=NOW, running=[make_running_with_slack("u", 0.0, now=NOW)],
                          waiting=[make_req("w1", arrival_s=NOW - 0.5, prompt_tokens=940),
                                   make_req("w2", arrival_s=NOW - 0.4, prompt_tokens=500)])
-    plan = fair(min_prefill_chunk_tokens=16).plan(snap)
+    plan = fair(min_prefill_chunk_tokens=16, recover_tpot=False).plan(snap)  # u's lag kept: a 100 ms budget
     assert plan.prefill == (("w1", 940),)
-    plan_small = fair(min_prefill_chunk_tokens=4).plan(snap)
+    plan_small = fair(min_prefill_chunk_tokens=4, recover_tpot=False).plan(snap)
     assert plan_small.prefill[1][0] == "w2" and 1 <= plan_small.prefill[1][1] <= 8
 
 

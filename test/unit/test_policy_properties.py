@@ -103,19 +103,27 @@ def decode_slack(r: ReqView, now: float, anchor: str) -> float:
 
 
 def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
-    """The budget rule written out independently: max(min slack, min tpot) clamped to [min, max] budget, and never
-    below one decode of the least-slack request."""
+    """The budget rule written out independently: max(min slack, min tpot), lowered (recover_tpot) to the smallest
+    uniform iteration length that lands a behind decode's last token on time, tpot + (slack - tpot) / tokens left,
+    where that is not below one decode of the least-slack request; clamped to [min, max] budget, and never below
+    that decode."""
     slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor) for r in snap.running}
     least = min(snap.running, key=lambda r: slack[r.rid])
+    floor = snap.cost.predict((), [least.context_tokens])
     b = max(slack[least.rid], min(r.tpot_slo_s for r in snap.running))
+    if p.recover_tpot:
+        lengths = [r.tpot_slo_s + (slack[r.rid] - r.tpot_slo_s) / (r.max_new_tokens - r.output_tokens)
+                   for r in snap.running if slack[r.rid] < r.tpot_slo_s and r.max_new_tokens > r.output_tokens]
+        b = min([b, *(x for x in lengths if x >= floor)])
     b = min(max(b, p.min_budget_ms / 1e3), p.max_budget_ms / 1e3)
-    return max(b, snap.cost.predict((), [least.context_tokens]))
+    return max(b, floor)
 
 
 @SETTINGS
-@given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]), anchor=st.sampled_from(["first_token", "arrival"]))
-def test_fair_budget_urgency_and_decode_only(snap, gap, anchor):
-    p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor)
+@given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]), anchor=st.sampled_from(["first_token", "arrival"]),
+       recover=st.booleans())
+def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover):
+    p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor, recover_tpot=recover)
     plan = FairPolicy(p).plan(snap)
     tol = 1e-9 * max(1.0, plan.budget_s)
     if snap.running:

@@ -35,6 +35,22 @@ def test_bad_flags_exit_nonzero_naming_the_flag(args, flag):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_trace_path_another_server_is_writing_is_refused(tmp_path):
+    path = tmp_path / "shared.jsonl"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from sglang_fair.core.trace import TraceWriter\n"
+        f"w = TraceWriter({str(path)!r}, 1 << 20); w.write('plan', {{'seq': 1}}); w.flush()\n"
+        "print('held', flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_serve("--fair-trace", str(path), "--model-path", "/nonexistent/model")
+        assert proc.returncode == 2, proc.stderr
+        assert "--fair-trace" in proc.stderr and f"pid {holder.pid}" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_unknown_policy_param_is_rejected_by_the_policy():
     proc = run_serve("--fair-policy", "sarathi", "--fair-param", "no_such_knob=3", "--model-path", "/nonexistent")
     assert proc.returncode == 2

@@ -9,7 +9,7 @@ import pytest
 
 from sglang_fair.bench import trace_report
 from sglang_fair.cli import main as cli_main
-from sglang_fair.core.trace import TraceWriter
+from sglang_fair.core.trace import TraceWriter, holder_pid
 
 
 def lines(path) -> list[dict]:
@@ -49,6 +49,22 @@ def test_a_write_error_stops_the_trace_without_raising(tmp_path):
     tw.write("plan", {"seq": 2})
     st = tw.status()
     assert st["error"] and "FileNotFoundError" in st["error"] and st["dropped"] == 2 and st["records"] == 0
+
+
+def test_a_second_writer_on_a_held_file_stops_with_an_error_and_leaves_the_first_intact(tmp_path):
+    path = tmp_path / "t.jsonl"
+    assert holder_pid(path) is None  # no file
+    first = TraceWriter(path, 1 << 20, header={"policy": "fair"})
+    first.write("plan", {"seq": 1})
+    first.flush()
+    assert holder_pid(path) == lines(path)[0]["pid"]
+    second = TraceWriter(path, 1 << 20)  # another server given the same path (a thread stands in for its process)
+    second.write("plan", {"seq": 99})
+    first.write("plan", {"seq": 2})
+    first.close()
+    assert "being written by another process" in second.status()["error"] and second.status()["records"] == 0
+    assert [r.get("seq") for r in lines(path)] == [None, 1, 2]  # the first writer's records only, none truncated
+    assert holder_pid(path) is None  # closed: the lock went with the file
 
 
 def write_trace(path, plans, forwards, device=(), tpot=100.0):
@@ -96,6 +112,18 @@ def test_report_counts_plan_shapes_and_forwards_past_their_plan(tmp_path):
     assert f["decode_forwards_over_tpot"] == pytest.approx(1 / 4)  # 500 ms
     text = trace_report.render(s)
     assert "plans: 5" in text and "past the plan's budget 25.0%" in text and "EMULATED" not in text
+
+
+def test_report_budget_counts_only_plans_protecting_decodes(tmp_path):
+    plans = [plan(1, prefill=4000, budget=1000.0),  # nothing running: the budget is at its cap, not a decision
+             plan(2, decode=4, budget=100.0), plan(3, decode=4, budget=140.0),
+             plan(4, decode=4, budget=92.5)]  # a decode behind its envelope lowered it (recover_tpot)
+    s = trace_report.summarize(trace_report.read_trace(write_trace(tmp_path / "t.jsonl", plans, [])))
+    p = s["plans"]
+    assert p["without_running"] == 1 and p["budget_below_tpot"] == 1
+    assert p["budget_ms"]["max"] == 140.0 and p["budget_ms"]["p50"] == pytest.approx(100.0)
+    text = trace_report.render(s)
+    assert "below the TPOT SLO (a decode behind its envelope): 1" in text and "budget at its cap): 1" in text
 
 
 def test_report_on_an_emulated_trace_counts_overruns_by_kind(tmp_path):

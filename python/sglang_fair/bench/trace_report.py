@@ -2,7 +2,8 @@
 
 Reads the JSON lines core/trace.py writes and prints (or, with `--json`, emits) per record kind:
 - plans: how many, of which shape (prefill only, decode only, mixed, nothing), stock fallbacks, decode rows the plans
-  deferred, demoted requests, the adapter's overhead;
+  deferred, demoted requests, the budget of plans with decodes running (how many were below the TPOT SLO: a decode
+  behind its envelope, `recover_tpot`) and how many had nothing running, the adapter's overhead;
 - forwards: measured times, the cost model's error (|predicted - measured| / measured), how often a forward ran
   past its plan's budget or past 110% of its plan's prediction, and the longest gap a decode row saw between two
   tokens against the TPOT SLO (in the server's clock: under an emulated device with dilation k, the SLO flags the
@@ -92,6 +93,7 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
                  "window_wall_s": list(window_wall_s) if window_wall_s is not None else None}
     if plans:
         planned = [p for p in plans if not p.get("stock")]
+        decoding = [p for p in planned if p.get("running", 0) > 0]  # where the budget protects decode rows
         out["plans"] = {
             "n": len(plans), "shapes": dict(Counter(plan_shape(p) for p in plans)),
             "with_deferred_rows": sum(1 for p in planned if p.get("deferred", 0) > 0),
@@ -101,7 +103,9 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
             "running": _pct([p.get("running", 0) for p in planned]),
             "waiting": _pct([p.get("waiting", 0) for p in planned]),
             "overhead_ms": _pct([p.get("overhead_ms") for p in planned]),
-            "budget_ms": _pct([p.get("budget_ms") for p in planned]),
+            "budget_ms": _pct([p.get("budget_ms") for p in decoding]),
+            "without_running": len(planned) - len(decoding),
+            "budget_below_tpot": sum(1 for p in decoding if p.get("budget_ms", math.inf) < tpot_ms) if tpot_ms else None,
         }
     if forwards:
         by_seq = {p["seq"]: p for p in plans if not p.get("stock") and "seq" in p}
@@ -158,7 +162,11 @@ def render(s: dict) -> str:
                   f"{p['with_deferred_rows']}",
                   f"  demoted: {_fmt(p['demoted'])}; plans with demoted requests: {p['with_demoted']}",
                   f"  running / waiting seen: {_fmt(p['running'])} / {_fmt(p['waiting'])}",
-                  f"  budget: {_fmt(p['budget_ms'], 'ms')}; adapter overhead: {_fmt(p['overhead_ms'], 'ms')}"]
+                  f"  budget with decodes running: {_fmt(p['budget_ms'], 'ms')}"
+                  + ("" if p.get("budget_below_tpot") is None else
+                     f"; below the TPOT SLO (a decode behind its envelope): {p['budget_below_tpot']}")
+                  + f"; plans with nothing running (budget at its cap): {p.get('without_running', 0)}",
+                  f"  adapter overhead: {_fmt(p['overhead_ms'], 'ms')}"]
     if "forwards" in s:
         f = s["forwards"]
         lines += [f"forwards: {f['n']} ({f['with_decode_rows']} with decode rows); measured {_fmt(f['measured_ms'], 'ms')}",

@@ -16,6 +16,10 @@ the scheduler's `time.perf_counter()` seconds, `t_s`; the `start` record maps th
   overran.
 `sglang-fair trace-report PATH` summarises a trace (bench/trace_report.py).
 
+One writer per file: the writer holds an exclusive advisory lock (flock) on it while its process lives, so a second
+server given the same path gets an error in its trace status instead of interleaving records; `sglang-fair serve`
+refuses such a path at start-up (`holder_pid`).
+
 Bounded: after `max_bytes` the writer appends one `{"kind": "truncated"}` record and stops. Buffered: a daemon thread
 flushes it every `FLUSH_EVERY_S` when records were added (so an idle server's trace is complete on disk within that
 time), and at normal exit; SGLang stops its scheduler with SIGKILL, so up to that much of the tail may be lost.
@@ -25,6 +29,7 @@ Pure Python: no SGLang imports.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import threading
 import time
@@ -80,7 +85,14 @@ class TraceWriter:
             self.dropped += 1
 
     def _open(self) -> None:
-        self._f = open(self.path, "wb", buffering=1 << 16)  # noqa: SIM115  (kept open for the process's life)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held (with the file) for the process's life
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(f"{self.path} is being written by another process (pid {_start_pid(self.path)})") from None
+        os.ftruncate(fd, 0)
+        self._f = os.fdopen(fd, "wb", buffering=1 << 16)
         atexit.register(self.flush)
         start = {"kind": "start", "pid": os.getpid(), "wall_s": time.time(), "t_s": self.clock(), **self.header}
         line = orjson.dumps(start) + b"\n"
@@ -113,6 +125,32 @@ class TraceWriter:
     def status(self) -> dict:
         return {"path": self.path, "records": self.records, "bytes": self.bytes, "dropped": self.dropped,
                 "error": self.error}
+
+
+def _start_pid(path: str) -> int | None:
+    """The pid in a trace's `start` record (None when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            return int(orjson.loads(f.readline())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def holder_pid(path: str | os.PathLike) -> int | None:
+    """The pid of a live process writing the trace at `path` (it holds the file's lock), -1 when it holds the lock
+    but its pid is unreadable, None when no process does (or the file does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        pid = _start_pid(os.fspath(path))
+        return -1 if pid is None else pid
+    finally:
+        os.close(fd)
 
 
 _writer: TraceWriter | None = None

@@ -14,6 +14,10 @@ emulated server is SGLang's real server on the CPU with:
   - for `fair`/`slai` without `--fair-cost-model`, the planner's starting cost model is the emulated GPU's preset
     (fitted by benchmark/fit_profiles.py to the same profiles) x the dilation (`with_planner_prior`), not the CPU
     model's prior; the online fit then follows the measured (emulated) iteration times;
+  - the active policy's time-valued parameters (fields ending in `_ms`: fair's `min_budget_ms`, `max_budget_ms`)
+    x the dilation where the user set none (`with_dilated_policy_times`), as the bench scales the SLOs: they are
+    device time, so on a k-times slower clock fair's 1 s budget cap is k seconds (a `--fair-param` value the user
+    gives is taken as server-clock milliseconds, like the SLO flags);
   - without `--model-path`, the micro model (`MICRO_SPEC`: 2 layers, hidden 64, random weights, the embedded
     model's tokenizer): its real forward is small enough to fit inside most emulated iterations, and its KV cache
     (1 KiB per token in float32) makes a 425k-token pool 0.4 GB. A larger model may need --max-total-tokens.
@@ -21,9 +25,11 @@ emulated server is SGLang's real server on the CPU with:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import RuntimeConfig
 from ..data.model import TinyLlamaSpec
 from ..core.checks import FieldError
 from .spec import DeviceSpec, kv_pool_tokens, parse_device_spec
@@ -95,6 +101,21 @@ class EmulatedServe:
                         source=f"the {self.spec.preset} preset x {k:g} (dilation of the emulated device "
                                f"{self.spec.text()}), written by sglang-fair serve --emulate-device")
         return [*argv, "--fair-cost-model", str(path)]
+
+    def with_dilated_policy_times(self, cfg: RuntimeConfig) -> RuntimeConfig:
+        """`cfg` with each time-valued parameter of its active policy (a field ending in `_ms`) set to its default
+        x the dilation, where the user set none."""
+        k = self.spec.dilation
+        if not cfg.active or k == 1.0:
+            return cfg
+        from ..policies import make_policy
+
+        params = getattr(make_policy(cfg.policy), "params", None)
+        if params is None or not dataclasses.is_dataclass(params):
+            return cfg
+        scaled = {f.name: getattr(params, f.name) * k for f in dataclasses.fields(params)
+                  if f.name.endswith("_ms") and f.name not in cfg.policy_params}
+        return dataclasses.replace(cfg, policy_params={**cfg.policy_params, **scaled}) if scaled else cfg
 
     def env(self) -> dict[str, str]:
         return {ENV_VAR: spec_to_env(self.spec)}

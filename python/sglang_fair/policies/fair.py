@@ -4,7 +4,9 @@ material pins it down; the choices it leaves open are in docs/design.md, "Polici
 Per iteration:
 1. Budget. With running decodes: `max(min decode slack, min tpot_slo)`; without: `max_budget_ms` (no envelope to
    protect, and bigger chunks are cheaper per token).
-   Then clamped to [min_budget_ms, max_budget_ms], and never below the cost of the smallest step that makes progress.
+   A decode behind its envelope (an iteration ran longer than planned) lowers it to what lands its last token on time
+   (`recover_tpot`). Then clamped to [min_budget_ms, max_budget_ms], and never below the cost of the smallest step
+   that makes progress.
 2. Urgent decodes: slack < budget + min tpot_slo, or a token gap that would exceed `max_token_gap_tpot` x tpot_slo
    after this iteration. They always run (preempting, when KV is short, partial prefills and then the running requests
    with the most slack). If they alone exceed the budget the plan is decode-only.
@@ -72,6 +74,14 @@ class FairParams:
     """With no free KV and no urgent decode, treat the least-slack decode as urgent, so it preempts now (most slack
     first) instead of the engine idling until a decode turns urgent. Off by default (plans change only when KV is full).
     """
+    recover_tpot: bool = True
+    """A decode behind its envelope (slack < its tpot_slo, after an iteration ran longer than planned) caps the
+    budget at the iteration length that still lands its last token on time if every iteration until then is that
+    long: `tpot + (slack - tpot) / tokens left` (tokens left from max_new_tokens). TPOT is measured from the first
+    to the last token, so a row late by d wins d back over its remaining tokens instead of staying late by d. A row
+    that cannot make it even at the progress floor does not shrink the budget. Plans change only while some decode
+    is behind; with an exact cost model none ever is (docs/results.md: it raised the noisy A100's Azure code cells and
+    left every other simulated cell unchanged; False: the budget stays at least one TPOT, as before)."""
     admission: str = "demote-longest"
     """SLO-aware admission: "off" (every request is served EDF), "demote" (a waiting request whose TTFT can no
     longer be met is served after the on-time ones and reported in `Plan.demoted`) or "demote-longest" (the default:
@@ -106,8 +116,9 @@ class FairParams:
         check_int_at_least("admission_window_reqs", self.admission_window_reqs, 0)
         if self.decode_anchor not in ("first_token", "arrival"):
             raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
-        if not isinstance(self.full_kv_progress, bool):
-            raise ValueError(f"full_kv_progress must be a bool, got {self.full_kv_progress!r}")
+        for name in ("full_kv_progress", "recover_tpot"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         w = self.demote_max_wait_ttft
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
             raise ValueError(f"demote_max_wait_ttft must be > 0 (math.inf: no bound), got {w!r}")
@@ -155,9 +166,12 @@ class FairPolicy:
             min_slack = min(slacks)
             tpots = [r.tpot_slo_s for r in running]
             tpot_min = min(tpots)
-            budget = min(max(max(min_slack, tpot_min), lo), hi)
             # progress floor: one decode of the most urgent request always fits
-            budget = max(budget, cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens))
+            floor_s = cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens)
+            budget = max(min_slack, tpot_min)
+            if p.recover_tpot and min_slack < tpot_min:
+                budget = self._recovery_budget(running, slacks, floor_s, budget)
+            budget = max(min(max(budget, lo), hi), floor_s)
             thr = budget + tpot_min
             if p.max_token_gap_tpot < math.inf:
                 g, end = p.max_token_gap_tpot, now + budget
@@ -318,6 +332,19 @@ class FairPolicy:
                 break
             item = next(prefills, None)
         return prefill, t, kv_left
+
+    @staticmethod
+    def _recovery_budget(running, slacks: list[float], floor_s: float, budget_s: float) -> float:
+        """`recover_tpot`: the budget capped, for each decode behind its envelope, at `tpot + (slack - tpot) / m`
+        (m: tokens it has left), the uniform iteration length that lands its last token by first_token + (outputs
+        - 1) x tpot; rows for which that is below the progress floor `floor_s` are past saving and ignored."""
+        for r, s in zip(running, slacks):
+            tp = r.tpot_slo_s
+            if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1:
+                length = tp + (s - tp) / m
+                if floor_s <= length < budget_s:
+                    budget_s = length
+        return budget_s
 
     def _decode_slacks(self, running, now: float) -> list[float]:
         """Slack of each running request's next token. Anchor "first_token": first_token_s + j * tpot (the TPOT
