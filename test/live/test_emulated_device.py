@@ -135,7 +135,8 @@ def test_fair_plans_on_the_emulated_clock(serve_command, generate_ok, prompt_ids
     with server as srv:
         status = srv.get("/sglang_fair/status").json()
         assert status["active"] and status["policy"] == "fair"
-        assert status["config"]["policy_params"] == {}  # GPU defaults under emulation, not the CPU catch-up
+        # GPU defaults under emulation (not the CPU catch-up), the policy's own times on the dilated clock
+        assert status["config"]["policy_params"] == {"min_budget_ms": 5.0 * 5, "max_budget_ms": 1000.0 * 5}
         with cf.ThreadPoolExecutor(6) as ex:  # a short window: long and short prompts together
             outs = list(ex.map(lambda k: generate_ok(srv.url, prompt_ids(200 + 300 * (k % 3), k), 8), range(6)))
         after = srv.get("/sglang_fair/status").json()
