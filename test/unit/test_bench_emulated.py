@@ -140,3 +140,22 @@ def test_stability_bound_of_the_window_on_the_prompts_as_sent():
     bench.probes = {}
     stability_bounds(bench, results)
     assert results["workloads"][w.trace]["stability_bound_scale"]["sent_lengths"] is None
+
+
+def test_fidelity_counts_a_demoted_request_at_the_ttft_it_got_as_the_live_side_does(tmp_path):
+    """bench_serving measures a demoted request's real TTFT; the replay must too, or one demotion makes the
+    simulator's P99 TTFT +inf and its error infinite."""
+    from sglang_fair.bench.fidelity import compare_probe
+    from sglang_fair.core.fit import save_model_json
+    from sglang_fair.core.metrics import RequestTimes
+
+    trace = Trace("t", np.zeros(12), np.full(12, 4000), np.full(12, 4))  # a burst no schedule serves on time
+    replay = simulate(trace, make_policy("fair"), COST, EngineConfig(ttft_slo_ms=500, tpot_slo_ms=100))
+    assert any(r.demoted for r in replay.records)  # fair (demote-longest) demotes part of it
+    save_model_json(tmp_path / "cost.json", COST, source="test")
+    live = [RequestTimes(f"r{i}", 0.0, 1.0 + i, 1.3 + i, 4, 0.5, 0.1, 4) for i in range(12)]
+    probe = SimpleNamespace(scale=1.0, input_lens=[4000] * 12, records=live)
+    row = compare_probe("fair", trace, probe, str(tmp_path / "cost.json"), ttft_slo_ms=500, tpot_slo_ms=100,
+                        kv_tokens=400_000)
+    longest = max(r.first_token_s - r.arrival_s for r in replay.records) * 1e3
+    assert 500 < row["p99_ttft_ms"]["sim"] <= longest + 1e-6 and row["p99_ttft_ms"]["rel_err"] is not None
