@@ -93,7 +93,7 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
                  "window_wall_s": list(window_wall_s) if window_wall_s is not None else None}
     if plans:
         planned = [p for p in plans if not p.get("stock")]
-        decoding = [p for p in planned if p.get("running", 0) > 0]  # where the budget protects decode rows
+        with_running = [p for p in planned if p.get("running", 0) > 0]  # where the budget protects decode rows
         out["plans"] = {
             "n": len(plans), "shapes": dict(Counter(plan_shape(p) for p in plans)),
             "with_deferred_rows": sum(1 for p in planned if p.get("deferred", 0) > 0),
@@ -103,9 +103,10 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
             "running": _pct([p.get("running", 0) for p in planned]),
             "waiting": _pct([p.get("waiting", 0) for p in planned]),
             "overhead_ms": _pct([p.get("overhead_ms") for p in planned]),
-            "budget_ms": _pct([p.get("budget_ms") for p in decoding]),
-            "without_running": len(planned) - len(decoding),
-            "budget_below_tpot": sum(1 for p in decoding if p.get("budget_ms", math.inf) < tpot_ms) if tpot_ms else None,
+            "budget_ms": _pct([p.get("budget_ms") for p in with_running]),
+            "without_running": len(planned) - len(with_running),
+            "budget_below_tpot": sum(1 for p in with_running if p.get("budget_ms", math.inf) < tpot_ms)
+            if tpot_ms else None,
         }
     if forwards:
         by_seq = {p["seq"]: p for p in plans if not p.get("stock") and "seq" in p}
