@@ -9,7 +9,9 @@ Figures are EMULATED.
 
 `--trace` runs each server with `--fair-trace` and adds the trace's summary (`sglang-fair trace-report`); `--only`
 runs the named configurations (comma-separated; default: admission-off,default). `recover-off` is the default with
-`recover_tpot=false` (the budget before the twelfth session: a decode behind its envelope stays behind).
+`recover_tpot=false` (the budget before the twelfth session: a decode behind its envelope stays behind); `gap-old` the
+default with `gap_caps_budget=false` (the token-gap guard before the thirteenth session: a gap could pass
+`max_token_gap_tpot` x TPOT by one whole budget).
 
 One server at a time (the machine's rule: each config's server is stopped before the next starts).
 """
@@ -35,6 +37,7 @@ CONFIGS = {
     "admission-off": ("fair, admission off", ["--fair-param", "admission=off"]),
     "default": ("fair (default: demote-longest k=5, recover_tpot)", []),
     "recover-off": ("fair, recover_tpot off", ["--fair-param", "recover_tpot=false"]),
+    "gap-old": ("fair, gap_caps_budget off", ["--fair-param", "gap_caps_budget=false"]),
 }
 """--only's name -> (label, serve flags) of each configuration."""
 

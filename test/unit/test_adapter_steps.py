@@ -6,6 +6,7 @@ The live tests (test/live/test_structured_penalties.py) check the same against t
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -163,7 +164,6 @@ def test_grammar_queue_is_restored_after_the_call():
 def test_demoted_requests_are_counted_in_the_status_once_each():
     """fair's default admission serves a request past its TTFT deadline (2 s here) as best effort; the status and
     the gauges show how many the last plan demoted and how many demotions there were."""
-    import time
     now = time.perf_counter()
     late = [Req(f"late{i}", prompt=60, recv=now - 3.0) for i in range(2)]  # past 2 s, not yet aged (5 x 2 s)
     fresh = Req("fresh", prompt=60, recv=now)
@@ -348,7 +348,8 @@ def test_the_trace_has_every_plan_and_forward_linked_by_sequence(tmp_path, monke
     path = tmp_path / "trace.jsonl"
     monkeypatch.setattr(trace, "_writer", None)
     trace.configure(str(path), header={"policy": "fair"})
-    d = Req("d", outputs=4, prefill_done=1.0, last_decode=2.0)
+    now = time.perf_counter()  # the adapter plans on this clock: d's last token 50 ms ago, inside its gap bound
+    d = Req("d", outputs=4, prefill_done=now - 1.0, last_decode=now - 0.05)
     sched = Sched(waiting=[Req("w", prompt=300)], running=[d])
     ad = adapter(sched)
     assert ad.trace is trace.writer()

@@ -135,6 +135,23 @@ def test_sim_reports_spread_and_clipping(capsys):
     assert f"clipped {out['context_clipped']} of {out['requests']} requests" in cap.err
 
 
+def test_sim_token_gaps_show_the_gap_bound(capsys):
+    # Azure conv near fair's capacity: decodes ahead of their envelopes sit out prefill surges. With the gap
+    # deadlines capping the budget (the default) no gap passes 5 TPOT SLOs; the old guard let some run a budget past.
+    figures = {}
+    for spec in ("fair", "fair@gap_caps_budget=false"):
+        assert main(["sim", "--trace", "azure-conv", "--duration-s", "60", "--rate-scale", "1.2", "--policy", spec,
+                     "--token-gaps", "--json", "--no-progress"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        figures[spec] = out["token_gaps"]
+        assert figures[spec]["gaps"] > 0
+    new, old = figures["fair"], figures["fair@gap_caps_budget=false"]
+    assert new["max_ms"] <= 500.0 + 1e-6 and new["requests_gap_over_tpot"]["5"] == 0.0
+    assert old["max_ms"] > 500.0 and old["requests_gap_over_tpot"]["5"] > 0.0
+    assert new["gaps"] == old["gaps"]  # the same tokens, differently timed
+    assert new["p50_ms"] <= new["p99_ms"] <= new["p99_9_ms"] <= new["max_ms"]
+
+
 @pytest.mark.parametrize("argv, flag, words", [
     (["capacity", "--policies", "fair,nope"], "--policies", "nope: unknown policy 'nope'"),
     (["capacity", "--policies", "fair@nope=1"], "--policies", "unknown parameter 'nope' for policy 'fair'"),

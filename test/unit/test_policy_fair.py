@@ -39,15 +39,33 @@ def test_worked_example_urgent_decode_then_prefill_then_defer():
 
 
 def test_budget_grows_when_decodes_run_ahead():
-    # min slack 400 ms > tpot 100 ms: budget 400 ms; urgent iff slack < 500 ms -> only "a"
-    snap = make_snapshot(now=NOW, running=[make_running_with_slack("a", 0.4, now=NOW),
+    # min slack 300 ms > tpot 100 ms: budget 300 ms; urgent iff slack (or time to the 500 ms gap bound) < 400 ms ->
+    # only "a" ("b" got its last token just now: 500 ms to its gap bound)
+    snap = make_snapshot(now=NOW, running=[make_running_with_slack("a", 0.3, now=NOW),
                                            make_running_with_slack("b", 0.6, now=NOW)],
                          waiting=[make_req("w", arrival_s=NOW, prompt_tokens=10_000)])
     plan = fair().plan(snap)
-    assert plan.budget_s == pytest.approx(0.4)
+    assert plan.budget_s == pytest.approx(0.3)
     assert plan.decode == ("a",)
-    # 400 - 5.2 = 394.8 ms of prefill ~ 3948 tokens: the grown budget admits ~4x what a 100 ms budget would
-    assert abs(plan.prefill[0][1] - 3948) <= 1
+    # 300 - 5.2 = 294.8 ms of prefill ~ 2948 tokens: the grown budget admits ~3x what a 100 ms budget would
+    assert abs(plan.prefill[0][1] - 2948) <= 1
+
+
+def test_token_gap_bound_caps_the_budget():
+    # both decodes far ahead of their envelopes (slack 2 s): the envelope alone would allow a 1 s budget (the cap).
+    # "g" got its last token 350 ms ago, so 150 ms are left before its gap passes 5 x 100 ms: the budget is 150 ms
+    # and "g" runs in it (its gap ends at 500 ms); "h" (token just now) sits out. The old guard (gap_caps_budget
+    # off) also runs "g", but in a 1 s iteration: a 1.35 s gap.
+    g = make_running_with_slack("g", 2.0, now=NOW, last_token_s=NOW - 0.35)
+    h = make_running_with_slack("h", 2.0, now=NOW, last_token_s=NOW)
+    snap = make_snapshot(now=NOW, running=[g, h], waiting=[make_req("w", arrival_s=NOW, prompt_tokens=20_000)])
+    plan = fair().plan(snap)
+    assert plan.budget_s == pytest.approx(0.15)
+    assert plan.decode == ("g",) and plan.deferred(snap) == ("h",)
+    assert NOW + plan.predicted_s - g.last_token_s <= 0.5 + 1e-9
+    old = fair(gap_caps_budget=False).plan(snap)
+    assert old.budget_s == pytest.approx(1.0) and "g" in old.decode
+    assert NOW + old.predicted_s - g.last_token_s > 1.3
 
 
 def test_decode_anchor_first_token_keeps_tpot_despite_banked_ttft_slack():

@@ -176,3 +176,22 @@ def test_overload_still_serves_everyone():
     assert all(r.outputs == r.outputs_wanted and r.first_chunk_iter is not None for r in reqs)
     assert max(r.max_defer_streak for r in reqs) <= math.ceil(params.max_token_gap_tpot * TPOT_S / COST.base_s)
     assert max(r.token_times[0] - r.arrival_s for r in reqs) > 1.0  # it really was overloaded
+
+
+def max_gap_s(r: SimReq) -> float:
+    return float(np.diff(r.token_times).max()) if len(r.token_times) > 1 else 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_token_gap_passes_the_bound(seed):
+    # decodes far ahead of their envelopes sit out the prefill of each burst; with the exact cost model no gap
+    # between two tokens exceeds max_token_gap_tpot x TPOT (the gap deadlines cap the budget). The old guard
+    # (urgent only when this iteration alone passes the bound) let gaps run one whole budget past it.
+    reqs = bursty_arrivals(seed, bursts=10, burst_size=10, gap_s=2.0, output_range=(20, 300))
+    params = FairParams(admission="off", max_token_gap_tpot=3.0)
+    simulate(FairPolicy(params), reqs)
+    assert max(max_gap_s(r) for r in reqs) <= 3.0 * TPOT_S + 1e-9
+    assert max(tpot_s(r) for r in reqs) <= TPOT_S
+    old = bursty_arrivals(seed, bursts=10, burst_size=10, gap_s=2.0, output_range=(20, 300))
+    simulate(FairPolicy(FairParams(admission="off", max_token_gap_tpot=3.0, gap_caps_budget=False)), old)
+    assert max(max_gap_s(r) for r in old) > 3.0 * TPOT_S + 0.05

@@ -105,8 +105,8 @@ def decode_slack(r: ReqView, now: float, anchor: str) -> float:
 def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
     """The budget rule written out independently: max(min slack, min tpot), lowered (recover_tpot) to the smallest
     uniform iteration length that lands a behind decode's last token on time, tpot + (slack - tpot) / tokens left,
-    where that is not below one decode of the least-slack request; clamped to [min, max] budget, and never below
-    that decode."""
+    where that is not below one decode of the least-slack request, and (gap_caps_budget) to the least time before a
+    decode's token gap passes its bound; clamped to [min, max] budget, and never below that decode."""
     slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor) for r in snap.running}
     least = min(snap.running, key=lambda r: slack[r.rid])
     floor = snap.cost.predict((), [least.context_tokens])
@@ -115,28 +115,40 @@ def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
         lengths = [r.tpot_slo_s + (slack[r.rid] - r.tpot_slo_s) / (r.max_new_tokens - r.output_tokens)
                    for r in snap.running if slack[r.rid] < r.tpot_slo_s and r.max_new_tokens > r.output_tokens]
         b = min([b, *(x for x in lengths if x >= floor)])
+    if p.gap_caps_budget and p.max_token_gap_tpot < math.inf:
+        b = min([b, *(gap_slack(r, snap.now, p) for r in snap.running)])
     b = min(max(b, p.min_budget_ms / 1e3), p.max_budget_ms / 1e3)
     return max(b, floor)
 
 
+def gap_slack(r, now: float, p: FairParams) -> float:
+    """Time left before the gap since r's last token passes max_token_gap_tpot x its TPOT SLO."""
+    return math.inf if r.last_token_s is None else r.last_token_s + p.max_token_gap_tpot * r.tpot_slo_s - now
+
+
 @SETTINGS
 @given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]), anchor=st.sampled_from(["first_token", "arrival"]),
-       recover=st.booleans())
-def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover):
-    p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor, recover_tpot=recover)
+       recover=st.booleans(), gap_caps=st.booleans())
+def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_caps):
+    p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor, recover_tpot=recover, gap_caps_budget=gap_caps)
     plan = FairPolicy(p).plan(snap)
     tol = 1e-9 * max(1.0, plan.budget_s)
     if snap.running:
         assert plan.budget_s == pytest.approx(fair_budget_oracle(snap, p), rel=1e-12)
         thr = plan.budget_s + min(r.tpot_slo_s for r in snap.running)
         urgent = {r.rid for r in snap.running if decode_slack(r, snap.now, anchor) < thr}
+        if gap_caps:  # one TPOT before the gap bound too
+            urgent |= {r.rid for r in snap.running if gap_slack(r, snap.now, p) < plan.budget_s + r.tpot_slo_s - tol}
         assert not urgent & set(plan.deferred(snap)), "an urgent decode was deferred"
         if urgent & set(plan.preempt):  # preempting an urgent decode is only allowed when KV cannot hold them
             assert snap.kv_free_tokens < len(urgent)
-        # a deferred decode keeps at least one TPOT of slack after this iteration (if the model is right)
+        # a deferred decode keeps at least one TPOT of slack after this iteration (if the model is right), and
+        # with the gap bound at least one TPOT before its gap passes it
         for rid in plan.deferred(snap):
             r = next(q for q in snap.running if q.rid == rid)
             assert decode_slack(r, snap.now, anchor) - plan.budget_s >= min(q.tpot_slo_s for q in snap.running) - tol
+            if gap_caps:
+                assert gap_slack(r, snap.now, p) - plan.budget_s >= r.tpot_slo_s - tol
     if plan.predicted_s > plan.budget_s + tol:
         assert plan.prefill == (), "over budget with prefill in the plan"
         urgent_only = snap.cost.predict((), [r.context_tokens for r in snap.running if r.rid in set(plan.decode)])

@@ -2,14 +2,16 @@
 material pins it down; the choices it leaves open are in docs/design.md, "Policies").
 
 Per iteration:
-1. Budget. With running decodes: `max(min decode slack, min tpot_slo)`; without: `max_budget_ms` (no envelope to
+1. Budget. With running decodes: `max(min decode slack, min tpot_slo)`, at most the least time a decode has before
+   its token gap passes `max_token_gap_tpot` x tpot_slo; without: `max_budget_ms` (no envelope to
    protect, and bigger chunks are cheaper per token).
    A decode behind its envelope (an iteration ran longer than planned) lowers it to what lands its last token on time
    (`recover_tpot`). Then clamped to [min_budget_ms, max_budget_ms], and never below the cost of the smallest step
    that makes progress.
-2. Urgent decodes: slack < budget + min tpot_slo, or a token gap that would exceed `max_token_gap_tpot` x tpot_slo
-   after this iteration. They always run (preempting, when KV is short, partial prefills and then the running requests
-   with the most slack). If they alone exceed the budget the plan is decode-only.
+2. Urgent decodes: slack < budget + min tpot_slo, or less than budget + its tpot_slo left before its token gap
+   would pass `max_token_gap_tpot` x tpot_slo (those gap deadlines also cap the budget in step 1). They always run
+   (preempting, when KV is short, partial prefills and then the running requests with the most slack). If they
+   alone exceed the budget the plan is decode-only.
 3. Prefills (partial and waiting) earliest TTFT deadline first while time and KV remain; the last chunk is sized with
    `CostModel.max_chunk` for the time left. A waiting request is admitted only if its whole prompt (plus its output
    reservation) fits; the first that does not fit stops admission, so a large prompt is never overtaken for ever.
@@ -53,8 +55,14 @@ class FairParams:
     """A last prefill chunk smaller than this (and smaller than the remaining prompt) is not started; the head prefill
     of an otherwise empty engine always gets at least this many tokens (KV permitting)."""
     max_token_gap_tpot: float = 5.0
-    """A decode becomes urgent when, after this iteration, its gap since its last token would exceed this many of its
-    own tpot_slo (a TBT guard on top of the envelope; math.inf disables it)."""
+    """TBT guard on top of the envelope: no gap between two tokens of a decode longer than this many of its own
+    tpot_slo (math.inf disables it). With `gap_caps_budget` the budget never runs past a decode's gap deadline
+    (its last token + this x tpot_slo) and a decode is urgent one tpot_slo before it; without, a decode is urgent
+    only when this iteration alone would pass it."""
+    gap_caps_budget: bool = True
+    """Make `max_token_gap_tpot` a bound: the gap deadlines cap the budget as the envelope does. False: the guard
+    as before the thirteenth session, which let a gap reach the bound plus one whole budget (simulated: 600 ms gaps
+    at a 100 ms TPOT SLO for most Azure conv requests; docs/results.md, "Token gaps")."""
     kv_reserve_output_ratio: float = DEFAULT_OUTPUT_RESERVE_RATIO
     """Fraction of admitted requests' outstanding max_new_tokens held back in KV before admitting another."""
     decode_anchor: str = "first_token"
@@ -116,7 +124,7 @@ class FairParams:
         check_int_at_least("admission_window_reqs", self.admission_window_reqs, 0)
         if self.decode_anchor not in ("first_token", "arrival"):
             raise ValueError(f"decode_anchor must be 'first_token' or 'arrival', got {self.decode_anchor!r}")
-        for name in ("full_kv_progress", "recover_tpot"):
+        for name in ("full_kv_progress", "recover_tpot", "gap_caps_budget"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         w = self.demote_max_wait_ttft
@@ -171,19 +179,25 @@ class FairPolicy:
             budget = max(min_slack, tpot_min)
             if p.recover_tpot and min_slack < tpot_min:
                 budget = self._recovery_budget(running, slacks, floor_s, budget)
+            gap_slacks = self._gap_slacks(running, tpots, tpot_min, now)
+            if gap_slacks is not None and p.gap_caps_budget:
+                min_gap = min(gap_slacks)
+                budget = min(budget, min_gap)
+                # the prefill-only alternative (3b) must also leave the decode step after it inside every gap
+                min_slack_3b = min(min_slack, min_gap)
+            else:
+                min_slack_3b = min_slack
             budget = max(min(max(budget, lo), hi), floor_s)
             thr = budget + tpot_min
-            if p.max_token_gap_tpot < math.inf:
-                g, end = p.max_token_gap_tpot, now + budget
-                lasts = [r.last_token_s for r in running]
-                if max(tpots) == tpot_min:  # one TPOT class: a scalar cut-off (the common case, and cheaper)
-                    cut = end - g * tpot_min
-                    urgent_mask = [s < thr or (lt is not None and lt < cut) for s, lt in zip(slacks, lasts)]
-                else:
-                    urgent_mask = [s < thr or (lt is not None and lt < end - g * tp)
-                                   for s, lt, tp in zip(slacks, lasts, tpots)]
-            else:
+            if gap_slacks is None:
                 urgent_mask = [s < thr for s in slacks]
+            elif p.gap_caps_budget:  # urgent one tpot before the gap deadline, as at the envelope's
+                if max(tpots) == tpot_min:
+                    urgent_mask = [s < thr or gs < thr for s, gs in zip(slacks, gap_slacks)]
+                else:
+                    urgent_mask = [s < thr or gs < budget + tp for s, gs, tp in zip(slacks, gap_slacks, tpots)]
+            else:  # the old guard: urgent only when this iteration alone would pass the gap deadline
+                urgent_mask = [s < thr or gs < budget for s, gs in zip(slacks, gap_slacks)]
             urgent = [r for r, u in zip(running, urgent_mask) if u]
             if p.full_kv_progress and not urgent and snap.kv_free_tokens < 1:
                 i = slacks.index(min_slack)  # no KV for anything: make room now rather than idle until it is urgent
@@ -234,7 +248,7 @@ class FairPolicy:
         if (running and not preempt and (cost.per_mixed_decode_req_s > 0 or no_mix)
                 and (snap.prefilling or snap.waiting)):
             t_dec = cost.base_s + (decode_time_s(cost, running) if decode_all_s is None else decode_all_s)  # next step
-            b_budget = min_slack - t_dec
+            b_budget = min_slack_3b - t_dec
             alt_kv = free - len(running)
             if b_budget > 2.0 * cost.base_s and alt_kv > 0:
                 order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv, waiting, demoted,
@@ -345,6 +359,18 @@ class FairPolicy:
                 if floor_s <= length < budget_s:
                     budget_s = length
         return budget_s
+
+    def _gap_slacks(self, running, tpots: list[float], tpot_min: float, now: float) -> list[float] | None:
+        """Time each running decode has left before its gap since its last token passes `max_token_gap_tpot` x its
+        tpot_slo (inf without a last token time); None when the guard is off."""
+        g = self.params.max_token_gap_tpot
+        if g == math.inf:
+            return None
+        inf = math.inf
+        if max(tpots) == tpot_min:  # one TPOT class (the common case, and cheaper)
+            off = g * tpot_min - now
+            return [inf if (lt := r.last_token_s) is None else lt + off for r in running]
+        return [inf if (lt := r.last_token_s) is None else lt + g * tp - now for r, tp in zip(running, tpots)]
 
     def _decode_slacks(self, running, now: float) -> list[float]:
         """Slack of each running request's next token. Anchor "first_token": first_token_s + j * tpot (the TPOT

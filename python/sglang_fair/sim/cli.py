@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import orjson
 from tqdm import tqdm
 
 from ..config import parse_param
 from ..core.checks import FieldError
+from ..core.metrics import tbt_s
 from ..core.presets import load_preset
 from ..policies import make_policy
 from ..policies.registry import check_params
@@ -193,8 +195,28 @@ def _header(args, trace) -> dict:
             "kv_capacity_tokens": args.kv_capacity_tokens, "noise_cv": args.noise_cv}
 
 
+GAP_TPOTS = (2, 3, 5)
+"""`sim --token-gaps`: the share of requests whose longest gap between two tokens passes this many TPOT SLOs."""
+
+
+def token_gap_figures(records) -> dict:
+    """Gaps between consecutive tokens over a run's records (recorded token times): percentiles in ms, and per k in
+    GAP_TPOTS the share of requests with at least two tokens whose longest gap passes k x its TPOT SLO."""
+    gaps = [tbt_s(r) for r in records if r.token_times_s and len(r.token_times_s) > 1]
+    if not gaps:
+        return {"gaps": 0}
+    ms = np.concatenate(gaps) * 1e3
+    longest = np.array([g.max() for g in gaps])
+    tpot = np.array([r.tpot_slo_s for r in records if r.token_times_s and len(r.token_times_s) > 1])
+    return {"gaps": int(ms.size), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "p99_9_ms": float(np.percentile(ms, 99.9)), "max_ms": float(ms.max()),
+            "requests_gap_over_tpot": {str(k): float(np.mean(longest > k * tpot)) for k in GAP_TPOTS}}
+
+
 def cmd_sim(args) -> int:
     trace, cost, engine = _setup(args)
+    if args.token_gaps:
+        engine = dataclasses.replace(engine, record_token_times=True)
     run = _runner(args.command, "--policy", trace, args.policy, cost, engine, replicas=args.replicas,
                   router=args.router, load_poll_interval_s=args.load_poll_interval_s, stop_late=False)
     with tqdm(total=1, desc=f"sim {args.policy} x{args.rate_scale}", file=sys.stderr, disable=args.no_progress):
@@ -206,6 +228,8 @@ def cmd_sim(args) -> int:
            "iterations": res.iterations, "sim_s": res.sim_s, "preemptions": res.preemptions,
            "demoted": sum(r.demoted for r in res.records),
            "bound_scale": bound}
+    if args.token_gaps:
+        out["token_gaps"] = token_gap_figures(res.records)
     if args.json:
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
     else:
@@ -260,6 +284,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--policy", default="fair", help="policy spec, e.g. fair, sarathi-512, slai, windserve, fair@admission=demote; a "
                    "'+reject' suffix refuses hopeless arrivals as --fair-admission reject does (fair+reject)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="arrival gaps divided by this")
+    p.add_argument("--token-gaps", action="store_true",
+                   help="record every token's time and report the gaps between consecutive tokens (percentiles, "
+                        "and the share of requests whose longest gap passes 2, 3 and 5 TPOT SLOs)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sim)
     c = subparsers.add_parser("capacity", help="capacity (max rate scale meeting the SLOs) per policy")
