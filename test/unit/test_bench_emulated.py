@@ -37,6 +37,26 @@ def test_config_runs_real_lengths_with_gpu_slos_on_the_device():
         policy_args("fair-strict", "a100-llama3-8b", ttft_slo_ms=1, tpot_slo_ms=1)
 
 
+def test_window_start_moves_the_quick_window_and_bad_uses_name_the_flag():
+    from sglang_fair.bench.cli import _config
+    from sglang_fair.sim.traces import load_trace
+    cfg = emulated_config("a100-llama3-8b:6", start_request=1150)
+    arrivals = load_trace("azure-conv").arrival_s
+    w = cfg.workloads[0]
+    assert w.start_s == pytest.approx(arrivals[1150]) and w.n_requests == 150
+    assert emulated_config("a100-llama3-8b:6", start_request=1000).workloads[0].build().prompt_tokens.tolist() == \
+        emulated_config("a100-llama3-8b:6").workloads[0].build().prompt_tokens.tolist()  # the default window
+    base = dict(emulate="a100-llama3-8b:6", full=False, policies=None, ttft_slo_ms=None, tpot_slo_ms=None,
+                no_cluster=False, max_context_tokens=None, spread_arrivals=False, emulate_overlap="on", trace=False)
+    assert _config(SimpleNamespace(**base, window_start=1150)).workloads[0].start_s == pytest.approx(arrivals[1150])
+    for extra, words in (({"window_start": len(arrivals)}, "must be a request number from 0 to"),
+                         ({"window_start": -1}, "must be a request number"),
+                         ({"window_start": 5, "full": True}, "quick mode only"),
+                         ({"window_start": 5, "emulate": None}, "needs --emulate")):
+        with pytest.raises(SystemExit, match="--window-start: " + words):
+            _config(SimpleNamespace(**{**base, **extra}))
+
+
 def test_overrun_fraction_counts_only_the_probe():
     before = [{"decode": [100, 5], "mixed": [10, 0]}, {}]
     after = [{"decode": [250, 8], "mixed": [60, 1]}, {"prefill": [40, 0]}]  # the second server's first forwards

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--emulate", metavar="PRESET[:DILATION]", default=None,
                    help="run every server on the emulated accelerator (serve --emulate-device): real trace lengths, "
                         "GPU policies, SLOs 2 s / 100 ms and arrival gaps x DILATION; figures are emulated")
+    p.add_argument("--window-start", type=int, default=None, metavar="N",
+                   help="with --emulate --quick: start the 150-request Azure conv window at request N of the trace "
+                        "(default 1000)")
     p.add_argument("--emulate-overlap", choices=("on", "off"), default="on",
                    help="with --emulate: emulate SGLang's GPU overlap loop, hiding the host time between forwards "
                         "behind the previous forward (default on, as SGLang runs on a GPU)")
@@ -60,9 +63,17 @@ def _config(args):
             parse_device_spec(args.emulate)
         except ValueError as exc:
             raise SystemExit(f"sglang-fair bench: --emulate: {exc}") from None
-        cfg, known = emulated_config(args.emulate, full=args.full), EMULATED_POLICIES
+        if args.window_start is not None and args.full:
+            raise SystemExit("sglang-fair bench: --window-start: quick mode only (the full mode has its own windows)")
+        try:
+            cfg = emulated_config(args.emulate, full=args.full, start_request=args.window_start)
+        except ValueError as exc:
+            raise SystemExit(f"sglang-fair bench: --window-start: {exc}") from None
+        known = EMULATED_POLICIES
         cfg.emulate_overlap = args.emulate_overlap == "on"
     else:
+        if args.window_start is not None:
+            raise SystemExit("sglang-fair bench: --window-start: needs --emulate (the emulated quick window)")
         cfg, known = (full_config() if args.full else quick_config()), LIVE_POLICIES
     if args.policies:
         names = [x.strip() for x in args.policies.split(",") if x.strip()]

@@ -57,8 +57,24 @@ def _real_lengths(trace: str, n: int, start_s: float = 0.0) -> Workload:
                     max_context_tokens=CONTEXT_TOKENS)
 
 
-def quick_workloads() -> list[Workload]:
-    return [_real_lengths("azure-conv", 150, CONV_REQUEST_1000_S)]
+QUICK_REQUESTS = 150
+"""Requests in the quick window."""
+
+
+def conv_request_start_s(request: int) -> float:
+    """Arrival (s, unscaled Azure conv trace time) of request number `request` (0-based) of the shipped trace."""
+    from ..sim.traces import load_trace
+    arrivals = load_trace("azure-conv").arrival_s
+    if not 0 <= request <= len(arrivals) - QUICK_REQUESTS:
+        raise ValueError(f"must be a request number from 0 to {len(arrivals) - QUICK_REQUESTS} (the window is "
+                         f"{QUICK_REQUESTS} requests of Azure conv's {len(arrivals)}), got {request}")
+    return float(arrivals[request])
+
+
+def quick_workloads(start_request: int | None = None) -> list[Workload]:
+    """The quick window: 150 Azure conv requests from request 1000, or from `start_request`."""
+    start = CONV_REQUEST_1000_S if start_request is None else conv_request_start_s(start_request)
+    return [_real_lengths("azure-conv", QUICK_REQUESTS, start)]
 
 
 def full_workloads() -> list[Workload]:

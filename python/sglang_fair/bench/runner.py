@@ -98,9 +98,11 @@ PROBE_DRAIN_S = 105.0
 output of these windows (1006 tokens) at the TPOT SLO, plus the TTFT SLO - what a request that meets both needs."""
 
 
-def emulated_config(spec_text: str, *, full: bool = False):
-    """The benchmark's configuration on the emulated device `spec_text` (quick: stock vs fair on Azure conv)."""
-    return BenchConfig(mode="full" if full else "quick", workloads=full_workloads() if full else quick_workloads(),
+def emulated_config(spec_text: str, *, full: bool = False, start_request: int | None = None):
+    """The benchmark's configuration on the emulated device `spec_text` (quick: stock vs fair on Azure conv, from
+    request 1000 or `start_request`)."""
+    workloads = full_workloads() if full else quick_workloads(start_request)
+    return BenchConfig(mode="full" if full else "quick", workloads=workloads,
                        policies=list(EMULATED_POLICIES) if full else ["stock", "fair"],
                        ttft_slo_ms=EMULATED_TTFT_SLO_MS, tpot_slo_ms=EMULATED_TPOT_SLO_MS, start_scale=1.0,
                        max_probes=5 if full else 4, rel_tol=0.2, probe_drain_s=PROBE_DRAIN_S, warmup_requests=8,
