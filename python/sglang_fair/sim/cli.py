@@ -202,12 +202,13 @@ GAP_TPOTS = (2, 3, 5)
 def token_gap_figures(records) -> dict:
     """Gaps between consecutive tokens over a run's records (recorded token times): percentiles in ms, and per k in
     GAP_TPOTS the share of requests with at least two tokens whose longest gap passes k x its TPOT SLO."""
-    gaps = [tbt_s(r) for r in records if r.token_times_s and len(r.token_times_s) > 1]
-    if not gaps:
+    timed = [r for r in records if r.token_times_s and len(r.token_times_s) > 1]
+    if not timed:
         return {"gaps": 0}
+    gaps = [tbt_s(r) for r in timed]
     ms = np.concatenate(gaps) * 1e3
     longest = np.array([g.max() for g in gaps])
-    tpot = np.array([r.tpot_slo_s for r in records if r.token_times_s and len(r.token_times_s) > 1])
+    tpot = np.array([r.tpot_slo_s for r in timed])
     return {"gaps": int(ms.size), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "p99_9_ms": float(np.percentile(ms, 99.9)), "max_ms": float(ms.max()),
             "requests_gap_over_tpot": {str(k): float(np.mean(longest > k * tpot)) for k in GAP_TPOTS}}
