@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sglang_fair.core.presets import load_preset
-from sglang_fair.sim.capacity import find_capacity, stability_bound_scale
+from sglang_fair.sim.capacity import find_capacity, stability_bound_scale, work_s
 from sglang_fair.sim.cli import make_runner
 from sglang_fair.sim.engine import EngineConfig
 from sglang_fair.sim.traces import load_trace
@@ -37,17 +37,9 @@ BIN_S = 30.0
 REL_TOL = 0.02
 
 
-def work_s(trace, cost) -> np.ndarray:
-    """Each request's marginal device seconds (prefill as one chunk plus its decode rows): the stability bound's W."""
-    p = trace.prompt_tokens.astype(np.float64)
-    k = trace.output_tokens.astype(np.float64) - 1.0
-    prefill = p * (cost.per_prefill_token_s + cost.per_attn_token2_s * p)
-    decode = k * cost.per_decode_req_s + cost.per_context_token_s * (k * p + k * (k + 1.0) / 2.0)
-    return prefill + decode
-
-
 def load_profile(trace, cost, tpot_s: float) -> list[float]:
-    """Offered load per BIN_S of arrivals at rate scale 1, as a fraction of the device's rate at the TPOT SLO."""
+    """Offered load per BIN_S of arrivals at rate scale 1, as a fraction of the device's rate at the TPOT SLO (each
+    request's marginal work, the stability bound's W, over 1 - base / TPOT device seconds per second)."""
     bins = ((trace.arrival_s - trace.arrival_s[0]) // BIN_S).astype(int)
     per_s = np.bincount(bins, weights=work_s(trace, cost)) / BIN_S
     return (per_s / (1.0 - cost.base_s / tpot_s)).tolist()

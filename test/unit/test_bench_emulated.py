@@ -47,7 +47,8 @@ def test_window_start_moves_the_quick_window_and_bad_uses_name_the_flag():
     assert emulated_config("a100-llama3-8b:6", start_request=1000).workloads[0].build().prompt_tokens.tolist() == \
         emulated_config("a100-llama3-8b:6").workloads[0].build().prompt_tokens.tolist()  # the default window
     base = dict(emulate="a100-llama3-8b:6", full=False, policies=None, ttft_slo_ms=None, tpot_slo_ms=None,
-                no_cluster=False, max_context_tokens=None, spread_arrivals=False, emulate_overlap="on", trace=False)
+                no_cluster=False, max_context_tokens=None, spread_arrivals=False, emulate_overlap="on", trace=False,
+                cluster=None)
     assert _config(SimpleNamespace(**base, window_start=1150)).workloads[0].start_s == pytest.approx(arrivals[1150])
     for extra, words in (({"window_start": len(arrivals)}, "must be a request number from 0 to"),
                          ({"window_start": -1}, "must be a request number"),
@@ -179,3 +180,95 @@ def test_fidelity_counts_a_demoted_request_at_the_ttft_it_got_as_the_live_side_d
                         kv_tokens=400_000)
     longest = max(r.first_token_s - r.arrival_s for r in replay.records) * 1e3
     assert 500 < row["p99_ttft_ms"]["sim"] <= longest + 1e-6 and row["p99_ttft_ms"]["rel_err"] is not None
+
+
+def _cli(**kw):
+    base = dict(emulate="a100-llama3-8b:6", full=False, policies=None, ttft_slo_ms=None, tpot_slo_ms=None,
+                no_cluster=False, max_context_tokens=None, spread_arrivals=False, emulate_overlap="on", trace=False,
+                window_start=None, cluster=None)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_cluster_flag_pairs_servers_with_routers_on_a_double_window_and_bad_uses_name_the_flag():
+    from sglang_fair.bench.cli import _config
+    from sglang_fair.sim.traces import load_trace
+    arrivals = load_trace("azure-conv").arrival_s
+    cfg = _config(_cli(cluster="stock/cache_aware, fair/power_of_two", policies="none"))
+    assert cfg.cluster == [("stock", "cache_aware"), ("fair", "power_of_two")] and cfg.policies == []
+    cw = cfg.cluster_workload
+    assert cw.n_requests == 300 and cw.start_s == pytest.approx(arrivals[1000]) and cw.max_context_tokens == 8192
+    assert cw.build().prompt_tokens[:150].tolist() == cfg.workloads[0].build().prompt_tokens.tolist()
+    assert cfg.cluster_max_probes == cfg.max_probes
+    moved = _config(_cli(cluster="fair/cache_aware", window_start=900))
+    assert moved.cluster_workload.start_s == pytest.approx(arrivals[900]) and moved.policies == ["stock", "fair"]
+    assert _config(_cli()).cluster_workload is None  # no --cluster: no double window
+    for extra, words in (({"cluster": "fair/least_load"}, "--cluster: 'fair/least_load' is not SERVER/ROUTER"),
+                         ({"cluster": "fair-strict/cache_aware"}, "--cluster: 'fair-strict/cache_aware'"),
+                         ({"cluster": "fair"}, "--cluster: 'fair' is not SERVER/ROUTER"),
+                         ({"cluster": "fair/power_of_two", "no_cluster": True}, "--cluster: cannot be combined"),
+                         ({"policies": "none"}, "--policies: 'none' needs --cluster"),
+                         ({"cluster": "fair/power_of_two", "window_start": len(arrivals) - 200},
+                          f"--window-start: must be a request number from 0 to {len(arrivals) - 300}")):
+        with pytest.raises(SystemExit, match=words):
+            _config(_cli(**extra))
+
+
+def test_cluster_runs_get_their_own_window_device_flags_and_a_poll_in_device_time(tmp_path):
+    from sglang_fair.bench.runner import Bench, quick_config
+    cfg = emulated_config("a100-llama3-8b:6", cluster=[("fair", "power_of_two")])
+    bench = Bench(cfg, tmp_path, "model")
+    bench.prepare()
+    assert bench.single_keys == ["azure-conv"] and bench.cluster_key == "azure-conv-300"
+    assert len(bench.traces["azure-conv"][1]) == 150 and len(bench.traces["azure-conv-300"][1]) == 300
+    assert (tmp_path / "traces" / "azure-conv-300.jsonl").exists()
+    assert bench.router_poll_s == 6  # /get_load every emulated second
+    args = bench.cluster_args("fair")
+    assert args[args.index("--emulate-device") + 1] == "a100-llama3-8b:6"
+    assert args[args.index("--tpot-slo-ms") + 1] == "600" and "--disable-radix-cache" in args
+    assert "--max-total-tokens" not in args and "--enable-metrics" in args  # the emulated GPU's KV pool
+    stock = bench.cluster_args("stock")
+    assert stock[stock.index("--chunked-prefill-size") + 1] == "8192" and "--fair-save-cost-model" not in stock
+    cpu = Bench(quick_config(), tmp_path / "cpu", "model")
+    assert cpu.router_poll_s == 1 and cpu.cluster_key == "azure-code"
+
+
+def test_cluster_summary_ratios_overruns_and_the_bound_on_two_gpus():
+    from sglang_fair.bench.emulated_report import cluster_summary, stability_bounds
+    from sglang_fair.core.presets import load_preset
+    from sglang_fair.sim.capacity import stability_bound_scale
+
+    cfg = emulated_config("a100-llama3-8b:3", cluster=[("stock", "cache_aware"), ("fair", "power_of_two")])
+    key = "azure-conv-300"
+
+    def run(server, router, cap, overruns):
+        return {"capacity": cap, "capacity_rps": cap * 5.5, "server_policy": server, "router_policy": router,
+                "workload": key, "requests_per_worker": [310.0, 290.0], "router_poll_s": 3,
+                "probes": {f"{cap:g}": _probe(1.5, 0.25, overruns), "4": _probe(30.0, 0.9, 0.0)}}
+
+    results = {"config": cfg.to_json(), "single": {}, "wall_s": 60.0, "machine": {"cores": 2, "cpu": "x"},
+               "versions": {"sglang": "0.5.23"},
+               "cluster": {"2xstock/cache_aware": run("stock", "cache_aware", 1.6, 0.0),
+                           "2xfair/power_of_two": run("fair", "power_of_two", 2.4, 0.015)},
+               "workloads": {"azure-conv": {"rate_rps": 5.5, "prompt_tokens_sent_mean": None,
+                                            "output_tokens_mean": 225.0},
+                             key: {"rate_rps": 5.6, "prompt_tokens_sent_mean": 1150.0, "output_tokens_mean": 230.0,
+                                   "stability_bound_scale": {"trace_lengths": 2.6, "sent_lengths": 2.5,
+                                                             "gpus": 2}}}}
+    cs = cluster_summary(results)
+    assert cs["ratios"] == {"2xfair/power_of_two vs 2xstock/cache_aware": pytest.approx(1.5)}
+    assert cs["runs"]["2xfair/power_of_two"]["p99_ttft_ms"] == pytest.approx(500.0)  # emulated ms: / dilation 3
+    s = emulated_summary(results)
+    assert s["overrun_fraction"] == 0.015 and s["capacity_ratio_fair_vs_stock"] is None and s["policies"] == {}
+    md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3 --cluster ...", "img/live")
+    assert "### azure-conv (" not in md  # no single-server runs, no single table
+    assert "| 2xfair/power_of_two | 2.4 | 13.20 | 500 / 500 | 83 / 83 | 1.00 | 310 / 290 | 2.4 (1.5%), 4 (0.0%) |" in md
+    assert "- capacity 2xfair/power_of_two vs 2xstock/cache_aware: 1.50x" in md
+    assert "stability bound of the window on 2 emulated GPUs: 2.500 on the prompts as sent" in md
+
+    bench = SimpleNamespace(config=cfg, cluster_key=key, probes={},
+                            traces={key: (cfg.cluster_workload, cfg.cluster_workload.build(), None)})
+    out = {"workloads": {key: {}}}
+    stability_bounds(bench, out)
+    one = stability_bound_scale(bench.traces[key][1], load_preset("a100-llama3-8b"), 0.1)
+    assert out["workloads"][key]["stability_bound_scale"]["trace_lengths"] == pytest.approx(2 * one)
+    assert out["workloads"][key]["stability_bound_scale"]["gpus"] == 2

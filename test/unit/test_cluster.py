@@ -71,6 +71,24 @@ def test_fair_router_charges_dispatched_prompts_between_polls():
     assert r.pick(req(1), 0.1) == 1
 
 
+def test_power_of_two_on_our_load_herds_between_polls_as_sglang_router_does():
+    """sglang-router 0.3.2's power_of_two on our /get_load: lower token load wins, and nothing it dispatches moves
+    the reading before the next poll (the `fair` router charges it)."""
+    r, reps = router("power_of_two_fair", n=2, load_poll_interval_s=10.0)
+    reps[0].add(req(0, prompt=3000))  # replica 0 has less admission budget left: a higher token load
+    assert r.pick(req(1), 0.0) == 1
+    for i in range(2, 6):  # a burst until the next poll: all to the replica that read lower
+        r.dispatched(1, req(i, prompt=3000))
+        reps[1].add(req(i, prompt=3000))
+        assert r.pick(req(i + 10), 0.1 * i) == 1
+    assert r.pick(req(20), 10.0) == 0  # the poll sees replica 1's queue
+    f, freps = router("fair", n=2, load_poll_interval_s=10.0)
+    freps[0].add(req(0, prompt=3000))
+    assert f.pick(req(1), 0.0) == 1
+    f.dispatched(1, req(2, prompt=6000))
+    assert f.pick(req(3), 0.1) == 0  # ours charges the dispatch against the stale reading
+
+
 def test_one_replica_cluster_equals_single_simulation():
     trace = make_trace([(0.02 * i, 40 + 13 * (i % 5), 3 + i % 4) for i in range(25)])
     single = simulate(trace, make_policy("sarathi"), COST, CFG)

@@ -32,10 +32,15 @@ def add_parser(sub) -> None:
                    help="regenerate the 'Live A/B benchmarks' section of this Markdown file (plots go beside it, "
                         "in img/live/)")
     p.add_argument("--policies", default=None,
-                   help="comma-separated policies to run instead of the mode's (also: fair-strict)")
+                   help="comma-separated policies to run instead of the mode's (also: fair-strict); 'none' with "
+                        "--cluster: the two-server runs only")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("--no-cluster", action="store_true", help="skip the two-server runs (full mode)")
+    p.add_argument("--cluster", default=None, metavar="SERVER/ROUTER,...",
+                   help="two-server runs behind sglang-router instead of the mode's, e.g. "
+                        "stock/cache_aware,fair/power_of_two (server policy / router policy); with --emulate they "
+                        "replay twice the quick window's requests")
     p.add_argument("--emulate", metavar="PRESET[:DILATION]", default=None,
                    help="run every server on the emulated accelerator (serve --emulate-device): real trace lengths, "
                         "GPU policies, SLOs 2 s / 100 ms and arrival gaps x DILATION; figures are emulated")
@@ -53,10 +58,30 @@ def add_parser(sub) -> None:
     p.set_defaults(func=main)
 
 
+ROUTER_POLICIES = ("cache_aware", "power_of_two", "round_robin", "random")
+"""sglang-router 0.3.2's `--policy` choices."""
+
+
+def _cluster_pairs(text: str, known) -> list[tuple[str, str]]:
+    """`--cluster SERVER/ROUTER,...` -> [(server policy, router policy)], or a message naming the flag."""
+    pairs = []
+    for item in (x.strip() for x in text.split(",")):
+        server, sep, router = item.partition("/")
+        if not sep or server not in known or router not in ROUTER_POLICIES:
+            raise SystemExit(f"sglang-fair bench: --cluster: {item!r} is not SERVER/ROUTER with SERVER one of "
+                             f"{', '.join(known)} and ROUTER one of {', '.join(ROUTER_POLICIES)}")
+        pairs.append((server, router))
+    return pairs
+
+
 def _config(args):
     from .emulated import EMULATED_POLICIES
     from .policies import LIVE_POLICIES
     from .runner import emulated_config, full_config, quick_config
+    if args.cluster is not None and args.no_cluster:
+        raise SystemExit("sglang-fair bench: --cluster: cannot be combined with --no-cluster")
+    cluster = _cluster_pairs(args.cluster, EMULATED_POLICIES if args.emulate else LIVE_POLICIES) \
+        if args.cluster is not None else None
     if args.emulate:
         from ..emulate.spec import parse_device_spec
         try:
@@ -66,7 +91,7 @@ def _config(args):
         if args.window_start is not None and args.full:
             raise SystemExit("sglang-fair bench: --window-start: quick mode only (the full mode has its own windows)")
         try:
-            cfg = emulated_config(args.emulate, full=args.full, start_request=args.window_start)
+            cfg = emulated_config(args.emulate, full=args.full, start_request=args.window_start, cluster=cluster)
         except ValueError as exc:
             raise SystemExit(f"sglang-fair bench: --window-start: {exc}") from None
         known = EMULATED_POLICIES
@@ -75,7 +100,13 @@ def _config(args):
         if args.window_start is not None:
             raise SystemExit("sglang-fair bench: --window-start: needs --emulate (the emulated quick window)")
         cfg, known = (full_config() if args.full else quick_config()), LIVE_POLICIES
-    if args.policies:
+    if cluster is not None:
+        cfg.cluster = cluster
+    if args.policies and args.policies.strip() == "none":
+        if not cfg.cluster:
+            raise SystemExit("sglang-fair bench: --policies: 'none' needs --cluster (there would be nothing to run)")
+        cfg.policies = []
+    elif args.policies:
         names = [x.strip() for x in args.policies.split(",") if x.strip()]
         bad = [n for n in names if n not in known]
         if bad or not names:
@@ -141,6 +172,10 @@ def main(args) -> int:
         for name, p in summary["policies"].items():
             print(f"{name:>16}: capacity x{p['capacity']:g} ({p['capacity_rps']:.2f} req/s)")
         print(f"capacity ratio fair/stock: {summary['capacity_ratio_fair_vs_stock']}")
+        for label, r in (summary.get("cluster") or {}).get("runs", {}).items():
+            print(f"{label:>28}: capacity x{r['capacity']:g} ({r['capacity_rps']:.2f} req/s)")
+        for name, ratio in (summary.get("cluster") or {}).get("ratios", {}).items():
+            print(f"capacity {name}: {ratio:.2f}x")
     return 0
 
 
@@ -186,14 +221,14 @@ def run(cfg, out: Path) -> dict:
     order = [] if cfg.emulate else sorted(cfg.policies, key=lambda n: (n != "fair", n in STOCK))
     for name in order:
         results["single"][name] = bench.run_single(name)
-    for key in results["workloads"]:
-        sent = [x for (lbl, k), ps in bench.probes.items() if k == key for p in ps.values() for x in p.input_lens]
-        results["workloads"][key]["prompt_tokens_sent_mean"] = float(sum(sent) / len(sent)) if sent else None
     first = cfg.workloads[0].trace
     stock_cap = results["single"].get("stock", {}).get(first, {}).get("capacity") or cfg.start_scale
     for server_policy, router_policy in cfg.cluster:
         label = f"2x{server_policy}/{router_policy}"
         results["cluster"][label] = bench.run_cluster(server_policy, router_policy, start=2.0 * stock_cap)
+    for key in results["workloads"]:  # the lengths bench_serving really sent, the cluster runs' included
+        sent = [x for (lbl, k), ps in bench.probes.items() if k == key for p in ps.values() for x in p.input_lens]
+        results["workloads"][key]["prompt_tokens_sent_mean"] = float(sum(sent) / len(sent)) if sent else None
     if bench.cost_model_path.exists():
         results["cost_model"] = json.loads(bench.cost_model_path.read_text())
     if cfg.emulate:  # the device model is the true cost: no live fit needed

@@ -61,14 +61,27 @@ QUICK_REQUESTS = 150
 """Requests in the quick window."""
 
 
-def conv_request_start_s(request: int) -> float:
-    """Arrival (s, unscaled Azure conv trace time) of request number `request` (0-based) of the shipped trace."""
+CLUSTER_SERVERS = 2
+"""Servers in the emulated cluster runs (this project's machines run at most two SGLang servers at once)."""
+
+
+def conv_request_start_s(request: int, n_requests: int = QUICK_REQUESTS) -> float:
+    """Arrival (s, unscaled Azure conv trace time) of request number `request` (0-based) of the shipped trace, the
+    first of a window of `n_requests`."""
     from ..sim.traces import load_trace
     arrivals = load_trace("azure-conv").arrival_s
-    if not 0 <= request <= len(arrivals) - QUICK_REQUESTS:
-        raise ValueError(f"must be a request number from 0 to {len(arrivals) - QUICK_REQUESTS} (the window is "
-                         f"{QUICK_REQUESTS} requests of Azure conv's {len(arrivals)}), got {request}")
+    if not 0 <= request <= len(arrivals) - n_requests:
+        raise ValueError(f"must be a request number from 0 to {len(arrivals) - n_requests} (the window is "
+                         f"{n_requests} requests of Azure conv's {len(arrivals)}), got {request}")
     return float(arrivals[request])
+
+
+def cluster_workload(start_request: int | None = None) -> Workload:
+    """The emulated cluster runs' window: CLUSTER_SERVERS quick windows of Azure conv back to back, from request 1000
+    or `start_request` (so at one rate scale each server gets about one quick window's load)."""
+    n = CLUSTER_SERVERS * QUICK_REQUESTS
+    start = conv_request_start_s(1000 if start_request is None else start_request, n)
+    return _real_lengths("azure-conv", n, start)
 
 
 def quick_workloads(start_request: int | None = None) -> list[Workload]:

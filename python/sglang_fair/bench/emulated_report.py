@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from .emulated import CLUSTER_SERVERS
 from .report import _at_capacity, fidelity_table
 
 
@@ -15,9 +16,34 @@ def _gpu_ms(probe: dict, key: str):
 
 
 def max_overrun(results: dict) -> float:
+    """The largest overrun fraction of any probe, single servers and clusters."""
     fr = [p.get("overrun_fraction") or 0.0 for r in results["single"].values() for w, rr in r.items()
           if isinstance(rr, dict) and "probes" in rr for p in rr["probes"].values()]
+    fr += [p.get("overrun_fraction") or 0.0 for r in (results.get("cluster") or {}).values()
+           for p in r.get("probes", {}).values()]
     return max(fr, default=0.0)
+
+
+def _latencies(res: dict) -> dict:
+    at = _at_capacity(res)
+    return {"capacity": res["capacity"], "capacity_rps": res["capacity_rps"],
+            "p50_ttft_ms": _gpu_ms(at, "p50_ttft_ms"), "p99_ttft_ms": _gpu_ms(at, "p99_ttft_ms"),
+            "p50_tpot_ms": _gpu_ms(at, "p50_tpot_ms"), "p99_tpot_ms": _gpu_ms(at, "p99_tpot_ms"),
+            "attainment": at.get("attainment"),
+            "invalid_probes": sorted((x for x, p in res["probes"].items() if p.get("invalid")), key=float)}
+
+
+def cluster_summary(results: dict) -> dict:
+    """The two-server runs: per `2xSERVER/ROUTER` label the single-server fields plus requests per worker, and
+    `ratios`: each plugin configuration's capacity over each stock one's ("2xfair/power_of_two vs
+    2xstock/cache_aware")."""
+    runs = results.get("cluster") or {}
+    out = {label: {**_latencies(r), "requests_per_worker": r.get("requests_per_worker"),
+                   "router_poll_s": r.get("router_poll_s")} for label, r in runs.items()}
+    stock = [lb for lb, r in runs.items() if r.get("server_policy", "").startswith("stock")]
+    ratios = {f"{lb} vs {st}": out[lb]["capacity"] / out[st]["capacity"] for lb in out if lb not in stock
+              for st in stock if out[st]["capacity"] > 0}
+    return {"runs": out, "ratios": ratios}
 
 
 def emulated_summary(results: dict) -> dict:
@@ -25,15 +51,7 @@ def emulated_summary(results: dict) -> dict:
     largest over probes) and per policy the CPU bench's fields, latencies in the emulated GPU's milliseconds."""
     cfg = results["config"]
     key = cfg["workloads"][0]["trace"]
-    pol = {}
-    for name, r in results["single"].items():
-        rr = r[key]
-        at = _at_capacity(rr)
-        pol[name] = {"capacity": rr["capacity"], "capacity_rps": rr["capacity_rps"],
-                     "p50_ttft_ms": _gpu_ms(at, "p50_ttft_ms"), "p99_ttft_ms": _gpu_ms(at, "p99_ttft_ms"),
-                     "p50_tpot_ms": _gpu_ms(at, "p50_tpot_ms"), "p99_tpot_ms": _gpu_ms(at, "p99_tpot_ms"),
-                     "attainment": at.get("attainment"),
-                     "invalid_probes": sorted((x for x, p in rr["probes"].items() if p.get("invalid")), key=float)}
+    pol = {name: _latencies(r[key]) for name, r in results["single"].items()}
     stock = results["single"].get("stock", {}).get(key, {})
     s_cap = stock.get("capacity")
     ratio = None
@@ -53,6 +71,7 @@ def emulated_summary(results: dict) -> dict:
                                                         if mixed and max(mixed) > 0 and "fair" in pol else None),
             "overrun_fraction": max_overrun(results), "stability_bound_scale": bound,
             "fair_fraction_of_bound": pol["fair"]["capacity"] / bound if bound and "fair" in pol else None,
+            **({"cluster": cluster_summary(results)} if results.get("cluster") else {}),
             "wall_s": results.get("wall_s")}
 
 
@@ -75,11 +94,13 @@ def stability_bounds(bench, results: dict) -> None:
     cost = load_preset(parse_device_spec(c.emulate).preset)
     tpot_s = c.tpot_slo_ms / 1000.0
     for key, (_, trace, _) in bench.traces.items():
+        gpus = CLUSTER_SERVERS if c.cluster_workload is not None and key == bench.cluster_key else 1
         sent = next((p.input_lens for (_, k), ps in bench.probes.items() if k == key for p in ps.values()
                      if len(p.input_lens) == len(trace)), None)
         results["workloads"][key]["stability_bound_scale"] = {
-            "trace_lengths": stability_bound_scale(trace, cost, tpot_s),
-            "sent_lengths": stability_bound_scale(replay_trace(trace, sent, 1.0), cost, tpot_s) if sent else None}
+            "trace_lengths": stability_bound_scale(trace, cost, tpot_s, gpus),
+            "sent_lengths": stability_bound_scale(replay_trace(trace, sent, 1.0), cost, tpot_s, gpus) if sent else None,
+            "gpus": gpus}
 
 
 def emulated_fidelity(bench, results: dict) -> dict:
@@ -124,6 +145,8 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
     for w in cfg["workloads"]:
         key = w["trace"]
         info = results["workloads"][key]
+        if not any(r.get(key) for r in results["single"].values()):  # --policies none: the cluster runs only
+            continue
         lines += [f"### {key} (from {w['start_s']:g} s, {w['n_requests']} requests, {info['rate_rps']:.2f} req/s "
                   f"at scale 1, prompt {info['prompt_tokens_sent_mean']:.0f} tokens sent on average, output "
                   f"{info['output_tokens_mean']:.0f})", "",
@@ -152,12 +175,46 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
                           f"the trace's lengths."]
         lines += ["", f"![emulated {key}]({img_prefix}/emulated-live-{key}.png)", ""]
         lines += trace_table(results, key, k)
+    lines += cluster_markdown(results)
     if results.get("fidelity"):
         lines += ["### Simulator vs emulated live", "",
                   "Each valid probe replayed in the simulator with the device model as the true iteration time "
                   "(so the gap is what the simulator misses of the real scheduler). Median |sim - live| / live:", "",
                   *fidelity_table(results["fidelity"])]
     return "\n".join(lines)
+
+
+def cluster_markdown(results: dict) -> list[str]:
+    """Markdown lines of the two-server runs (none without them)."""
+    runs = results.get("cluster") or {}
+    if not runs:
+        return []
+    key = next(iter(runs.values()))["workload"]
+    info = results["workloads"][key]
+    b = info.get("stability_bound_scale") or {}
+    cs = cluster_summary(results)
+    lines = [f"### Two servers behind sglang-router ({key}: {info['rate_rps']:.2f} req/s at scale 1, prompt "
+             f"{info['prompt_tokens_sent_mean'] or 0:.0f} tokens sent on average, output "
+             f"{info['output_tokens_mean']:.0f})", "",
+             "| servers / router | capacity (rate scale) | req/s | P50 / P99 TTFT at capacity, emulated ms | "
+             "P50 / P99 TPOT there | attainment there | requests per server (whole run) | probes (overruns) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, r in runs.items():
+        x = cs["runs"][label]
+        probes = ", ".join(f"{s} ({p.get('overrun_fraction') or 0:.1%}{' invalid' if p.get('invalid') else ''})"
+                           for s, p in sorted(r["probes"].items(), key=lambda t: float(t[0])))
+        per = " / ".join("-" if n is None else f"{n:.0f}" for n in (x["requests_per_worker"] or []))
+        lines.append(f"| {label} | {x['capacity']:g} | {x['capacity_rps']:.2f} | {_fmt(x['p50_ttft_ms'])} / "
+                     f"{_fmt(x['p99_ttft_ms'])} | {_fmt(x['p50_tpot_ms'])} / {_fmt(x['p99_tpot_ms'])} | "
+                     f"{x['attainment'] or 0:.2f} | {per} | {probes} |")
+    lines.append("")
+    for name, ratio in cs["ratios"].items():
+        lines.append(f"- capacity {name}: {ratio:.2f}x")
+    if b.get("trace_lengths"):
+        sent = f"{b['sent_lengths']:.3f} on the prompts as sent, " if b.get("sent_lengths") else ""
+        lines.append(f"- stability bound of the window on {b.get('gpus', 1)} emulated GPUs: {sent}"
+                     f"{b['trace_lengths']:.3f} on the trace's lengths")
+    return [*lines, ""]
 
 
 def trace_table(results: dict, key: str, dilation: float) -> list[str]:

@@ -23,7 +23,7 @@ from ..core.metrics import summarize
 from .client import Probe, run_probe
 from . import emulated, trace_report
 from .emulated import (EMULATED_POLICIES, EMULATED_STOCK, EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS,
-                       MAX_OVERRUN_FRACTION, full_workloads, quick_workloads)
+                       MAX_OVERRUN_FRACTION, cluster_workload, full_workloads, quick_workloads)
 from .policies import STOCK, policy_args
 from .search import live_capacities
 from .workload import Workload
@@ -61,6 +61,9 @@ class BenchConfig:
     cluster: list[tuple[str, str]] = field(default_factory=list)
     """(server policy, router policy) pairs for the two-server runs (on the first workload)."""
     cluster_max_probes: int = 3
+    cluster_workload: Workload | None = None
+    """The two-server runs' window (None: the first workload). On the emulated device it holds twice the quick
+    window's requests, so each server sees about one quick window's load at the same rate scale."""
     seed: int = 0
     emulate: str | None = None
     """`PRESET[:DILATION]`: every server on the emulated accelerator (emulated.py); None: the CPU as it is."""
@@ -98,15 +101,19 @@ PROBE_DRAIN_S = 105.0
 output of these windows (1006 tokens) at the TPOT SLO, plus the TTFT SLO - what a request that meets both needs."""
 
 
-def emulated_config(spec_text: str, *, full: bool = False, start_request: int | None = None):
+def emulated_config(spec_text: str, *, full: bool = False, start_request: int | None = None,
+                    cluster: list[tuple[str, str]] | None = None):
     """The benchmark's configuration on the emulated device `spec_text` (quick: stock vs fair on Azure conv, from
-    request 1000 or `start_request`)."""
+    request 1000 or `start_request`). `cluster`: (server policy, router policy) pairs of two-server runs behind
+    sglang-router, on twice the quick window's requests from the same start (emulated.cluster_workload)."""
     workloads = full_workloads() if full else quick_workloads(start_request)
+    max_probes = 5 if full else 4
     return BenchConfig(mode="full" if full else "quick", workloads=workloads,
                        policies=list(EMULATED_POLICIES) if full else ["stock", "fair"],
                        ttft_slo_ms=EMULATED_TTFT_SLO_MS, tpot_slo_ms=EMULATED_TPOT_SLO_MS, start_scale=1.0,
-                       max_probes=5 if full else 4, rel_tol=0.2, probe_drain_s=PROBE_DRAIN_S, warmup_requests=8,
-                       emulate=spec_text)
+                       max_probes=max_probes, rel_tol=0.2, probe_drain_s=PROBE_DRAIN_S, warmup_requests=8,
+                       emulate=spec_text, cluster=list(cluster or []), cluster_max_probes=max_probes,
+                       cluster_workload=cluster_workload(start_request) if cluster else None)
 
 
 def full_config() -> BenchConfig:
@@ -136,6 +143,19 @@ class Bench:
     def cost_model_path(self) -> Path:
         return self.out_dir / "live-cost-model.json"
 
+    @property
+    def cluster_key(self) -> str:
+        """The key of the two-server runs' window in `traces`."""
+        c = self.config
+        if c.cluster_workload is None:
+            return c.workloads[0].trace
+        return f"{c.cluster_workload.trace}-{c.cluster_workload.n_requests}"
+
+    @property
+    def single_keys(self) -> list[str]:
+        """The single-server runs' windows (`traces` may also hold the cluster's)."""
+        return [w.trace for w in self.config.workloads]
+
     def say(self, msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -147,6 +167,10 @@ class Bench:
             path = self.out_dir / "traces" / f"{key}.jsonl"
             self.traces[key] = (w, w.write(path), path)
         w = self.config.workloads[0]
+        cw = self.config.cluster_workload
+        if cw is not None:
+            path = self.out_dir / "traces" / f"{self.cluster_key}.jsonl"
+            self.traces[self.cluster_key] = (cw, cw.write(path), path)
         head = Workload(**{**w.to_json(), "n_requests": min(self.config.warmup_requests, w.n_requests)})
         path = self.out_dir / "traces" / f"warmup-{head.n_requests}.jsonl"
         self.warmup = (head, head.write(path), path)
@@ -236,7 +260,7 @@ class Bench:
         out = {"server_args": args}
         with sglang_server(self.model, args, command=SERVE, startup_timeout_s=600) as srv:
             self._warm_up(srv.url)
-            for key in self.traces:
+            for key in self.single_keys:
                 out[key] = self._search(name, srv.url, key, c.start_scales.get(key, c.start_scale), c.max_probes,
                                         servers=[srv])
                 x = (extra_scales or {}).get(key)
@@ -247,12 +271,18 @@ class Bench:
                 out["status"] = _status(srv)
         path = self.trace_path(name)
         if path is not None and path.exists():  # the server has stopped: its trace is complete but for ~0.25 s
-            add_trace_summaries(out, trace_report.read_trace(path), [*self.traces])
+            add_trace_summaries(out, trace_report.read_trace(path), self.single_keys)
         return out
 
     def cluster_args(self, server_policy: str, cost_model: str | None = None) -> list[str]:
-        """Server flags of the two-server runs; plugin policies start from `cost_model` (default: the live fit)."""
+        """Server flags of the two-server runs; plugin policies start from `cost_model` (default: the live fit; on
+        the emulated device: the device preset's prior, learning online, as a single server)."""
         c = self.config
+        if c.emulate:
+            k = c.dilation
+            args = emulated.policy_args(server_policy, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k,
+                                        tpot_slo_ms=c.tpot_slo_ms * k, overlap=c.emulate_overlap)
+            return [*args, "--enable-metrics", *NO_CACHE, *cpu_server_args(None)]
         if server_policy not in STOCK and cost_model is None:
             cost_model = str(self.cost_model_path)
         args = policy_args(server_policy, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
@@ -269,22 +299,31 @@ class Bench:
         with server_slots(2), \
                 sglang_server(self.model, args, command=cmds[0], env=env, startup_timeout_s=600) as a, \
                 sglang_server(self.model, args, command=cmds[1], env=env, startup_timeout_s=600) as b, \
-                sglang_router([a.url, b.url], router_policy, load_poll_s=1) as r:
+                sglang_router([a.url, b.url], router_policy, load_poll_s=self.router_poll_s) as r:
             self._warm_up(r.url, abort_urls=[a.url, b.url])
             yield r, [a, b]
 
+    @property
+    def router_poll_s(self) -> int:
+        """How often sglang-router polls `/get_load` (power_of_two): every second of the device's time, so every
+        DILATION seconds on an emulated device's clock."""
+        return max(1, round(self.config.dilation))
+
     def run_cluster(self, server_policy: str, router_policy: str, start: float) -> dict:
         c = self.config
-        key = c.workloads[0].trace
+        key = self.cluster_key
         args = self.cluster_args(server_policy)
         label = f"2x{server_policy}/{router_policy}"
         self.say(f"starting {label}")
         with self.cluster(args, router_policy) as (r, servers):
             urls = [s.url for s in servers]
-            res = self._search(label, r.url, key, start, c.cluster_max_probes, abort_urls=urls)
+            res = self._search(label, r.url, key, start, c.cluster_max_probes, abort_urls=urls,
+                               servers=servers if c.emulate else ())
             res["requests_per_worker"] = [requests_served(u) for u in urls]
-        res.update(server_policy=server_policy, router_policy=router_policy, server_args=args,
-                   pinning="taskset -c 0 / -c 1, OMP_NUM_THREADS=1 per server")
+            if server_policy not in c.stock_names:
+                res["status"] = [_status(s) for s in servers]
+        res.update(server_policy=server_policy, router_policy=router_policy, server_args=args, workload=key,
+                   router_poll_s=self.router_poll_s, pinning="taskset -c 0 / -c 1, OMP_NUM_THREADS=1 per server")
         return res
 
 

@@ -32,14 +32,19 @@ from ..core.metrics import Summary, meets_attainment, meets_tail, summarize
 from .engine import SimResult
 
 
-def mean_work_s(trace, cost: CostModel) -> float:
-    """Mean marginal seconds of work per request (W in the module docstring)."""
+def work_s(trace, cost: CostModel) -> np.ndarray:
+    """Each request's marginal seconds of work: its prefill as one chunk plus its out-1 decode rows."""
     p = trace.prompt_tokens.astype(np.float64)
     o = trace.output_tokens.astype(np.float64)
     prefill = p * (cost.per_prefill_token_s + cost.per_attn_token2_s * p)
     k = o - 1.0
     decode = k * cost.per_decode_req_s + cost.per_context_token_s * (k * p + k * (k + 1.0) / 2.0)
-    return float(np.mean(prefill + decode))
+    return prefill + decode
+
+
+def mean_work_s(trace, cost: CostModel) -> float:
+    """Mean marginal seconds of work per request (W in the module docstring)."""
+    return float(np.mean(work_s(trace, cost)))
 
 
 def stability_bound_rps(trace, cost: CostModel, tpot_slo_s: float, gpus: int = 1) -> float:

@@ -10,8 +10,10 @@ What each one reads:
   fewest prompt tokens so far (the tree grows with every routed prompt; eviction of its 2**26-char trees never bites).
 - `power_of_two`: two replicas drawn at random (seeded), the one with the lower reported token load wins; the load
   is stock SGLang's `/get_load` figure, KV tokens in use + prompt tokens of the waiting queue.
+- `power_of_two_fair`: the same rule on the token load our `/get_load` serves (core.load.router_load_tokens):
+  sglang-router 0.3.2 `--policy power_of_two` in front of sglang-fair servers.
 - `fair` (ours): the replica with the largest prefill admission budget (core.load.prefill_admission_budget over
-  the TTFT SLO as horizon).
+  the TTFT SLO as horizon), charging each dispatch against the polled budget until the next poll.
 - `smg_least_load`: smg 1.13's `least_load` score on what our `/v1/loads` serves (engine/http.py): per replica
   Q = our token load (`num_waiting_uncached_tokens`), 0 running, T = core.load.prefill_token_rate
   (`gen_throughput`), k = KV in use / capacity (`token_usage`); score (Q + 1024 x dispatched since the poll) / T
@@ -137,6 +139,17 @@ class PowerOfTwo(PolledRouter):
             return 0
         a, b = self._rng.choice(n, size=2, replace=False)
         return int(a) if sig[a] <= sig[b] else int(b)
+
+
+@register_router("power_of_two_fair")
+class PowerOfTwoFair(PowerOfTwo):
+    """sglang-router 0.3.2's power_of_two in front of sglang-fair servers: the token load our `/get_load` serves
+    (core.load's router_load_tokens of the admission budget), polled, with no correction between polls (the router
+    charges nothing for what it dispatched since: with two replicas every request until the next poll goes to the
+    one that read lower)."""
+
+    def signal(self, rep: Replica) -> float:
+        return float(prefill_admission_budget(rep.snapshot(), self.horizon_s).router_load_tokens)
 
 
 @register_router("fair")
