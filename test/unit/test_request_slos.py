@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sglang_fair.config import SloConfig
 from sglang_fair.engine.http import RequestSloValidator, request_slo_problem
-from sglang_fair.config import MAX_SLO_MS, SLO_KEYS, TPOT_KEY, TTFT_KEY, parse_request_slos
+from sglang_fair.config import MAX_SLO_MS, MIN_SLO_MS, SLO_KEYS, TPOT_KEY, TTFT_KEY, parse_request_slos
 
 DFLT = SloConfig(ttft_slo_ms=1000.0, tpot_slo_ms=100.0)
 
@@ -25,7 +25,7 @@ slo_values = st.one_of(json_scalars, st.lists(st.integers(), max_size=2), st.dic
 
 
 def _valid_ms(v) -> bool:
-    return (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= MAX_SLO_MS)
+    return (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and MIN_SLO_MS <= v <= MAX_SLO_MS)
 
 
 @settings(max_examples=400, deadline=None)
@@ -60,6 +60,8 @@ def test_validator_accepts_exactly_the_valid_slos(ttft, tpot, strict, present, e
     ({"tpot_slo_ms": float("inf")}, "tpot_slo_ms"),
     ({"tpot_slo_ms": float("nan")}, "tpot_slo_ms"),
     ({"ttft_slo_ms": MAX_SLO_MS + 1}, "ttft_slo_ms"),
+    ({"ttft_slo_ms": 5e-324}, "ttft_slo_ms"),  # positive, but 0.0 once in seconds
+    ({"tpot_slo_ms": MIN_SLO_MS / 2}, "tpot_slo_ms"),
     ({"tpot_slo_ms": "50"}, "tpot_slo_ms"),
     ({"tpot_slo_ms": True}, "tpot_slo_ms"),
     ({"ttft_slo_ms": None}, "ttft_slo_ms"),

@@ -1,6 +1,6 @@
 """SLOs: the server-wide defaults (`SloConfig`) and the per-request overrides a request carries in
 `sampling_params.custom_params`: {"ttft_slo_ms": float, "tpot_slo_ms": float, "strict": bool}; missing keys take the
-defaults. Values must be finite numbers in (0, 1 hour]; any other key starting with "ttft" or "tpot" is rejected as a
+defaults. Values must be finite numbers in [1 microsecond, 1 hour]; any other key starting with "ttft" or "tpot" is rejected as a
 likely typo. `parse_request_slos` is the one parser: the HTTP layer (400 before a request reaches the scheduler),
 the scheduler's intake (every entry point) and the snapshot all call it."""
 
@@ -41,6 +41,9 @@ STRICT_KEY = "strict"
 SLO_KEYS = (TTFT_KEY, TPOT_KEY, STRICT_KEY)
 MAX_SLO_MS = 3_600_000.0
 """Largest per-request SLO accepted (one hour): anything longer is a unit mistake, not an SLO."""
+MIN_SLO_MS = 0.001
+"""Smallest per-request SLO accepted (one microsecond): anything shorter is a unit mistake too, and a subnormal
+float such as 5e-324 ms would become an SLO of 0 seconds."""
 
 
 def parse_request_slos(custom_params: Mapping[str, Any] | None, default: SloConfig) -> tuple[float, float, bool]:
@@ -55,9 +58,10 @@ def parse_request_slos(custom_params: Mapping[str, Any] | None, default: SloConf
     out = []
     for key, dflt in ((TTFT_KEY, default.ttft_slo_ms), (TPOT_KEY, default.tpot_slo_ms)):
         v = custom_params.get(key, dflt)
-        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < MIN_SLO_MS
                 or v > MAX_SLO_MS):
-            raise ValueError(f"{key} must be a finite number in (0, {MAX_SLO_MS:.0f}] (milliseconds), got {v!r}")
+            raise ValueError(f"{key} must be a finite number in [{MIN_SLO_MS:g}, {MAX_SLO_MS:.0f}] (milliseconds), "
+                             f"got {v!r}")
         out.append(float(v) / 1000.0)
     strict = custom_params.get(STRICT_KEY, False)
     if not isinstance(strict, bool):
