@@ -272,3 +272,30 @@ def test_cluster_summary_ratios_overruns_and_the_bound_on_two_gpus():
     one = stability_bound_scale(bench.traces[key][1], load_preset("a100-llama3-8b"), 0.1)
     assert out["workloads"][key]["stability_bound_scale"]["trace_lengths"] == pytest.approx(2 * one)
     assert out["workloads"][key]["stability_bound_scale"]["gpus"] == 2
+
+
+def test_each_two_server_probe_records_how_the_router_split_it(tmp_path, monkeypatch):
+    from sglang_fair.bench import runner
+    from sglang_fair.bench.client import Probe
+    from sglang_fair.core.metrics import RequestTimes
+
+    cfg = emulated_config("a100-llama3-8b:6", cluster=[("stock", "cache_aware")])
+    bench = runner.Bench(cfg, tmp_path, "model")
+    bench.prepare()
+    served = {"a": 0, "b": 0}
+
+    def probe(url, key, scale, abort_urls=None, cap_s=None):  # the router sends 2 of 3 requests to a per probe
+        served["a"] += 2 * int(scale)
+        served["b"] += int(scale)
+        recs = [RequestTimes(f"r{i}", 0.0, 0.1, 0.5, 5, 12.0, 0.6, 5) for i in range(10)]
+        return Probe(scale / 6, recs, False, 1.0, [100] * 10, started_wall_s=1.0)
+
+    monkeypatch.setattr(bench, "_probe", probe)
+    monkeypatch.setattr(runner, "requests_served", lambda url: float(served[url]))
+    monkeypatch.setattr(runner.emulated, "read_counters", lambda server: {"decode": [10, 0]})
+    servers = [SimpleNamespace(url="a"), SimpleNamespace(url="b")]
+    res = bench._search("2xstock/cache_aware", "router", bench.cluster_key, 2.0, 2, servers=servers)
+    assert res["probes"]["2"]["requests_per_server"] == [4.0, 2.0]
+    assert res["probes"]["4"]["requests_per_server"] == [8.0, 4.0]
+    single = bench._search("stock", "srv", "azure-conv", 2.0, 1, servers=servers[:1])
+    assert "requests_per_server" not in single["probes"]["2"]  # one server: no split to record

@@ -200,3 +200,24 @@ def test_bench_traces_plugin_servers_and_stock_only_on_an_emulated_device(tmp_pa
     assert out["trace_summary"]["plans"]["n"] == 1
     assert "plans" not in out["azure-conv"]["probes"]["1"]["trace"]  # before the server's first record
     assert out["azure-conv"]["probes"]["2"]["trace"]["plans"]["n"] == 1
+
+
+def test_bench_traces_each_server_of_a_two_server_run(tmp_path):
+    from sglang_fair.bench.runner import Bench, add_server_trace_summaries, emulated_config, quick_config
+    emu = emulated_config("a100-llama3-8b:6", cluster=[("stock", "cache_aware")])
+    emu.trace = True
+    paths = Bench(emu, tmp_path, "model").cluster_trace_paths("stock", "cache_aware")
+    assert [p.name for p in paths] == ["trace-2xstock-cache_aware-0.jsonl", "trace-2xstock-cache_aware-1.jsonl"]
+    cpu = quick_config()
+    cpu.trace = True
+    assert Bench(cpu, tmp_path, "model").cluster_trace_paths("stock", "cache_aware") == [None, None]  # stock on a CPU
+    emu.trace = False
+    assert Bench(emu, tmp_path, "model").cluster_trace_paths("fair", "power_of_two") == [None, None]
+    a = trace_report.read_trace(write_trace(tmp_path / "a.jsonl", [plan(1, decode=2)], [forward(1, 10.0)]))
+    b = trace_report.read_trace(write_trace(tmp_path / "b.jsonl", [plan(1), plan(2)], [forward(1, 5.0)]))
+    wall0, t0 = a["start"][0]["wall_s"], a["start"][0]["t_s"]
+    res = {"probes": {"2": {"started_wall_s": wall0 - t0, "wall_s": 1e9}, "4": {"started_wall_s": None}}}
+    add_server_trace_summaries(res, [a, b])
+    assert [s["plans"]["n"] for s in res["trace_summary"]] == [1, 2]  # one summary per server, in server order
+    assert [s["plans"]["n"] for s in res["probes"]["2"]["trace"]] == [1, 2]
+    assert "trace" not in res["probes"]["4"]  # a probe without a replay window

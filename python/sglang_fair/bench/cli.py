@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
                         "behind the previous forward (default on, as SGLang runs on a GPU)")
     p.add_argument("--trace", action="store_true",
                    help="run each single server with --fair-trace OUT/trace-POLICY.jsonl and add the trace's summary "
-                        "(whole run and per probe) to results.json (plugin policies; stock too with --emulate)")
+                        "(whole run and per probe) to results.json (plugin policies; stock too with --emulate); the "
+                        "two-server runs' servers too, OUT/trace-2xSERVER-ROUTER-{0,1}.jsonl")
     from ..sim.cli import add_trace_shaping
     add_trace_shaping(p)
     p.set_defaults(func=main)

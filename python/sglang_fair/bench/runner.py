@@ -201,10 +201,16 @@ class Bench:
         kept = self.probes.setdefault((label, key), {})
         summaries, by_kind = {}, {}
 
+        split = {}
+
         def evaluate(scale: float):
             t0 = time.monotonic()
             before = [emulated.read_counters(s) for s in servers] if c.emulate else []
+            served = [requests_served(s.url) for s in servers] if len(servers) > 1 else []
             p = self._probe(url, key, scale, abort_urls=abort_urls)
+            if served:  # behind a router: how it split this probe's requests
+                split[scale] = [None if a is None or b is None else a - b
+                                for a, b in zip([requests_served(s.url) for s in servers], served)]
             kept[scale] = p
             s = summaries[scale] = summarize(p.records)
             if c.emulate:
@@ -221,7 +227,9 @@ class Bench:
                               max_probes=max_probes, rel_tol=c.rel_tol)
         w, trace, _ = self.traces[key]
         res["capacity_rps"] = res["capacity"] * trace.rate_rps
-        res["probes"] = {f"{x:g}": _probe_json(kept[x], summaries[x], k, by_kind.get(x)) for x in res["probes"]}
+        res["probes"] = {f"{x:g}": {**_probe_json(kept[x], summaries[x], k, by_kind.get(x)),
+                                    **({"requests_per_server": split[x]} if x in split else {})}
+                         for x in res["probes"]}
         return res
 
     def server_args(self, name: str) -> list[str]:
@@ -290,15 +298,15 @@ class Bench:
         return args + ["--enable-metrics", *NO_CACHE, *cpu_server_args(c.kv_tokens, float32=True)]
 
     @contextlib.contextmanager
-    def cluster(self, args: list[str], router_policy: str) -> Iterator[tuple]:
-        """Two servers with `args` behind sglang-router, warmed up: yields (router, [server a, server b])."""
+    def cluster(self, args: list[list[str]], router_policy: str) -> Iterator[tuple]:
+        """Two servers (flags `args[0]`, `args[1]`) behind sglang-router, warmed up: yields (router, [a, b])."""
         # each server pinned to its own core with one torch thread: two schedulers with two OpenMP threads each on
         # two cores slow each other down by an order of magnitude (docs/reliability.md)
         cmds = [["taskset", "-c", str(i % 2), *SERVE] for i in range(2)]
         env = {"OMP_NUM_THREADS": "1"}
         with server_slots(2), \
-                sglang_server(self.model, args, command=cmds[0], env=env, startup_timeout_s=600) as a, \
-                sglang_server(self.model, args, command=cmds[1], env=env, startup_timeout_s=600) as b, \
+                sglang_server(self.model, args[0], command=cmds[0], env=env, startup_timeout_s=600) as a, \
+                sglang_server(self.model, args[1], command=cmds[1], env=env, startup_timeout_s=600) as b, \
                 sglang_router([a.url, b.url], router_policy, load_poll_s=self.router_poll_s) as r:
             self._warm_up(r.url, abort_urls=[a.url, b.url])
             yield r, [a, b]
@@ -309,13 +317,21 @@ class Bench:
         DILATION seconds on an emulated device's clock."""
         return max(1, round(self.config.dilation))
 
+    def cluster_trace_paths(self, server_policy: str, router_policy: str) -> list[Path | None]:
+        """Where each server of a two-server run writes its `--fair-trace` (`bench --trace`; as `trace_path`)."""
+        if self.trace_path(server_policy) is None:
+            return [None, None]
+        return [(self.out_dir / f"trace-2x{server_policy}-{router_policy}-{i}.jsonl").resolve() for i in range(2)]
+
     def run_cluster(self, server_policy: str, router_policy: str, start: float) -> dict:
         c = self.config
         key = self.cluster_key
         args = self.cluster_args(server_policy)
+        paths = self.cluster_trace_paths(server_policy, router_policy)
         label = f"2x{server_policy}/{router_policy}"
         self.say(f"starting {label}")
-        with self.cluster(args, router_policy) as (r, servers):
+        per_server = [[*args, *(["--fair-trace", str(pt)] if pt else [])] for pt in paths]
+        with self.cluster(per_server, router_policy) as (r, servers):
             urls = [s.url for s in servers]
             res = self._search(label, r.url, key, start, c.cluster_max_probes, abort_urls=urls,
                                servers=servers if c.emulate else ())
@@ -324,7 +340,19 @@ class Bench:
                 res["status"] = [_status(s) for s in servers]
         res.update(server_policy=server_policy, router_policy=router_policy, server_args=args, workload=key,
                    router_poll_s=self.router_poll_s, pinning="taskset -c 0 / -c 1, OMP_NUM_THREADS=1 per server")
+        if all(pt is not None and pt.exists() for pt in paths):  # the servers have stopped: their traces are complete
+            add_server_trace_summaries(res, [trace_report.read_trace(pt) for pt in paths])
         return res
+
+
+def add_server_trace_summaries(res: dict, records: list[dict]) -> None:
+    """A two-server run: `res["trace_summary"]`, one summary per server's trace, and in each probe of `res["probes"]`
+    `trace`, per server the summary of its records within that probe's replay."""
+    res["trace_summary"] = [trace_report.summarize(r) for r in records]
+    for probe in res.get("probes", {}).values():
+        if probe.get("started_wall_s"):
+            window = (probe["started_wall_s"], probe["started_wall_s"] + probe["wall_s"])
+            probe["trace"] = [trace_report.summarize(r, window_wall_s=window) for r in records]
 
 
 def add_trace_summaries(out: dict, records: dict, keys: list[str]) -> None:
