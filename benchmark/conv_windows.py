@@ -1,4 +1,4 @@
-"""Why fair stops at 0.82-0.86 of the stability bound on Azure conv's first 300 s (docs/results.md, "Ceilings").
+"""Why fair stops at 0.83-0.87 of the stability bound on Azure conv's first 300 s (docs/results.md, "Ceilings").
 
 The stability bound is a mean: the window's whole work over its whole span. Azure conv's first 300 s start light
 (the first minute carries a fraction of the load of the last three), so the mean understates the load that decides
@@ -9,7 +9,7 @@ the tail. This script measures it from the trace and the policies' own capacitie
 2. tail capacity of fair and the fixed budgets on the first 300 s, on 60-300 s and on 120-300 s (the same
    arrivals, the light start cut), with each window's stability bound.
 
-    python benchmark/conv_windows.py --out out/conv_windows    # about 2 minutes on one core
+    python benchmark/conv_windows.py --out out/conv_windows    # about 5 minutes on one core
 
 Prints a markdown table and writes conv_windows.json to --out.
 """

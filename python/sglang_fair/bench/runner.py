@@ -232,12 +232,17 @@ class Bench:
                          for x in res["probes"]}
         return res
 
+    def _emulated_policy_args(self, name: str) -> list[str]:
+        """`name`'s flags on the emulated device, with the SLOs on its dilated clock."""
+        c = self.config
+        k = c.dilation
+        return emulated.policy_args(name, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k,
+                                    overlap=c.emulate_overlap)
+
     def server_args(self, name: str) -> list[str]:
         c = self.config
         if c.emulate:  # each plugin policy starts from the device preset's prior (serve) and learns online
-            k = c.dilation
-            args = emulated.policy_args(name, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k,
-                                        overlap=c.emulate_overlap)
+            args = self._emulated_policy_args(name)
             if name == "fair":
                 args += ["--fair-save-cost-model", str(self.cost_model_path)]
             return [*args, *self._trace_args(name), *NO_CACHE, *cpu_server_args(None)]  # KV pool: the emulated GPU's
@@ -287,10 +292,7 @@ class Bench:
         the emulated device: the device preset's prior, learning online, as a single server)."""
         c = self.config
         if c.emulate:
-            k = c.dilation
-            args = emulated.policy_args(server_policy, c.emulate, ttft_slo_ms=c.ttft_slo_ms * k,
-                                        tpot_slo_ms=c.tpot_slo_ms * k, overlap=c.emulate_overlap)
-            return [*args, "--enable-metrics", *NO_CACHE, *cpu_server_args(None)]
+            return [*self._emulated_policy_args(server_policy), "--enable-metrics", *NO_CACHE, *cpu_server_args(None)]
         if server_policy not in STOCK and cost_model is None:
             cost_model = str(self.cost_model_path)
         args = policy_args(server_policy, ttft_slo_ms=c.ttft_slo_ms, tpot_slo_ms=c.tpot_slo_ms,
@@ -350,8 +352,8 @@ def add_server_trace_summaries(res: dict, records: list[dict]) -> None:
     `trace`, per server the summary of its records within that probe's replay."""
     res["trace_summary"] = [trace_report.summarize(r) for r in records]
     for probe in res.get("probes", {}).values():
-        if probe.get("started_wall_s"):
-            window = (probe["started_wall_s"], probe["started_wall_s"] + probe["wall_s"])
+        window = _replay_window(probe)
+        if window:
             probe["trace"] = [trace_report.summarize(r, window_wall_s=window) for r in records]
 
 
@@ -361,9 +363,15 @@ def add_trace_summaries(out: dict, records: dict, keys: list[str]) -> None:
     out["trace_summary"] = trace_report.summarize(records)
     for key in keys:
         for probe in (out.get(key) or {}).get("probes", {}).values():
-            if probe.get("started_wall_s"):
-                window = (probe["started_wall_s"], probe["started_wall_s"] + probe["wall_s"])
+            window = _replay_window(probe)
+            if window:
                 probe["trace"] = trace_report.summarize(records, window_wall_s=window)
+
+
+def _replay_window(probe: dict) -> tuple[float, float] | None:
+    """A probe's replay in wall-clock seconds (`started_wall_s` .. + `wall_s`); None when it has no start."""
+    start = probe.get("started_wall_s")
+    return (start, start + probe["wall_s"]) if start else None
 
 
 def _probe_json(p: Probe, s, dilation: float = 1.0, by_kind: dict | None = None) -> dict:

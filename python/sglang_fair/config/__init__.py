@@ -11,6 +11,6 @@ from .cpu import (CPU_DEFAULTS, CPU_FAIR_PARAMS, cpu_dtype_default, cpu_has_nati
 from .runtime import ENV_VAR, OFF, POLICY_CHOICES, RuntimeConfig, parse_param
 from .slo import MAX_SLO_MS, MIN_SLO_MS, SLO_KEYS, STRICT_KEY, TPOT_KEY, TTFT_KEY, SloConfig, parse_request_slos
 
-__all__ = ["CPU_DEFAULTS", "CPU_FAIR_PARAMS", "ENV_VAR", "MAX_SLO_MS", "MIN_SLO_MS", "OFF", "POLICY_CHOICES", "SLO_KEYS",
-           "STRICT_KEY", "TPOT_KEY", "TTFT_KEY", "RuntimeConfig", "SloConfig", "cpu_dtype_default",
+__all__ = ["CPU_DEFAULTS", "CPU_FAIR_PARAMS", "ENV_VAR", "MAX_SLO_MS", "MIN_SLO_MS", "OFF", "POLICY_CHOICES",
+           "SLO_KEYS", "STRICT_KEY", "TPOT_KEY", "TTFT_KEY", "RuntimeConfig", "SloConfig", "cpu_dtype_default",
            "cpu_has_native_bf16", "has_cuda", "parse_param", "parse_request_slos", "with_cpu_policy_defaults"]

@@ -1,7 +1,7 @@
 """SLOs: the server-wide defaults (`SloConfig`) and the per-request overrides a request carries in
 `sampling_params.custom_params`: {"ttft_slo_ms": float, "tpot_slo_ms": float, "strict": bool}; missing keys take the
-defaults. Values must be finite numbers in [1 microsecond, 1 hour]; any other key starting with "ttft" or "tpot" is rejected as a
-likely typo. `parse_request_slos` is the one parser: the HTTP layer (400 before a request reaches the scheduler),
+defaults. Values must be finite numbers in [1 microsecond, 1 hour]; any other key starting with "ttft" or "tpot" is
+rejected as a likely typo. `parse_request_slos` is the one parser: the HTTP layer (400 before a request reaches the scheduler),
 the scheduler's intake (every entry point) and the snapshot all call it."""
 
 from __future__ import annotations
