@@ -299,3 +299,8 @@ def test_each_two_server_probe_records_how_the_router_split_it(tmp_path, monkeyp
     assert res["probes"]["4"]["requests_per_server"] == [8.0, 4.0]
     single = bench._search("stock", "srv", "azure-conv", 2.0, 1, servers=servers[:1])
     assert "requests_per_server" not in single["probes"]["2"]  # one server: no split to record
+    cpu = runner.Bench(runner.quick_config(), tmp_path / "cpu", "model")  # the CPU's two-server runs too
+    cpu.prepare()
+    monkeypatch.setattr(cpu, "_probe", probe)
+    res = cpu._search("2xstock/cache_aware", "router", cpu.cluster_key, 2.0, 1, servers=servers)
+    assert res["probes"]["2"]["requests_per_server"] == [4.0, 2.0] and "overrun_fraction" not in res["probes"]["2"]

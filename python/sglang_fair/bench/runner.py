@@ -335,8 +335,7 @@ class Bench:
         per_server = [[*args, *(["--fair-trace", str(pt)] if pt else [])] for pt in paths]
         with self.cluster(per_server, router_policy) as (r, servers):
             urls = [s.url for s in servers]
-            res = self._search(label, r.url, key, start, c.cluster_max_probes, abort_urls=urls,
-                               servers=servers if c.emulate else ())
+            res = self._search(label, r.url, key, start, c.cluster_max_probes, abort_urls=urls, servers=servers)
             res["requests_per_worker"] = [requests_served(u) for u in urls]
             if server_policy not in c.stock_names:
                 res["status"] = [_status(s) for s in servers]
