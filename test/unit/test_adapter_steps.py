@@ -377,3 +377,35 @@ def test_the_trace_has_every_plan_and_forward_linked_by_sequence(tmp_path, monke
     assert forwards[0]["n_decode"] == 1 and forwards[0]["measured_ms"] == pytest.approx(100.0)
     assert forwards[0]["max_token_gap_ms"] == 0.0  # d's first observed token
     assert forwards[1]["max_token_gap_ms"] == pytest.approx(250.0)
+
+
+def test_the_trace_records_each_request_at_its_first_token_once(tmp_path, monkeypatch):
+    """A `first_token` record per request when its first output is processed (rid, when the scheduler received it,
+    prompt and max_new_tokens), also for a request that finishes with it; none for later tokens, for a request that
+    already had outputs when first seen, or for one still prefilling."""
+    from sglang_fair.bench.trace_report import read_trace, summarize
+    from sglang_fair.core import trace
+
+    path = tmp_path / "trace.jsonl"
+    monkeypatch.setattr(trace, "_writer", None)
+    trace.configure(str(path), header={"policy": "fair"})
+    a, one = Req("a", prompt=300, recv=4.0, max_new=20), Req("one", prompt=50, recv=4.5, max_new=1)
+    old, pre = Req("old", outputs=6), Req("pre", prompt=900)
+    sched = Sched(waiting=[a, one, pre], running=[old])
+    ad = adapter(sched)
+    batch = Batch([a, one, old, pre])
+    ad.on_run_batch(batch, 5.0, 5.1)
+    a.output_ids.append(1)
+    one.output_ids.append(1)
+    one.done = True
+    old.output_ids.append(1)
+    ad.on_result(5.2)
+    ad.on_run_batch(batch, 5.3, 5.4)
+    a.output_ids.append(1)
+    ad.on_result(5.5)
+    trace.writer().close()
+    recs = read_trace(path)["first_token"]
+    assert [(r["rid"], r["recv_s"], r["t_s"], r["prompt_tokens"], r["max_new_tokens"]) for r in recs] == [
+        ("a", 4.0, 5.2, 300, 20), ("one", 4.5, 5.2, 50, 1)]
+    s = summarize(read_trace(path))["requests"]
+    assert s["n"] == 2 and s["ttft_ms"]["max"] == pytest.approx(1200.0) and s["ttft_ms"]["p50"] == pytest.approx(950.0)

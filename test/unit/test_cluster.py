@@ -109,6 +109,23 @@ def test_two_replicas_round_robin_split_the_two_requests():
     assert b.token_times_s == pytest.approx((tb, tb + B + D), abs=1e-12)
 
 
+def test_a_cluster_runs_on_the_true_iteration_time_when_given():
+    """`iteration_time` replaces the cost model as every replica's true time (the policies still plan with COST):
+    one replica with the same function gives the single simulation's records."""
+    trace = make_trace([(0.0, 100, 3), (0.001, 50, 2)])
+    slow = lambda prefills, decodes: 2 * COST.predict(prefills, decodes)  # noqa: E731
+    res = simulate_cluster(trace, lambda: make_policy("sarathi"), COST, CFG,
+                           ClusterConfig(replicas=2, router="round_robin"), iteration_time=slow)
+    a, b = res.records
+    ta = 2 * (B + 100 * P)
+    assert a.token_times_s == pytest.approx((ta, ta + 2 * (B + D), ta + 4 * (B + D)), abs=1e-12)
+    tb = 0.001 + 2 * (B + 50 * P)
+    assert b.token_times_s == pytest.approx((tb, tb + 2 * (B + D)), abs=1e-12)
+    one = simulate_cluster(trace, lambda: make_policy("sarathi"), COST, CFG, ClusterConfig(replicas=1),
+                           iteration_time=slow)
+    assert one.records == simulate(trace, make_policy("sarathi"), COST, CFG, iteration_time=slow).records
+
+
 def test_windserve_single_request_timeline():
     # P: prefill 100 -> first token at B + 100P; KV moves (1e-4 s/token x 101 tokens); D decodes 2 more tokens.
     ws = WindServeConfig(kv_transfer_s_per_token=1e-4)

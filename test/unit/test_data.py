@@ -152,6 +152,20 @@ def test_sim_token_gaps_show_the_gap_bound(capsys):
     assert new["p50_ms"] <= new["p99_ms"] <= new["p99_9_ms"] <= new["max_ms"]
 
 
+def test_sim_on_the_emulated_device_model_runs_the_batches_at_its_times(capsys):
+    """`--device`: the same plans priced by the emulated A100 (Vidur operator profiles) instead of the planner's
+    fitted preset; the run records it, and its device time differs from the preset's (about 4-8% slower on mixed
+    batches, docs/results.md)."""
+    out = {}
+    for extra in ([], ["--device", "a100-llama3-8b"]):
+        assert main(["sim", "--trace", "azure-conv", "--limit", "60", "--policy", "sarathi-512", "--json",
+                     "--no-progress", *extra]) == 0
+        out[bool(extra)] = json.loads(capsys.readouterr().out)
+    assert out[True]["device"] == "a100-llama3-8b" and out[False]["device"] is None
+    assert out[True]["finished"] == out[False]["finished"] == 60
+    assert out[True]["p50_ttft_s"] != out[False]["p50_ttft_s"]
+
+
 @pytest.mark.parametrize("argv, flag, words", [
     (["capacity", "--policies", "fair,nope"], "--policies", "nope: unknown policy 'nope'"),
     (["capacity", "--policies", "fair@nope=1"], "--policies", "unknown parameter 'nope' for policy 'fair'"),
@@ -169,6 +183,9 @@ def test_sim_token_gaps_show_the_gap_bound(capsys):
     (["capacity", "--replicas", "2", "--load-poll-interval-s", "-1"], "--load-poll-interval-s", ">= 0"),
     (["sim", "--rate-scale", "0"], "--rate-scale", "must be a finite number > 0"),
     (["sim", "--policy", "fair@x=1"], "--policy", "unknown parameter 'x'"),
+    (["sim", "--device", "tpu-v9"], "--device", "unknown emulated device 'tpu-v9'"),
+    (["capacity", "--device", "a100-llama3-8b:6"], "--device", "give the preset alone"),
+    (["capacity", "--device", "a100-llama3-8b", "--policies", "windserve"], "--policies", "cost model only"),
 ])
 def test_bad_sim_and_capacity_flags_one_line_naming_the_flag_exit_2(capsys, argv, flag, words):
     with pytest.raises(SystemExit) as exc:

@@ -179,3 +179,18 @@ def test_policy_time_parameters_are_dilated_unless_the_user_set_them():
     assert plain.spec.dilation == 1.0
     fair = RuntimeConfig(policy="fair")
     assert plain.with_dilated_policy_times(fair) == fair
+
+
+def test_a_simulator_replay_of_an_emulated_server_runs_the_policy_times_that_server_ran():
+    from sglang_fair.bench.emulated_report import dilated_sim_spec
+    from sglang_fair.policies.fair import FairParams
+    from sglang_fair.sim.cli import parse_policy_spec
+
+    name, params = parse_policy_spec(dilated_sim_spec("fair", "fair", 6.0))
+    assert name == "fair" and params == {"max_budget_ms": FairParams().max_budget_ms * 6,
+                                         "min_budget_ms": FairParams().min_budget_ms * 6}
+    _, params = parse_policy_spec(dilated_sim_spec("fair-admission-off", "fair@admission=off@max_budget_ms=700", 6.0))
+    assert params["max_budget_ms"] == 700 and params["admission"] == "off"  # a value given is kept, as serve keeps it
+    assert dilated_sim_spec("stock", "sglang-default", 6.0) == "sglang-default"  # SGLang itself: nothing dilated
+    assert dilated_sim_spec("sarathi-512", "sarathi-512", 6.0) == "sarathi-512"  # no time-valued parameter
+    assert dilated_sim_spec("fair", "fair", 1.0) == "fair"

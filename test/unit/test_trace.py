@@ -221,3 +221,14 @@ def test_bench_traces_each_server_of_a_two_server_run(tmp_path):
     assert [s["plans"]["n"] for s in res["trace_summary"]] == [1, 2]  # one summary per server, in server order
     assert [s["plans"]["n"] for s in res["probes"]["2"]["trace"]] == [1, 2]
     assert "trace" not in res["probes"]["4"]  # a probe without a replay window
+
+
+def test_a_traced_probe_keeps_each_requests_prompt_due_time_and_client_ttft():
+    from sglang_fair.bench.client import Probe
+    from sglang_fair.bench.runner import request_details
+    from sglang_fair.core.metrics import RequestTimes
+
+    recs = [RequestTimes("r0", 1.5, 1.75, 3.0, 5, 2.0, 0.1, 5), RequestTimes("r1", 2.0, None, None, 0, 2.0, 0.1, 5)]
+    d = request_details(Probe(scale=1.0, records=recs, aborted=False, wall_s=9.0, input_lens=[120, 7]))
+    assert d == {"input_lens": [120, 7], "due_s": [1.5, 2.0], "ttft_ms": [250.0, None]}
+    orjson.dumps(d)  # it goes into results.json as it is

@@ -103,6 +103,19 @@ def stability_bounds(bench, results: dict) -> None:
             "gpus": gpus}
 
 
+def dilated_sim_spec(label: str, spec: str, k: float) -> str:
+    """The simulator twin of live policy `label` on an emulated server's clock (dilation k): a plugin policy runs
+    there with its `_ms` parameters x k (serve_args.dilated_policy_times), so its replay must too; stock SGLang's
+    twins (labels starting with "stock") have nothing dilated."""
+    from ..emulate.serve_args import dilated_policy_times
+    from ..sim.cli import parse_policy_spec
+
+    if label.startswith("stock"):
+        return spec
+    name, params = parse_policy_spec(spec)
+    return spec + "".join(f"@{n}={v!r}" for n, v in dilated_policy_times(name, k, given=params).items())
+
+
 def emulated_fidelity(bench, results: dict) -> dict:
     """Each valid probe replayed in the simulator: same arrivals on the dilated clock, prompt lengths as sent,
     outputs, dilated SLOs, the same policy code planning with the device preset x k (the prior the live server
@@ -121,7 +134,8 @@ def emulated_fidelity(bench, results: dict) -> dict:
         rows = results["single"].get(label, {}).get(key, {}).get("probes", {})
         valid[(label, key)] = {x: p for x, p in by_scale.items() if not rows.get(f"{x:g}", {}).get("invalid")}
     k = spec.dilation
-    return fidelity(valid, bench.traces, {n: s for n, s in EMULATED_SIM_SPECS.items() if n in c.policies}, prior,
+    specs = {n: dilated_sim_spec(n, s, k) for n, s in EMULATED_SIM_SPECS.items() if n in c.policies}
+    return fidelity(valid, bench.traces, specs, prior,
                     ttft_slo_ms=c.ttft_slo_ms * k, tpot_slo_ms=c.tpot_slo_ms * k, kv_tokens=kv_pool_tokens(),
                     iteration_time=DeviceModel(spec).iteration_s)
 

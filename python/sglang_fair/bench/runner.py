@@ -228,7 +228,8 @@ class Bench:
         w, trace, _ = self.traces[key]
         res["capacity_rps"] = res["capacity"] * trace.rate_rps
         res["probes"] = {f"{x:g}": {**_probe_json(kept[x], summaries[x], k, by_kind.get(x)),
-                                    **({"requests_per_server": split[x]} if x in split else {})}
+                                    **({"requests_per_server": split[x]} if x in split else {}),
+                                    **({"requests": request_details(kept[x])} if c.trace else {})}
                          for x in res["probes"]}
         return res
 
@@ -371,6 +372,17 @@ def _replay_window(probe: dict) -> tuple[float, float] | None:
     """A probe's replay in wall-clock seconds (`started_wall_s` .. + `wall_s`); None when it has no start."""
     start = probe.get("started_wall_s")
     return (start, start + probe["wall_s"]) if start else None
+
+
+def request_details(p: Probe) -> dict:
+    """Per request of a probe, in trace order (`bench --trace`): the prompt bench_serving sent (tokens), when it was
+    due (s after the replay began) and its TTFT as the client measured it (ms, null when it got no token); on the
+    server's clock (k times the emulated GPU's). With the servers' `first_token` trace records this places each
+    request: which server, when its scheduler received it, the TTFT the scheduler saw."""
+    return {"input_lens": list(p.input_lens),
+            "due_s": [round(r.arrival_s, 6) for r in p.records],
+            "ttft_ms": [None if r.first_token_s is None else round((r.first_token_s - r.arrival_s) * 1e3, 3)
+                        for r in p.records]}
 
 
 def _probe_json(p: Probe, s, dilation: float = 1.0, by_kind: dict | None = None) -> dict:

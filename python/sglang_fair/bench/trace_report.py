@@ -8,6 +8,8 @@ Reads the JSON lines core/trace.py writes and prints (or, with `--json`, emits) 
   past its plan's budget or past 110% of its plan's prediction, and the longest gap a decode row saw between two
   tokens against the TPOT SLO (in the server's clock: under an emulated device with dilation k, the SLO flags the
   bench passes are already k times the emulated GPU's);
+- first tokens: one record per request (rid, the scheduler's receipt, prompt, max_new_tokens), so the TTFT the
+  scheduler saw and which server of a cluster got which request;
 - device (emulated): overruns by batch kind and the overlap credit.
 Times are milliseconds on the server's clock (divide by the dilation for emulated GPU time; `start.dilation`).
 """
@@ -61,7 +63,7 @@ def plan_shape(p: dict) -> str:
     return "mixed" if pre and dec else "prefill-only" if pre else "decode-only" if dec else "nothing"
 
 
-TIME_FIELD = {"plan": "t_s", "forward": "t_start_s", "device": "t_s"}
+TIME_FIELD = {"plan": "t_s", "forward": "t_start_s", "device": "t_s", "first_token": "t_s"}
 """The scheduler-clock time of each record kind (a forward counts where it started)."""
 
 
@@ -85,6 +87,7 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
     plans = records.get("plan", [])
     forwards = records.get("forward", [])
     device = records.get("device", [])
+    firsts = records.get("first_token", [])
     tpot_ms = start.get("tpot_slo_ms")
     out: dict = {"policy": start.get("policy"), "emulated_device": start.get("emulated_device"),
                  "dilation": start.get("dilation", 1.0), "tpot_slo_ms": tpot_ms,
@@ -132,6 +135,9 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
             out["forwards"]["decode_forwards_over_tpot"] = len(over) / len(decoding) if decoding else None
             out["forwards"]["token_gaps_over_tpot"] = sum(1 for g in gaps if g > tpot_ms)
             out["forwards"]["token_gaps_over_2x_tpot"] = sum(1 for g in gaps if g > 2 * tpot_ms)
+    if firsts:  # TTFT as the scheduler saw it: from its receipt of the request (not the client's send)
+        out["requests"] = {"n": len(firsts), "ttft_ms": _pct([(r["t_s"] - r["recv_s"]) * 1000.0 for r in firsts]),
+                           "prompt_tokens": int(sum(r["prompt_tokens"] for r in firsts))}
     if device:
         kinds = Counter(d["batch"] for d in device)
         over = Counter(d["batch"] for d in device if d.get("overrun"))
@@ -182,6 +188,10 @@ def render(s: dict) -> str:
             lines.append(f"  forwards with decode rows longer than the TPOT SLO: {f['decode_forwards_over_tpot']:.1%}; "
                          f"forwards whose longest token gap passed it: {f['token_gaps_over_tpot']} "
                          f"(2x: {f['token_gaps_over_2x_tpot']})")
+    if "requests" in s:
+        r = s["requests"]
+        lines.append(f"first tokens: {r['n']} ({r['prompt_tokens']} prompt tokens); TTFT from the scheduler's receipt "
+                     f"{_fmt(r['ttft_ms'], 'ms')}")
     if "device" in s:
         d = s["device"]
         kinds = ", ".join(f"{k} {v['overruns']}/{v['forwards']}" for k, v in d["by_kind"].items())

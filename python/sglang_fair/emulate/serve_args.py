@@ -108,13 +108,7 @@ class EmulatedServe:
         k = self.spec.dilation
         if not cfg.active or k == 1.0:
             return cfg
-        from ..policies import make_policy
-
-        params = getattr(make_policy(cfg.policy), "params", None)
-        if params is None or not dataclasses.is_dataclass(params):
-            return cfg
-        scaled = {f.name: getattr(params, f.name) * k for f in dataclasses.fields(params)
-                  if f.name.endswith("_ms") and f.name not in cfg.policy_params}
+        scaled = dilated_policy_times(cfg.policy, k, given=cfg.policy_params)
         return dataclasses.replace(cfg, policy_params={**cfg.policy_params, **scaled}) if scaled else cfg
 
     def env(self) -> dict[str, str]:
@@ -124,6 +118,18 @@ class EmulatedServe:
         return (f"sglang-fair serve: EMULATED device {self.spec.text()} (Vidur profiles; every forward padded to "
                 f"the emulated time; jitter cv {self.spec.jitter_cv:g}; overlap loop emulated: "
                 f"{'on' if self.spec.overlap else 'off'})")
+
+
+def dilated_policy_times(policy: str, k: float, given=()) -> dict[str, float]:
+    """Each time-valued parameter of `policy` (a field ending in `_ms`) not in `given`: its default x `k`, as an
+    emulated server with dilation k runs it (and as a simulator replay on that server's clock must)."""
+    from ..policies import make_policy
+
+    params = getattr(make_policy(policy), "params", None)
+    if params is None or not dataclasses.is_dataclass(params) or k == 1.0:
+        return {}
+    return {f.name: getattr(params, f.name) * k for f in dataclasses.fields(params)
+            if f.name.endswith("_ms") and f.name not in given}
 
 
 def split_emulate_args(argv: list[str]) -> tuple[list[str], EmulatedServe | None]:

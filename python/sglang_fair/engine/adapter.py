@@ -99,6 +99,8 @@ class PolicyAdapter:
         self.measured_iterations = 0
         self.gauges = None  # gauges.Gauges when --enable-metrics
         self.trace = trace.writer()  # --fair-trace (core/trace.py), or None
+        self._first_traced: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """The latest requests given a `first_token` trace record (bounded)."""
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     @property
@@ -246,6 +248,8 @@ class PolicyAdapter:
         if not self._launches:
             return
         prefills, decodes, t_start, t_end, reqs, plan_seq = self._launches.popleft()
+        if self.trace is not None:
+            self._trace_first_tokens(reqs, t_done)
         gap = self.builder.token_times.observe(reqs, t_done)  # each row's latest token, whatever forward made it
         if self.sync_device:  # CPU forward runs inside run_batch
             measured = t_end - t_start
@@ -287,6 +291,24 @@ class PolicyAdapter:
                 self.gauges.maybe_update(self.status)
             except Exception as exc:
                 self._fault("metrics", f"{type(exc).__name__}: {exc}")
+
+    def _trace_first_tokens(self, reqs, t_done: float) -> None:
+        """One `first_token` record per request when its first token is processed (before `token_times` observes
+        it): which server got which request, when its scheduler received it and when the first token came, on the
+        scheduler's clock. A retracted request prefilled again is not recorded twice (it has more than one output),
+        nor one that finished with its first token and still rides in the next launched batch (the overlap loop)."""
+        times, recorded = self.builder.token_times, self._first_traced
+        for req in reqs:
+            if len(req.output_ids) != 1 or times.get(req.rid) or req.rid in recorded:
+                continue
+            recorded[req.rid] = None
+            if len(recorded) > 1024:
+                recorded.popitem(last=False)
+            ts = req.time_stats
+            self.trace.write("first_token", {
+                "rid": req.rid, "recv_s": float(ts.scheduler_recv_time or ts.wait_queue_entry_time or 0.0),
+                "t_s": t_done, "prompt_tokens": len(req.origin_input_ids),
+                "max_new_tokens": int(req.sampling_params.max_new_tokens or 0)})
 
     def _count_demoted(self, demoted: tuple[str, ...]) -> None:
         """Requests the plan serves as best effort (SLO-aware admission): how many now, and how many times one

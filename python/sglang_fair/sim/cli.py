@@ -65,9 +65,11 @@ def split_reject(spec: str) -> tuple[str, bool]:
 
 def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int = 1, router: str = "fair",
                 load_poll_interval_s: float = 0.1, stop_late: bool = True,
-                progress: Callable[[float], object] | None = None) -> Callable[[float], SimResult]:
+                progress: Callable[[float], object] | None = None,
+                iteration_time=None) -> Callable[[float], SimResult]:
     """A function scale -> SimResult for one policy spec (single replica, cluster, or WindServe); a spec ending in
-    `+reject` refuses hopeless arrivals (REJECT_SUFFIX; single replica only)."""
+    `+reject` refuses hopeless arrivals (REJECT_SUFFIX; single replica only). `iteration_time`: the true time of a
+    batch (e.g. the emulated device's model, `--device`), the policies planning with `cost`; default `cost`."""
     spec, reject = split_reject(spec)
     name, params = parse_policy_spec(spec)
     if reject:
@@ -77,16 +79,18 @@ def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int =
         engine = dataclasses.replace(engine, reject_at_arrival=True)
     limit = late_limit(len(trace)) if stop_late else None
     if name == "windserve":
+        if iteration_time is not None:
+            raise ValueError("windserve runs on the cost model only (no --device)")
         check_params("windserve", params, [f.name for f in dataclasses.fields(WindServeConfig)])
         ws = WindServeConfig(**params)
         return lambda scale: simulate_windserve(trace.scaled(scale), cost, engine, ws, stop_after_late=limit)
     make_policy(name, **params)  # fail fast on a bad spec
     if replicas == 1:
         return lambda scale: simulate(trace.scaled(scale), make_policy(name, **params), cost, engine,
-                                      stop_after_late=limit)
+                                      stop_after_late=limit, iteration_time=iteration_time)
     cl = ClusterConfig(replicas=replicas, router=router, load_poll_interval_s=load_poll_interval_s, seed=engine.seed)
     return lambda scale: simulate_cluster(trace.scaled(scale), lambda: make_policy(name, **params), cost, engine, cl,
-                                          stop_after_late=limit)
+                                          stop_after_late=limit, iteration_time=iteration_time)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -94,6 +98,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared", default=None, help="data folder replacing the shipped traces (<shared>/traces/*.csv; "
                    "default: $SGLANG_FAIR_SHARED, else the copies inside the package)")
     p.add_argument("--preset", default="a100-llama3-8b", help="cost-model preset name or JSON path")
+    p.add_argument("--device", default=None, metavar="PRESET",
+                   help="the true iteration time from this emulated device's model (Vidur operator profiles, what "
+                        "`serve --emulate-device PRESET` pads to, e.g. a100-llama3-8b); the policies plan with "
+                        "--preset and the headroom of the live adapter. Default: --preset is the device")
     p.add_argument("--ttft-slo-ms", type=float, default=2000.0)
     p.add_argument("--tpot-slo-ms", type=float, default=100.0)
     p.add_argument("--kv-capacity-tokens", type=int, default=DEFAULT_KV_CAPACITY_TOKENS)
@@ -151,6 +159,22 @@ def _check_numbers(args) -> None:
         raise usage_error(args.command, "--rel-tol", f"must be a finite number > 0, got {args.rel_tol}")
 
 
+def device_time(args):
+    """`--device`: the emulated device's iteration time (undilated: the simulator runs on the GPU's own clock), or
+    None."""
+    if args.device is None:
+        return None
+    from ..emulate.device import DeviceModel, parse_device_spec
+    try:
+        spec = parse_device_spec(args.device)
+    except ValueError as exc:
+        raise usage_error(args.command, "--device", exc) from None
+    if spec.dilation != 1.0 or spec.jitter_cv:
+        raise usage_error(args.command, "--device", f"{args.device}: give the preset alone (the simulator runs on "
+                                                    f"the GPU's own clock; --noise-cv adds jitter)")
+    return DeviceModel(spec).iteration_s
+
+
 def _runner(command: str, flag: str, trace, spec: str, cost, engine: EngineConfig, **kwargs):
     """make_runner for one spec given by `flag`; a bad spec or parameter exits with one line naming the flag."""
     try:
@@ -187,6 +211,7 @@ def _setup(args):
 
 def _header(args, trace) -> dict:
     return {"trace": args.trace, "requests": len(trace), "trace_rate_rps": trace.rate_rps, "preset": args.preset,
+            "device": args.device,
             "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "seed": args.seed,
             "window": {"start_s": args.start_s, "duration_s": args.duration_s, "limit": args.limit},
             "spread_arrivals": args.spread_arrivals, "max_context_tokens": args.max_context_tokens,
@@ -219,7 +244,8 @@ def cmd_sim(args) -> int:
     if args.token_gaps:
         engine = dataclasses.replace(engine, record_token_times=True)
     run = _runner(args.command, "--policy", trace, args.policy, cost, engine, replicas=args.replicas,
-                  router=args.router, load_poll_interval_s=args.load_poll_interval_s, stop_late=False)
+                  router=args.router, load_poll_interval_s=args.load_poll_interval_s, stop_late=False,
+                  iteration_time=device_time(args))
     with tqdm(total=1, desc=f"sim {args.policy} x{args.rate_scale}", file=sys.stderr, disable=args.no_progress):
         res = run(args.rate_scale)
     s = res.summary()
@@ -245,10 +271,12 @@ def cmd_capacity(args) -> int:
     if not specs:
         raise usage_error(args.command, "--policies", "no policy given")
     runners = {}
+    device = device_time(args)
     for spec in specs:  # every spec checked before the first search starts
         reps = 1 if spec.startswith("windserve") else args.replicas
         runners[spec] = [_runner(args.command, "--policies", trace, spec, cost, engine, replicas=reps,
-                                 router=args.router, load_poll_interval_s=args.load_poll_interval_s, stop_late=late)
+                                 router=args.router, load_poll_interval_s=args.load_poll_interval_s, stop_late=late,
+                                 iteration_time=device)
                          for late in (True, False)]
     results, searches = {}, {}
     for spec in tqdm(specs, desc="capacity", file=sys.stderr, disable=args.no_progress):

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..core.checks import check_int_at_least, check_non_negative, check_positive
 from ..core.cost_model import CostModel
-from .engine import EngineConfig, Replica, SimResult, make_requests
+from .engine import EngineConfig, IterationTime, Replica, SimResult, make_requests
 from .routers import ROUTERS, make_router
 
 
@@ -43,9 +43,13 @@ class ClusterConfig:
 
 def simulate_cluster(trace, policy_factory: Callable[[], object], cost: CostModel,
                      config: EngineConfig = EngineConfig(), cluster: ClusterConfig = ClusterConfig(), *,
-                     stop_after_late: int | None = None, progress=None) -> SimResult:
-    """Replay `trace` through `cluster.replicas` replicas (each with its own policy from `policy_factory`)."""
-    reps = [Replica(policy_factory(), cost, config, index=k) for k in range(cluster.replicas)]
+                     stop_after_late: int | None = None, progress=None,
+                     iteration_time: IterationTime | None = None) -> SimResult:
+    """Replay `trace` through `cluster.replicas` replicas (each with its own policy from `policy_factory`).
+    `iteration_time`: every replica's true batch time (e.g. the emulated device), the policies planning with `cost`,
+    as `simulate`'s."""
+    reps = [Replica(policy_factory(), cost, config, index=k, iteration_time=iteration_time)
+            for k in range(cluster.replicas)]
     horizon = cluster.admission_horizon_s or config.ttft_slo_ms / 1000.0
     router = make_router(cluster, reps, horizon)
     reqs = make_requests(trace, config)
