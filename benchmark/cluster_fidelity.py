@@ -30,6 +30,7 @@ prompts are built), so delivery delays are given relative to the fastest request
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections import Counter, defaultdict
@@ -43,6 +44,7 @@ from sglang_fair.bench.trace_report import read_trace
 from sglang_fair.emulate.device import DeviceModel
 from sglang_fair.emulate.serve_args import EmulatedServe
 from sglang_fair.emulate.spec import kv_pool_tokens, parse_device_spec
+from sglang_fair.core.metrics import summarize
 from sglang_fair.core.presets import load_preset
 from sglang_fair.policies import make_policy
 from sglang_fair.sim.cli import parse_policy_spec
@@ -85,26 +87,31 @@ def pct(a, q) -> float:
     return float(np.percentile(a, q)) if a.size else float("nan")
 
 
-def replay(rows: list[dict], when: str, spec: str, cost, engine, device, k: float, cluster: bool) -> dict:
-    """P50/P99 TTFT (emulated ms) of the requests in `rows` replayed with arrivals at `when` ("due" or "recv")."""
+def replay(rows: list[dict], when: str, spec: str, cost, engine, device, k: float, router: str | None,
+           poll_s: float = 0.0) -> dict:
+    """P50/P99 TTFT per server and P50/P99 TTFT and TPOT over both (emulated ms) of the requests in `rows` replayed
+    with arrivals at `when` ("due" or "recv"): through the simulator's `router` (polling every `poll_s`, server
+    clock), or with `router` None each server's share on its own replica."""
     name, params = parse_policy_spec(spec)
     out = {}
-    groups = {"all": rows} if cluster else {s: [r for r in rows if r["server"] == s] for s in (0, 1)}
-    ttfts = []
+    groups = {"all": rows} if router else {s: [r for r in rows if r["server"] == s] for s in (0, 1)}
+    records = []
     for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r[f"{when}_s"])
         t = Trace("replay", np.array([r[f"{when}_s"] for r in rs]), np.array([r["prompt"] for r in rs]),
                   np.array([max(r["outputs"], 1) for r in rs]))
-        if cluster:
+        if router:
             res = simulate_cluster(t, lambda: make_policy(name, **params), cost, engine,
-                                   ClusterConfig(replicas=2, router="cache_aware", load_poll_interval_s=k),
+                                   ClusterConfig(replicas=2, router=router, load_poll_interval_s=poll_s),
                                    iteration_time=device)
         else:
             res = simulate(t, make_policy(name, **params), cost, engine, iteration_time=device)
         got = [(r.first_token_s - r.arrival_s) for r in res.records if r.first_token_s is not None]
         out[f"server {key}"] = (pct(got, 50) * 1e3 / k, pct(got, 99) * 1e3 / k)
-        ttfts += got
-    out["both"] = (pct(ttfts, 50) * 1e3 / k, pct(ttfts, 99) * 1e3 / k)
+        records += res.records
+    s = summarize([dataclasses.replace(r, demoted=False) for r in records])  # demoted: at the TTFT they got
+    out["both"] = (s.p50_ttft_s * 1e3 / k, s.p99_ttft_s * 1e3 / k)
+    out["both_tpot"] = (s.p50_tpot_s * 1e3 / k, s.p99_tpot_s * 1e3 / k)
     return out
 
 
@@ -127,6 +134,25 @@ def sim_capacity(rows_by_i: dict, arrivals_s, outputs, spec: str, router: str, p
         res, _ = find_capacity(run, t, cost, 2.0, 0.1, rel_tol=0.03, gpus=2)
         out[name] = res.capacity
     return out
+
+
+def device_over_preset(paths: list[Path], preset: str) -> dict:
+    """The emulated device's model against the planner preset on the batches the servers ran (their `forward`
+    records; forwards with more than 16 prefill chunks, whose chunk list the trace cuts, left out): the sum of
+    device times over the sum of preset times, per batch shape. Decode rows at their mean context, as the device
+    model prices them."""
+    model, cost = DeviceModel(parse_device_spec(preset)), load_preset(preset)
+    dev, pre = Counter(), Counter()
+    for path in paths:
+        for f in read_trace(path).get("forward", []):
+            if f["n_prefill"] > len(f["prefills"]):
+                continue
+            n, pf = f["n_decode"], [tuple(p) for p in f["prefills"]]
+            rows = [f["decode_ctx"] / n] * n if n else []
+            shape = "decode-only" if not pf else "mixed" if n else "prefill-only"
+            dev[shape] += model.undilated_ms(pf, [int(round(x)) for x in rows])
+            pre[shape] += cost.predict(pf, rows) * 1e3
+    return {shape: dev[shape] / pre[shape] for shape in dev if pre[shape] > 0}
 
 
 def main(argv=None) -> int:
@@ -153,6 +179,10 @@ def main(argv=None) -> int:
             print(f"{label}: no server traces (run bench with --trace)", file=sys.stderr)
             continue
         traced = [server_records(p) for p in paths]
+        ratio = device_over_preset(paths, dev.preset)
+        report[f"{label} device_over_preset"] = ratio
+        print(f"{label}: emulated device model / {dev.preset} preset on the batches the servers ran: "
+              + ", ".join(f"{shape} {x:.3f}" for shape, x in sorted(ratio.items())))
         expected_out = [json.loads(line)["output_length"]
                         for line in (out / "traces" / f"{run['workload']}.jsonl").read_text().splitlines() if line]
         for scale, probe in sorted(run["probes"].items(), key=lambda x: float(x[0])):
@@ -185,9 +215,11 @@ def main(argv=None) -> int:
                 "live_scheduler_by_server": {s: (ms("server_ttft_s", 50, [r for r in rows if r["server"] == s]),
                                                  ms("server_ttft_s", 99, [r for r in rows if r["server"] == s]))
                                              for s in (0, 1)},
-                "sim_A_router": replay(rows, "due", sim_spec, prior, engine, device, k, cluster=True),
-                "sim_B_live_split_due": replay(rows, "due", sim_spec, prior, engine, device, k, cluster=False),
-                "sim_C_live_split_received": replay(rows, "recv", sim_spec, prior, engine, device, k, cluster=False),
+                "live_client_tpot_ms": (probe["emulated_gpu"]["p50_tpot_ms"], probe["emulated_gpu"]["p99_tpot_ms"]),
+                "sim_A_router": replay(rows, "due", sim_spec, prior, engine, device, k, router,
+                                       float(run.get("router_poll_s", k))),
+                "sim_B_live_split_due": replay(rows, "due", sim_spec, prior, engine, device, k, None),
+                "sim_C_live_split_received": replay(rows, "recv", sim_spec, prior, engine, device, k, None),
             }
             report[f"{label} x{scale}"] = entry
             f = lambda p: f"{p[0]:.0f} / {p[1]:.0f}"  # noqa: E731
@@ -197,11 +229,11 @@ def main(argv=None) -> int:
             print(f"  live: client TTFT {f(entry['live_client_ttft_ms'])}; scheduler TTFT "
                   f"{f(entry['live_scheduler_ttft_ms'])} (server 0 {f(entry['live_scheduler_by_server'][0])}, "
                   f"server 1 {f(entry['live_scheduler_by_server'][1])}); delivery {f(entry['delivery_ms'])}; "
-                  f"way back {f(entry['way_back_ms'])}")
+                  f"way back {f(entry['way_back_ms'])}; client TPOT {f(entry['live_client_tpot_ms'])}")
             for key, name in (("sim_A_router", "A sim router, due"), ("sim_B_live_split_due", "B live split, due"),
                               ("sim_C_live_split_received", "C live split, received")):
                 print(f"  sim {name}: " + "; ".join(f"{s} {f(v)}" for s, v in entry[key].items()))
-            if args.capacity and "capacity" not in report.get(label, {}):
+            if args.capacity and label not in report:
                 lines = [json.loads(line) for line in
                          (out / "traces" / f"{run['workload']}.jsonl").read_text().splitlines() if line]
                 by_i = {r["i"]: r for r in rows}
@@ -213,7 +245,7 @@ def main(argv=None) -> int:
                     report[label] = {"capacity": caps}
                     for spec, c in caps.items():
                         print(f"  simulated capacity behind {router}, prompts as sent, {spec}: device model "
-                              f"{c['device']:.3f}, preset {c['preset']:.3f} (live {run['capacity']:g})")
+                              f"{c['device']:.3f}, preset {c["preset"]:.3f} (live {server} behind {router} in this run: {run["capacity"]:g})")
     (out / "cluster_fidelity.json").write_text(json.dumps(report, indent=1))
     return 0
 
