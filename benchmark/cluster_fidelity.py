@@ -50,7 +50,7 @@ from sglang_fair.policies import make_policy
 from sglang_fair.sim.cli import parse_policy_spec
 from sglang_fair.sim.cluster import ClusterConfig, simulate_cluster
 from sglang_fair.sim.engine import EngineConfig, simulate
-from sglang_fair.sim.traces import Trace
+from sglang_fair.sim.traces import Trace, write_mooncake
 
 def server_records(path: Path) -> tuple[list[dict], float]:
     """The trace's first_token records and its clock offset (wall = t + offset)."""
@@ -115,27 +115,6 @@ def replay(rows: list[dict], when: str, spec: str, cost, engine, device, k: floa
     return out
 
 
-def sim_capacity(rows_by_i: dict, arrivals_s, outputs, spec: str, router: str, poll_s: float, preset: str) -> dict:
-    """Capacity (tail criterion, bisection to 3%) of the window on two simulated replicas behind `router`, with
-    the prompts as sent, on the GPU's own clock (SLOs 2 s / 100 ms): true time = the emulated device's model and,
-    for comparison, = the planner preset (what the capacity tables assume)."""
-    from sglang_fair.sim.capacity import find_capacity
-    from sglang_fair.sim.cli import make_runner
-
-    n = len(arrivals_s)
-    t = Trace("sent", np.asarray(arrivals_s, dtype=float), np.array([rows_by_i[i]["prompt"] for i in range(n)]),
-              np.asarray(outputs))
-    cost = load_preset(preset)
-    engine = EngineConfig(kv_capacity_tokens=kv_pool_tokens(), ttft_slo_ms=2000.0, tpot_slo_ms=100.0)
-    out = {}
-    for name, it in (("device", DeviceModel(parse_device_spec(preset)).iteration_s), ("preset", None)):
-        run = make_runner(t, spec, cost, engine, replicas=2, router=router, load_poll_interval_s=poll_s,
-                          iteration_time=it)
-        res, _ = find_capacity(run, t, cost, 2.0, 0.1, rel_tol=0.03, gpus=2)
-        out[name] = res.capacity
-    return out
-
-
 def device_over_preset(paths: list[Path], preset: str) -> dict:
     """The emulated device's model against the planner preset on the batches the servers ran (their `forward`
     records; forwards with more than 16 prefill chunks, whose chunk list the trace cuts, left out): the sum of
@@ -158,9 +137,6 @@ def device_over_preset(paths: list[Path], preset: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", help="OUT folder of a traced two-server emulated bench run")
-    ap.add_argument("--capacity", default="", metavar="SPECS",
-                    help="also the simulated capacity of these policy specs (e.g. fair,sglang-default) on this "
-                         "window with the prompts as sent, on the device model and on the preset (1-2 min each)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text())
@@ -183,8 +159,9 @@ def main(argv=None) -> int:
         report[f"{label} device_over_preset"] = ratio
         print(f"{label}: emulated device model / {dev.preset} preset on the batches the servers ran: "
               + ", ".join(f"{shape} {x:.3f}" for shape, x in sorted(ratio.items())))
-        expected_out = [json.loads(line)["output_length"]
-                        for line in (out / "traces" / f"{run['workload']}.jsonl").read_text().splitlines() if line]
+        lines = [json.loads(line) for line in (out / "traces" / f"{run['workload']}.jsonl").read_text().splitlines()
+                 if line]
+        expected_out = [x["output_length"] for x in lines]
         for scale, probe in sorted(run["probes"].items(), key=lambda x: float(x[0])):
             client = probe.get("requests")
             if not client:
@@ -233,19 +210,16 @@ def main(argv=None) -> int:
             for key, name in (("sim_A_router", "A sim router, due"), ("sim_B_live_split_due", "B live split, due"),
                               ("sim_C_live_split_received", "C live split, received")):
                 print(f"  sim {name}: " + "; ".join(f"{s} {f(v)}" for s, v in entry[key].items()))
-            if args.capacity and label not in report:
-                lines = [json.loads(line) for line in
-                         (out / "traces" / f"{run['workload']}.jsonl").read_text().splitlines() if line]
-                by_i = {r["i"]: r for r in rows}
-                if len(by_i) == len(lines):
-                    caps = {spec: sim_capacity(by_i, [x["timestamp"] / 1e3 for x in lines],
-                                               [x["output_length"] for x in lines], spec, router,
-                                               float(run.get("router_poll_s", k)) / k, dev.preset)
-                            for spec in args.capacity.split(",") if spec}
-                    report[label] = {"capacity": caps}
-                    for spec, c in caps.items():
-                        print(f"  simulated capacity behind {router}, prompts as sent, {spec}: device model "
-                              f"{c['device']:.3f}, preset {c["preset"]:.3f} (live {server} behind {router} in this run: {run["capacity"]:g})")
+            sent = out / "traces" / f"{run['workload']}-sent.jsonl"
+            if not sent.exists() and len({r["i"] for r in rows}) == len(lines):
+                by_i = {r["i"]: r["prompt"] for r in rows}
+                write_mooncake(sent, Trace("sent", np.array([x["timestamp"] / 1e3 for x in lines]),
+                                           np.array([by_i[i] for i in range(len(lines))]),
+                                           np.array([x["output_length"] for x in lines])), hash_block_tokens=None)
+                print(f"{sent}: the window with the prompts as the servers received them, e.g.\n"
+                      f"  sglang-fair capacity --trace {sent} --replicas 2 --router {router} --load-poll-interval-s "
+                      f"{float(run.get('router_poll_s', k)) / k:g} --device {dev.preset} --kv-capacity-tokens "
+                      f"{kv_pool_tokens()} --policies {EMULATED_SIM_SPECS.get(server, server)}")
     (out / "cluster_fidelity.json").write_text(json.dumps(report, indent=1))
     return 0
 
