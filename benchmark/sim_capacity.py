@@ -55,10 +55,11 @@ CLUSTER_WINDOW = {"duration_s": 180.0}
 CLUSTER_POLICIES = ["fair", "sarathi-512"]
 
 
-def capacity(trace, spec, cost, tpot_ms, replicas=1, router="fair", gpus=1, noise_cv=0.0, cost_headroom=True):
+def capacity(trace, spec, cost, tpot_ms, replicas=1, router="fair", gpus=1, noise_cv=0.0, cost_headroom=True,
+             iteration_time=None):
     engine = EngineConfig(ttft_slo_ms=TTFT_MS, tpot_slo_ms=tpot_ms, seed=0, noise_cv=noise_cv,
                           cost_headroom=cost_headroom)
-    run = make_runner(trace, spec, cost, engine, replicas=replicas, router=router)
+    run = make_runner(trace, spec, cost, engine, replicas=replicas, router=router, iteration_time=iteration_time)
     t0 = time.perf_counter()
     res, search = find_capacity(run, trace, cost, TTFT_MS / 1000, tpot_ms / 1000, gpus=gpus, rel_tol=REL_TOL)
     return res, search, time.perf_counter() - t0
@@ -81,13 +82,18 @@ def part_single(out: Path, shared) -> None:
 
 
 def part_stock(out: Path, shared, policies: list[str], traces: list[str], preset: str = PRESET,
-               noise_cv: float = 0.0, cost_headroom: bool = True) -> None:
+               noise_cv: float = 0.0, cost_headroom: bool = True, device: str | None = None) -> None:
     """Like part_single, for STOCK_POLICIES; also records how many requests were demoted (and refused at arrival)
     at the tail capacity. `preset`, `noise_cv`, `cost_headroom`: the cost model, iteration-time noise and whether
-    plans keep the live adapter's headroom (sim.engine.EngineConfig) in every run (recorded in each row; one out
-    directory per setting).
+    plans keep the live adapter's headroom (sim.engine.EngineConfig) in every run; `device`: the emulated device
+    whose model is the true iteration time (`sglang-fair capacity --device`; the policies plan with `preset`).
+    All recorded in each row; one out directory per setting.
     Rows are appended to stock.json as each cell finishes (a cut-short sweep keeps what it measured)."""
     cost = load_preset(preset)
+    iteration_time = None
+    if device is not None:
+        from sglang_fair.emulate.device import DeviceModel, parse_device_spec
+        iteration_time = DeviceModel(parse_device_spec(device)).iteration_s
     path = out / "stock.json"
     rows = json.loads(path.read_text()) if path.exists() else []
     done = {(r["trace"], r["tpot_slo_ms"], r["policy"]) for r in rows}
@@ -98,12 +104,14 @@ def part_stock(out: Path, shared, policies: list[str], traces: list[str], preset
             for spec in tqdm(policies, desc=f"{name} tpot={tpot:.0f}", file=sys.stderr):
                 if (name, tpot, spec) in done:
                     continue
-                res, search, wall = capacity(trace, spec, cost, tpot, noise_cv=noise_cv, cost_headroom=cost_headroom)
+                res, search, wall = capacity(trace, spec, cost, tpot, noise_cv=noise_cv, cost_headroom=cost_headroom,
+                                             iteration_time=iteration_time)
                 at = search.results.get(float(f"{res.capacity:.6g}")) if res.capacity > 0 else None
                 rejected = sum(r.rejected for r in at.records) if at is not None else None
                 rows.append({"trace": name, "window": win, "requests": len(trace), "trace_rate_rps": trace.rate_rps,
                              "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall,
-                             "rejected_at_capacity": rejected, "preset": preset, "noise_cv": noise_cv,
+                             "rejected_at_capacity": rejected, "preset": preset, "device": device,
+                             "noise_cv": noise_cv,
                              "cost_headroom": cost_headroom, **res.to_json(),
                              # the capacity's own count (to_json gives the lowest scale's when the capacity is 0)
                              "demoted_at_capacity": res.demoted_at_capacity if res.capacity > 0 else None})
@@ -320,6 +328,9 @@ def main() -> int:
                     help="part stock: iteration-time noise (coefficient of variation) of every run")
     ap.add_argument("--no-cost-headroom", action="store_true",
                     help="part stock: plan with the bare cost model, without the live adapter's headroom factor")
+    ap.add_argument("--device", default=None, metavar="PRESET",
+                    help="part stock: the emulated device's model as the true iteration time (e.g. a100-llama3-8b); "
+                         "the policies plan with --preset")
     ap.add_argument("--out", default="out/sim_capacity")
     ap.add_argument("--shared", default=None)
     ap.add_argument("--render", default=None, help="print the markdown tables from a results directory and exit")
@@ -349,7 +360,8 @@ def main() -> int:
         part_bounds(out, args.shared, [t for t in args.traces.split(",") if t], args.preset)
     if args.part == "stock":
         part_stock(out, args.shared, [p for p in args.policies.split(",") if p],
-                   [t for t in args.traces.split(",") if t], args.preset, args.noise_cv, not args.no_cost_headroom)
+                   [t for t in args.traces.split(",") if t], args.preset, args.noise_cv, not args.no_cost_headroom,
+                   args.device)
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(render(out))
     return 0

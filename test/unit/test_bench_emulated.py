@@ -250,7 +250,8 @@ def test_cluster_summary_ratios_overruns_and_the_bound_on_two_gpus():
                "cluster": {"2xstock/cache_aware": run("stock", "cache_aware", 1.6, 0.0),
                            "2xfair/power_of_two": run("fair", "power_of_two", 2.4, 0.015)},
                "workloads": {"azure-conv": {"rate_rps": 5.5, "prompt_tokens_sent_mean": None,
-                                            "output_tokens_mean": 225.0},
+                                            "output_tokens_mean": 225.0,
+                                            "stability_bound_scale": {"trace_lengths": 1.27, "gpus": 1}},
                              key: {"rate_rps": 5.6, "prompt_tokens_sent_mean": 1150.0, "output_tokens_mean": 230.0,
                                    "stability_bound_scale": {"trace_lengths": 2.6, "sent_lengths": 2.5,
                                                              "gpus": 2}}}}
@@ -259,6 +260,8 @@ def test_cluster_summary_ratios_overruns_and_the_bound_on_two_gpus():
     assert cs["runs"]["2xfair/power_of_two"]["p99_ttft_ms"] == pytest.approx(500.0)  # emulated ms: / dilation 3
     s = emulated_summary(results)
     assert s["overrun_fraction"] == 0.015 and s["capacity_ratio_fair_vs_stock"] is None and s["policies"] == {}
+    # no single-server run: no single-server bound at the top; the cluster's own bound (2 GPUs, prompts as sent)
+    assert s["stability_bound_scale"] is None and s["cluster"]["stability_bound_scale"] == 2.5
     md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3 --cluster ...", "img/live")
     assert "### azure-conv (" not in md  # no single-server runs, no single table
     assert "| 2xfair/power_of_two | 2.4 | 13.20 | 500 / 500 | 83 / 83 | 1.00 | 310 / 290 | 2.4 (1.5%), 4 (0.0%) |" in md

@@ -36,14 +36,19 @@ def _latencies(res: dict) -> dict:
 def cluster_summary(results: dict) -> dict:
     """The two-server runs: per `2xSERVER/ROUTER` label the single-server fields plus requests per worker, and
     `ratios`: each plugin configuration's capacity over each stock one's ("2xfair/power_of_two vs
-    2xstock/cache_aware")."""
+    2xstock/cache_aware"), and `stability_bound_scale`: the two-GPU bound of the window they ran (prompts as sent
+    where known)."""
     runs = results.get("cluster") or {}
     out = {label: {**_latencies(r), "requests_per_worker": r.get("requests_per_worker"),
                    "router_poll_s": r.get("router_poll_s")} for label, r in runs.items()}
     stock = [lb for lb, r in runs.items() if r.get("server_policy", "").startswith("stock")]
     ratios = {f"{lb} vs {st}": out[lb]["capacity"] / out[st]["capacity"] for lb in out if lb not in stock
               for st in stock if out[st]["capacity"] > 0}
-    return {"runs": out, "ratios": ratios}
+    keys = {r.get("workload") for r in runs.values()}
+    bound = (results.get("workloads", {}).get(keys.pop(), {}).get("stability_bound_scale") or {}) \
+        if len(keys) == 1 else {}
+    return {"runs": out, "ratios": ratios,
+            "stability_bound_scale": bound.get("sent_lengths") or bound.get("trace_lengths")}
 
 
 def emulated_summary(results: dict) -> dict:
@@ -61,7 +66,7 @@ def emulated_summary(results: dict) -> dict:
         pol["fair"]["at_stock_capacity"] = None if not at_stock else {
             "p99_ttft_ms": _gpu_ms(at_stock, "p99_ttft_ms"), "p99_tpot_ms": _gpu_ms(at_stock, "p99_tpot_ms")}
     mixed = [pol[n]["capacity"] for n in ("stock-mixed-2048", "stock-mixed-512") if n in pol]
-    bound = (results["workloads"].get(key, {}).get("stability_bound_scale") or {})
+    bound = (results["workloads"].get(key, {}).get("stability_bound_scale") or {}) if pol else {}  # single-server runs only
     bound = bound.get("sent_lengths") or bound.get("trace_lengths")
     return {"emulated_device": cfg["emulate"], "dilation": _dilation(cfg), "label": "emulated (not a GPU measurement)",
             "emulated_overlap": cfg.get("emulate_overlap", False),
