@@ -8,7 +8,7 @@ from factories import COST, make_trace
 from sglang_fair.policies import make_policy
 from sglang_fair.core.types import Plan, ReqView
 from sglang_fair.core.metrics import summarize, tbt_s, tpot_s, ttft_s
-from sglang_fair.sim.engine import EngineConfig, Replica, SimRequest, fast_view, simulate
+from sglang_fair.sim.engine import EngineConfig, Replica, SimRequest, fast_view, make_requests, simulate
 
 CFG = EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, kv_capacity_tokens=10_000, record_token_times=True)
 B, P, D = COST.base_s, COST.per_prefill_token_s, COST.per_decode_req_s  # 5 ms, 0.1 ms/token, 0.2 ms/decode row
@@ -243,3 +243,30 @@ def test_planning_with_noise_uses_the_live_headroom_and_an_exact_model_does_not(
     simulate(trace, off, COST, EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, noise_cv=0.2, seed=1,
                                             cost_headroom=False))
     assert all(c is COST for c in off.costs)
+
+
+def test_with_online_fit_the_planner_learns_a_device_unlike_its_prior():
+    """`online_fit`: the planner's model is refined from the true iteration times, as `serve` does. On a device whose
+    prefill tokens cost 1.5x the prior's, the fitted model ends near the device and the plans carry it; without it
+    the plans keep the prior (only the headroom factor scales it)."""
+    import dataclasses
+
+    device_cost = dataclasses.replace(COST, per_prefill_token_s=1.5 * COST.per_prefill_token_s)
+    trace = make_trace([(0.02 * i, 100 + 37 * (i % 13), 3 + i % 4) for i in range(300)])
+    cfg = EngineConfig(ttft_slo_ms=2000, tpot_slo_ms=100, online_fit=True, cost_headroom=False)
+    seen = _SeesCost()
+    rep = Replica(seen, COST, cfg, iteration_time=device_cost.predict)
+    for r in make_requests(trace, cfg):
+        rep.add(r)
+    while rep.has_work:
+        rep.step()
+    assert rep.fitter is not None and rep.fitter.n_refits > 0
+    batch = ([(512, 0)], [600] * 4)
+    assert rep.fitter.model.predict(*batch) == pytest.approx(device_cost.predict(*batch), rel=0.05)
+    assert seen.costs[0] is COST and seen.costs[-1].predict(*batch) == pytest.approx(device_cost.predict(*batch),
+                                                                                      rel=0.05)
+    plain = _SeesCost()
+    simulate(trace, plain, COST, dataclasses.replace(cfg, online_fit=False), iteration_time=device_cost.predict)
+    assert all(c is COST for c in plain.costs)
+    exact = Replica(_SeesCost(), COST, cfg)  # the planner's model is the device: nothing to fit
+    assert exact.fitter is None

@@ -101,6 +101,12 @@ class FairParams:
     demoted; it is served in EDF order (first, its deadline being long past). Bounds how long demotion postpones a
     request under sustained overload, where a demoted request otherwise waits for the overload to end (math.inf: no
     bound; docs/results.md)."""
+    tpot_margin: float = 0.0
+    """Fraction of each request's TPOT SLO the envelope holds back: decode deadlines (and the budget, urgency,
+    recovery and gap guard built on them) use tpot_slo x (1 - tpot_margin). The envelope spends a decode's slack
+    to the last millisecond, so where the planner's model is not exact an iteration that runs a little long puts
+    a short output's TPOT just over the SLO with no token left to win it back (simulated on the emulated device's
+    model: Azure code's misses were 6-13-token outputs at 100.2-100.9 ms; docs/results.md)."""
     admission_window_reqs: int = 64
     """With admission on: how many waiting requests whose TTFT deadline is still ahead are judged each step, the
     oldest (0: all). Requests past their deadline are always judged (demoted unless aged); the others beyond the
@@ -127,6 +133,9 @@ class FairParams:
         for name in ("full_kv_progress", "recover_tpot", "gap_caps_budget"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        m = self.tpot_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 0.5:
+            raise ValueError(f"tpot_margin must be in [0, 0.5), got {m!r}")
         w = self.demote_max_wait_ttft
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
             raise ValueError(f"demote_max_wait_ttft must be > 0 (math.inf: no bound), got {w!r}")
@@ -165,20 +174,21 @@ class FairPolicy:
 
         # ---- 1. budget and urgency ----------------------------------------------------------------------------------
         if running:
-            slacks = self._decode_slacks(running, now)
+            keep = 1.0 - p.tpot_margin
+            slacks = self._decode_slacks(running, now, keep)
             if p.catchup_tokens and p.decode_anchor == "first_token":
                 step = cost.base_s + (decode_time_s(cost, running) if decode_all_s is None else decode_all_s)
                 k = p.catchup_tokens
-                slacks = [s + min(k, max(0, r.max_new_tokens - r.output_tokens - 1)) * max(0.0, r.tpot_slo_s - step)
-                          for s, r in zip(slacks, running)]
+                slacks = [s + min(k, max(0, r.max_new_tokens - r.output_tokens - 1))
+                          * max(0.0, r.tpot_slo_s * keep - step) for s, r in zip(slacks, running)]
             min_slack = min(slacks)
-            tpots = [r.tpot_slo_s for r in running]
+            tpots = [r.tpot_slo_s * keep for r in running] if keep != 1.0 else [r.tpot_slo_s for r in running]
             tpot_min = min(tpots)
             # progress floor: one decode of the most urgent request always fits
             floor_s = cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens)
             budget = max(min_slack, tpot_min)
             if p.recover_tpot and min_slack < tpot_min:
-                budget = self._recovery_budget(running, slacks, floor_s, budget)
+                budget = self._recovery_budget(running, tpots, slacks, floor_s, budget)
             gap_slacks = self._gap_slacks(running, tpots, tpot_min, now)
             if gap_slacks is not None and p.gap_caps_budget:
                 min_gap = min(gap_slacks)
@@ -348,12 +358,12 @@ class FairPolicy:
         return prefill, t, kv_left
 
     @staticmethod
-    def _recovery_budget(running, slacks: list[float], floor_s: float, budget_s: float) -> float:
+    def _recovery_budget(running, tpots: list[float], slacks: list[float], floor_s: float, budget_s: float) -> float:
         """`recover_tpot`: the budget capped, for each decode behind its envelope, at `tpot + (slack - tpot) / m`
-        (m: tokens it has left), the uniform iteration length that lands its last token by first_token + (outputs
-        - 1) x tpot; rows for which that is below the progress floor `floor_s` are past saving and ignored."""
-        for r, s in zip(running, slacks):
-            tp = r.tpot_slo_s
+        (m: tokens it has left; tpot: the envelope's, `tpots`), the uniform iteration length that lands its last
+        token by first_token + (outputs - 1) x tpot; rows for which that is below the progress floor `floor_s` are
+        past saving and ignored."""
+        for r, tp, s in zip(running, tpots, slacks):
             if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1:
                 length = tp + (s - tp) / m
                 if floor_s <= length < budget_s:
@@ -372,14 +382,15 @@ class FairPolicy:
             return [inf if (lt := r.last_token_s) is None else lt + off for r in running]
         return [inf if (lt := r.last_token_s) is None else lt + g * tp - now for r, tp in zip(running, tpots)]
 
-    def _decode_slacks(self, running, now: float) -> list[float]:
+    def _decode_slacks(self, running, now: float, keep: float = 1.0) -> list[float]:
         """Slack of each running request's next token. Anchor "first_token": first_token_s + j * tpot (the TPOT
         measured from the first token, as the metrics define it), falling back to the arrival envelope when the
-        first token time is unknown; anchor "arrival": arrival + ttft + j * tpot (the paper's envelope)."""
+        first token time is unknown; anchor "arrival": arrival + ttft + j * tpot (the paper's envelope). tpot is
+        the request's TPOT SLO x `keep` (1 - `tpot_margin`)."""
         if self.params.decode_anchor == "first_token":
             return [(r.arrival_s + r.ttft_slo_s if (f := r.first_token_s) is None else f)
-                    + r.output_tokens * r.tpot_slo_s - now for r in running]
-        return [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s - now for r in running]
+                    + r.output_tokens * r.tpot_slo_s * keep - now for r in running]
+        return [r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s * keep - now for r in running]
 
     @staticmethod
     def _preempt(snap: Snapshot, slacks: list[float], urgent_mask: list[bool], free: int,

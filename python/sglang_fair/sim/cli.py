@@ -102,6 +102,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="the true iteration time from this emulated device's model (Vidur operator profiles, what "
                         "`serve --emulate-device PRESET` pads to, e.g. a100-llama3-8b); the policies plan with "
                         "--preset and the headroom of the live adapter. Default: --preset is the device")
+    p.add_argument("--online-fit", action="store_true",
+                   help="the policies plan with an online fit of the iterations' true times (prior: --preset), as "
+                        "`serve` does; matters only where --preset is not the device (--device, --noise-cv)")
     p.add_argument("--ttft-slo-ms", type=float, default=2000.0)
     p.add_argument("--tpot-slo-ms", type=float, default=100.0)
     p.add_argument("--kv-capacity-tokens", type=int, default=DEFAULT_KV_CAPACITY_TOKENS)
@@ -201,7 +204,8 @@ def _setup(args):
         raise usage_error(args.command, "--preset", exc) from None
     try:
         engine = EngineConfig(kv_capacity_tokens=args.kv_capacity_tokens, ttft_slo_ms=args.ttft_slo_ms,
-                              tpot_slo_ms=args.tpot_slo_ms, noise_cv=args.noise_cv, seed=args.seed)
+                              tpot_slo_ms=args.tpot_slo_ms, noise_cv=args.noise_cv, seed=args.seed,
+                              online_fit=args.online_fit)
         if args.replicas != 1:  # one replica runs without a router
             ClusterConfig(replicas=args.replicas, router=args.router, load_poll_interval_s=args.load_poll_interval_s)
     except FieldError as exc:
@@ -211,7 +215,7 @@ def _setup(args):
 
 def _header(args, trace) -> dict:
     return {"trace": args.trace, "requests": len(trace), "trace_rate_rps": trace.rate_rps, "preset": args.preset,
-            "device": args.device,
+            "device": args.device, "online_fit": args.online_fit,
             "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "seed": args.seed,
             "window": {"start_s": args.start_s, "duration_s": args.duration_s, "limit": args.limit},
             "spread_arrivals": args.spread_arrivals, "max_context_tokens": args.max_context_tokens,

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.checks import check_int_at_least, check_non_negative, check_positive
 from ..core.cost_model import CostModel
+from ..core.fit import OnlineCostFitter
 from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
 from ..core.types import Plan, ReqView, Snapshot, fast_view  # noqa: F401  (fast_view: re-exported)
@@ -63,6 +64,10 @@ class EngineConfig:
     """Plan as the live adapter does: with the planning cost model scaled by the headroom factor (core/headroom.py:
     a high quantile of true/predicted iteration time over the recent iterations). Where the planner's model is exact
     (no noise, no separate `iteration_time` or `planning_cost`) the factor is 1 and nothing is computed."""
+    online_fit: bool = False
+    """Plan as the live adapter does with its online fit (core/fit.py OnlineCostFitter, the prior being the planning
+    cost model): every iteration's true time refines the planner's model (the headroom then scales the fit). Only
+    where the planner's model is not exact (as `cost_headroom`); `sim --online-fit`."""
 
     def __post_init__(self) -> None:
         for name in ("kv_capacity_tokens", "waiting_view_limit", "recent_window"):
@@ -139,7 +144,8 @@ class Replica:
         self._sigma = math.sqrt(math.log1p(cv * cv)) if cv > 0 else 0.0
         exact = cv == 0 and iteration_time is None and self.planning_cost is cost
         self.headroom = Headroom() if config.cost_headroom and not exact else None
-        self._plan_cost = self.planning_cost  # planning_cost scaled by the headroom's factor
+        self.fitter = OnlineCostFitter(self.planning_cost) if config.online_fit and not exact else None
+        self._plan_cost = self.planning_cost  # the planner's model (the online fit's, if any) x the headroom factor
 
     # ---- queue state --------------------------------------------------------------------------------------------
     @property
@@ -269,13 +275,21 @@ class Replica:
             return 0.0
         self._idle_steps = self._zero_steps = 0
         t = self._duration_s(plan.decode, targets)
-        if self.headroom is not None:
-            predicted = self._predicted_s(plan.decode, targets)
+        if self.headroom is not None or self.fitter is not None:
+            batch = self._batch(plan.decode, targets)
+            model = self._fitted()
+            predicted = model.predict(*batch)
         t *= self._noise_factor()
-        if self.headroom is not None:
-            before = self.headroom.factor
-            if self.headroom.observe(predicted, t) != before:
-                self._plan_cost = self.planning_cost.scaled(self.headroom.factor)
+        if self.headroom is not None or self.fitter is not None:
+            changed = False
+            if self.headroom is not None:
+                before = self.headroom.factor
+                changed = self.headroom.observe(predicted, t) != before
+            if self.fitter is not None:
+                changed = self.fitter.observe(*batch, t) is not model or changed
+            if changed:
+                f = self.headroom.factor if self.headroom is not None else 1.0
+                self._plan_cost = self._fitted().scaled(f)
         end = self.now + t
         self._run(plan.decode, targets, end)
         self.now = end
@@ -284,11 +298,15 @@ class Replica:
         self._recent.append(t)
         return t
 
-    def _predicted_s(self, decode, targets) -> float:
-        """The planning model's (unscaled) time for the batch: what the live adapter's fit predicts."""
+    def _fitted(self) -> CostModel:
+        """The planner's (unscaled) model: the online fit's when on, else `planning_cost`."""
+        return self.fitter.model if self.fitter is not None else self.planning_cost
+
+    def _batch(self, decode, targets) -> tuple[list, list]:
+        """(prefill chunks [(tokens, prefix)], decode contexts) of a batch, as the cost models take it."""
         running = self.running
-        return self.planning_cost.predict([(chunk, r.prefilled) for r, chunk in targets],
-                                          [running[rid].prompt + running[rid].outputs for rid in decode])
+        return ([(chunk, r.prefilled) for r, chunk in targets],
+                [running[rid].prompt + running[rid].outputs for rid in decode])
 
     def _duration_s(self, decode, targets) -> float:
         """The batch's time: `iteration_time` when given (e.g. the emulated device), else the cost model."""
