@@ -164,6 +164,10 @@ def test_sim_on_the_emulated_device_model_runs_the_batches_at_its_times(capsys):
     assert out[True]["device"] == "a100-llama3-8b" and out[False]["device"] is None
     assert out[True]["finished"] == out[False]["finished"] == 60
     assert out[True]["p50_ttft_s"] != out[False]["p50_ttft_s"]
+    assert main(["sim", "--trace", "azure-conv", "--limit", "60", "--policy", "fair", "--json", "--no-progress",
+                 "--device", "a100-llama3-8b", "--online-fit"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["online_fit"] is True and out[True]["online_fit"] is False and fitted["finished"] == 60
 
 
 @pytest.mark.parametrize("argv, flag, words", [

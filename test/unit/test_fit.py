@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 import math
@@ -207,7 +209,8 @@ def test_online_fit_of_a_recorded_decode_stretch_keeps_its_prefill_cost():
             models.append(fitter.model)
         return models
 
-    old = replay(OnlineFitConfig(options=FitOptions(terms=ONLINE_TERMS)))  # the fitter before the minimum
+    # the fitter before the minimum (and before the floor on a prefill token's cost)
+    old = replay(OnlineFitConfig(options=FitOptions(terms=ONLINE_TERMS), min_prefill_token_share=0.0))
     assert old[-1].per_prefill_token_s == 0.0 and old[-1].prefill_s(1055) < 0.2 * prior.prefill_s(1055)
     measured_1055 = 0.606  # the recorded 1055-token prefill-only forward (its 10th), seconds on the dilated clock
     for m in replay(OnlineFitConfig()):
@@ -238,6 +241,23 @@ def test_online_never_degenerates():
     feed(flat, [(p, d, 0.05) for p, d, _ in iterations(TRUE, 100, seed=13)])  # time unrelated to the batch
     assert flat.model.prefill_s(512) > 0 and flat.model.decode_s(1024) > 0
     assert flat.n_rejected_fits > 0
+
+
+def test_online_never_makes_prefill_tokens_nearly_free():
+    """Samples in which the mixed decode rows, not the prefill tokens, carry the time (what a fit trading one term
+    for the other looks like) are not learnt below MIN_PREFILL_TOKEN_SHARE of the prior's per-token cost; a device
+    five times cheaper per prefill token than the prior is."""
+    from sglang_fair.core.fit import MIN_PREFILL_TOKEN_SHARE
+
+    rows_pay = dataclasses.replace(TRUE, per_prefill_token_s=0.0, per_attn_token2_s=0.0, per_mixed_decode_req_s=4e-3)
+    fitter = OnlineCostFitter(PRIOR, OnlineFitConfig(refit_every=8, min_samples=16))
+    feed(fitter, iterations(rows_pay, 300, seed=21, noise=0.0))
+    assert fitter.n_rejected_fits > 0
+    assert fitter.model.per_prefill_token_s >= MIN_PREFILL_TOKEN_SHARE * PRIOR.per_prefill_token_s
+    cheap = dataclasses.replace(TRUE, per_prefill_token_s=PRIOR.per_prefill_token_s / 5, per_attn_token2_s=0.0)
+    learner = OnlineCostFitter(PRIOR, OnlineFitConfig(refit_every=8, min_samples=16))
+    feed(learner, iterations(cheap, 300, seed=22))
+    assert learner.model.per_prefill_token_s == pytest.approx(cheap.per_prefill_token_s, rel=0.2)
 
 
 def test_online_memory_is_bounded_and_bad_observations_ignored():

@@ -18,7 +18,9 @@ NOW = 100.0
 
 
 def fair(**kw) -> FairPolicy:
-    return FairPolicy(FairParams(**kw))
+    """fair with the paper's envelope (no TPOT margin: the worked examples below do its arithmetic by hand; the
+    margin has its own tests, test_policy_fair_margin.py) unless `tpot_margin` is given."""
+    return FairPolicy(FairParams(**{"tpot_margin": 0.0, **kw}))
 
 
 def test_worked_example_urgent_decode_then_prefill_then_defer():
@@ -200,7 +202,8 @@ def test_plan_is_deterministic_and_instance_free():
     run = [make_running_with_slack(f"d{i}", 0.1 * (i % 4), now=NOW) for i in range(12)]
     wait = [make_req(f"w{i}", arrival_s=NOW - 1 + 0.1 * i, prompt_tokens=100 + 37 * i) for i in range(8)]
     snap = make_snapshot(now=NOW, running=run, waiting=wait)
-    assert fair().plan(snap) == fair().plan(snap) == make_policy("fair").plan(snap)
+    assert fair().plan(snap) == fair().plan(snap) == make_policy("fair", tpot_margin=0.0).plan(snap)
+    assert make_policy("fair").plan(snap) == fair(tpot_margin=FairParams().tpot_margin).plan(snap)
 
 
 @pytest.mark.parametrize("kw", [{"min_budget_ms": 0}, {"max_budget_ms": math.inf}, {"min_budget_ms": 10,
@@ -216,8 +219,8 @@ def test_catchup_tokens_let_a_decode_fall_behind_by_what_its_next_tokens_can_win
     # d0 got its first token at 1.0 and has 10 tokens left; one decode step costs 5.2 ms against a 100 ms TPOT
     d0 = make_running("d0", prompt_tokens=100, output_tokens=1, first_token_s=1.0, max_new_tokens=11)
     snap = make_snapshot(now=1.0, running=[d0], waiting=[make_req("p", prompt_tokens=4000, arrival_s=1.0)])
-    strict = FairPolicy().plan(snap)
-    loose = FairPolicy(catchup_tokens=4).plan(snap)
+    strict = fair().plan(snap)
+    loose = fair(catchup_tokens=4).plan(snap)
     step = COST.base_s + COST.decode_s(101)
     assert strict.budget_s == pytest.approx(0.1)  # per-token deadline: one TPOT of slack
     assert loose.budget_s == pytest.approx(0.1 + 4 * (0.1 - step))  # + 4 tokens' catch-up
@@ -225,7 +228,7 @@ def test_catchup_tokens_let_a_decode_fall_behind_by_what_its_next_tokens_can_win
     # no catch-up from tokens it will not produce: with 2 left only 1 can win time back
     d1 = make_running("d1", prompt_tokens=100, output_tokens=1, first_token_s=1.0, max_new_tokens=3)
     snap = make_snapshot(now=1.0, running=[d1], waiting=[make_req("p", prompt_tokens=4000, arrival_s=1.0)])
-    assert FairPolicy(catchup_tokens=4).plan(snap).budget_s == pytest.approx(0.1 + (0.1 - step))
+    assert fair(catchup_tokens=4).plan(snap).budget_s == pytest.approx(0.1 + (0.1 - step))
     with pytest.raises(ValueError, match="catchup_tokens"):
         FairPolicy(catchup_tokens=-1)
 

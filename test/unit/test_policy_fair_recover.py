@@ -16,6 +16,11 @@ NOW = 50.0
 TPOT = 0.1
 
 
+def fair(**kw):
+    """fair with the paper's envelope (no TPOT margin), whose arithmetic these tests do by hand."""
+    return make_policy("fair", **{"tpot_margin": 0.0, **kw})
+
+
 def snapshot_with(slack_s: float, tokens_left: int, *, output_tokens: int = 5):
     behind = make_running_with_slack("late", slack_s, now=NOW, output_tokens=output_tokens,
                                      max_new_tokens=output_tokens + tokens_left)
@@ -26,8 +31,8 @@ def snapshot_with(slack_s: float, tokens_left: int, *, output_tokens: int = 5):
 
 def test_a_decode_behind_wins_its_lag_back_over_its_remaining_tokens():
     snap = snapshot_with(0.07, 3)  # 30 ms behind, 3 tokens to go: iterations of 100 - 30 / 3 = 90 ms land it on time
-    plain = make_policy("fair", recover_tpot=False).plan(snap)
-    plan = make_policy("fair").plan(snap)
+    plain = fair(recover_tpot=False).plan(snap)
+    plan = fair().plan(snap)
     assert plain.budget_s == pytest.approx(TPOT)
     assert plan.budget_s == pytest.approx(TPOT - 0.03 / 3)
     assert "late" in plan.decode and plan.predicted_s <= plan.budget_s + 1e-12
@@ -35,15 +40,15 @@ def test_a_decode_behind_wins_its_lag_back_over_its_remaining_tokens():
 
 
 def test_the_last_token_recovers_the_whole_lag():
-    plan = make_policy("fair").plan(snapshot_with(0.06, 1))
+    plan = fair().plan(snapshot_with(0.06, 1))
     assert plan.budget_s == pytest.approx(0.06)
 
 
 def test_a_row_past_saving_does_not_shrink_the_budget():
     # one token left and its deadline passed: no iteration length can land it on time
     snap = snapshot_with(-0.02, 1)
-    plan = make_policy("fair").plan(snap)
-    assert plan == make_policy("fair", recover_tpot=False).plan(snap)
+    plan = fair().plan(snap)
+    assert plan == fair(recover_tpot=False).plan(snap)
     assert plan.budget_s == pytest.approx(TPOT) and "late" in plan.decode
 
 
@@ -51,7 +56,7 @@ def test_a_row_past_saving_does_not_shrink_the_budget():
 def test_nothing_changes_while_every_decode_is_on_schedule(slacks):
     running = [make_running_with_slack(f"d{i}", s, now=NOW, max_new_tokens=9) for i, s in enumerate(slacks)]
     snap = make_snapshot(now=NOW, running=running, waiting=[make_req("w", arrival_s=NOW, prompt_tokens=3000)])
-    assert make_policy("fair").plan(snap) == make_policy("fair", recover_tpot=False).plan(snap)
+    assert fair().plan(snap) == fair(recover_tpot=False).plan(snap)
 
 
 def test_recover_tpot_must_be_a_bool():
@@ -71,5 +76,5 @@ def test_with_a_noisy_device_fewer_requests_end_over_their_tpot_slo():
         res = simulate(trace, policy, COST, cfg)
         return sum(tpot_s(r) > 0.1 for r in res.records if r.n_outputs > 1)
 
-    plain, recovered = over(make_policy("fair", recover_tpot=False)), over(make_policy("fair"))
+    plain, recovered = over(fair(recover_tpot=False)), over(fair())
     assert plain > 10 and recovered < plain / 2

@@ -95,11 +95,12 @@ def test_slai_caps(snap):
     assert len(plan.decode) + plan.prefill_tokens <= 512
 
 
-def decode_slack(r: ReqView, now: float, anchor: str) -> float:
-    """Slack of the next token: from the first token when known (anchor "first_token"), else the envelope."""
+def decode_slack(r: ReqView, now: float, anchor: str, keep: float = 1.0) -> float:
+    """Slack of the next token: from the first token when known (anchor "first_token"), else the envelope; the
+    envelope's TPOT is the SLO x `keep` (1 - tpot_margin)."""
     if anchor == "first_token" and r.first_token_s is not None:
-        return r.first_token_s + r.output_tokens * r.tpot_slo_s - now
-    return r.slack_s(now)
+        return r.first_token_s + r.output_tokens * r.tpot_slo_s * keep - now
+    return r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s * keep - now
 
 
 def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
@@ -107,13 +108,14 @@ def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
     uniform iteration length that lands a behind decode's last token on time, tpot + (slack - tpot) / tokens left,
     where that is not below one decode of the least-slack request, and (gap_caps_budget) to the least time before a
     decode's token gap passes its bound; clamped to [min, max] budget, and never below that decode."""
-    slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor) for r in snap.running}
+    keep = 1.0 - p.tpot_margin
+    slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor, keep) for r in snap.running}
     least = min(snap.running, key=lambda r: slack[r.rid])
     floor = snap.cost.predict((), [least.context_tokens])
-    b = max(slack[least.rid], min(r.tpot_slo_s for r in snap.running))
+    b = max(slack[least.rid], min(r.tpot_slo_s * keep for r in snap.running))
     if p.recover_tpot:
-        lengths = [r.tpot_slo_s + (slack[r.rid] - r.tpot_slo_s) / (r.max_new_tokens - r.output_tokens)
-                   for r in snap.running if slack[r.rid] < r.tpot_slo_s and r.max_new_tokens > r.output_tokens]
+        lengths = [r.tpot_slo_s * keep + (slack[r.rid] - r.tpot_slo_s * keep) / (r.max_new_tokens - r.output_tokens)
+                   for r in snap.running if slack[r.rid] < r.tpot_slo_s * keep and r.max_new_tokens > r.output_tokens]
         b = min([b, *(x for x in lengths if x >= floor)])
     if p.gap_caps_budget and p.max_token_gap_tpot < math.inf:
         b = min([b, *(gap_slack(r, snap.now, p) for r in snap.running)])
@@ -122,23 +124,27 @@ def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
 
 
 def gap_slack(r, now: float, p: FairParams) -> float:
-    """Time left before the gap since r's last token passes max_token_gap_tpot x its TPOT SLO."""
-    return math.inf if r.last_token_s is None else r.last_token_s + p.max_token_gap_tpot * r.tpot_slo_s - now
+    """Time left before the gap since r's last token passes max_token_gap_tpot x its TPOT SLO (x 1 - tpot_margin)."""
+    tpot = r.tpot_slo_s * (1.0 - p.tpot_margin)
+    return math.inf if r.last_token_s is None else r.last_token_s + p.max_token_gap_tpot * tpot - now
 
 
 @SETTINGS
 @given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]), anchor=st.sampled_from(["first_token", "arrival"]),
-       recover=st.booleans(), gap_caps=st.booleans())
-def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_caps):
-    p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor, recover_tpot=recover, gap_caps_budget=gap_caps)
+       recover=st.booleans(), gap_caps=st.booleans(), margin=st.sampled_from([0.0, 0.02, 0.1]))
+def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_caps, margin):
+    p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor, recover_tpot=recover, gap_caps_budget=gap_caps,
+                   tpot_margin=margin)
     plan = FairPolicy(p).plan(snap)
     tol = 1e-9 * max(1.0, plan.budget_s)
+    keep = 1.0 - margin
     if snap.running:
         assert plan.budget_s == pytest.approx(fair_budget_oracle(snap, p), rel=1e-12)
-        thr = plan.budget_s + min(r.tpot_slo_s for r in snap.running)
-        urgent = {r.rid for r in snap.running if decode_slack(r, snap.now, anchor) < thr}
+        thr = plan.budget_s + min(r.tpot_slo_s * keep for r in snap.running)
+        urgent = {r.rid for r in snap.running if decode_slack(r, snap.now, anchor, keep) < thr}
         if gap_caps:  # one TPOT before the gap bound too
-            urgent |= {r.rid for r in snap.running if gap_slack(r, snap.now, p) < plan.budget_s + r.tpot_slo_s - tol}
+            urgent |= {r.rid for r in snap.running
+                       if gap_slack(r, snap.now, p) < plan.budget_s + r.tpot_slo_s * keep - tol}
         assert not urgent & set(plan.deferred(snap)), "an urgent decode was deferred"
         if urgent & set(plan.preempt):  # preempting an urgent decode is only allowed when KV cannot hold them
             assert snap.kv_free_tokens < len(urgent)
@@ -146,9 +152,10 @@ def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_cap
         # with the gap bound at least one TPOT before its gap passes it
         for rid in plan.deferred(snap):
             r = next(q for q in snap.running if q.rid == rid)
-            assert decode_slack(r, snap.now, anchor) - plan.budget_s >= min(q.tpot_slo_s for q in snap.running) - tol
+            assert (decode_slack(r, snap.now, anchor, keep) - plan.budget_s
+                    >= min(q.tpot_slo_s * keep for q in snap.running) - tol)
             if gap_caps:
-                assert gap_slack(r, snap.now, p) - plan.budget_s >= r.tpot_slo_s - tol
+                assert gap_slack(r, snap.now, p) - plan.budget_s >= r.tpot_slo_s * keep - tol
     if plan.predicted_s > plan.budget_s + tol:
         assert plan.prefill == (), "over budget with prefill in the plan"
         urgent_only = snap.cost.predict((), [r.context_tokens for r in snap.running if r.rid in set(plan.decode)])
@@ -167,8 +174,10 @@ def test_fair_makes_progress_whenever_there_is_work(admission, snap):
     if admission == "off":
         assert not plan.demoted
     if snap.running:
-        thr = plan.budget_s + min(r.tpot_slo_s for r in snap.running)
-        if snap.kv_free_tokens >= 1 or any(decode_slack(r, snap.now, "first_token") < thr for r in snap.running):
+        keep = 1.0 - FairParams().tpot_margin
+        thr = plan.budget_s + min(r.tpot_slo_s * keep for r in snap.running)
+        if snap.kv_free_tokens >= 1 or any(decode_slack(r, snap.now, "first_token", keep) < thr
+                                           for r in snap.running):
             assert plan.decode or plan.preempt or plan.prefill
     elif snap.prefilling or snap.waiting:
         pending, demoted = (*snap.prefilling, *snap.waiting), set(plan.demoted)

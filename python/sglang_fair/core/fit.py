@@ -291,6 +291,16 @@ to the mixed-row term (85 ms a row); the next burst's prefills ran 3-8x longer t
 """
 
 
+MIN_PREFILL_TOKEN_SHARE = 0.1
+"""A refit that charges a prefill token less than this share of the starting prior's per-token cost is rejected.
+Where prefill chunks and mixed decode rows come in the same forwards, the two terms can trade for each other: seen in
+the simulator on the emulated A100's model with the online fit (Azure conv, 200 ms TPOT, fair at rate 0.67), a refit
+set the per-token prefill cost to 0 and charged 4.4 ms to each mixed decode row; fair then planned prefill as free
+when alone and 448 of 1445 requests missed their first token (docs/results.md, "On the emulated device's model").
+The quadratic term kept `prefill_s(512)` above 0, so the fitter's other check let it through. 0.1 still lets the fit learn a
+device ten times faster per prefill token than its prior."""
+
+
 @dataclass(frozen=True, slots=True)
 class OnlineFitConfig:
     window_samples: int = 512
@@ -303,6 +313,8 @@ class OnlineFitConfig:
     """No refit before this many usable samples are in the window."""
     min_inlier_weight: float = 0.6
     """Reject a refit unless the samples it keeps (bisquare weight >= 0.5) hold this share of the forgetting weight."""
+    min_prefill_token_share: float = MIN_PREFILL_TOKEN_SHARE
+    """Reject a refit that charges a prefill token less than this share of the starting prior's (0: no floor)."""
     options: FitOptions = field(default_factory=lambda: FitOptions(terms=ONLINE_TERMS,
                                                                    min_term_weight=ONLINE_MIN_TERM_WEIGHT))
     """By default the quadratic prefill term stays at the prior's value (see ONLINE_TERMS), and so does every term
@@ -315,6 +327,8 @@ class OnlineFitConfig:
             raise ValueError("OnlineFitConfig.half_life_samples must be > 0 (math.inf for none)")
         if not 0.0 < self.min_inlier_weight <= 1.0:
             raise ValueError("OnlineFitConfig.min_inlier_weight must be in (0, 1]")
+        if not 0.0 <= self.min_prefill_token_share < 1.0:
+            raise ValueError("OnlineFitConfig.min_prefill_token_share must be in [0, 1)")
 
 
 class OnlineCostFitter:
@@ -397,9 +411,12 @@ class OnlineCostFitter:
         return model
 
     def _acceptable(self, model: CostModel, report: FitReport) -> bool:
-        """Non-degenerate (prefill and decode still cost time) and supported by most of the weighted window."""
+        """Non-degenerate (prefill and decode still cost time; a prefill token at least MIN_PREFILL_TOKEN_SHARE of
+        what the starting prior charges) and supported by most of the weighted window."""
         prior = self._model
         if prior.prefill_s(512) > 0 and not model.prefill_s(512) > 0:
+            return False
+        if model.per_prefill_token_s < self.config.min_prefill_token_share * self.prior.per_prefill_token_s:
             return False
         if prior.decode_s(1024) > 0 and not model.decode_s(1024) > 0:
             return False

@@ -101,7 +101,7 @@ class FairParams:
     demoted; it is served in EDF order (first, its deadline being long past). Bounds how long demotion postpones a
     request under sustained overload, where a demoted request otherwise waits for the overload to end (math.inf: no
     bound; docs/results.md)."""
-    tpot_margin: float = 0.0
+    tpot_margin: float = 0.02
     """Fraction of each request's TPOT SLO the envelope holds back: decode deadlines (and the budget, urgency,
     recovery and gap guard built on them) use tpot_slo x (1 - tpot_margin). The envelope spends a decode's slack
     to the last millisecond, so where the planner's model is not exact an iteration that runs a little long puts
