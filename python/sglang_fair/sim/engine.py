@@ -310,10 +310,9 @@ class Replica:
 
     def _duration_s(self, decode, targets) -> float:
         """The batch's time: `iteration_time` when given (e.g. the emulated device), else the cost model."""
-        running = self.running
         if self.iteration_time is not None:
-            return self.iteration_time([(chunk, r.prefilled) for r, chunk in targets],
-                                       [running[rid].prompt + running[rid].outputs for rid in decode])
+            return self.iteration_time(*self._batch(decode, targets))
+        running = self.running
         c = self.cost
         t = c.base_s
         for r, chunk in targets:
