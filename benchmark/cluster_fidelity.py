@@ -137,6 +137,10 @@ def device_over_preset(paths: list[Path], preset: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", help="OUT folder of a traced two-server emulated bench run")
+    ap.add_argument("--spec", default=None, metavar="POLICY_SPEC",
+                    help="the simulator twin of the servers' policy (default: today's, e.g. `fair`); a run made "
+                         "before a default changed needs that version's spec, e.g. fair@tpot_margin=0 for runs "
+                         "before the fifteenth session. Its time parameters are dilated as the server's were")
     args = ap.parse_args(argv)
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text())
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
                 r["back_s"] = (r["client_ttft_s"] - r["delivery_s"] - r["server_ttft_s"]
                                if r["client_ttft_s"] is not None else None)
             ms = lambda key, q, rs=rows: pct([r[key] for r in rs], q) * 1e3 / k  # noqa: E731
-            sim_spec = dilated_sim_spec(server, EMULATED_SIM_SPECS.get(server, server), k)
+            sim_spec = dilated_sim_spec(server, args.spec or EMULATED_SIM_SPECS.get(server, server), k)
             entry = {
                 "matched": len(rows), "requests": len(client["input_lens"]), "outputs_agree": agree,
                 "per_server": [sum(1 for r in rows if r["server"] == s) for s in (0, 1)],
