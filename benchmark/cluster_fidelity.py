@@ -50,11 +50,10 @@ from sglang_fair.policies import make_policy
 from sglang_fair.sim.cli import parse_policy_spec
 from sglang_fair.sim.cluster import ClusterConfig, simulate_cluster
 from sglang_fair.sim.engine import EngineConfig, simulate
-from sglang_fair.sim.traces import Trace, write_mooncake
+from sglang_fair.sim.traces import Trace, load_mooncake, write_mooncake
 
-def server_records(path: Path) -> tuple[list[dict], float]:
-    """The trace's first_token records and its clock offset (wall = t + offset)."""
-    recs = read_trace(path)
+def server_records(recs: dict) -> tuple[list[dict], float]:
+    """A server trace's (`read_trace`) first_token records and its clock offset (wall = t + offset)."""
     start = recs["start"][0]
     return recs.get("first_token", []), start["wall_s"] - start["t_s"]
 
@@ -115,15 +114,15 @@ def replay(rows: list[dict], when: str, spec: str, cost, engine, device, k: floa
     return out
 
 
-def device_over_preset(paths: list[Path], preset: str) -> dict:
-    """The emulated device's model against the planner preset on the batches the servers ran (their `forward`
-    records; forwards with more than 16 prefill chunks, whose chunk list the trace cuts, left out): the sum of
+def device_over_preset(traces: list[dict], preset: str) -> dict:
+    """The emulated device's model against the planner preset on the batches the servers ran (the `forward` records
+    of their traces, as `read_trace` gives them; forwards with more than 16 prefill chunks, whose chunk list the trace cuts, left out): the sum of
     device times over the sum of preset times, per batch shape. Decode rows at their mean context, as the device
     model prices them."""
     model, cost = DeviceModel(parse_device_spec(preset)), load_preset(preset)
     dev, pre = Counter(), Counter()
-    for path in paths:
-        for f in read_trace(path).get("forward", []):
+    for recs in traces:
+        for f in recs.get("forward", []):
             if f["n_prefill"] > len(f["prefills"]):
                 continue
             n, pf = f["n_decode"], [tuple(p) for p in f["prefills"]]
@@ -158,14 +157,13 @@ def main(argv=None) -> int:
         if not all(p.exists() for p in paths):
             print(f"{label}: no server traces (run bench with --trace)", file=sys.stderr)
             continue
-        traced = [server_records(p) for p in paths]
-        ratio = device_over_preset(paths, dev.preset)
+        traces = [read_trace(p) for p in paths]
+        traced = [server_records(t) for t in traces]
+        ratio = device_over_preset(traces, dev.preset)
         report[f"{label} device_over_preset"] = ratio
         print(f"{label}: emulated device model / {dev.preset} preset on the batches the servers ran: "
               + ", ".join(f"{shape} {x:.3f}" for shape, x in sorted(ratio.items())))
-        lines = [json.loads(line) for line in (out / "traces" / f"{run['workload']}.jsonl").read_text().splitlines()
-                 if line]
-        expected_out = [x["output_length"] for x in lines]
+        window = load_mooncake(out / "traces" / f"{run['workload']}.jsonl")  # the window bench_serving replayed
         for scale, probe in sorted(run["probes"].items(), key=lambda x: float(x[0])):
             client = probe.get("requests")
             if not client:
@@ -177,7 +175,7 @@ def main(argv=None) -> int:
                 inside = [dict(r, recv_rel_s=r["recv_s"] + off - t0) for r in recs if t0 <= r["t_s"] + off <= t0 + wall]
                 servers.append(inside)
             rows = match(client, servers)
-            agree = sum(1 for r in rows if r["outputs"] == expected_out[r["i"]])  # the match, checked
+            agree = sum(1 for r in rows if r["outputs"] == window.output_tokens[r["i"]])  # the match, checked
             base = min(r["recv_s"] - r["due_s"] for r in rows)
             for r in rows:
                 r["recv_s"] -= base
@@ -215,11 +213,11 @@ def main(argv=None) -> int:
                               ("sim_C_live_split_received", "C live split, received")):
                 print(f"  sim {name}: " + "; ".join(f"{s} {f(v)}" for s, v in entry[key].items()))
             sent = out / "traces" / f"{run['workload']}-sent.jsonl"
-            if not sent.exists() and len({r["i"] for r in rows}) == len(lines):
+            if not sent.exists() and len({r["i"] for r in rows}) == len(window):
                 by_i = {r["i"]: r["prompt"] for r in rows}
-                write_mooncake(sent, Trace("sent", np.array([x["timestamp"] / 1e3 for x in lines]),
-                                           np.array([by_i[i] for i in range(len(lines))]),
-                                           np.array([x["output_length"] for x in lines])), hash_block_tokens=None)
+                write_mooncake(sent, dataclasses.replace(window, prompt_tokens=np.array([by_i[i] for i in
+                                                                                          range(len(window))])),
+                               hash_block_tokens=None)
                 print(f"{sent}: the window with the prompts as the servers received them, e.g.\n"
                       f"  sglang-fair capacity --trace {sent} --replicas 2 --router {router} --load-poll-interval-s "
                       f"{float(run.get('router_poll_s', k)) / k:g} --device {dev.preset} --kv-capacity-tokens "

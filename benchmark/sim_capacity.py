@@ -25,7 +25,7 @@ from tqdm import tqdm
 from sglang_fair.core.presets import load_preset
 from sglang_fair.sim.burst_bound import burst_bound_scale
 from sglang_fair.sim.capacity import find_capacity, stability_bound_scale
-from sglang_fair.sim.cli import make_runner
+from sglang_fair.sim.cli import device_iteration_time, make_runner
 from sglang_fair.sim.engine import EngineConfig
 from sglang_fair.sim.plots import write_plots
 from sglang_fair.sim.routers import ROUTERS
@@ -92,10 +92,7 @@ def part_stock(out: Path, shared, policies: list[str], traces: list[str], preset
     All recorded in each row; one out directory per setting.
     Rows are appended to stock.json as each cell finishes (a cut-short sweep keeps what it measured)."""
     cost = load_preset(preset)
-    iteration_time = None
-    if device is not None:
-        from sglang_fair.emulate.device import DeviceModel, parse_device_spec
-        iteration_time = DeviceModel(parse_device_spec(device)).iteration_s
+    iteration_time = device_iteration_time(device) if device is not None else None
     path = out / "stock.json"
     rows = json.loads(path.read_text()) if path.exists() else []
     done = {(r["trace"], r["tpot_slo_ms"], r["policy"]) for r in rows}
@@ -348,6 +345,11 @@ def main() -> int:
     if args.compare:
         print(render_compare([Path(d) for d in args.compare.split(",") if d]))
         return 0
+    if args.device is not None:
+        try:
+            device_iteration_time(args.device)
+        except ValueError as exc:
+            ap.error(f"--device: {exc}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -51,7 +51,7 @@ def test_device_over_preset_prices_the_traced_batches_with_both_models(cf, tmp_p
            {"kind": "forward", "n_prefill": 20, "prefills": [[64, 0]] * 16, "n_decode": 0, "decode_ctx": 0}]
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(r) for r in fwd))
-    got = cf.device_over_preset([path], "a100-llama3-8b")
+    got = cf.device_over_preset([cf.read_trace(path)], "a100-llama3-8b")
     dev, pre = DeviceModel(parse_device_spec("a100-llama3-8b")), load_preset("a100-llama3-8b")
     assert set(got) == {"decode-only", "mixed"}  # the forward whose chunk list the trace cut is left out
     assert got["decode-only"] == pytest.approx(dev.undilated_ms([], [1000] * 8) / (pre.predict([], [1000] * 8) * 1e3))

@@ -111,11 +111,12 @@ def stability_bounds(bench, results: dict) -> None:
 def dilated_sim_spec(label: str, spec: str, k: float) -> str:
     """The simulator twin of live policy `label` on an emulated server's clock (dilation k): a plugin policy runs
     there with its `_ms` parameters x k (serve_args.dilated_policy_times), so its replay must too; stock SGLang's
-    twins (labels starting with "stock") have nothing dilated."""
+    twins (EMULATED_STOCK) have nothing dilated."""
     from ..emulate.serve_args import dilated_policy_times
     from ..sim.cli import parse_policy_spec
+    from .emulated import EMULATED_STOCK
 
-    if label.startswith("stock"):
+    if label in EMULATED_STOCK:
         return spec
     name, params = parse_policy_spec(spec)
     return spec + "".join(f"@{n}={v!r}" for n, v in dilated_policy_times(name, k, given=params).items())

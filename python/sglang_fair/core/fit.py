@@ -296,9 +296,9 @@ MIN_PREFILL_TOKEN_SHARE = 0.1
 Where prefill chunks and mixed decode rows come in the same forwards, the two terms can trade for each other: seen in
 the simulator on the emulated A100's model with the online fit (Azure conv, 200 ms TPOT, fair at rate 0.67), a refit
 set the per-token prefill cost to 0 and charged 4.4 ms to each mixed decode row; fair then planned prefill as free
-when alone and 448 of 1445 requests missed their first token (docs/results.md, "On the emulated device's model").
-The quadratic term kept `prefill_s(512)` above 0, so the fitter's other check let it through. 0.1 still lets the fit learn a
-device ten times faster per prefill token than its prior."""
+when alone and 448 of 1445 requests missed their first token (docs/results.md, "The simulator's sweep on the
+emulated device's model"). The quadratic term kept `prefill_s(512)` above 0, so the fitter's other check let it
+through. 0.1 still lets the fit learn a device ten times faster per prefill token than its prior."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,7 +182,7 @@ class FairPolicy:
                 slacks = [s + min(k, max(0, r.max_new_tokens - r.output_tokens - 1))
                           * max(0.0, r.tpot_slo_s * keep - step) for s, r in zip(slacks, running)]
             min_slack = min(slacks)
-            tpots = [r.tpot_slo_s * keep for r in running] if keep != 1.0 else [r.tpot_slo_s for r in running]
+            tpots = [r.tpot_slo_s * keep for r in running]
             tpot_min = min(tpots)
             # progress floor: one decode of the most urgent request always fits
             floor_s = cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens)

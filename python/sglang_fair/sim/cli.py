@@ -162,20 +162,25 @@ def _check_numbers(args) -> None:
         raise usage_error(args.command, "--rel-tol", f"must be a finite number > 0, got {args.rel_tol}")
 
 
+def device_iteration_time(text: str):
+    """The emulated device PRESET's iteration time (undilated: the simulator runs on the GPU's own clock);
+    ValueError says what is wrong with `text`."""
+    from ..emulate.device import DeviceModel, parse_device_spec
+    spec = parse_device_spec(text)
+    if spec.dilation != 1.0:
+        raise ValueError(f"{text}: give the preset alone (the simulator runs on the GPU's own clock; --noise-cv "
+                         f"adds jitter)")
+    return DeviceModel(spec).iteration_s
+
+
 def device_time(args):
-    """`--device`: the emulated device's iteration time (undilated: the simulator runs on the GPU's own clock), or
-    None."""
+    """`--device`: `device_iteration_time`, or None; a bad value exits with one line naming the flag."""
     if args.device is None:
         return None
-    from ..emulate.device import DeviceModel, parse_device_spec
     try:
-        spec = parse_device_spec(args.device)
+        return device_iteration_time(args.device)
     except ValueError as exc:
         raise usage_error(args.command, "--device", exc) from None
-    if spec.dilation != 1.0 or spec.jitter_cv:
-        raise usage_error(args.command, "--device", f"{args.device}: give the preset alone (the simulator runs on "
-                                                    f"the GPU's own clock; --noise-cv adds jitter)")
-    return DeviceModel(spec).iteration_s
 
 
 def _runner(command: str, flag: str, trace, spec: str, cost, engine: EngineConfig, **kwargs):

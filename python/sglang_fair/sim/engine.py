@@ -274,22 +274,12 @@ class Replica:
             self.now += self.config.idle_tick_ms / 1000.0
             return 0.0
         self._idle_steps = self._zero_steps = 0
-        t = self._duration_s(plan.decode, targets)
-        if self.headroom is not None or self.fitter is not None:
-            batch = self._batch(plan.decode, targets)
-            model = self._fitted()
-            predicted = model.predict(*batch)
+        learning = self.headroom is not None or self.fitter is not None
+        batch = self._batch(plan.decode, targets) if learning or self.iteration_time is not None else None
+        t = self.iteration_time(*batch) if self.iteration_time is not None else self._duration_s(plan.decode, targets)
         t *= self._noise_factor()
-        if self.headroom is not None or self.fitter is not None:
-            changed = False
-            if self.headroom is not None:
-                before = self.headroom.factor
-                changed = self.headroom.observe(predicted, t) != before
-            if self.fitter is not None:
-                changed = self.fitter.observe(*batch, t) is not model or changed
-            if changed:
-                f = self.headroom.factor if self.headroom is not None else 1.0
-                self._plan_cost = self._fitted().scaled(f)
+        if learning:
+            self._learn(batch, t)
         end = self.now + t
         self._run(plan.decode, targets, end)
         self.now = end
@@ -297,6 +287,21 @@ class Replica:
         self.busy_s += t
         self._recent.append(t)
         return t
+
+    def _learn(self, batch: tuple[list, list], t: float) -> None:
+        """What the live adapter does after a forward: the headroom sees true / predicted (by the planner's unscaled
+        model, before this iteration refines it), the online fit sees the true time; plans then use the fit x the
+        headroom factor."""
+        model = self._fitted()
+        changed = False
+        if self.headroom is not None:
+            before = self.headroom.factor
+            changed = self.headroom.observe(model.predict(*batch), t) != before
+        if self.fitter is not None:
+            changed = self.fitter.observe(*batch, t) is not model or changed
+        if changed:
+            f = self.headroom.factor if self.headroom is not None else 1.0
+            self._plan_cost = self._fitted().scaled(f)
 
     def _fitted(self) -> CostModel:
         """The planner's (unscaled) model: the online fit's when on, else `planning_cost`."""
@@ -309,9 +314,7 @@ class Replica:
                 [running[rid].prompt + running[rid].outputs for rid in decode])
 
     def _duration_s(self, decode, targets) -> float:
-        """The batch's time: `iteration_time` when given (e.g. the emulated device), else the cost model."""
-        if self.iteration_time is not None:
-            return self.iteration_time(*self._batch(decode, targets))
+        """The batch's time on the cost model (the device when no `iteration_time` is given)."""
         running = self.running
         c = self.cost
         t = c.base_s
