@@ -266,12 +266,17 @@ class FairPolicy:
                 alt, t_alt, _ = self._fill(snap, next(order, None), order, b_budget, cost.base_s, alt_kv, gone,
                                            floor=False, strict=True, mix_s=0.0)
                 # a step of its own must carry at least its fixed cost in prefill work (live: 19-token steps at
-                # ~45 ms base each halved prefill throughput); otherwise decode now and prefill with the slack won
-                if sum(c for _, c in alt) > sum(c for _, c in prefill) and t_alt >= 2.0 * cost.base_s:
+                # ~45 ms base each halved prefill throughput); otherwise decode now and prefill with the slack won,
+                # unless its head has been held for a TPOT already (nothing more came to share the step)
+                if sum(c for _, c in alt) > sum(c for _, c in prefill) and (
+                        t_alt >= 2.0 * cost.base_s or now - alt[0][0].arrival_s >= tpot_min):
                     return make_plan(cost, alt, [], preempt, b_budget, predicted=t_alt,
                                      note=f"fair prefill-only budget={b_budget * 1e3:.1f}ms: decodes sit out")
-            if prefill and urgent and t - cost.base_s - decode_time_s(cost, urgent) - mix_urgent < mix_urgent:
-                # the mixed penalty would cost more than the prefill it carries: decode now, prefill alone later
+            if (prefill and urgent and now - prefill[0][0].arrival_s < tpot_min
+                    and t - cost.base_s - decode_time_s(cost, urgent) - mix_urgent < mix_urgent):
+                # the mixed penalty would cost more than the prefill it carries: decode now, prefill alone later,
+                # for at most a TPOT (`tpot_min`) after the head's arrival: a prompt alone behind long decodes
+                # would otherwise wait for them to finish (no later prompt comes to make a prefill step worth it)
                 prefill, t, kv_left = [], cost.base_s + decode_time_s(cost, urgent), free - len(urgent) - n_lazy
 
         # ---- 4. non-urgent decodes by slack while time remains ---------------------------------------------------
