@@ -123,6 +123,32 @@ class TestOverlapLoop:
         metrics = requests.get(srv.url + "/metrics", timeout=30).text
         assert "sglang_fair:deferred_total" in metrics and "sglang_fair:cost_model_coefficient" in metrics
 
+    def test_a_short_prompt_alone_behind_a_long_decode_is_served_while_it_decodes(self, srv):
+        # On this CPU a decode row in a prefill forward costs ~20 ms more (the cost model's mixed term), more than an
+        # 8-token prefill; fair holds such a prompt back for a bigger step for one TPOT at most. Before, it waited
+        # for the decode to finish (measured with `serve`'s defaults: 4.3 s behind a 300-token decode). The long
+        # request's 50 ms TPOT SLO keeps it urgent every step here (its 5-TPOT gap bound is under this server's
+        # 250 ms budget cap), as a far-ahead decode is under the default 1 s cap.
+        done: dict[str, float] = {}
+
+        def long():
+            _generate(srv, [7 + i % 3000 for i in range(100)], 300, {"tpot_slo_ms": 50})
+            done["long"] = time.monotonic()
+
+        th = threading.Thread(target=long)
+        th.start()
+        try:
+            deadline = time.monotonic() + 60
+            while _fair_state(srv)["num_running_reqs"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # the long request is decoding, far ahead of its envelope
+            assert "long" not in done
+            assert len(_generate(srv, [11, 12, 13, 14, 15, 16, 17, 18], 2)["output_ids"]) == 2
+            done["short"] = time.monotonic()
+        finally:
+            th.join()
+        assert done["short"] < done["long"], done
+
     def test_aborted_requests_leave_kv_idle(self, srv):
         rng = random.Random(2)
 
