@@ -19,7 +19,9 @@ Per iteration:
 Decode rows that share a forward with prefill are charged the cost model's mixed term, so where mixing is slow
 (SGLang's CPU backend) fair runs prefill alone and lets decodes with slack sit the step out. Where the engine cannot
 mix (`Snapshot.mixing_allowed` false) every plan is prefill-only (decodes sit out, the prefill budget leaving room for
-the decode step after it) or decode-only (urgent decodes, or a prefill too small to be worth its own step).
+the decode step after it) or decode-only (urgent decodes, or a prefill too small to be worth its own step). Such a
+small prefill is held back for a bigger step only until the head of the prefill queue has waited one TPOT (the
+smallest running tpot_slo after the margin); then it runs, mixed or alone.
 
 SLO-aware admission (`admission="demote"`, beyond the paper): a waiting request whose first token
 cannot be on time even by an optimistic estimate (EDF queue ahead of it, prefilled at the share of each TPOT the running
