@@ -31,7 +31,7 @@ import numpy as np
 from sglang_fair.core.presets import load_preset
 from sglang_fair.policies import make_policy
 from sglang_fair.sim.capacity import find_capacity, late_limit
-from sglang_fair.sim.cli import device_iteration_time, parse_policy_spec
+from sglang_fair.sim.cli import device_iteration_time, make_runner
 from sglang_fair.sim.engine import EngineConfig, simulate
 from sglang_fair.sim.traces import load_trace
 
@@ -91,8 +91,7 @@ def device_curve(dev, cost) -> list[dict]:
 
 def shapes(trace, policy: str, scale: float, dev, cost, engine: EngineConfig) -> dict:
     rec = Recorder(dev)
-    name, params = parse_policy_spec(policy)
-    res = simulate(trace.scaled(scale), make_policy(name, **params), cost, engine, iteration_time=rec)
+    res = make_runner(trace, policy, cost, engine, stop_late=False, iteration_time=rec)(scale)
     a = np.array(rec.rows)
     pf = a[a[:, 0] > 0]
     summary = res.summary()

@@ -90,3 +90,15 @@ def make_trace(rows, name: str = "tiny"):
     from sglang_fair.sim.traces import Trace
     a, p, o = zip(*rows) if rows else ((), (), ())
     return Trace(name, np.asarray(a, dtype=np.float64), np.asarray(p, dtype=np.int64), np.asarray(o, dtype=np.int64))
+
+
+def load_benchmark(name: str):
+    """`benchmark/<name>.py` as a module (the benchmark scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmark" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

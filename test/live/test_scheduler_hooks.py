@@ -126,7 +126,7 @@ class TestOverlapLoop:
     def test_a_short_prompt_alone_behind_a_long_decode_is_served_while_it_decodes(self, srv):
         # On this CPU a decode row in a prefill forward costs ~20 ms more (the cost model's mixed term), more than an
         # 8-token prefill; fair holds such a prompt back for a bigger step for one TPOT at most. Before, it waited
-        # for the decode to finish (measured with `serve`'s defaults: 4.3 s behind a 300-token decode). The long
+        # for the decode to finish (`benchmark/lone_prompt.py`, `serve`'s defaults: 3.5 s behind a 300-token decode). The long
         # request's 50 ms TPOT SLO keeps it urgent every step here (its 5-TPOT gap bound is under this server's
         # 250 ms budget cap), as a far-ahead decode is under the default 1 s cap.
         done: dict[str, float] = {}

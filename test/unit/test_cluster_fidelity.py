@@ -3,21 +3,14 @@ records) and the device-over-preset ratio it reports."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import orjson
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmark" / "cluster_fidelity.py"
+from factories import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def cf():
-    spec = importlib.util.spec_from_file_location("cluster_fidelity", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("cluster_fidelity")
 
 
 def rec(prompt, recv, ttft=0.5, out=10):

@@ -3,27 +3,20 @@ records."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-from factories import make_snapshot, make_trace
+from factories import load_benchmark, make_snapshot, make_trace
 
 from sglang_fair.core.presets import load_preset
 from sglang_fair.core.types import Plan
 from sglang_fair.policies import make_policy
 from sglang_fair.sim.engine import EngineConfig, simulate
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmark" / "device_shapes.py"
 A100 = load_preset("a100-llama3-8b")
 
 
 @pytest.fixture(scope="module")
 def ds():
-    spec = importlib.util.spec_from_file_location("device_shapes", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("device_shapes")
 
 
 class Fixed:

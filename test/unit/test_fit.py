@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import load_benchmark
 
 from sglang_fair.core.cost_model import FEATURES, CostModel
 from sglang_fair.core.fit import (FitOptions, OnlineCostFitter, OnlineFitConfig, fit_cost_model, load_model_json,
@@ -287,10 +287,7 @@ def test_save_without_report(tmp_path):
 
 # ---- the shipped presets are what benchmark/fit_profiles.py produces from the profiles -----------------------------
 def test_shipped_presets_match_the_fit_script(capsys):
-    script = Path(__file__).resolve().parents[2] / "benchmark" / "fit_profiles.py"
-    spec = importlib.util.spec_from_file_location("fit_profiles", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("fit_profiles")
     assert mod.main(["--json"]) == 0  # the profiles shipped in the package
     docs = json.loads(capsys.readouterr().out)
     for name, doc in docs.items():
