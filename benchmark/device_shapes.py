@@ -15,6 +15,8 @@ batch's tokens, while every planner's cost model is (core/cost_model.py). This s
     python benchmark/device_shapes.py --out out/device_shapes                    # parts 1-2, about 4 minutes
     python benchmark/device_shapes.py --out out/device_shapes --caps 512,1024   # + part 3, about 40 minutes
     python benchmark/device_shapes.py --out out/device_shapes_1024 --caps 1024 --no-shapes   # part 3 alone
+    python benchmark/device_shapes.py --out out/device_curve --no-shapes --sizes 256,320,384,448,480,512,544,576
+                                                                                 # part 1 alone, at other sizes
 
 Prints markdown tables and writes device_shapes.json to --out.
 """
@@ -84,9 +86,9 @@ class Recorder:
         return s
 
 
-def device_curve(dev, cost) -> list[dict]:
+def device_curve(dev, cost, sizes=SIZES) -> list[dict]:
     return [{"tokens": n, "device_ms": dev([(n, 0)]) * 1e3, "preset_ms": cost.predict([(n, 0)]) * 1e3}
-            for n in SIZES]
+            for n in sizes]
 
 
 def shapes(trace, policy: str, scale: float, dev, cost, engine: EngineConfig) -> dict:
@@ -120,13 +122,22 @@ def main() -> int:
     ap.add_argument("--device", default=PRESET)
     ap.add_argument("--caps", default="", help="comma-separated prompt-token caps for part 3 (empty: skip it)")
     ap.add_argument("--no-shapes", action="store_true", help="skip part 2")
+    ap.add_argument("--sizes", default="", help="comma-separated batch sizes for part 1 (default: %s)"
+                    % ",".join(map(str, SIZES)))
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cost = load_preset(PRESET)
     dev = device_iteration_time(args.device)
     engine = EngineConfig(online_fit=True)
-    result = {"device": args.device, "preset": PRESET, "online_fit": True, "curve": device_curve(dev, cost)}
+    try:
+        sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else SIZES
+    except ValueError:
+        raise SystemExit(f"device_shapes.py: --sizes takes comma-separated token counts, got {args.sizes!r}")
+    if any(n < 1 for n in sizes):
+        raise SystemExit(f"device_shapes.py: --sizes must be >= 1, got {args.sizes!r}")
+    result = {"device": args.device, "preset": PRESET, "online_fit": True,
+              "curve": device_curve(dev, cost, sizes)}
 
     print(f"Prefill-only batch of N prompt tokens (no prefix): device {args.device} vs planner preset {PRESET}\n")
     print("| tokens | device ms | preset ms | device / preset | device ms per token |")

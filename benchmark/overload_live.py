@@ -11,7 +11,8 @@ Figures are EMULATED.
 runs the named configurations (comma-separated; default: admission-off,default). `recover-off` is the default with
 `recover_tpot=false` (the budget before the twelfth session: a decode behind its envelope stays behind); `gap-old` the
 default with `gap_caps_budget=false` (the token-gap guard before the thirteenth session: a gap could pass
-`max_token_gap_tpot` x TPOT by one whole budget).
+`max_token_gap_tpot` x TPOT by one whole budget); `aged-first` the default with `aged_share=1` (before the seventeenth
+session: a request aged past `demote_max_wait_ttft` went first with the whole iteration).
 
 One server at a time (the machine's rule: each config's server is stopped before the next starts).
 """
@@ -35,7 +36,8 @@ from sglang_fair.live.server import exit_on_sigterm, sglang_server
 
 CONFIGS = {
     "admission-off": ("fair, admission off", ["--fair-param", "admission=off"]),
-    "default": ("fair (default: demote-longest k=5, recover_tpot)", []),
+    "default": ("fair (default: demote-longest k=5, aged lane 0.1, recover_tpot)", []),
+    "aged-first": ("fair, aged first (aged_share=1)", ["--fair-param", "aged_share=1"]),
     "recover-off": ("fair, recover_tpot off", ["--fair-param", "recover_tpot=false"]),
     "gap-old": ("fair, gap_caps_budget off", ["--fair-param", "gap_caps_budget=false"]),
 }

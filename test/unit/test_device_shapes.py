@@ -54,3 +54,12 @@ def test_shapes_reports_the_batches_it_ran(ds):
     assert s["prefill_tokens_p90"] <= 512 and s["prefill_batches"] >= 40 * 700 // 512
     assert s["attainment"] == pytest.approx(1.0) and s["demoted"] == 0
     assert s["ms_per_prompt_token"] > 1e3 * A100.per_prefill_token_s  # the fixed cost and decode rows ride on them
+
+
+def test_the_device_curve_is_priced_at_the_sizes_asked_for(ds):
+    dev = ds.device_iteration_time("a100-llama3-8b")
+    rows = ds.device_curve(dev, A100, (480, 512))
+    assert [r["tokens"] for r in rows] == [480, 512]
+    for r in rows:
+        assert r["device_ms"] == pytest.approx(dev([(r["tokens"], 0)]) * 1e3)
+        assert r["preset_ms"] == pytest.approx(A100.predict([(r["tokens"], 0)]) * 1e3)

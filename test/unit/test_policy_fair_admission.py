@@ -121,7 +121,10 @@ def test_a_request_waiting_past_the_age_bound_is_no_longer_demoted():
     on_time, demoted = hopeless_split(snap, aged_after_ttft=5.0)
     assert [r.rid for r in on_time] == ["old", "new"] and demoted == []  # past 5 x TTFT: EDF again, first
     plan = make_policy("fair", admission="demote", demote_max_wait_ttft=5.0).plan(snap)
-    assert plan.demoted == () and plan.prefill[0][0] == "old"
+    # not demoted: in the aged lane, served in the same step after the on-time "new" (test_policy_fair_aged_share.py)
+    assert plan.demoted == () and [rid for rid, _ in plan.prefill] == ["new", "old"]
+    plan = make_policy("fair", admission="demote", demote_max_wait_ttft=5.0, aged_share=1.0).plan(snap)
+    assert plan.demoted == () and plan.prefill[0][0] == "old"  # aged first, as before the seventeenth session
     assert make_policy("fair", admission="demote", demote_max_wait_ttft=7.0).plan(snap).demoted == ("old",)
 
 

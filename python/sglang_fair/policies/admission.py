@@ -99,23 +99,29 @@ def prefill_s(cost, r: ReqView) -> float:
 
 
 def policy_arrival_verdict(params, snap: Snapshot, new: ReqView) -> tuple[bool, float]:
-    """`arrival_verdict` judged as the policy with `params` (its `admission` and `demote_max_wait_ttft`, when it has
-    them) judges its queue."""
+    """`arrival_verdict` judged as the policy with `params` (its `admission`, `demote_max_wait_ttft` and
+    `aged_share`, when it has them) judges its queue."""
     mode = getattr(params, "admission", "off")
     return arrival_verdict(snap, new, demoting=mode != "off", longest=mode == "demote-longest",
-                           aged_after_ttft=getattr(params, "demote_max_wait_ttft", math.inf))
+                           aged_after_ttft=getattr(params, "demote_max_wait_ttft", math.inf),
+                           aged_share=getattr(params, "aged_share", 1.0))
 
 
 def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False, longest: bool = False,
-                    aged_after_ttft: float = math.inf) -> tuple[bool, float]:
+                    aged_after_ttft: float = math.inf, aged_share: float = 1.0) -> tuple[bool, float]:
     """(would `new` miss its TTFT SLO, queued with the snapshot's work; seconds of prefill ahead of it at the share
     the decodes leave, a Retry-After hint), by `hopeless_split`'s optimistic estimate. Ahead of it: the partial
     prefills and the waiting requests before it in EDF order; with `demoting` (the policy serves hopeless requests
     after on-time work, `fair`'s admission="demote" or "demote-longest") only those `hopeless_split` keeps on time
-    (`longest` and `aged_after_ttft` as there; every queued request judged)."""
+    (`longest` and `aged_after_ttft` as there; every queued request judged; with `aged_share` < 1 as `admission_lanes`
+    judges, the aged lane's prefill counted ahead)."""
     if demoting:
-        on_time, demoted = hopeless_split(dataclasses.replace(snap, waiting=(*snap.waiting, new)), longest=longest,
-                                          aged_after_ttft=aged_after_ttft)
+        queued = dataclasses.replace(snap, waiting=(*snap.waiting, new))
+        if aged_share < 1.0 and aged_after_ttft < math.inf:
+            on_time, unjudged, demoted, lane = admission_lanes(queued, longest, aged_after_ttft, 0, None, aged_share)
+            on_time = [*on_time, *unjudged, *(r for r, w in lane if w)]
+        else:
+            on_time, demoted = hopeless_split(queued, longest=longest, aged_after_ttft=aged_after_ttft)
         late = any(r.rid == new.rid for r in demoted)
         ahead = (*snap.prefilling, *(r for r in on_time if r.rid != new.rid))
         return late, sum(prefill_s(snap.cost, r) for r in ahead) / prefill_share(snap)
@@ -153,15 +159,48 @@ def hopeless_split(snap: Snapshot, longest: bool = False, aged_after_ttft: float
     return (on_time + list(unjudged) if unjudged else on_time), demoted
 
 
+def admission_lanes(snap: Snapshot, longest: bool, aged_after_ttft: float, window: int, share: float | None,
+                    aged_share: float) -> tuple[list[ReqView], Sequence[ReqView], list[ReqView], list]:
+    """`admission_split` for `fair`'s `aged_share` < 1: the aged requests (the oldest waiting ones, while they have
+    waited more than `aged_after_ttft` of their TTFT SLOs, and the partial prefills that have) leave the walk for a
+    lane of their own, which the plan gives `aged_share` of each iteration's prefill time. The walk then judges the
+    others knowing that: on-time work W (seconds of prefill) is done by min(W / (1 - aged_share), W + A), A the aged
+    requests' prefill seconds (the on-time requests get 1 - aged_share of the time until the aged are done, all of it
+    after). Returns (on time, not judged, demoted, as admission_split; the aged lane as (request, is_waiting) in EDF
+    order)."""
+    now = snap.now
+    lane = [(r, False) for r in snap.prefilling if now - r.arrival_s > aged_after_ttft * r.ttft_slo_s]
+    n = 0
+    for r in snap.waiting:  # arrival order
+        if not now - r.arrival_s > aged_after_ttft * r.ttft_slo_s:
+            break
+        lane.append((r, True))
+        n += 1
+    if not lane:
+        return (*admission_split(snap, longest, math.inf, window, share), [])
+    if share is None:
+        share = prefill_share(snap)
+    rest = snap
+    if n or len(lane) > n:
+        gone = frozenset([r.rid for r, w in lane if not w])
+        rest = dataclasses.replace(snap, waiting=snap.waiting[n:],
+                                   prefilling=tuple([r for r in snap.prefilling if r.rid not in gone]))
+    aged_s = sum([prefill_s(snap.cost, r) for r, _ in lane])
+    lane.sort(key=lambda item: edf_key(item[0]))
+    return (*admission_split(rest, longest, math.inf, window, share, (aged_s, aged_share)), lane)
+
+
 def admission_split(snap: Snapshot, longest: bool = False, aged_after_ttft: float = math.inf, window: int = 0,
-                    share: float | None = None) -> tuple[list[ReqView], Sequence[ReqView], list[ReqView]]:
+                    share: float | None = None,
+                    aged: tuple[float, float] = (0.0, 1.0)) -> tuple[list[ReqView], Sequence[ReqView], list[ReqView]]:
     """`hopeless_split` with the on-time part in two: (judged on time, in EDF order; not judged (beyond the window),
-    in arrival order; demoted, in EDF order). `share`: `prefill_share(snap)`, when the caller has it."""
+    in arrival order; demoted, in EDF order). `share`: `prefill_share(snap)`, when the caller has it. `aged`: (prefill
+    seconds of an aged lane outside the walk, its share of the time), from `admission_lanes`."""
     waiting = snap.waiting
     if share is None:
         share = prefill_share(snap)
     if window <= 0 or len(waiting) <= window:
-        on_time, demoted = _split(snap, share, waiting, longest, aged_after_ttft)
+        on_time, demoted = _split(snap, share, waiting, longest, aged_after_ttft, aged)
         return on_time, (), demoted
     now = snap.now
     past: list[ReqView] = []  # deadline passed, not aged: late whatever is ahead, so demoted
@@ -173,7 +212,7 @@ def admission_split(snap: Snapshot, longest: bool = False, aged_after_ttft: floa
         (judged if now - r.arrival_s > aged_after_ttft * r.ttft_slo_s else past).append(r)
         s += 1
     judged += waiting[s:s + window]
-    on_time, demoted = _split(snap, share, judged, longest, aged_after_ttft)
+    on_time, demoted = _split(snap, share, judged, longest, aged_after_ttft, aged)
     if past:  # in EDF order (arrival order when they share one TTFT SLO), then before the judged demoted ones
         if len({r.ttft_slo_s for r in past}) > 1:
             past.sort(key=edf_key)
@@ -182,9 +221,10 @@ def admission_split(snap: Snapshot, longest: bool = False, aged_after_ttft: floa
     return on_time, waiting[s + window:], demoted
 
 
-def _split(snap: Snapshot, share: float, waiting, longest: bool,
-           aged_after_ttft: float) -> tuple[list[ReqView], list[ReqView]]:
-    """`hopeless_split` over the whole of `waiting` (every request judged) at prefill share `share`."""
+def _split(snap: Snapshot, share: float, waiting, longest: bool, aged_after_ttft: float,
+           aged: tuple[float, float] = (0.0, 1.0)) -> tuple[list[ReqView], list[ReqView]]:
+    """`hopeless_split` over the whole of `waiting` (every request judged) at prefill share `share` (`aged`: as in
+    admission_split)."""
     if not waiting:
         return [], []
     now = snap.now
@@ -200,8 +240,13 @@ def _split(snap: Snapshot, share: float, waiting, longest: bool,
     # (-prefill seconds, -index in on_time): the longest kept request on top, the latest of equally long ones
     kept: list[tuple[float, int]] = []
     ahead = 0.0
+    aged_s, aged_share = aged
+    slow = 1.0 / (1.0 - aged_share) if aged_s else 1.0
     for i, (t, limit, is_waiting, p) in enumerate(zip(secs, limits, from_queue, poppable)):
-        if not now + (ahead + t) / share > limit:  # on time
+        w = ahead + t
+        if aged_s:  # on-time work runs at 1 - aged_share of the time until the aged lane is done
+            w = min(w * slow, w + aged_s)
+        if not now + w / share > limit:  # on time
             ahead += t
             if p:
                 heappush(kept, (-t, -len(on_time)))

@@ -28,7 +28,9 @@ cannot be on time even by an optimistic estimate (EDF queue ahead of it, prefill
 decodes leave, no per-iteration cost) is demoted to best effort: it goes after every on-time prefill and is listed in
 `Plan.demoted` (the simulator counts it as an SLO miss). Stateless: a request is re-judged every step.
 `admission="demote-longest"` (the default, with `demote_max_wait_ttft=5`) demotes the longest kept prompt instead
-(Moore-Hodgson: fewest late requests); `admission="off"` serves every request EDF, as the paper does.
+(Moore-Hodgson: fewest late requests); `admission="off"` serves every request EDF, as the paper does. A request that
+has waited `demote_max_wait_ttft` TTFT SLOs is no longer demoted: it joins the aged lane, which gets `aged_share` (0.1)
+of each iteration's prefill time ahead of on-time work.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from itertools import chain
 from ..core.checks import check_int_at_least, check_ratio
 from ..core.kv import DEFAULT_OUTPUT_RESERVE_RATIO
 from ..core.types import Plan, ReqView, Snapshot
-from .admission import admission_split, prefill_share
+from .admission import admission_lanes, admission_split, prefill_share
 from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf,
                      make_plan, merge_edf, outstanding_reserve_tokens, output_reserve_tokens, preempt_until)
 from .registry import register_policy
@@ -103,6 +105,16 @@ class FairParams:
     demoted; it is served in EDF order (first, its deadline being long past). Bounds how long demotion postpones a
     request under sustained overload, where a demoted request otherwise waits for the overload to end (math.inf: no
     bound; docs/results.md)."""
+    aged_share: float = 0.1
+    """With admission on and a finite `demote_max_wait_ttft`: the share of each iteration's prefill time that the
+    aged requests (waited more than `demote_max_wait_ttft` TTFT SLOs, partial prefills among them) get, oldest first,
+    while on-time prefill waits; the on-time requests keep the rest, and any time they leave goes to the aged and then
+    to the demoted. So an aged request makes progress every iteration (at least this share of the prefill time when
+    it heads the aged) without making on-time requests late; the admission walk judges on-time work knowing it.
+    1: aged requests go first with the whole iteration, EDF (their deadline is long past; the default before the
+    seventeenth session, which under sustained overload made on-time requests late in turn); 0: they wait behind
+    every on-time request, as with no ageing bound. 0.1 raised simulated 90%-attainment capacity in all 24 cells
+    measured and changed no tail capacity (docs/results.md, "Aged requests in a lane of their own")."""
     tpot_margin: float = 0.02
     """Fraction of each request's TPOT SLO the envelope holds back: decode deadlines (and the budget, urgency,
     recovery and gap guard built on them) use tpot_slo x (1 - tpot_margin). The envelope spends a decode's slack
@@ -141,6 +153,9 @@ class FairParams:
         w = self.demote_max_wait_ttft
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
             raise ValueError(f"demote_max_wait_ttft must be > 0 (math.inf: no bound), got {w!r}")
+        s = self.aged_share
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= 1.0:
+            raise ValueError(f"aged_share must be in [0, 1], got {s!r}")
         if self.admission not in ("off", "demote", "demote-longest"):
             raise ValueError(f"admission must be 'off', 'demote' or 'demote-longest', got {self.admission!r}")
 
@@ -156,23 +171,40 @@ class FairPolicy:
         if self.params.admission != "off" and snap.waiting:
             p = self.params
             dec_s = decode_time_s(snap.cost, snap.running)  # one decode step of every running request, shared
-            on_time, unjudged, demoted = admission_split(snap, p.admission == "demote-longest", p.demote_max_wait_ttft,
-                                                         p.admission_window_reqs, prefill_share(snap, dec_s))
-            if demoted:  # the judged on-time requests (EDF), then those beyond the judging window, then the demoted
-                plan = self._plan(snap, unjudged, demoted, on_time, dec_s) if unjudged else \
-                    self._plan(snap, on_time, demoted, (), dec_s)
+            share, longest = prefill_share(snap, dec_s), p.admission == "demote-longest"
+            aged = None
+            if p.aged_share < 1.0 and p.demote_max_wait_ttft < math.inf:  # the aged get a lane of their own
+                on_time, unjudged, demoted, aged = admission_lanes(snap, longest, p.demote_max_wait_ttft,
+                                                                   p.admission_window_reqs, share, p.aged_share)
+                aged = aged or None
+            else:
+                on_time, unjudged, demoted = admission_split(snap, longest, p.demote_max_wait_ttft,
+                                                             p.admission_window_reqs, share)
+            if demoted or aged:  # the judged on-time requests (EDF), then those beyond the judging window, then the demoted
+                plan = self._plan(snap, unjudged, demoted, on_time, dec_s, aged) if unjudged else \
+                    self._plan(snap, on_time, demoted, (), dec_s, aged)
                 return replace(plan, demoted=tuple([r.rid for r in demoted]))
         return self._plan(snap, snap.waiting, ())
 
-    def _plan(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None) -> Plan:
+    def _plan(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
+              aged: list | None = None) -> Plan:
         """The FairBatching plan with `edf_head` served first (in its order, already EDF), then `waiting` EDF and then
-        `demoted` (in its order). `decode_all_s`: `decode_time_s` of every running request, when known."""
+        `demoted` (in its order). `decode_all_s`: `decode_time_s` of every running request, when known. `aged`: the
+        aged lane (admission.admission_lanes), which then gets `aged_share` of the prefill time ahead of on-time work, the demoted
+        after it."""
         p = self.params
         now, cost, running = snap.now, snap.cost, snap.running
         if not running and not snap.prefilling and not snap.waiting:
             return Plan(budget_s=p.min_budget_ms / 1000.0, note="fair idle")
         lo, hi = p.min_budget_ms / 1000.0, p.max_budget_ms / 1000.0
         head = prefills = None
+        lane, prefilling = None, snap.prefilling
+        if aged:  # the aged lane, then the demoted, share the time on-time prefill leaves them
+            lane = aged + [(r, True) for r in demoted] if demoted else aged
+            demoted = ()
+            in_lane = frozenset([r.rid for r, w in aged if not w])
+            if in_lane:
+                prefilling = tuple([r for r in prefilling if r.rid not in in_lane])
 
         # ---- 1. budget and urgency ----------------------------------------------------------------------------------
         if running:
@@ -217,11 +249,11 @@ class FairPolicy:
                 urgent = [running[i]]
         else:
             slacks, urgent_mask, urgent = [], [], []
-            prefills = merge_edf(snap.prefilling, self._waiting_order(edf_head, waiting, p.prefill_window_reqs))
+            prefills = merge_edf(prefilling, self._waiting_order(edf_head, waiting, p.prefill_window_reqs))
             if demoted:
                 prefills = chain(prefills, [(r, True) for r in demoted])
             head = next(prefills, None)  # (request, is_waiting) with the earliest TTFT deadline
-            h = head[0]
+            h = (head if head is not None else lane[0])[0]
             # No running decode has an envelope to protect: spend the whole cap on prefill (bigger chunks are
             # cheaper per token). Sizing by the head's TTFT slack starved late prompts into minimum chunks.
             budget = hi
@@ -245,7 +277,7 @@ class FairPolicy:
         kv_left = free - len(urgent) - n_lazy  # one token kept per non-urgent decode, so deferring never forces preemption
         if prefills is None and kv_left > 0 and budget > t:
             prefills = self._prefill_order(snap, cost.max_chunk(budget - t), kv_left, waiting, demoted,
-                                           edf_head)
+                                           edf_head, prefilling)
             head = next(prefills, None)
 
         # ---- 3. prefills, earliest deadline first ----------------------------------------------------------------
@@ -254,7 +286,7 @@ class FairPolicy:
         no_mix = not snap.mixing_allowed
         mix_urgent = math.inf if no_mix and urgent else cost.mixed_s(len(urgent))
         prefill, t, kv_left = self._fill(snap, head, prefills, budget, t, kv_left, gone, floor=not running,
-                                         strict=bool(urgent), mix_s=mix_urgent)
+                                         strict=bool(urgent), mix_s=mix_urgent, lane=lane)
 
         # ---- 3b. where mixing is slow: prefill alone while every decode sits the step out, or decodes alone ----------
         if (running and not preempt and (cost.per_mixed_decode_req_s > 0 or no_mix)
@@ -264,9 +296,9 @@ class FairPolicy:
             alt_kv = free - len(running)
             if b_budget > 2.0 * cost.base_s and alt_kv > 0:
                 order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv, waiting, demoted,
-                                           edf_head)
+                                           edf_head, prefilling)
                 alt, t_alt, _ = self._fill(snap, next(order, None), order, b_budget, cost.base_s, alt_kv, gone,
-                                           floor=False, strict=True, mix_s=0.0)
+                                           floor=False, strict=True, mix_s=0.0, lane=lane)
                 # a step of its own must carry at least its fixed cost in prefill work (live: 19-token steps at
                 # ~45 ms base each halved prefill throughput); otherwise decode now and prefill with the slack won,
                 # unless its head has been held for a TPOT already (nothing more came to share the step)
@@ -311,7 +343,8 @@ class FairPolicy:
     def _waiting_order(edf_head, waiting, window: int):
         return chain(edf_head, lazy_edf(waiting, window)) if edf_head else lazy_edf(waiting, window)
 
-    def _prefill_order(self, snap: Snapshot, fit_tokens: int, kv_left: int, waiting, demoted=(), edf_head=()):
+    def _prefill_order(self, snap: Snapshot, fit_tokens: int, kv_left: int, waiting, demoted=(), edf_head=(),
+                       prefilling=None):
         """Partial prefills and waiting requests, earliest TTFT deadline first: EDF only among as many of the oldest
         waiting requests as could still start this iteration (counted at `min_prefill_chunk_tokens` each, so prompts
         shorter than that can start beyond the window, in arrival order); demoted requests after all of them."""
@@ -319,23 +352,36 @@ class FairPolicy:
         window = 1 + min(kv_left, fit_tokens) // p.min_prefill_chunk_tokens
         if p.prefill_window_reqs:
             window = min(window, p.prefill_window_reqs)
-        order = merge_edf(snap.prefilling, self._waiting_order(edf_head, waiting, window))
+        order = merge_edf(snap.prefilling if prefilling is None else prefilling,
+                          self._waiting_order(edf_head, waiting, window))
         return chain(order, [(r, True) for r in demoted]) if demoted else order
 
     def _fill(self, snap: Snapshot, item, prefills, budget: float, t: float, kv_left: int, gone: frozenset, *,
-              floor: bool, strict: bool, mix_s: float) -> tuple[list, float, int]:
+              floor: bool, strict: bool, mix_s: float, lane: list | None = None) -> tuple[list, float, int]:
         """Prefill chunks EDF while time and KV remain (step 3). `floor`: the first chunk gets at least
         min_prefill_chunk_tokens (an otherwise idle engine); `strict`: not even the first chunk may be shorter than
-        that (unless it finishes the prompt); `mix_s`: extra time charged when the first prefill joins decodes."""
+        that (unless it finishes the prompt); `mix_s`: extra time charged when the first prefill joins decodes.
+        `lane` (the aged lane, `aged_share`): `prefills` may use only 1 - aged_share of the prefill time; when its
+        time is spent, or it has nothing left, the lane's requests fill the rest of the budget in order."""
         p, cost = self.params, snap.cost
         prefill: list[tuple[ReqView, int]] = []
         ratio = p.kv_reserve_output_ratio
         reserve = None
-        while item is not None:
+        limit = budget if lane is None else t + (1.0 - p.aged_share) * (budget - t)
+        while True:
+            if item is None:  # this order is done (or out of its time): the lane, if any, goes on to the budget
+                if lane is None:
+                    break
+                prefills, lane, limit = iter(lane), None, budget
+                item = next(prefills, None)
+                continue
             r, is_new = item
-            rem_t = budget - t - (mix_s if not prefill else 0.0)
-            if rem_t <= 0 or kv_left <= 0:
+            rem_t = limit - t - (mix_s if not prefill else 0.0)
+            if kv_left <= 0:
                 break
+            if rem_t <= 0:
+                item = None
+                continue
             if r.rid in gone:
                 item = next(prefills, None)
                 continue
@@ -349,7 +395,8 @@ class FairPolicy:
             if floor and not prefill:  # the floor put in the budget for this chunk; absorbs float rounding
                 c = max(c, min(remaining, kv_left, p.min_prefill_chunk_tokens))
             if c <= 0 or (c < remaining and c < p.min_prefill_chunk_tokens and (prefill or strict)):
-                break
+                item = None  # out of time (kv_left > 0 here unless c is 0 for want of KV: the next pass stops)
+                continue
             if not prefill:
                 t += mix_s
             prefill.append((r, c))
@@ -359,9 +406,7 @@ class FairPolicy:
                 reserve += remaining - c + output_reserve_tokens(r, ratio)
             elif reserve is not None:
                 reserve -= c
-            if c < remaining:
-                break
-            item = next(prefills, None)
+            item = None if c < remaining else next(prefills, None)
         return prefill, t, kv_left
 
     @staticmethod

@@ -1,0 +1,110 @@
+"""fair's `aged_share`: requests that have waited more than `demote_max_wait_ttft` TTFT SLOs get a lane of their own
+with that share of each iteration's prefill time (0.1 by default), instead of going first with all of it (1, the
+default before the seventeenth session) or waiting behind every on-time request (0, as with no ageing bound). The admission walk judges on-time work knowing the lane takes
+its share."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from factories import COST, make_req, make_snapshot, make_trace
+
+from sglang_fair.core.metrics import ttft_s
+from sglang_fair.policies import make_policy
+from sglang_fair.policies.admission import admission_lanes, policy_arrival_verdict
+from sglang_fair.policies.fair import FairParams
+from sglang_fair.sim.engine import EngineConfig, simulate
+
+NOW = 10.0
+STEP_S = 1.0 - COST.base_s  # no decode running: the whole 1 s budget cap less the fixed cost goes to prefill
+TOKENS = round(STEP_S / COST.per_prefill_token_s)  # 9950
+
+
+def old(prefilled: int = 0):
+    """Waited 10 s for a 1 s TTFT SLO: aged (the default bound is 5 SLOs)."""
+    return make_req("old", arrival_s=0.0, prompt_tokens=5000, prefilled_tokens=prefilled)
+
+
+def fresh(prompt_tokens: int = 20000, ttft_slo_s: float = 5.0):
+    return make_req("new", arrival_s=9.9, prompt_tokens=prompt_tokens, ttft_slo_s=ttft_slo_s)
+
+
+def close(prefill, expected) -> bool:
+    """The same chunks in the same order, each within a token (the budget's float rounding)."""
+    return [rid for rid, _ in prefill] == [rid for rid, _ in expected] and all(
+        abs(n - m) <= 1 for (_, n), (_, m) in zip(prefill, expected))
+
+
+def plan_of(share: float, snap):
+    return make_policy("fair", aged_share=share).plan(snap)
+
+
+def test_the_aged_lane_gets_its_share_and_on_time_work_the_rest():
+    snap = make_snapshot(now=NOW, waiting=[old(), fresh()])
+    plan = plan_of(0.25, snap)
+    (first, n_new), (second, n_old) = plan.prefill
+    assert (first, second) == ("new", "old")
+    assert n_new == math.floor(0.75 * STEP_S / COST.per_prefill_token_s)  # 7462: on time gets 3/4 of the step
+    assert TOKENS - 1 <= n_new + n_old <= TOKENS  # and the lane the rest (each chunk rounded down)
+    # aged first (the default before the seventeenth session): all it needs, EDF (its deadline is long past)
+    assert close(plan_of(1.0, snap).prefill, [("old", 5000), ("new", TOKENS - 5000)])
+    # no share: it waits behind on-time work, as with no ageing bound
+    assert close(plan_of(0.0, snap).prefill, [("new", TOKENS)])
+    assert close(make_policy("fair", demote_max_wait_ttft=math.inf).plan(snap).prefill, [("new", TOKENS)])
+
+
+def test_an_aged_partial_prefill_rides_in_the_lane():
+    snap = make_snapshot(now=NOW, prefilling=[old(prefilled=1000)], waiting=[fresh()])
+    plan = plan_of(0.25, snap)
+    assert [rid for rid, _ in plan.prefill] == ["new", "old"]
+    assert TOKENS - 1 <= plan.prefill_tokens <= TOKENS
+    assert plan_of(1.0, snap).prefill[0] == ("old", 4000)  # aged first (share 1): a partial prefill goes first
+
+
+def test_the_lane_takes_the_whole_step_when_nothing_on_time_waits():
+    snap = make_snapshot(now=NOW, waiting=[make_req("old", arrival_s=0.0, prompt_tokens=20000)])
+    assert close(plan_of(0.25, snap).prefill, [("old", TOKENS)])
+
+
+def test_on_time_work_gives_way_to_the_lane_only_for_its_share():
+    # the lane holds 0.5 s of prefill; "new" needs 0.6 s by 0.9 s from now. Aged work first (share 1) makes it
+    # late (0.5 + 0.6 s); with a quarter share it is done in 0.6 / 0.75 = 0.8 s; with half, min(1.2, 1.1) s: late
+    snap = make_snapshot(now=NOW, waiting=[old(), fresh(prompt_tokens=6000, ttft_slo_s=1.0)])
+    for share, late in ((0.25, False), (0.5, True)):
+        on_time, unjudged, demoted, lane = admission_lanes(snap, True, 5.0, 64, None, share)
+        assert [r.rid for r, _ in lane] == ["old"]
+        assert ([r.rid for r in demoted] == ["new"]) is late and ([r.rid for r in on_time] == ["new"]) is not late
+        assert plan_of(share, snap).demoted == (("new",) if late else ())
+    assert make_policy("fair", aged_share=1.0).plan(snap).demoted == ("new",)
+    assert make_policy("fair").plan(snap).demoted == ()  # the default share, 0.1
+    # the arrival verdict (`--fair-admission reject`) judges the same way
+    queued = make_snapshot(now=NOW, waiting=[old()])
+    new = fresh(prompt_tokens=6000, ttft_slo_s=1.0)
+    assert policy_arrival_verdict(FairParams(aged_share=0.25), queued, new)[0] is False
+    assert policy_arrival_verdict(FairParams(aged_share=0.5), queued, new)[0] is True
+    assert policy_arrival_verdict(FairParams(aged_share=1.0), queued, new)[0] is True
+    assert policy_arrival_verdict(FairParams(), queued, new)[0] is False
+
+
+def test_closed_loop_under_sustained_overload():
+    # 34 s of prompts of 200-1800 tokens every 85 ms (about 1.2x what the device prefills), TTFT SLO 2 s
+    rng = np.random.default_rng(0)
+    trace = make_trace([(0.085 * i, int(p), 2) for i, p in enumerate(rng.integers(200, 1800, 400))])
+    runs = {share: simulate(trace, make_policy("fair", aged_share=share), COST, EngineConfig(ttft_slo_ms=2000.0))
+            for share in (0.0, FairParams().aged_share, 1.0)}
+    assert all(r.finished for res in runs.values() for r in res.records)  # nobody lost
+    ttfts = {share: [ttft_s(r) for r in res.records] for share, res in runs.items()}
+    on_time = {share: sum(t <= 2.0 for t in v) for share, v in ttfts.items()}
+    # aged first (share 1) lets the aged requests make on-time ones late (136 on time); the default lane keeps 177
+    assert on_time[0.1] > on_time[1.0] + 20
+    # while an aged request still progresses every step: the longest wait is shorter (23 s) than with no share at
+    # all (28 s), where it waits for the overload to end
+    assert max(ttfts[0.1]) < 0.9 * max(ttfts[0.0])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "half", math.nan])
+def test_aged_share_must_be_a_fraction(bad):
+    with pytest.raises(ValueError, match="aged_share"):
+        FairParams(aged_share=bad)
