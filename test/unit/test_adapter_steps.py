@@ -183,6 +183,22 @@ def test_demoted_requests_are_counted_in_the_status_once_each():
     assert adapter(Sched(waiting=[Req("w", recv=time.perf_counter())]), admission="off").status()["demoted_now"] == 0
 
 
+def test_aged_requests_are_reported_in_the_status_and_the_plan_record():
+    """A request waiting past fair's ageing bound (5 x its 2 s TTFT SLO) is not demoted: it rides in the aged lane, and
+    the status (`aged_now`, a gauge) and the plan record show how many do."""
+    now = time.perf_counter()
+    sched = Sched(waiting=[Req("old", prompt=60, recv=now - 11.0), Req("fresh", prompt=60, recv=now)])
+    ad = adapter(sched, min_budget_ms=5.0)
+    ad.form_prefill(fake_original([]), sched, sched.running_batch)
+    st = ad.status()
+    assert st["aged_now"] == 1 and st["demoted_now"] == 0
+    assert ad.recent_plans[-1]["aged"] == 1
+    sched2 = Sched(waiting=[Req("old", prompt=60, recv=now - 11.0), Req("fresh", prompt=60, recv=now)])
+    ad2 = adapter(sched2, min_budget_ms=5.0, aged_share=1.0)  # aged first: no lane
+    ad2.form_prefill(fake_original([]), sched2, sched2.running_batch)
+    assert ad2.status()["aged_now"] == 0
+
+
 # ---- item 3: status -----------------------------------------------------------------------------------------------
 def test_status_counts_rows_of_the_last_batch_not_merged_yet():
     """After a mixed step SGLang replaced the running batch with an empty one; its decodes and the new decode are in

@@ -7,7 +7,7 @@ the scheduler's `time.perf_counter()` seconds, `t_s`; the `start` record maps th
 - `plan` (active policy, every step with something running or queued; an idle scheduler's wake-ups are left out):
   its sequence number `seq` (the adapter's `planned_iterations`, so gaps in `seq` are idle steps), what the policy
   saw (running, prefilling, waiting), what it planned (prefill chunks and tokens, decode rows, rows deferred,
-  demoted, preempt), its budget and predicted time, the adapter's own overhead and the policy's note; `stock: true`
+  demoted, aged, preempt), its budget and predicted time, the adapter's own overhead and the policy's note; `stock: true`
   on a step that fell back to stock SGLang (a policy fault);
 - `forward` (active policy, every measured forward): `plan_seq` (the latest plan before it), the batch's prefill
   tokens and chunks, decode rows and their summed context, measured and predicted milliseconds;

@@ -140,6 +140,9 @@ class Plan:
     """Waiting or prefilling requests the policy has demoted to best effort this step (their TTFT SLO can no longer be
     met; `fair` with admission="demote"). Accounting only: the simulator marks them, and counts each as an SLO miss;
     the live adapter ignores it."""
+    aged: tuple[str, ...] = ()
+    """Requests in `fair`'s aged lane this step (waited past its ageing bound; they get `aged_share` of the prefill
+    time). Accounting only: the live adapter reports how many (`aged_now`)."""
 
     @property
     def prefill_tokens(self) -> int:

@@ -72,6 +72,8 @@ class PolicyAdapter:
         self.deferred_total = 0
         self.demoted_now = 0
         self.demotions_total = 0
+        self.aged_now = 0
+        """Requests in fair's aged lane in the last plan (Plan.aged)."""
         self._demoted_last: frozenset = frozenset()
         self.plan_deferred_rows = 0
         self.reordered = 0
@@ -155,9 +157,11 @@ class PolicyAdapter:
                   "first_token_known": sum(r.first_token_s is not None for r in snap.running),
                   "prefill_tokens": plan.prefill_tokens, "waiting": len(snap.waiting),
                   "budget_ms": plan.budget_s * 1000.0 if math.isfinite(plan.budget_s) else None,
-                  "predicted_ms": plan.predicted_s * 1000.0, "demoted": len(plan.demoted), "note": plan.note[:120]}
+                  "predicted_ms": plan.predicted_s * 1000.0, "demoted": len(plan.demoted), "aged": len(plan.aged),
+                  "note": plan.note[:120]}
         self.recent_plans.append(record)
         self._count_demoted(plan.demoted)
+        self.aged_now = len(plan.aged)
         self.budget_s = plan.budget_s
         self.predicted_s = plan.predicted_s
         self.planned_prefill_tokens += plan.prefill_tokens
@@ -345,6 +349,7 @@ class PolicyAdapter:
             "deferred_total": self.deferred_total,
             "demoted_now": self.demoted_now,
             "demotions_total": self.demotions_total,
+            "aged_now": self.aged_now,
             "plan_deferred_rows": self.plan_deferred_rows,
             "mixed_forwards": self.mixed_forwards,
             "admission": self.cfg.admission,
