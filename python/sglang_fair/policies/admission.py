@@ -180,11 +180,9 @@ def admission_lanes(snap: Snapshot, longest: bool, aged_after_ttft: float, windo
         return (*admission_split(snap, longest, math.inf, window, share), [])
     if share is None:
         share = prefill_share(snap)
-    rest = snap
-    if n or len(lane) > n:
-        gone = frozenset([r.rid for r, w in lane if not w])
-        rest = dataclasses.replace(snap, waiting=snap.waiting[n:],
-                                   prefilling=tuple([r for r in snap.prefilling if r.rid not in gone]))
+    in_lane = frozenset([r.rid for r, w in lane if not w])  # the aged partial prefills
+    rest = dataclasses.replace(snap, waiting=snap.waiting[n:],
+                               prefilling=tuple([r for r in snap.prefilling if r.rid not in in_lane]))
     aged_s = sum([prefill_s(snap.cost, r) for r, _ in lane])
     lane.sort(key=lambda item: edf_key(item[0]))
     return (*admission_split(rest, longest, math.inf, window, share, (aged_s, aged_share)), lane)
