@@ -68,6 +68,14 @@ def test_the_lane_takes_the_whole_step_when_nothing_on_time_waits():
     assert close(plan_of(0.25, snap).prefill, [("old", TOKENS)])
 
 
+def test_the_lane_head_keeps_its_kv():
+    # room for one of the two prompts: on-time work may not take the aged head's KV (time is shared, KV is not)
+    snap = make_snapshot(now=NOW, waiting=[old(), fresh(prompt_tokens=2000)], kv_capacity_tokens=6000)
+    assert close(plan_of(0.1, snap).prefill, [("old", 5000)])
+    roomy = make_snapshot(now=NOW, waiting=[old(), fresh(prompt_tokens=2000)], kv_capacity_tokens=20000)
+    assert [rid for rid, _ in plan_of(0.1, roomy).prefill] == ["new", "old"]
+
+
 def test_on_time_work_gives_way_to_the_lane_only_for_its_share():
     # the lane holds 0.5 s of prefill; "new" needs 0.6 s by 0.9 s from now. Aged work first (share 1) makes it
     # late (0.5 + 0.6 s); with a quarter share it is done in 0.6 / 0.75 = 0.8 s; with half, min(1.2, 1.1) s: late
