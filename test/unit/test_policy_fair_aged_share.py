@@ -68,12 +68,11 @@ def test_the_lane_takes_the_whole_step_when_nothing_on_time_waits():
     assert close(plan_of(0.25, snap).prefill, [("old", TOKENS)])
 
 
-def test_the_lane_head_keeps_its_kv():
-    # room for one of the two prompts: on-time work may not take the aged head's KV (time is shared, KV is not)
+def test_the_lane_shares_time_not_kv():
+    # room for one of the two prompts: on-time work is admitted first; aged first (share 1) admits the aged one
     snap = make_snapshot(now=NOW, waiting=[old(), fresh(prompt_tokens=2000)], kv_capacity_tokens=6000)
-    assert close(plan_of(0.1, snap).prefill, [("old", 5000)])
-    roomy = make_snapshot(now=NOW, waiting=[old(), fresh(prompt_tokens=2000)], kv_capacity_tokens=20000)
-    assert [rid for rid, _ in plan_of(0.1, roomy).prefill] == ["new", "old"]
+    assert close(plan_of(0.1, snap).prefill, [("new", 2000)])
+    assert close(plan_of(1.0, snap).prefill, [("old", 5000)])
 
 
 def test_on_time_work_gives_way_to_the_lane_only_for_its_share():

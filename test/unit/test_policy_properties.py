@@ -169,8 +169,8 @@ def test_fair_makes_progress_whenever_there_is_work(admission, snap):
     """Liveness: with running decodes, the plan is not empty unless KV is full and no decode is urgent yet (then
     waiting costs nothing: the least-slack decode turns urgent, and preempts, before its deadline); with only queued
     prompts the EDF head gets a chunk whenever its prompt fits in free KV - the head of the requests the plan did not
-    demote (admission, the default), or of all of them when it demoted every one; the first chunk unless the head is
-    in the aged lane (then on-time work goes first and the lane keeps the head's KV)."""
+    demote (admission, the default), or of all of them when it demoted every one; unless that head is in the aged
+    lane (then on-time work goes first, and the plan prefills something)."""
     plan = make_policy("fair", admission=admission).plan(snap)
     if admission == "off":
         assert not plan.demoted
@@ -189,9 +189,9 @@ def test_fair_makes_progress_whenever_there_is_work(admission, snap):
         need = (head.remaining_prompt_tokens + sum(r.remaining_prompt_tokens for r in partial)
                 + head.max_new_tokens + sum(r.max_new_tokens for r in partial))
         if snap.kv_free_tokens >= need:
-            assert plan.prefill and head.rid in [rid for rid, _ in plan.prefill]
-            if head.rid not in plan.aged:  # an aged head rides in the aged lane, after on-time work
-                assert plan.prefill[0][0] == head.rid
+            assert plan.prefill
+            if head.rid not in plan.aged:  # an aged head rides in the aged lane, after on-time work (which may take
+                assert plan.prefill[0][0] == head.rid  # the KV it needs: the lane shares time, not KV)
 
 
 @SETTINGS

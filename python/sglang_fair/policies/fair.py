@@ -252,21 +252,20 @@ class FairPolicy:
         """Prefill chunks EDF while time and KV remain (step 3). `floor`: the first chunk gets at least
         min_prefill_chunk_tokens (an otherwise idle engine); `strict`: not even the first chunk may be shorter than
         that (unless it finishes the prompt); `mix_s`: extra time charged when the first prefill joins decodes.
-        `lane` (the aged lane, `aged_share`): `prefills` may use only 1 - aged_share of the prefill time, and admits
-        no new request into the KV the lane's head needs; when its time is spent, or it has nothing left (or nothing
-        more that fits), the lane's requests fill the rest of the budget in order."""
+        `lane` (the aged lane, `aged_share`): `prefills` may use only 1 - aged_share of the prefill time; when its
+        time is spent, or it has nothing left, the lane's requests fill the rest of the budget in order. The lane
+        shares time, not KV: the order before it admits first (keeping the lane's head out of KV cost 90%-attainment
+        capacity wherever KV binds; docs/results.md, "Aged requests in a lane of their own")."""
         p, cost = self.params, snap.cost
         prefill: list[tuple[ReqView, int]] = []
         ratio = p.kv_reserve_output_ratio
         reserve = None
         limit = budget if lane is None else t + (1.0 - p.aged_share) * (budget - t)
-        # the lane's head keeps KV for its prompt: the order before it admits no new request into that room
-        lane_kv = admission_tokens(lane[0][0], ratio) if lane and lane[0][1] else 0
         while True:
             if item is None:  # this order is done (or out of its time): the lane, if any, goes on to the budget
                 if lane is None:
                     break
-                prefills, lane, limit, lane_kv = iter(lane), None, budget, 0
+                prefills, lane, limit = iter(lane), None, budget
                 item = next(prefills, None)
                 continue
             r, is_new = item
@@ -283,11 +282,8 @@ class FairPolicy:
             if is_new:
                 if reserve is None:  # partial chunks planned so far are already inside the reserve
                     reserve = outstanding_reserve_tokens(snap, ratio, gone) - sum([c for _, c in prefill])
-                if kv_left - reserve - lane_kv < admission_tokens(r, ratio):
-                    if lane is not None:  # before the lane: on to the lane, whose head has its room
-                        item = None
-                        continue
-                    break  # head-of-line: a request that does not fit blocks later ones
+                if kv_left - reserve < admission_tokens(r, ratio):
+                    break  # head-of-line: a request that does not fit blocks later ones (the lane too)
             c = min(remaining, kv_left, cost.max_chunk(rem_t, r.prefilled_tokens))
             if floor and not prefill:  # the floor put in the budget for this chunk; absorbs float rounding
                 c = max(c, min(remaining, kv_left, p.min_prefill_chunk_tokens))

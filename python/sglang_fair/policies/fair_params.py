@@ -75,7 +75,9 @@ class FairParams:
     1: aged requests go first with the whole iteration, EDF (their deadline is long past; the default before the
     seventeenth session, which under sustained overload made on-time requests late in turn); 0: they wait behind
     every on-time request, as with no ageing bound. 0.1 raised simulated 90%-attainment capacity in all 24 cells
-    measured and changed no tail capacity (docs/results.md, "Aged requests in a lane of their own")."""
+    measured and changed no tail capacity (docs/results.md, "Aged requests in a lane of their own"). The share is of
+    time, not KV: where KV is full, on-time requests are admitted first, so an aged prompt's wait for KV is bounded
+    only with 1."""
     tpot_margin: float = 0.02
     """Fraction of each request's TPOT SLO the envelope holds back: decode deadlines (and the budget, urgency,
     recovery and gap guard built on them) use tpot_slo x (1 - tpot_margin). The envelope spends a decode's slack
