@@ -29,8 +29,8 @@ decodes leave, no per-iteration cost) is demoted to best effort: it goes after e
 `Plan.demoted` (the simulator counts it as an SLO miss). Stateless: a request is re-judged every step.
 `admission="demote-longest"` (the default, with `demote_max_wait_ttft=5`) demotes the longest kept prompt instead
 (Moore-Hodgson: fewest late requests); `admission="off"` serves every request EDF, as the paper does. A request that
-has waited `demote_max_wait_ttft` TTFT SLOs is no longer demoted: it joins the aged lane, which gets `aged_share` (0.1)
-of each iteration's prefill time ahead of on-time work.
+has waited `demote_max_wait_ttft` TTFT SLOs is no longer demoted: it joins the aged lane, for which `aged_share` (0.1)
+of each iteration's prefill time is kept from on-time work (the lane fills after it, with that time and any left).
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ class FairPolicy:
               aged: list | None = None) -> Plan:
         """The FairBatching plan with `edf_head` served first (in its order, already EDF), then `waiting` EDF and then
         `demoted` (in its order). `decode_all_s`: `decode_time_s` of every running request, when known. `aged`: the
-        aged lane (admission.admission_lanes), which then gets `aged_share` of the prefill time ahead of on-time work, the demoted
-        after it."""
+        aged lane (admission.admission_lanes): on-time work may then use only 1 - `aged_share` of the prefill time,
+        and the lane, then the demoted, fill the rest (`_fill`)."""
         p = self.params
         now, cost, running = snap.now, snap.cost, snap.running
         if not running and not snap.prefilling and not snap.waiting:

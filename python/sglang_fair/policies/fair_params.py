@@ -63,9 +63,9 @@ class FairParams:
     arrival (HTTP 429) is the server's `--fair-admission reject`."""
     demote_max_wait_ttft: float = 5.0
     """With admission on: a waiting request that has waited more than this many of its TTFT SLOs is no longer
-    demoted; it is served in EDF order (first, its deadline being long past). Bounds how long demotion postpones a
-    request under sustained overload, where a demoted request otherwise waits for the overload to end (math.inf: no
-    bound; docs/results.md)."""
+    demoted; it joins the aged lane (`aged_share` of each iteration's prefill time; with `aged_share=1` it goes first,
+    its deadline being long past). Bounds how long demotion postpones a request under sustained overload, where a
+    demoted request otherwise waits for the overload to end (math.inf: no bound; docs/results.md)."""
     aged_share: float = 0.1
     """With admission on and a finite `demote_max_wait_ttft`: the share of each iteration's prefill time that the
     aged requests (waited more than `demote_max_wait_ttft` TTFT SLOs, partial prefills among them) get, oldest first,
