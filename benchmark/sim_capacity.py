@@ -56,12 +56,12 @@ CLUSTER_POLICIES = ["fair", "sarathi-512"]
 
 
 def capacity(trace, spec, cost, tpot_ms, replicas=1, router="fair", gpus=1, noise_cv=0.0, cost_headroom=True,
-             iteration_time=None, online_fit=False):
+             iteration_time=None, online_fit=False, rel_tol=REL_TOL):
     engine = EngineConfig(ttft_slo_ms=TTFT_MS, tpot_slo_ms=tpot_ms, seed=0, noise_cv=noise_cv,
                           cost_headroom=cost_headroom, online_fit=online_fit)
     run = make_runner(trace, spec, cost, engine, replicas=replicas, router=router, iteration_time=iteration_time)
     t0 = time.perf_counter()
-    res, search = find_capacity(run, trace, cost, TTFT_MS / 1000, tpot_ms / 1000, gpus=gpus, rel_tol=REL_TOL)
+    res, search = find_capacity(run, trace, cost, TTFT_MS / 1000, tpot_ms / 1000, gpus=gpus, rel_tol=rel_tol)
     return res, search, time.perf_counter() - t0
 
 
@@ -83,12 +83,12 @@ def part_single(out: Path, shared) -> None:
 
 def part_stock(out: Path, shared, policies: list[str], traces: list[str], preset: str = PRESET,
                noise_cv: float = 0.0, cost_headroom: bool = True, device: str | None = None,
-               online_fit: bool = False) -> None:
+               online_fit: bool = False, rel_tol: float = REL_TOL) -> None:
     """Like part_single, for STOCK_POLICIES; also records how many requests were demoted (and refused at arrival)
     at the tail capacity. `preset`, `noise_cv`, `cost_headroom`: the cost model, iteration-time noise and whether
     plans keep the live adapter's headroom (sim.engine.EngineConfig) in every run; `device`: the emulated device
     whose model is the true iteration time (`sglang-fair capacity --device`; the policies plan with `preset`,
-    refined online from the true times with `online_fit`, as `serve` does).
+    refined online from the true times with `online_fit`, as `serve` does); `rel_tol`: the bisection's tolerance.
     All recorded in each row; one out directory per setting.
     Rows are appended to stock.json as each cell finishes (a cut-short sweep keeps what it measured)."""
     cost = load_preset(preset)
@@ -104,14 +104,14 @@ def part_stock(out: Path, shared, policies: list[str], traces: list[str], preset
                 if (name, tpot, spec) in done:
                     continue
                 res, search, wall = capacity(trace, spec, cost, tpot, noise_cv=noise_cv, cost_headroom=cost_headroom,
-                                             iteration_time=iteration_time, online_fit=online_fit)
+                                             iteration_time=iteration_time, online_fit=online_fit, rel_tol=rel_tol)
                 at = search.results.get(float(f"{res.capacity:.6g}")) if res.capacity > 0 else None
                 rejected = sum(r.rejected for r in at.records) if at is not None else None
                 rows.append({"trace": name, "window": win, "requests": len(trace), "trace_rate_rps": trace.rate_rps,
                              "tpot_slo_ms": tpot, "policy": spec, "wall_s": wall,
                              "rejected_at_capacity": rejected, "preset": preset, "device": device,
                              "online_fit": online_fit,
-                             "noise_cv": noise_cv,
+                             "noise_cv": noise_cv, "rel_tol": rel_tol,
                              "cost_headroom": cost_headroom, **res.to_json(),
                              # the capacity's own count (to_json gives the lowest scale's when the capacity is 0)
                              "demoted_at_capacity": res.demoted_at_capacity if res.capacity > 0 else None})
@@ -333,6 +333,8 @@ def main() -> int:
                          "the policies plan with --preset")
     ap.add_argument("--online-fit", action="store_true",
                     help="part stock: plan with an online fit of the true iteration times (prior: --preset)")
+    ap.add_argument("--rel-tol", type=float, default=REL_TOL,
+                    help=f"part stock: the bisection's relative tolerance (default {REL_TOL}; one out directory each)")
     ap.add_argument("--out", default="out/sim_capacity")
     ap.add_argument("--shared", default=None)
     ap.add_argument("--render", default=None, help="print the markdown tables from a results directory and exit")
@@ -345,6 +347,8 @@ def main() -> int:
     if args.compare:
         print(render_compare([Path(d) for d in args.compare.split(",") if d]))
         return 0
+    if not 0 < args.rel_tol < 1:
+        ap.error(f"--rel-tol must be in (0, 1), got {args.rel_tol}")
     if args.device is not None:
         try:
             device_iteration_time(args.device)
@@ -368,7 +372,7 @@ def main() -> int:
     if args.part == "stock":
         part_stock(out, args.shared, [p for p in args.policies.split(",") if p],
                    [t for t in args.traces.split(",") if t], args.preset, args.noise_cv, not args.no_cost_headroom,
-                   args.device, args.online_fit)
+                   args.device, args.online_fit, args.rel_tol)
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(render(out))
     return 0

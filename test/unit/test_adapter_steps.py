@@ -98,6 +98,7 @@ class Sched:
         self.token_to_kv_pool_allocator = SimpleNamespace(available_size=lambda: free)
         self.chunked_prefill_size = 2048
         self.is_mixed_chunk = False
+        self.enable_lora = False
         self.policy = SimpleNamespace()
         self.server_args = SimpleNamespace(enable_mixed_chunk=False)
         self.calls = []

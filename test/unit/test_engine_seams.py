@@ -31,10 +31,10 @@ def batch(rows, *, kv_ok=True, masks=None):
                            spec_info=None, check_decode_mem=lambda: kv_ok)
 
 
-def defer(b, planned, *, has_prefill=True, finishing=()):
+def defer(b, planned, *, has_prefill=True, finishing=(), lora=False):
     blocked = collections.Counter()
     rows, wanted = deferral.rows_to_defer(b, set(planned), has_prefill=has_prefill,
-                                          finishing=lambda _: list(finishing), blocked=blocked)
+                                          finishing=lambda _: list(finishing), blocked=blocked, lora=lora)
     return [r.rid for r in rows], wanted, dict(blocked)
 
 
@@ -51,6 +51,15 @@ def test_whole_step_blockers_and_one_row_always_runs_without_prefill():
     assert defer(batch(rows, masks=[True]), set()) == ([], 2, {"sampling_masks": 1})
     assert defer(batch(rows), set(), has_prefill=False) == (["b"], 2, {})
     assert defer(batch(rows), set(), has_prefill=True) == (["a", "b"], 2, {})
+
+
+def test_a_scheduler_serving_lora_adapters_parks_no_row():
+    """SGLang admits a request only if its adapter fits --max-loras-per-batch beside the running batch's adapters;
+    parked rows are not in the running batch, so they could rejoin past the limit (an assertion in the forward's
+    adapter loading). With LoRA on, every row stays in the batch and the step is counted as blocked."""
+    rows = [row("a"), row("b"), row("c")]
+    assert defer(batch(rows), {"a"}, lora=True) == ([], 2, {"lora": 1})
+    assert defer(batch(rows), {"a"}) == (["b", "c"], 2, {})
 
 
 def test_gauges_call_the_status_at_most_once_per_period(monkeypatch):

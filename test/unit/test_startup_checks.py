@@ -181,13 +181,14 @@ def test_register_refuses_before_any_hook_applies(monkeypatch):
 def test_live_scheduler_lacking_the_relay_or_the_view_is_named():
     sched = SimpleNamespace(chunked_prefill_size=1, is_mixed_chunk=False, waiting_queue=[], chunked_req=None,
                             running_batch=None, policy=None, max_total_num_tokens=1, token_to_kv_pool_allocator=None,
-                            tree_cache=None, future_map=SimpleNamespace(output_tokens_buf=[0]),
+                            tree_cache=None, enable_lora=False, future_map=SimpleNamespace(output_tokens_buf=[0]),
                             load_inquirer=SimpleNamespace(get_running_batch=None),
                             invariant_checker=SimpleNamespace(get_running_batch=None))
     assert selftest.missing_live_internals(sched) == []
-    del sched.future_map, sched.invariant_checker
+    del sched.future_map, sched.invariant_checker, sched.enable_lora
     missing = " ".join(selftest.missing_live_internals(sched))
     assert "future_map.output_tokens_buf" in missing and "invariant_checker.get_running_batch" in missing
+    assert "Scheduler.enable_lora" in missing
 
 
 # ---- per-request SLOs at the scheduler's intake ----------------------------------------------------------------------

@@ -116,6 +116,7 @@ class FakeSched:
         self.token_to_kv_pool_allocator = SimpleNamespace(available_size=lambda: free_tokens)
         self.chunked_prefill_size = 8192
         self.is_mixed_chunk = False
+        self.enable_lora = False
         self.policy = SimpleNamespace()
         self.server_args = SimpleNamespace(enable_mixed_chunk=True)
 

@@ -14,6 +14,7 @@ filter, merge and SGLang's own replacement of the running batch after a mixed or
 batch's rows. Penalties (frequency / presence / repetition / min-new-tokens), custom logit processors and grammar
 rows are therefore deferrable. Never deferred:
 - the whole step, when the batch carries state we do not split: sampling masks, speculative decoding, beam search;
+  and every step of a scheduler serving LoRA adapters (SGLang's per-batch adapter limit counts the running batch);
 - rows that return logprobs, and rows the in-flight result finishes (overlap loop);
 - anything, when the full running batch would not fit the next decode in KV: stock retraction then sees every row.
 At least one row always stays active unless the step runs a prefill.
@@ -255,18 +256,20 @@ def forward_features(batch) -> tuple[list[tuple[int, int]], list[int]]:
 
 
 def rows_to_defer(batch, planned: set[str], *, has_prefill: bool, finishing: Callable[[object], list],
-                  blocked: collections.Counter) -> tuple[list, int]:
+                  blocked: collections.Counter, lora: bool = False) -> tuple[list, int]:
     """(rows this step parks, how many the plan left out). The plan leaves out the running rows not in `planned`
     (decoded or preempted rids); the mechanism keeps some of them, counted by reason in `blocked`:
-    - the whole step when the batch's shared state cannot be split (`batch_deferral_blocker`) or the full batch would
-      not fit the next decode in KV ("kv_pressure": SGLang's retraction must see every row);
+    - the whole step when the batch's shared state cannot be split (`batch_deferral_blocker`), when the scheduler
+      serves LoRA adapters (`lora`: SGLang admits a request only if its adapter fits `--max-loras-per-batch` beside
+      the adapters of the running batch, so parked rows would rejoin past that limit and fail the forward's check)
+      or the full batch would not fit the next decode in KV ("kv_pressure": SGLang's retraction must see every row);
     - single rows the in-flight result finishes (`finishing(batch)`) or that cannot be parked (`row_deferrable`);
     - one row always runs when no prefill does."""
     defer = [r for r in batch.reqs if r.rid not in planned]
     n_wanted = len(defer)
     if not defer:
         return [], 0
-    reason = batch_deferral_blocker(batch)
+    reason = "lora" if lora else batch_deferral_blocker(batch)
     if reason is None and not batch.check_decode_mem():
         reason = "kv_pressure"
     if reason is not None:

@@ -221,7 +221,7 @@ def missing_live_internals(sched) -> list[str]:
     """What the live scheduler instance lacks of the instance attributes the adapter reads or sets."""
     out = []
     for attr in ("chunked_prefill_size", "is_mixed_chunk", "waiting_queue", "chunked_req", "running_batch", "policy",
-                 "max_total_num_tokens", "token_to_kv_pool_allocator", "tree_cache"):
+                 "max_total_num_tokens", "token_to_kv_pool_allocator", "tree_cache", "enable_lora"):
         if not hasattr(sched, attr):
             out.append(f"Scheduler.{attr}")
     fm = getattr(sched, "future_map", None)
