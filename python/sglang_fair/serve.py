@@ -39,6 +39,8 @@ REFUSED_SGLANG_FLAGS = (
     (("--schedule-policy",), lambda v: v != "fcfs", "a waiting-queue order other than fcfs (the plan orders it)"),
     (("--enable-pdmux",), None, "PD multiplexing"),
     (("--enable-prefill-delayer",), None, "the prefill delayer (it would veto planned prefills)"),
+    (("--min-free-slots-delay",), lambda v: _int(v) > 1,
+     "the min-free-slots delay (it would hold planned prefills back until request slots free up)"),
     (("--dllm-algorithm",), None, "diffusion LLMs"),
     (("--enable-hisparse",), None, "HiSparse"),
     (("--is-embedding",), None, "embedding models"),

@@ -67,6 +67,7 @@ def test_priority_scheduling_is_refused_even_without_preemption(parallel):
     ({"schedule_policy": "lpm"}, "--schedule-policy lpm"),
     ({"schedule_policy": "priority"}, "--schedule-policy priority"),
     ({"prefill_delayer": object()}, "--enable-prefill-delayer"),
+    ({"min_free_slots_delayer": object()}, "--min-free-slots-delay"),
     ({"enable_priority_preemption": True}, "--enable-priority-scheduling"),
     ({"enable_pdmux": True}, "--enable-pdmux"),
 ])
@@ -84,10 +85,18 @@ def test_other_silently_overridden_features_are_refused(parallel, overrides, fla
     (["--chunked-prefill-size", "-1"], "--chunked-prefill-size"),
     (["--tensor-parallel-size", "2"], "--tensor-parallel-size"),
     (["--enable-pdmux"], "--enable-pdmux"),
+    (["--min-free-slots-delay", "4"], "--min-free-slots-delay"),
 ])
 def test_serve_refuses_these_flags_before_anything_loads(args, flag):
     cfg = RuntimeConfig(policy="fair")
     assert any(p.startswith(flag) for p in refused_sglang_flags(cfg, args))
+
+
+def test_values_that_turn_a_refused_feature_off_are_accepted():
+    cfg = RuntimeConfig(policy="fair")
+    for args in (["--min-free-slots-delay", "1"], ["--tp-size", "1"], ["--schedule-policy", "fcfs"],
+                 ["--chunked-prefill-size", "2048"]):
+        assert refused_sglang_flags(cfg, args) == [], args
     assert refused_sglang_flags(RuntimeConfig(policy="off"), args) == []  # stock SGLang takes them
 
 

@@ -90,6 +90,11 @@ def unsupported_features(sched, par: Any = None) -> list[str]:
                    "deferred decodes")
     if getattr(sched, "prefill_delayer", None) is not None:
         out.append("the prefill delayer (--enable-prefill-delayer)")
+    if getattr(sched, "min_free_slots_delayer", None) is not None:
+        # it holds prefills back until enough request slots are free, counting the running batch without the
+        # parked rows: a second rule on when prefills run, like the prefill delayer (SGLang also turns it on by
+        # itself for DFlash, which is speculative decoding and refused anyway)
+        out.append("the min-free-slots delay (--min-free-slots-delay)")
     if not getattr(sched, "is_generation", True):
         out.append("embedding/reward models")
     return out
