@@ -239,6 +239,18 @@ def test_rows_decoded_in_a_mixed_forward_get_their_token_time():
     assert ad.snapshot([d], now=6.1).running[0].last_token_s == 6.0
 
 
+def test_a_scheduler_serving_lora_adapters_plans_without_deferral():
+    """SGLang's per-batch adapter limit counts the running batch, so the adapter parks nothing there and the policy
+    is told (Snapshot.deferral_allowed; what fair does with it: test_policy_fair.py)."""
+    d = Req("d", outputs=4, prefill_done=1.0, last_decode=2.0)
+    e = Req("e", outputs=9, prefill_done=1.0, last_decode=2.0)
+    for lora in (False, True):
+        sched = Sched(running=[d, e])
+        sched.enable_lora = lora
+        snap = adapter(sched).snapshot([d, e], now=2.05)
+        assert snap.deferral_allowed is (not lora)
+
+
 # ---- item 5: KV for parked rows -------------------------------------------------------------------------------------
 class FakeAdder:
     """PrefillAdder's KV reservation for running rows (schedule_policy.py: memory_budget.total_offset)."""

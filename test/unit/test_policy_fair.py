@@ -40,6 +40,21 @@ def test_worked_example_urgent_decode_then_prefill_then_defer():
     assert plan.predicted_s <= plan.budget_s
 
 
+def test_where_the_engine_cannot_defer_every_running_decode_is_planned_and_costed():
+    # the worked example above on an engine that decodes every running row in any forward that decodes (SGLang
+    # serving LoRA): "lazy" is planned too, and the prefill chunk leaves room for its 0.2 ms (946 tokens, not 948)
+    from dataclasses import replace
+    snap = make_snapshot(now=NOW, running=[make_running_with_slack("u", 0.03, now=NOW),
+                                           make_running_with_slack("lazy", 0.5, now=NOW)],
+                         waiting=[make_req("w", arrival_s=NOW - 0.2, prompt_tokens=2000)])
+    plan = fair(recover_tpot=False).plan(replace(snap, deferral_allowed=False))
+    assert set(plan.decode) == {"u", "lazy"} and plan.deferred(snap) == ()
+    (rid, chunk), = plan.prefill
+    assert rid == "w" and abs(chunk - 946) <= 1
+    assert plan.predicted_s == pytest.approx(COST.predict(*batch_of(snap, plan)))
+    assert plan.predicted_s <= plan.budget_s
+
+
 def test_budget_grows_when_decodes_run_ahead():
     # min slack 300 ms > tpot 100 ms: budget 300 ms; urgent iff slack (or time to the 500 ms gap bound) < 400 ms ->
     # only "a" ("b" got its last token just now: 500 ms to its gap bound)

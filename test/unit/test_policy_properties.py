@@ -196,6 +196,19 @@ def test_fair_makes_progress_whenever_there_is_work(admission, snap):
 
 @SETTINGS
 @given(snap=snapshots())
+def test_fair_without_deferral_decodes_every_running_request_or_none(snap):
+    """Where the engine cannot defer (Snapshot.deferral_allowed false: SGLang serving LoRA), a forward that decodes
+    decodes every running row, so a plan that decodes lists every running request it does not preempt; a plan may
+    still leave them all out (a prefill-only step)."""
+    snap = replace(snap, deferral_allowed=False)
+    plan = make_policy("fair").plan(snap)
+    assert_valid(snap, plan)
+    if plan.decode:
+        assert set(plan.decode) | set(plan.preempt) >= {r.rid for r in snap.running}
+
+
+@SETTINGS
+@given(snap=snapshots())
 def test_fair_takes_prefills_in_edf_order(snap):
     """EDF among the requests that could start this step, which the policy counts at min_prefill_chunk_tokens each
     (its window): prompts shorter than that can start in larger numbers, and beyond the window they keep arrival

@@ -107,6 +107,11 @@ class Snapshot:
     """Whether one forward may carry prefill chunks and decode rows together. False where the engine cannot mix
     (SGLang: a server flag that bans mixed chunks, or a running or queued request that returns logprobs): a plan
     must then be prefill-only or decode-only."""
+    deferral_allowed: bool = True
+    """Whether a running decode may sit out a forward that other decodes run in. False where the engine cannot
+    defer (SGLang serving LoRA adapters: parked rows would escape its per-batch adapter limit): every forward that
+    decodes then decodes every running request, so a plan with decode rows should list them all (`fair` does; a
+    prefill-only plan still leaves them all out)."""
 
     @property
     def kv_free_tokens(self) -> int:

@@ -125,7 +125,9 @@ class PolicyAdapter:
         running_reqs = list(running_reqs)
         snap = self.builder.build(self.sched, running_reqs, now=time.perf_counter() if now is None else now,
                                   cost=self.cost, recent_iter_s=self.recent_iter_s)
-        return snap if self.mixing_allowed(running_reqs) else dataclasses.replace(snap, mixing_allowed=False)
+        if not self.mixing_allowed(running_reqs):
+            snap = dataclasses.replace(snap, mixing_allowed=False)
+        return dataclasses.replace(snap, deferral_allowed=False) if self.sched.enable_lora else snap
 
     def mixing_allowed(self, running_reqs) -> bool:
         """After a snapshot (it reads the waiting mirror the snapshot updated)."""

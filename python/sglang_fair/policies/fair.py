@@ -133,6 +133,8 @@ class FairPolicy:
                     urgent_mask = [s < thr or gs < budget + tp for s, gs, tp in zip(slacks, gap_slacks, tpots)]
             else:  # the old guard: urgent only when this iteration alone would pass the gap deadline
                 urgent_mask = [s < thr or gs < budget for s, gs in zip(slacks, gap_slacks)]
+            if not snap.deferral_allowed:  # every forward that decodes decodes them all: plan (and cost) them all
+                urgent_mask = [True] * len(running)
             urgent = [r for r, u in zip(running, urgent_mask) if u]
             if p.full_kv_progress and not urgent and snap.kv_free_tokens < 1:
                 i = slacks.index(min_slack)  # no KV for anything: make room now rather than idle until it is urgent
