@@ -194,14 +194,15 @@ def test_fair_makes_progress_whenever_there_is_work(admission, snap):
                 assert plan.prefill[0][0] == head.rid  # the KV it needs: the lane shares time, not KV)
 
 
+@pytest.mark.parametrize("name", policy_names())
 @SETTINGS
 @given(snap=snapshots())
-def test_fair_without_deferral_decodes_every_running_request_or_none(snap):
+def test_without_deferral_a_plan_decodes_every_running_request_or_none(name, snap):
     """Where the engine cannot defer (Snapshot.deferral_allowed false: SGLang serving LoRA), a forward that decodes
     decodes every running row, so a plan that decodes lists every running request it does not preempt; a plan may
     still leave them all out (a prefill-only step)."""
     snap = replace(snap, deferral_allowed=False)
-    plan = make_policy("fair").plan(snap)
+    plan = make_policy(name).plan(snap)
     assert_valid(snap, plan)
     if plan.decode:
         assert set(plan.decode) | set(plan.preempt) >= {r.rid for r in snap.running}

@@ -8,7 +8,8 @@ offset = 5 iterations (10 when KV usage >= 96 %). Per iteration, under a token b
 3. new prefills shortest prompt first, strict-SLO users first when `user_priority`; admission stops at the first
    request whose prompt does not fit in KV;
 4. non-critical decodes in LST order fill what is left.
-Decodes that do not make it are deferred. Where the engine cannot mix (`Snapshot.mixing_allowed` false), a step
+Decodes that do not make it are deferred (where the engine cannot defer, `Snapshot.deferral_allowed` false, a step
+that decodes takes them all). Where the engine cannot mix (`Snapshot.mixing_allowed` false), a step
 with critical decodes is decode-only and otherwise prefill-only when there is prefill work. When a decode needs KV
 and none is free, unscheduled partial prefills are preempted latest first, and failing that the decode itself.
 """
@@ -90,9 +91,9 @@ class SlaiPolicy:
         paused = list(snap.prefilling)  # unscheduled partial prefills, oldest first (SLAI's paused_prefills)
         pos = 0
 
-        def take_decodes(critical_only: bool) -> None:
+        def take_decodes(critical_only: bool, every: bool = False) -> None:
             nonlocal pos, free, used
-            while pos < len(queue) and used < p.token_budget and len(decodes) < p.max_decodes:
+            while pos < len(queue) and (every or (used < p.token_budget and len(decodes) < p.max_decodes)):
                 if critical_only and now < lsts[pos]:
                     return
                 r = queue[pos]
@@ -145,5 +146,7 @@ class SlaiPolicy:
                 reserve += r.remaining_prompt_tokens - c + output_reserve_tokens(r, ratio)
         if not (no_mix and prefill):
             take_decodes(critical_only=False)
+        if decodes and not snap.deferral_allowed:  # a step that decodes decodes every running row (SGLang with LoRA)
+            take_decodes(critical_only=False, every=True)
         return make_plan(snap.cost, prefill, decodes, preempt, math.inf,
                          note=f"slai offset={off * 1e3:.1f}ms decodes={len(decodes)} tokens={used}")
