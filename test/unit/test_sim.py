@@ -270,3 +270,51 @@ def test_with_online_fit_the_planner_learns_a_device_unlike_its_prior():
     assert all(c is COST for c in plain.costs)
     exact = Replica(_SeesCost(), COST, cfg)  # the planner's model is the device: nothing to fit
     assert exact.fitter is None
+
+
+class _SeesMaxNew:
+    """fair, recording each max_new_tokens its snapshots show."""
+
+    def __init__(self) -> None:
+        self.inner, self.seen = make_policy("fair"), set()
+
+    def plan(self, snap):
+        self.seen.update(r.max_new_tokens for r in (*snap.running, *snap.prefilling, *snap.waiting))
+        return self.inner.plan(snap)
+
+
+def test_max_new_tokens_is_a_bound_the_policies_see_and_requests_still_end_at_their_length():
+    """EngineConfig.max_new_tokens (`sim --max-new-tokens`): what a server serving real clients knows, a bound; the
+    requests end at their own output lengths. Without it the policies see the exact length (bench_serving with
+    ignore_eos); a bound below a request's length is raised to it."""
+    trace = make_trace([(0.05 * i, 200, 3 + i % 5) for i in range(40)])
+    bounded = _SeesMaxNew()
+    res = simulate(trace, bounded, COST, EngineConfig(max_new_tokens=256))
+    assert bounded.seen == {256}
+    assert [r.n_outputs for r in res.records] == [3 + i % 5 for i in range(40)]
+    exact = _SeesMaxNew()
+    simulate(trace, exact, COST, EngineConfig())
+    assert exact.seen == {3, 4, 5, 6, 7}
+    low = _SeesMaxNew()
+    simulate(trace, low, COST, EngineConfig(max_new_tokens=5))
+    assert low.seen == {5, 6, 7}
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        EngineConfig(max_new_tokens=0)
+
+
+def test_sim_cli_max_new_tokens_is_reported_and_a_bad_value_names_the_flag(tmp_path, capsys):
+    import json
+
+    from sglang_fair.cli import main
+
+    p = tmp_path / "t.csv"
+    p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" +
+                 "".join(f"2023-11-16 18:17:{i:02d},100,4\n" for i in range(10)))
+    assert main(["sim", "--trace", str(p), "--policy", "fair", "--max-new-tokens", "512", "--json",
+                 "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["max_new_tokens"] == 512 and out["finished"] == 10
+    with pytest.raises(SystemExit) as exc:
+        main(["sim", "--trace", str(p), "--policy", "fair", "--max-new-tokens", "0", "--no-progress"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("sglang-fair sim: --max-new-tokens: ")

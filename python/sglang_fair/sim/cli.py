@@ -115,6 +115,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration-s", type=float, default=None, help="trace window length (s, unscaled)")
     p.add_argument("--max-prompt-tokens", type=int, default=None)
     p.add_argument("--max-output-tokens", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="the max_new_tokens every request shows the policies, as a client's bound (each still ends "
+                        "at its own output length); default: its own output length, as bench_serving with "
+                        "ignore_eos sends")
     add_trace_shaping(p)
     p.add_argument("--poisson-rate-rps", type=float, default=1.0, help="ShareGPT arrival rate at scale 1")
     p.add_argument("--replicas", type=int, default=1)
@@ -144,7 +148,8 @@ def trace_error(command: str, exc: Exception) -> SystemExit:
 
 FLAG_OF_FIELD = {"kv_capacity_tokens": "--kv-capacity-tokens", "ttft_slo_ms": "--ttft-slo-ms",
                  "tpot_slo_ms": "--tpot-slo-ms", "noise_cv": "--noise-cv", "seed": "--seed",
-                 "replicas": "--replicas", "router": "--router", "load_poll_interval_s": "--load-poll-interval-s"}
+                 "replicas": "--replicas", "router": "--router", "load_poll_interval_s": "--load-poll-interval-s",
+                 "max_new_tokens": "--max-new-tokens"}
 """The flag that sets each EngineConfig / ClusterConfig field (errors name the flag, not the field)."""
 
 
@@ -210,7 +215,7 @@ def _setup(args):
     try:
         engine = EngineConfig(kv_capacity_tokens=args.kv_capacity_tokens, ttft_slo_ms=args.ttft_slo_ms,
                               tpot_slo_ms=args.tpot_slo_ms, noise_cv=args.noise_cv, seed=args.seed,
-                              online_fit=args.online_fit)
+                              online_fit=args.online_fit, max_new_tokens=args.max_new_tokens)
         if args.replicas != 1:  # one replica runs without a router
             ClusterConfig(replicas=args.replicas, router=args.router, load_poll_interval_s=args.load_poll_interval_s)
     except FieldError as exc:
@@ -226,7 +231,8 @@ def _header(args, trace) -> dict:
             "spread_arrivals": args.spread_arrivals, "max_context_tokens": args.max_context_tokens,
             "context_clipped": trace.context_clipped,
             "replicas": args.replicas, "router": args.router if args.replicas > 1 else None,
-            "kv_capacity_tokens": args.kv_capacity_tokens, "noise_cv": args.noise_cv}
+            "kv_capacity_tokens": args.kv_capacity_tokens, "noise_cv": args.noise_cv,
+            "max_new_tokens": args.max_new_tokens}
 
 
 GAP_TPOTS = (2, 3, 5)

@@ -68,6 +68,11 @@ class EngineConfig:
     """Plan as the live adapter does with its online fit (core/fit.py OnlineCostFitter, the prior being the planning
     cost model): every iteration's true time refines the planner's model (the headroom then scales the fit). Only
     where the planner's model is not exact (as `cost_headroom`); `sim --online-fit`."""
+    max_new_tokens: int | None = None
+    """The `max_new_tokens` the policies see for every request, as a client's bound (a request still ends at its own
+    output length; a bound below it is raised to it). None: each request's own output length, as a benchmark that
+    sends max_new_tokens = the output it forces (bench_serving with ignore_eos) shows the server. A server serving
+    real clients knows only the bound; `sim --max-new-tokens`."""
 
     def __post_init__(self) -> None:
         for name in ("kv_capacity_tokens", "waiting_view_limit", "recent_window"):
@@ -75,17 +80,21 @@ class EngineConfig:
         for name in ("ttft_slo_ms", "tpot_slo_ms", "idle_tick_ms"):
             check_positive(name, getattr(self, name))
         check_non_negative("noise_cv", self.noise_cv)
+        if self.max_new_tokens is not None:
+            check_int_at_least("max_new_tokens", self.max_new_tokens, 1)
 
 
 class SimRequest:
     """Mutable per-request state owned by one replica."""
 
     __slots__ = ("rid", "arrival", "prompt", "target", "ttft_slo", "tpot_slo", "strict", "prefill_len",
-                 "prefilled", "outputs", "first", "last", "times", "preemptions", "demoted", "rejected")
+                 "prefilled", "outputs", "first", "last", "times", "preemptions", "demoted", "rejected", "max_new")
 
     def __init__(self, rid: str, arrival: float, prompt: int, target: int, ttft_slo: float, tpot_slo: float,
-                 strict: bool = False, record_times: bool = False):
+                 strict: bool = False, record_times: bool = False, max_new: int | None = None):
         self.rid, self.arrival, self.prompt, self.target = rid, arrival, prompt, target
+        self.max_new = target if max_new is None else max(max_new, target)
+        """What the policies see as max_new_tokens (EngineConfig.max_new_tokens); the request ends at `target`."""
         self.ttft_slo, self.tpot_slo, self.strict = ttft_slo, tpot_slo, strict
         self.prefill_len, self.prefilled, self.outputs = prompt, 0, 0
         self.first = self.last = None
@@ -98,11 +107,11 @@ class SimRequest:
 
     def pending_view(self) -> ReqView:
         return fast_view(self.rid, self.arrival, self.prefill_len, self.ttft_slo, self.tpot_slo, self.prefilled,
-                         self.outputs, self.target, self.last, self.strict, self.first)
+                         self.outputs, self.max_new, self.last, self.strict, self.first)
 
     def running_view(self) -> ReqView:
         return fast_view(self.rid, self.arrival, self.prompt, self.ttft_slo, self.tpot_slo, self.prompt,
-                         self.outputs, self.target, self.last, self.strict, self.first)
+                         self.outputs, self.max_new, self.last, self.strict, self.first)
 
     def record(self) -> RequestTimes:
         return RequestTimes(self.rid, self.arrival, self.first, self.last, self.outputs, self.ttft_slo,
@@ -405,7 +414,7 @@ class SimResult:
 
 def make_requests(trace, config: EngineConfig) -> list[SimRequest]:
     ttft, tpot, rec = config.ttft_slo_ms / 1000.0, config.tpot_slo_ms / 1000.0, config.record_token_times
-    return [SimRequest(f"r{i}", float(a), int(p), int(o), ttft, tpot, False, rec)
+    return [SimRequest(f"r{i}", float(a), int(p), int(o), ttft, tpot, False, rec, config.max_new_tokens)
             for i, (a, p, o) in enumerate(zip(trace.arrival_s, trace.prompt_tokens, trace.output_tokens))]
 
 
