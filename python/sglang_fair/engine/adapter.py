@@ -173,7 +173,7 @@ class PolicyAdapter:
         # -- decode rows: park the deferred ones (preemption is left to SGLang's own retraction)
         defer, n_wanted = deferral.rows_to_defer(running_batch, set(plan.decode) | set(plan.preempt),
                                                  has_prefill=bool(plan.prefill), finishing=self._finishing_inflight,
-                                                 blocked=self.no_defer_reasons, lora=bool(sched.enable_lora))
+                                                 blocked=self.no_defer_reasons, lora=not snap.deferral_allowed)
         self.plan_deferred_rows += n_wanted
         if defer:
             n = self.parking.park(running_batch, defer)
