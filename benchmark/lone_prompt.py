@@ -16,7 +16,7 @@ import threading
 import time
 
 from sglang_fair.live.compare import generate, prompt_ids
-from sglang_fair.live.server import SERVE_COMMAND, cpu_server_args, embedded_model_path, sglang_server
+from sglang_fair.live.server import SERVE_COMMAND, cpu_server_args, embedded_model_path, exit_on_sigterm, sglang_server
 
 
 def main() -> int:
@@ -25,6 +25,7 @@ def main() -> int:
     ap.add_argument("--long-tokens", type=int, default=300)
     ap.add_argument("--short-prompt", type=int, default=8)
     args = ap.parse_args()
+    exit_on_sigterm()
     with sglang_server(embedded_model_path(), ["--fair-policy", args.policy, *cpu_server_args(8192)],
                        command=list(SERVE_COMMAND), startup_timeout_s=600) as srv:
         generate(srv.url, prompt_ids(50, 9), 4)  # warm-up
