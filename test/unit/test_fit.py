@@ -218,6 +218,64 @@ def test_online_fit_of_a_recorded_decode_stretch_keeps_its_prefill_cost():
         assert abs(m.prefill_s(1055) + m.base_s - measured_1055) < 0.2 * measured_1055
 
 
+def test_online_fit_of_a_recorded_short_prompt_server_keeps_what_a_long_prompt_costs():
+    """The forwards recorded live (data/fit_window_short_prompts.json.gz, `--fair-trace` on the CPU): an idle server
+    that then served only 16-token prompts. Fitting the per-token cost from those forwards charged a prompt token
+    2.8 ms against the 0.52 ms longer prompts measure, so the server told the router it prefilled ~350 tokens/s
+    instead of ~1470 (smg then sent short requests to the busy server). With ONLINE_MIN_PREFILL_TOKENS the term keeps
+    the prior's value and the base term takes the short forwards' fixed cost."""
+    import gzip
+    from sglang_fair.core.fit import ONLINE_TERMS
+    from sglang_fair.core.load import prefill_token_rate
+    from sglang_fair.core.presets import load_preset
+    doc = json.loads(gzip.open(Path(__file__).parent / "data" / "fit_window_short_prompts.json.gz").read())
+    assert max(sum(t for t, _ in prefills) for prefills, *_ in doc["forwards"]) < 256
+    prior = load_preset("cpu-tiny-llama")
+
+    def replay(config: OnlineFitConfig) -> CostModel:
+        fitter = OnlineCostFitter(prior, config)
+        for prefills, rows, ctx, ms in doc["forwards"]:
+            fitter.observe([tuple(p) for p in prefills], [ctx / rows] * rows if rows else [], ms / 1000.0)
+        assert fitter.n_refits > 0 and fitter.n_rejected_fits == 0
+        return fitter.model
+
+    old = replay(OnlineFitConfig(options=FitOptions(terms=ONLINE_TERMS, min_term_weight=8.0)))
+    assert old.per_prefill_token_s > 3 * prior.per_prefill_token_s
+    assert prefill_token_rate(old, 1.0) < 0.4 * prefill_token_rate(prior, 1.0)
+    new = replay(OnlineFitConfig())
+    assert new.per_prefill_token_s == prior.per_prefill_token_s
+    assert new.base_s > prior.base_s  # what the short forwards measure went somewhere
+    assert prefill_token_rate(new, 1.0) > 0.9 * prefill_token_rate(prior, 1.0)
+    for prefills, rows, ctx, ms in doc["forwards"][-64:]:  # and the short forwards are still predicted about right
+        assert 0.4 < new.predict([tuple(p) for p in prefills], [ctx / rows] * rows if rows else []) * 1000 / ms < 2.5
+
+
+def test_a_floor_on_what_exercises_a_term():
+    """FitOptions.min_feature_to_exercise: 300 samples of up to two 16..120-token prefills fit the per-token cost without a
+    floor, and keep the prior's with a 256-token floor; once enough longer prefills come, the term is fitted."""
+    from sglang_fair.core.fit import fit_features
+    prior = CostModel(base_s=0.02, per_prefill_token_s=3e-4, per_decode_req_s=3e-4, per_context_token_s=1e-7)
+    short = iterations(TRUE, 300, seed=41, max_chunk=120)
+    X = np.array([CostModel.features(p, d) for p, d, _ in short])
+    y = np.array([t for _, _, t in short])
+    floor = FitOptions(min_term_weight=8.0, min_feature_to_exercise=(("prefill_tokens", 256.0),))
+    _, rep = fit_features(X, y, options=FitOptions(min_term_weight=8.0), prior=prior)
+    assert "prefill_tokens" in rep.fitted_terms
+    kept, rep = fit_features(X, y, options=floor, prior=prior)
+    assert "prefill_tokens" in rep.fixed_terms and kept.per_prefill_token_s == prior.per_prefill_token_s
+    assert "decode_reqs" in rep.fitted_terms
+    mixed = short + iterations(TRUE, 40, seed=42)
+    X = np.array([CostModel.features(p, d) for p, d, _ in mixed])
+    y = np.array([t for _, _, t in mixed])
+    fitted, rep = fit_features(X, y, options=floor, prior=prior)
+    assert "prefill_tokens" in rep.fitted_terms
+    assert abs(fitted.per_prefill_token_s / TRUE.per_prefill_token_s - 1) < 0.1
+    with pytest.raises(ValueError, match="unknown terms"):
+        FitOptions(min_feature_to_exercise=(("cubic", 1.0),))
+    with pytest.raises(ValueError, match="must be > 0"):
+        FitOptions(min_feature_to_exercise=(("prefill_tokens", 0.0),))
+
+
 def test_online_outliers_do_not_wreck_the_model():
     fitter = OnlineCostFitter(TRUE, OnlineFitConfig(refit_every=16))
     errors = []

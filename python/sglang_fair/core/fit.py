@@ -68,11 +68,17 @@ class FitOptions:
     """A term is fitted only if the samples that exercise it (its feature > 0) carry at least this much sample weight
     (a weight-1 sample counts 1); otherwise it keeps the prior's value. 0: no minimum. The online fitter sets it
     (OnlineFitConfig): a few old samples must not decide a term alone."""
+    min_feature_to_exercise: tuple[tuple[str, float], ...] = ()
+    """(term, value) pairs: for min_term_weight, a sample exercises that term only where its feature reaches the
+    value (other terms: any value > 0). The online fitter sets it for the prefill tokens (ONLINE_MIN_PREFILL_TOKENS):
+    forwards of a few prompt tokens must not decide what a long prompt costs."""
 
     def __post_init__(self) -> None:
-        unknown = set(self.terms) - set(FEATURES)
+        unknown = (set(self.terms) | {t for t, _ in self.min_feature_to_exercise}) - set(FEATURES)
         if unknown:
             raise ValueError(f"FitOptions.terms: unknown terms {sorted(unknown)}; known: {FEATURES}")
+        if not all(v > 0 for _, v in self.min_feature_to_exercise):
+            raise ValueError("FitOptions.min_feature_to_exercise: every value must be > 0")
         if not (self.min_rel_singular > 0 and self.min_scale > 0 and self.max_iter >= 1):
             raise ValueError("FitOptions: min_rel_singular and min_scale must be > 0 and max_iter >= 1")
         if not self.min_term_weight >= 0:
@@ -149,9 +155,13 @@ def fit_features(X: np.ndarray, y: np.ndarray, *, sample_weight: np.ndarray | No
     prior_coef = prior.coefficients() if prior is not None else np.zeros(len(FEATURES))
     scale = 1.0 / y if options.relative else np.ones_like(y)
 
-    allowed = [j for j, name in enumerate(FEATURES)
-               if name in options.terms and (not options.min_term_weight
-                                             or w[X[:, j] > 0].sum() >= options.min_term_weight)]
+    floors = dict(options.min_feature_to_exercise)
+
+    def exercised(j: int, name: str) -> bool:
+        hit = X[:, j] >= floors[name] if name in floors else X[:, j] > 0
+        return not options.min_term_weight or w[hit].sum() >= options.min_term_weight
+
+    allowed = [j for j, name in enumerate(FEATURES) if name in options.terms and exercised(j, name)]
     active = _identifiable(X[:, allowed] * (scale * np.sqrt(w))[:, None], options.min_rel_singular)
     active = [allowed[j] for j in active]
     coef, rw = _robust_fit(X, y, w, scale, active, prior_coef, options)
@@ -291,6 +301,16 @@ to the mixed-row term (85 ms a row); the next burst's prefills ran 3-8x longer t
 """
 
 
+ONLINE_MIN_PREFILL_TOKENS = 256
+"""For ONLINE_MIN_TERM_WEIGHT, a forward exercises the per-prefill-token term only when it prefills at least this many
+tokens (FitOptions.min_feature_to_exercise). Below that, a forward's cost is mostly fixed (launch, sampling, a GPU's
+memory-bound floor), and a linear fit charges it to the few tokens. Seen live (CPU, an idle server that had only
+served 16-token prompts, the smg routing test): the refit put 1.8-2.8 ms on a prompt token against the 0.52 ms that
+300-token prompts measure, the server reported a prefill rate of 59-460 tokens/s instead of ~1400 on /v1/loads, and
+smg, which divides a worker's queued tokens by that rate, sent short requests to the busy server. Until forwards of
+this size come, the term keeps its last fitted value (at first the prior's) and the base term takes the short
+forwards' fixed cost (test_fit.py replays that server's forwards)."""
+
 MIN_PREFILL_TOKEN_SHARE = 0.1
 """A refit that charges a prefill token less than this share of the starting prior's per-token cost is rejected.
 Where prefill chunks and mixed decode rows come in the same forwards, the two terms can trade for each other: seen in
@@ -315,10 +335,11 @@ class OnlineFitConfig:
     """Reject a refit unless the samples it keeps (bisquare weight >= 0.5) hold this share of the forgetting weight."""
     min_prefill_token_share: float = MIN_PREFILL_TOKEN_SHARE
     """Reject a refit that charges a prefill token less than this share of the starting prior's (0: no floor)."""
-    options: FitOptions = field(default_factory=lambda: FitOptions(terms=ONLINE_TERMS,
-                                                                   min_term_weight=ONLINE_MIN_TERM_WEIGHT))
+    options: FitOptions = field(default_factory=lambda: FitOptions(
+        terms=ONLINE_TERMS, min_term_weight=ONLINE_MIN_TERM_WEIGHT,
+        min_feature_to_exercise=(("prefill_tokens", ONLINE_MIN_PREFILL_TOKENS),)))
     """By default the quadratic prefill term stays at the prior's value (see ONLINE_TERMS), and so does every term
-    the recent samples do not exercise (ONLINE_MIN_TERM_WEIGHT)."""
+    the recent samples do not exercise (ONLINE_MIN_TERM_WEIGHT; for the prefill tokens, ONLINE_MIN_PREFILL_TOKENS)."""
 
     def __post_init__(self) -> None:
         if self.window_samples < 2 or self.refit_every < 1 or self.min_samples < 1:
