@@ -107,11 +107,9 @@ def test_unidentifiable_terms_keep_the_prior():
 def test_a_term_only_lightly_weighted_samples_exercise_keeps_the_prior():
     """FitOptions.min_term_weight: the prefill terms of 20 prefill-only samples are fitted at full weight, but kept at
     the prior's value when those samples carry 0.02 each (0.4 in all, as old samples do under forgetting)."""
-    from sglang_fair.core.fit import fit_features
+    from sglang_fair.core.fit import design_matrix, fit_features
     prior = CostModel(base_s=0.02, per_prefill_token_s=3e-4, per_decode_req_s=3e-4, per_context_token_s=1e-7)
-    samples = iterations(TRUE, 20, seed=21, decode=False) + iterations(TRUE, 200, seed=22, prefill=False)
-    X = np.array([CostModel.features(p, d) for p, d, _ in samples])
-    y = np.array([t for _, _, t in samples])
+    X, y = design_matrix(iterations(TRUE, 20, seed=21, decode=False) + iterations(TRUE, 200, seed=22, prefill=False))
     opts = FitOptions(min_term_weight=8.0)
     full, rep = fit_features(X, y, options=opts, prior=prior)
     assert "prefill_tokens" in rep.fitted_terms and abs(full.per_prefill_token_s / TRUE.per_prefill_token_s - 1) < 0.1
@@ -191,23 +189,29 @@ def test_online_keeps_the_prefill_terms_through_a_decode_only_stretch():
     assert abs(fitter.model.per_prefill_token_s / slower.per_prefill_token_s - 1) < 0.1
 
 
+def recorded_forwards(name: str) -> list:
+    """A window of forwards recorded live (data/NAME.json.gz: [prefills [[tokens, prefix]], decode rows, their summed
+    context, measured ms] each) as samples (prefills, decode contexts, seconds); only the contexts' sum enters the
+    features, so each row gets the mean."""
+    import gzip
+    doc = json.loads(gzip.open(Path(__file__).parent / "data" / f"{name}.json.gz").read())
+    return [([tuple(p) for p in prefills], [ctx / rows] * rows if rows else [], ms / 1000.0)
+            for prefills, rows, ctx, ms in doc["forwards"]]
+
+
 def test_online_fit_of_a_recorded_decode_stretch_keeps_its_prefill_cost():
     """The forwards recorded live (data/fit_window_decode_stretch.json.gz, a `--fair-trace` on the emulated A100):
     a few prefill and mixed forwards, then ~300 decode-only ones. Without a minimum weight per term a refit 256
     forwards into the stretch rejected the old prefill samples as outliers, set the prefill-token coefficient to 0
     and put prefill's cost on the mixed-row term; the burst that followed ran 3-8x longer than planned."""
-    import gzip
     from sglang_fair.core.fit import ONLINE_TERMS
     from sglang_fair.core.presets import load_preset
-    doc = json.loads(gzip.open(Path(__file__).parent / "data" / "fit_window_decode_stretch.json.gz").read())
+    samples = recorded_forwards("fit_window_decode_stretch")
     prior = load_preset("a100-llama3-8b").scaled(6)
 
     def replay(config: OnlineFitConfig) -> list[CostModel]:
-        fitter, models = OnlineCostFitter(prior, config), []
-        for prefills, rows, ctx, ms in doc["forwards"]:  # only the contexts' sum enters the features
-            fitter.observe([tuple(p) for p in prefills], [ctx / rows] * rows if rows else [], ms / 1000.0)
-            models.append(fitter.model)
-        return models
+        fitter = OnlineCostFitter(prior, config)
+        return [fitter.observe(p, d, t) for p, d, t in samples]  # the model after each forward
 
     # the fitter before the minimum (and before the floor on a prefill token's cost)
     old = replay(OnlineFitConfig(options=FitOptions(terms=ONLINE_TERMS), min_prefill_token_share=0.0))
@@ -224,18 +228,16 @@ def test_online_fit_of_a_recorded_short_prompt_server_keeps_what_a_long_prompt_c
     2.8 ms against the 0.52 ms longer prompts measure, so the server told the router it prefilled ~350 tokens/s
     instead of ~1470 (smg then sent short requests to the busy server). With ONLINE_MIN_PREFILL_TOKENS the term keeps
     the prior's value and the base term takes the short forwards' fixed cost."""
-    import gzip
     from sglang_fair.core.fit import ONLINE_TERMS
     from sglang_fair.core.load import prefill_token_rate
     from sglang_fair.core.presets import load_preset
-    doc = json.loads(gzip.open(Path(__file__).parent / "data" / "fit_window_short_prompts.json.gz").read())
-    assert max(sum(t for t, _ in prefills) for prefills, *_ in doc["forwards"]) < 256
+    samples = recorded_forwards("fit_window_short_prompts")
+    assert max(sum(c for c, _ in prefills) for prefills, _, _ in samples) < 256
     prior = load_preset("cpu-tiny-llama")
 
     def replay(config: OnlineFitConfig) -> CostModel:
         fitter = OnlineCostFitter(prior, config)
-        for prefills, rows, ctx, ms in doc["forwards"]:
-            fitter.observe([tuple(p) for p in prefills], [ctx / rows] * rows if rows else [], ms / 1000.0)
+        feed(fitter, samples)
         assert fitter.n_refits > 0 and fitter.n_rejected_fits == 0
         return fitter.model
 
@@ -246,28 +248,24 @@ def test_online_fit_of_a_recorded_short_prompt_server_keeps_what_a_long_prompt_c
     assert new.per_prefill_token_s == prior.per_prefill_token_s
     assert new.base_s > prior.base_s  # what the short forwards measure went somewhere
     assert prefill_token_rate(new, 1.0) > 0.9 * prefill_token_rate(prior, 1.0)
-    for prefills, rows, ctx, ms in doc["forwards"][-64:]:  # and the short forwards are still predicted about right
-        assert 0.4 < new.predict([tuple(p) for p in prefills], [ctx / rows] * rows if rows else []) * 1000 / ms < 2.5
+    for p, d, t in samples[-64:]:  # and the short forwards are still predicted about right
+        assert 0.4 < new.predict(p, d) / t < 2.5
 
 
 def test_a_floor_on_what_exercises_a_term():
-    """FitOptions.min_feature_to_exercise: 300 samples of up to two 16..120-token prefills fit the per-token cost without a
-    floor, and keep the prior's with a 256-token floor; once enough longer prefills come, the term is fitted."""
-    from sglang_fair.core.fit import fit_features
+    """FitOptions.min_feature_to_exercise: 300 samples of up to two 16..120-token prefills fit the per-token cost
+    without a floor, and keep the prior's with a 256-token floor; once enough longer prefills come, it is fitted."""
+    from sglang_fair.core.fit import design_matrix, fit_features
     prior = CostModel(base_s=0.02, per_prefill_token_s=3e-4, per_decode_req_s=3e-4, per_context_token_s=1e-7)
     short = iterations(TRUE, 300, seed=41, max_chunk=120)
-    X = np.array([CostModel.features(p, d) for p, d, _ in short])
-    y = np.array([t for _, _, t in short])
+    X, y = design_matrix(short)
     floor = FitOptions(min_term_weight=8.0, min_feature_to_exercise=(("prefill_tokens", 256.0),))
     _, rep = fit_features(X, y, options=FitOptions(min_term_weight=8.0), prior=prior)
     assert "prefill_tokens" in rep.fitted_terms
     kept, rep = fit_features(X, y, options=floor, prior=prior)
     assert "prefill_tokens" in rep.fixed_terms and kept.per_prefill_token_s == prior.per_prefill_token_s
     assert "decode_reqs" in rep.fitted_terms
-    mixed = short + iterations(TRUE, 40, seed=42)
-    X = np.array([CostModel.features(p, d) for p, d, _ in mixed])
-    y = np.array([t for _, _, t in mixed])
-    fitted, rep = fit_features(X, y, options=floor, prior=prior)
+    fitted, rep = fit_features(*design_matrix(short + iterations(TRUE, 40, seed=42)), options=floor, prior=prior)
     assert "prefill_tokens" in rep.fitted_terms
     assert abs(fitted.per_prefill_token_s / TRUE.per_prefill_token_s - 1) < 0.1
     with pytest.raises(ValueError, match="unknown terms"):

@@ -74,9 +74,11 @@ class FitOptions:
     forwards of a few prompt tokens must not decide what a long prompt costs."""
 
     def __post_init__(self) -> None:
-        unknown = (set(self.terms) | {t for t, _ in self.min_feature_to_exercise}) - set(FEATURES)
-        if unknown:
-            raise ValueError(f"FitOptions.terms: unknown terms {sorted(unknown)}; known: {FEATURES}")
+        floored = [t for t, _ in self.min_feature_to_exercise]
+        for name, terms in (("terms", self.terms), ("min_feature_to_exercise", floored)):
+            unknown = set(terms) - set(FEATURES)
+            if unknown:
+                raise ValueError(f"FitOptions.{name}: unknown terms {sorted(unknown)}; known: {FEATURES}")
         if not all(v > 0 for _, v in self.min_feature_to_exercise):
             raise ValueError("FitOptions.min_feature_to_exercise: every value must be > 0")
         if not (self.min_rel_singular > 0 and self.min_scale > 0 and self.max_iter >= 1):
