@@ -308,7 +308,7 @@ ONLINE_MIN_PREFILL_TOKENS = 256
 tokens (FitOptions.min_feature_to_exercise). Below that, a forward's cost is mostly fixed (launch, sampling, a GPU's
 memory-bound floor), and a linear fit charges it to the few tokens. Seen live (CPU, an idle server that had only
 served 16-token prompts, the smg routing test): the refit put 1.8-2.8 ms on a prompt token against the 0.52 ms that
-300-token prompts measure, the server reported a prefill rate of 59-460 tokens/s instead of ~1400 on /v1/loads, and
+300-token prompts measure, the server reported a prefill rate of 59-575 tokens/s instead of ~1400 on /v1/loads, and
 smg, which divides a worker's queued tokens by that rate, sent short requests to the busy server. Until forwards of
 this size come, the term keeps its last fitted value (at first the prior's) and the base term takes the short
 forwards' fixed cost (test_fit.py replays that server's forwards)."""
