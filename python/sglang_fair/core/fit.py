@@ -361,9 +361,9 @@ class OnlineCostFitter:
     `model` is always a valid model: the prior until a refit is accepted, then the latest accepted fit.
     """
 
-    def __init__(self, prior: CostModel, config: OnlineFitConfig = OnlineFitConfig()) -> None:
+    def __init__(self, prior: CostModel, config: OnlineFitConfig | None = None) -> None:
         self.prior = prior
-        self.config = config
+        self.config = config = OnlineFitConfig() if config is None else config
         n = config.window_samples
         self._X = np.zeros((n, len(FEATURES)))
         self._y = np.zeros(n)
