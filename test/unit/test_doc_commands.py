@@ -2,7 +2,8 @@
 and every `--flag` after it (or after `python benchmark/SCRIPT.py`) is one that command accepts. For `serve` that
 is ours, the emulated device's, or one of SGLang's own ServerArgs flags (serve passes those through).
 
-Only code is read: fenced blocks, indented blocks and inline `code`; a backslash-continued line counts as one."""
+Only code is read: fenced blocks, indented blocks and inline `code` (which may wrap a line); a backslash-continued
+line counts as one."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def code_spans(text: str) -> list[str]:
     text = text.replace("\\\n", " ")
     fenced = re.findall(r"```.*?```", text, flags=re.S)
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    return fenced + re.findall(r"`([^`\n]+)`", prose) + [line for line in prose.splitlines() if line.startswith("    ")]
+    inline = [span.replace("\n", " ") for span in re.findall(r"`((?:[^`\n]|\n(?!\s*\n))+)`", prose)]  # wraps lines, not paragraphs
+    return fenced + inline + [line for line in prose.splitlines() if line.startswith("    ")]
 
 
 def commands_in(doc: str, text: str) -> list[tuple[str, str, str, str]]:
@@ -142,3 +144,71 @@ def test_the_check_catches_a_stale_flag_a_renamed_subcommand_and_a_missing_scrip
                                        "x.md: `benchmark/sim_capacity.py` has no --bogus",
                                        "x.md: benchmark/gone.py: no such script"])
     assert checked == 7  # sim 3, capacity 2, sim_capacity.py 2; nothing is checked against an unknown command
+
+
+SPEC_COMMANDS = {("sglang-fair", "sim"), ("sglang-fair", "capacity"), ("benchmark", "sim_capacity.py"),
+                 ("benchmark", "conv_windows.py"), ("benchmark", "device_shapes.py")}
+"""The commands whose --policy / --policies take simulator policy specs (sim/cli.py parse_policy_spec)."""
+
+
+def spec_problem(spec: str) -> str | None:
+    from sglang_fair.core.presets import load_preset
+    from sglang_fair.sim.cli import make_runner
+    from sglang_fair.sim.engine import EngineConfig
+    try:
+        make_runner([], spec, load_preset("a100-llama3-8b"), EngineConfig())  # validates the spec, runs nothing
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def documented_specs(commands) -> list[tuple[str, str]]:
+    """(doc, spec) for every policy spec given to a simulator command; PLACEHOLDERS in capitals are skipped."""
+    out = []
+    for doc, kind, name, rest in commands:
+        if (kind, name) in SPEC_COMMANDS:
+            for m in re.finditer(r"--polic(?:y|ies)[ =]+([^\s`]+)", rest):
+                out += [(doc, s) for s in m.group(1).split(",") if s and not s.isupper() and s != "..."]
+    return out
+
+
+def test_every_documented_policy_spec_builds():
+    commands = [c for doc in DOCS for c in commands_in(doc.name, doc.read_text())]
+    specs = documented_specs(commands)
+    problems = sorted({f"{doc}: {spec}: {p}" for doc, spec in specs if (p := spec_problem(spec))})
+    assert not problems, "\n".join(problems)
+    assert len({s for _, s in specs}) >= 20 and any("@" in s for _, s in specs) and any(
+        s.endswith("+reject") for _, s in specs)
+
+
+def test_a_renamed_policy_parameter_is_caught():
+    commands = commands_in("x.md", "    sglang-fair capacity --trace t --policies fair@catchup=4,slai,P\n")
+    assert documented_specs(commands) == [("x.md", "fair@catchup=4"), ("x.md", "slai")]
+    assert "catchup" in spec_problem("fair@catchup=4") and spec_problem("fair@catchup_tokens=4") is None
+
+
+def bench_policy_problems(commands) -> tuple[list[str], int]:
+    """`sglang-fair bench --policies A,B`: each a live policy (with --emulate: an emulated-device one) or 'none'."""
+    from sglang_fair.bench.emulated import EMULATED_POLICIES
+    from sglang_fair.bench.policies import LIVE_POLICIES
+    problems, checked = [], 0
+    for doc, kind, name, rest in commands:
+        if (kind, name) != ("sglang-fair", "bench"):
+            continue
+        known = EMULATED_POLICIES if "--emulate" in rest else LIVE_POLICIES
+        for m in re.finditer(r"--policies[ =]+([^\s`]+)", rest):
+            for p in m.group(1).split(","):
+                checked += 1
+                if p not in known and p != "none" and not p.isupper():
+                    problems.append(f"{doc}: sglang-fair bench{' --emulate' * (known is EMULATED_POLICIES)}: "
+                                    f"no policy {p!r}")
+    return problems, checked
+
+
+def test_every_documented_bench_policy_exists():
+    commands = [c for doc in DOCS for c in commands_in(doc.name, doc.read_text())]
+    problems, checked = bench_policy_problems(commands)
+    assert not problems, "\n".join(problems)
+    assert checked >= 5
+    wrong = commands_in("x.md", "`sglang-fair bench --quick --policies stock-mixed-2048,fair`")
+    assert bench_policy_problems(wrong) == (["x.md: sglang-fair bench: no policy 'stock-mixed-2048'"], 2)
