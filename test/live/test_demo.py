@@ -4,13 +4,12 @@ requests instead of 24 to stay short (about a minute on a 2-core CPU)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
 
 import pytest
+
+from server import run_in_own_group
 
 pytestmark = pytest.mark.live
 
@@ -22,18 +21,10 @@ def test_demo_serves_every_request_under_fair_and_prints_its_summary(tmp_path):
 
     log = tmp_path / "demo.log"
     argv = [sys.executable, "-m", "sglang_fair.cli", "demo", "--requests", str(REQUESTS)]
-    with server_slots(1), open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=600)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own group: the server it started, should any be left
-            except ProcessLookupError:
-                pass
-            proc.wait()
+    with server_slots(1):
+        returncode = run_in_own_group(argv, log, timeout_s=600)
     text = log.read_text(errors="replace")
-    assert proc.returncode == 0, text[-3000:]
+    assert returncode == 0, text[-3000:]
     assert f"demo: {REQUESTS} requests of azure-code" in text and "policy fair" in text, text[-3000:]
     served = re.search(r"server: policy fair, hooks verified True, planned iterations (\d+)", text)
     assert served and int(served.group(1)) >= REQUESTS, text[-3000:]  # every request needs a planned prefill

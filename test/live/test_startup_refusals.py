@@ -5,13 +5,11 @@ and the server does not come up."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 
 import pytest
 
-from server import cpu_server_args, free_port
+from server import cpu_server_args, free_port, run_in_own_group
 
 pytestmark = pytest.mark.live
 
@@ -26,16 +24,8 @@ def test_scheduler_refuses_a_flag_set_past_serve(flag, tmp_path):
     argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(make_model()), "--host", "127.0.0.1",
             "--port", str(free_port()), *cpu_server_args(4096), flag]
     log = tmp_path / "server.log"
-    with server_slots(1), open(log, "w") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=400)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # our own group: SGLang's children, should any be left
-            except ProcessLookupError:
-                pass
-            proc.wait()
+    with server_slots(1):
+        returncode = run_in_own_group(argv, log, timeout_s=400, env=env)
     text = log.read_text(errors="replace")
-    assert proc.returncode != 0, text[-2000:]
+    assert returncode != 0, text[-2000:]
     assert "does not support" in text and flag in text, text[-2000:]

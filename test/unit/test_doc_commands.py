@@ -8,6 +8,7 @@ line counts as one."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -90,6 +91,12 @@ def commands_in(doc: str, text: str) -> list[tuple[str, str, str, str]]:
     return found
 
 
+@functools.cache
+def documented_commands() -> tuple[tuple[str, str, str, str], ...]:
+    """`commands_in` over the README and docs/, read once for the tests of this module."""
+    return tuple(c for doc in DOCS for c in commands_in(doc.name, doc.read_text()))
+
+
 def problems_of(commands, known: dict[str, set[str]]) -> tuple[list[str], int]:
     """What is wrong with `commands` (subcommand -> accepted flags in `known`), and how many flags were checked."""
     scripts: dict[str, set[str] | None] = {}
@@ -118,7 +125,7 @@ def problems_of(commands, known: dict[str, set[str]]) -> tuple[list[str], int]:
 
 
 def test_every_documented_command_and_flag_exists():
-    commands = [c for doc in DOCS for c in commands_in(doc.name, doc.read_text())]
+    commands = documented_commands()
     known = subcommand_flags()
     known["serve"] = serve_flags()
     problems, checked = problems_of(commands, known)
@@ -173,7 +180,7 @@ def documented_specs(commands) -> list[tuple[str, str]]:
 
 
 def test_every_documented_policy_spec_builds():
-    commands = [c for doc in DOCS for c in commands_in(doc.name, doc.read_text())]
+    commands = documented_commands()
     specs = documented_specs(commands)
     problems = sorted({f"{doc}: {spec}: {p}" for doc, spec in specs if (p := spec_problem(spec))})
     assert not problems, "\n".join(problems)
@@ -206,7 +213,7 @@ def bench_policy_problems(commands) -> tuple[list[str], int]:
 
 
 def test_every_documented_bench_policy_exists():
-    commands = [c for doc in DOCS for c in commands_in(doc.name, doc.read_text())]
+    commands = documented_commands()
     problems, checked = bench_policy_problems(commands)
     assert not problems, "\n".join(problems)
     assert checked >= 5
