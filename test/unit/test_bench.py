@@ -64,6 +64,25 @@ def test_budgeted_capacity_brackets_then_bisects_within_the_probe_budget():
     assert budgeted_capacity(ev, lambda x: False, 1.0, max_probes=2) == (0.0, 0.5)
 
 
+def test_a_small_step_started_near_the_capacity_brackets_it_in_two_probes():
+    probes = []
+
+    def ev(x):
+        probes.append(x)
+        return x
+
+    step = 2 ** 0.25
+    cap, fail = budgeted_capacity(ev, lambda x: x <= 1.25, 1.189, max_probes=5, rel_tol=0.03, step=step)
+    assert probes[:2] == [1.189, pytest.approx(1.189 * step)]  # pass, then one step up fails: bracketed
+    assert 1.189 <= cap <= 1.25 < fail and fail / cap <= 1.03 and len(probes) == 5
+    probes.clear()
+    cap, fail = budgeted_capacity(ev, lambda x: x <= 0.9, 1.0, max_probes=2, step=step)
+    assert probes == [1.0, pytest.approx(1.0 / step)] and fail == 1.0 and cap == pytest.approx(1.0 / step, rel=1e-3)
+    for bad in (1.0, 0.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="step must be"):
+            budgeted_capacity(ev, lambda x: True, 1.0, max_probes=2, step=bad)
+
+
 def test_live_capacities_reads_the_attainment_capacity_off_the_same_probes():
     from types import SimpleNamespace
     calls = []
@@ -127,3 +146,7 @@ def test_cli_rejects_unknown_policies_and_bad_slos():
         main(["bench", "--policies", "fair,bogus"])
     with pytest.raises(SystemExit, match="--tpot-slo-ms"):
         main(["bench", "--tpot-slo-ms", "0"])
+    for flag, value in (("--step", "1"), ("--start-scale", "0"), ("--max-probes", "0"), ("--rel-tol", "-0.1"),
+                        ("--step", "nan")):
+        with pytest.raises(SystemExit, match=flag):
+            main(["bench", flag, value])

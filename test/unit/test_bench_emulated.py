@@ -202,6 +202,9 @@ def test_cluster_flag_pairs_servers_with_routers_on_a_double_window_and_bad_uses
     moved = _config(_cli(cluster="fair/cache_aware", window_start=900))
     assert moved.cluster_workload.start_s == pytest.approx(arrivals[900]) and moved.policies == ["stock", "fair"]
     assert _config(_cli()).cluster_workload is None  # no --cluster: no double window
+    tuned = _config(_cli(cluster="fair/cache_aware", start_scale=1.189, step=1.19, max_probes=6, rel_tol=0.03))
+    assert (tuned.start_scale, tuned.step, tuned.max_probes, tuned.cluster_max_probes, tuned.rel_tol) == \
+        (1.189, 1.19, 6, 6, 0.03) and tuned.start_scales == {}
     for extra, words in (({"cluster": "fair/least_load"}, "--cluster: 'fair/least_load' is not SERVER/ROUTER"),
                          ({"cluster": "fair-strict/cache_aware"}, "--cluster: 'fair-strict/cache_aware'"),
                          ({"cluster": "fair"}, "--cluster: 'fair' is not SERVER/ROUTER"),

@@ -34,6 +34,16 @@ def add_parser(sub) -> None:
     p.add_argument("--policies", default=None,
                    help="comma-separated policies to run instead of the mode's (also: fair-strict); 'none' with "
                         "--cluster: the two-server runs only")
+    p.add_argument("--start-scale", type=float, default=None, metavar="X",
+                   help="first probe's rate scale, for every trace and the two-server runs (default: the mode's)")
+    p.add_argument("--step", type=float, default=None, metavar="F",
+                   help="bracketing factor of the capacity search: the first probe is multiplied (divided) by F until "
+                        "one fails (passes), then the search bisects (default 2; e.g. 1.19 with --start-scale near a "
+                        "known capacity brackets it in two probes)")
+    p.add_argument("--max-probes", type=int, default=None, metavar="N",
+                   help="most probes per policy and trace, single servers and two-server runs (default: the mode's)")
+    p.add_argument("--rel-tol", type=float, default=None, metavar="R",
+                   help="stop bisecting once the failing / passing scale <= 1 + R (default: the mode's)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("--no-cluster", action="store_true", help="skip the two-server runs (full mode)")
@@ -120,6 +130,7 @@ def _config(args):
             if not v > 0:
                 raise SystemExit(f"sglang-fair bench: --{flag.replace('_', '-')} must be > 0")
             setattr(cfg, flag, v)
+    _search_flags(cfg, args)
     if args.no_cluster:
         cfg.cluster = []
     if args.max_context_tokens is not None and args.max_context_tokens < 3:
@@ -129,6 +140,23 @@ def _config(args):
                                              max_context_tokens=args.max_context_tokens) for w in cfg.workloads]
     cfg.trace = bool(getattr(args, "trace", False))
     return cfg
+
+
+def _search_flags(cfg, args) -> None:
+    """--start-scale / --step / --max-probes / --rel-tol over the mode's capacity search."""
+    import math
+    for flag, ok, need in (("start_scale", lambda v: v > 0, "> 0"), ("step", lambda v: v > 1, "> 1"),
+                           ("max_probes", lambda v: v >= 1, ">= 1"), ("rel_tol", lambda v: v > 0, "> 0")):
+        v = getattr(args, flag, None)
+        if v is None:
+            continue
+        if not (math.isfinite(v) and ok(v)):
+            raise SystemExit(f"sglang-fair bench: --{flag.replace('_', '-')} must be {need}, got {v:g}")
+        setattr(cfg, flag, v)
+    if getattr(args, "start_scale", None) is not None:
+        cfg.start_scales = {}
+    if getattr(args, "max_probes", None) is not None:
+        cfg.cluster_max_probes = args.max_probes
 
 
 def main(args) -> int:

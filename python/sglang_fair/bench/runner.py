@@ -54,6 +54,9 @@ class BenchConfig:
     """Per-trace first probe (trace name -> rate scale); others start at start_scale."""
     max_probes: int = 4
     rel_tol: float = 0.15
+    step: float = 2.0
+    """Bracketing factor of the capacity search: the first probe is multiplied (divided) by it until one fails
+    (passes), then the search bisects geometrically (search.budgeted_capacity)."""
     probe_drain_s: float = 45.0
     """A probe is cut (aborted, failing) this long after its last scheduled arrival."""
     warmup_requests: int = 8
@@ -224,7 +227,7 @@ class Bench:
             return None if bad else s
 
         res = live_capacities(evaluate, c.ttft_slo_ms * k / 1e3, c.tpot_slo_ms * k / 1e3, start,
-                              max_probes=max_probes, rel_tol=c.rel_tol)
+                              max_probes=max_probes, rel_tol=c.rel_tol, step=c.step)
         w, trace, _ = self.traces[key]
         res["capacity_rps"] = res["capacity"] * trace.rate_rps
         res["probes"] = {f"{x:g}": {**_probe_json(kept[x], summaries[x], k, by_kind.get(x)),

@@ -14,11 +14,14 @@ from ..core.metrics import Summary, meets_attainment, meets_tail
 
 
 def budgeted_capacity(evaluate: Callable[[float], Summary], ok: Callable[[Summary], bool], start: float, *,
-                      max_probes: int, rel_tol: float = 0.1) -> tuple[float, float | None]:
+                      max_probes: int, rel_tol: float = 0.1, step: float = 2.0) -> tuple[float, float | None]:
     """(largest passing scale or 0.0, smallest failing scale above it or None) after at most `max_probes` probes:
-    double from `start` until a failure, halve until a pass, then bisect geometrically while hi/lo > 1 + rel_tol."""
+    multiply `start` by `step` until a failure, divide by it until a pass, then bisect geometrically while
+    hi/lo > 1 + rel_tol. A small step started near a known capacity brackets it in two probes."""
     if max_probes < 1 or not start > 0:
         raise ValueError("max_probes must be >= 1 and start > 0")
+    if not (step > 1.0 and math.isfinite(step)):
+        raise ValueError(f"step must be a finite factor > 1, got {step!r}")
     lo = hi = None
     x = start
     for _ in range(max_probes):
@@ -29,16 +32,17 @@ def budgeted_capacity(evaluate: Callable[[float], Summary], ok: Callable[[Summar
         if ok(evaluate(x)):
             lo = x
             if hi is None:
-                x *= 2.0
+                x *= step
         else:
             hi = x
             if lo is None:
-                x /= 2.0
+                x /= step
     return (float(f"{lo:.4g}") if lo is not None else 0.0), (float(f"{hi:.4g}") if hi is not None else None)
 
 
 def live_capacities(evaluate: Callable[[float], Summary | None], ttft_slo_s: float, tpot_slo_s: float, start: float,
-                    *, max_probes: int, rel_tol: float = 0.1, attainment_target: float = 0.9) -> dict:
+                    *, max_probes: int, rel_tol: float = 0.1, step: float = 2.0,
+                    attainment_target: float = 0.9) -> dict:
     """Tail capacity by budgeted bisection; attainment capacity from the same probes. `evaluate` returns None for
     an invalid probe (e.g. an emulated clock that overran): it fails both criteria, so it never raises a capacity."""
     seen: dict[float, Summary | None] = {}
@@ -50,7 +54,7 @@ def live_capacities(evaluate: Callable[[float], Summary | None], ttft_slo_s: flo
         return seen[x]
 
     cap, fail = budgeted_capacity(ev, lambda s: s is not None and meets_tail(s, ttft_slo_s, tpot_slo_s), start,
-                                  max_probes=max_probes, rel_tol=rel_tol)
+                                  max_probes=max_probes, rel_tol=rel_tol, step=step)
     att = max((x for x, s in seen.items() if s is not None and meets_attainment(s, attainment_target)), default=0.0)
     return {"capacity": cap, "first_failing_scale": fail, "capacity_attainment_lower_bound": att,
             "probes": dict(sorted(seen.items()))}
