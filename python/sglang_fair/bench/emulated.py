@@ -16,6 +16,8 @@ scale. What changes:
 
 from __future__ import annotations
 
+import math
+
 from ..config import OFF
 from .workload import Workload
 
@@ -123,6 +125,18 @@ def counter_delta(before: list[dict], after: list[dict]) -> dict[str, list[int]]
             acc[0] += n - n0
             acc[1] += o - o0
     return out
+
+
+def overrun_hint(delta: dict[str, list[int]], spec_text: str) -> str:
+    """What to do about an invalid probe: which batches this host could not finish in their emulated time, and
+    the flag that fixes it (a larger dilation, the same for every policy of a comparison)."""
+    from ..emulate.spec import parse_device_spec
+    spec = parse_device_spec(spec_text)
+    kinds = ", ".join(f"{kind} {o}/{n}" for kind, (n, o) in sorted(delta.items()) if o)
+    return (f"this host's real forwards overran the emulated time in more than {MAX_OVERRUN_FRACTION:.0%} of the "
+            f"probe's forwards ({kinds or 'none by kind'}) at dilation {spec.dilation:g}: such probes are invalid "
+            f"and never pass. Rerun every policy of the comparison with a larger dilation, e.g. --emulate "
+            f"{spec.preset}:{math.ceil(spec.dilation * 1.5):d}")
 
 
 def overrun_fraction(delta: dict[str, list[int]]) -> float:

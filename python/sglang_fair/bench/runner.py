@@ -141,6 +141,7 @@ class Bench:
     """(Workload, Trace, path) of the unmeasured warm-up replay: the head of the first workload."""
     probes: dict = field(default_factory=dict)
     """(label, workload key) -> {scale: Probe}; kept for the simulator replay."""
+    overrun_hint_given: bool = False
 
     @property
     def cost_model_path(self) -> Path:
@@ -224,6 +225,9 @@ class Bench:
                      f"{s.p99_tpot_s * 1e3 / k:6.0f} ms  attainment {s.attainment:4.2f}"
                      f"{f'  overruns {overruns:.1%}' if overruns is not None else ''}{'  INVALID' if bad else ''}"
                      f"{'  ABORTED' if p.aborted else ''}  ({time.monotonic() - t0:.0f} s)")
+            if bad and not self.overrun_hint_given:
+                self.overrun_hint_given = True
+                self.say(emulated.overrun_hint(by_kind[scale], c.emulate))
             return None if bad else s
 
         res = live_capacities(evaluate, c.ttft_slo_ms * k / 1e3, c.tpot_slo_ms * k / 1e3, start,
