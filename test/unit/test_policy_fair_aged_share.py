@@ -95,6 +95,24 @@ def test_on_time_work_gives_way_to_the_lane_only_for_its_share():
     assert policy_arrival_verdict(FairParams(), queued, new)[0] is False
 
 
+def test_a_queue_all_aged_is_one_lane_in_edf_order_with_nothing_left_to_judge():
+    # mixed TTFT SLOs: arrival order is not EDF order; an aged partial prefill rides in the lane too
+    waiting = [make_req(f"w{i}", arrival_s=0.1 * i, prompt_tokens=300 + 10 * i, ttft_slo_s=0.5 if i % 3 else 1.0)
+               for i in range(12)]
+    part = make_req("p", arrival_s=0.05, prompt_tokens=4000, prefilled_tokens=1000, ttft_slo_s=1.0)
+    snap = make_snapshot(now=NOW, waiting=waiting, prefilling=[part])
+    on_time, unjudged, demoted, lane = admission_lanes(snap, True, 5.0, 64, None, 0.1)
+    assert (on_time, list(unjudged), demoted) == ([], [], [])
+    deadlines = [r.arrival_s + r.ttft_slo_s for r, _ in lane]
+    assert deadlines == sorted(deadlines) and len(lane) == 13 and [w for r, w in lane if r.rid == "p"] == [False]
+    # one more request, not aged, is judged by the walk and the lane is the same
+    snap2 = make_snapshot(now=NOW, waiting=[*waiting, fresh(prompt_tokens=2000)], prefilling=[part])
+    on_time2, _, demoted2, lane2 = admission_lanes(snap2, True, 5.0, 64, None, 0.1)
+    assert [r.rid for r in on_time2] == ["new"] and demoted2 == [] and lane2 == lane
+    plan = make_policy("fair").plan(snap)  # the plan serves the lane's head first, with the whole step
+    assert plan.prefill[0][0] == lane[0][0].rid and set(plan.aged) == {r.rid for r, _ in lane}
+
+
 def test_closed_loop_under_sustained_overload():
     # 34 s of prompts of 200-1800 tokens every 85 ms (about 1.2x what the device prefills), TTFT SLO 2 s
     rng = np.random.default_rng(0)

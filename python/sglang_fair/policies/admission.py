@@ -178,15 +178,17 @@ def admission_lanes(snap: Snapshot, longest: bool, aged_after_ttft: float, windo
         n += 1
     if not lane:
         return (*admission_split(snap, longest, math.inf, window, share), [])
+    ttft0 = lane[0][0].ttft_slo_s
+    if len(lane) > n or any([r.ttft_slo_s != ttft0 for r, _ in lane]):  # else arrival order is already EDF order
+        lane.sort(key=lambda item: edf_key(item[0]))
+    if n == len(snap.waiting):  # every waiting request is aged: nothing left for the walk to judge
+        return [], (), [], lane
     if share is None:
         share = prefill_share(snap)
     in_lane = frozenset([r.rid for r, w in lane if not w])  # the aged partial prefills
     rest = dataclasses.replace(snap, waiting=snap.waiting[n:],
                                prefilling=tuple([r for r in snap.prefilling if r.rid not in in_lane]))
     aged_s = sum(_prefill_seconds(snap.cost, [r for r, _ in lane]))
-    ttft0 = lane[0][0].ttft_slo_s
-    if len(lane) > n or any([r.ttft_slo_s != ttft0 for r, _ in lane]):  # else arrival order is already EDF order
-        lane.sort(key=lambda item: edf_key(item[0]))
     return (*admission_split(rest, longest, math.inf, window, share, (aged_s, aged_share)), lane)
 
 
