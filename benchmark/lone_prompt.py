@@ -6,6 +6,9 @@ sixteenth session fair held the short prompt until the long decode finished.
 
     python benchmark/lone_prompt.py             # fair, about a minute
     python benchmark/lone_prompt.py --policy off
+    python benchmark/lone_prompt.py --long-tpot-slo-ms 20   # a TPOT SLO no CPU decode step holds (the long request
+    python benchmark/lone_prompt.py --long-tpot-slo-ms 20 --fair-param lost_decode=envelope   # is past saving)
+    python benchmark/lone_prompt.py --sim      # the simulator's version: a decode whose TPOT SLO is below its step
 """
 
 from __future__ import annotations
@@ -15,8 +18,34 @@ import json
 import threading
 import time
 
+import numpy as np
+
 from sglang_fair.live.compare import generate, prompt_ids
 from sglang_fair.live.server import SERVE_COMMAND, cpu_server_args, embedded_model_path, exit_on_sigterm, sglang_server
+
+
+def simulated() -> list[dict]:
+    """The closed loop of test/unit/test_policy_fair_lost_decode.py: one request decoding 2000 tokens with an 8 ms
+    TPOT SLO on a device whose decode step costs 10.05 ms (and a decode row 4 ms more in a prefill forward), a prompt
+    arriving 5 s in; its TTFT under each `lost_decode`."""
+    from sglang_fair.core.cost_model import CostModel
+    from sglang_fair.core.metrics import tbt_s, ttft_s
+    from sglang_fair.policies import make_policy
+    from sglang_fair.sim.engine import EngineConfig, simulate
+    from sglang_fair.sim.traces import Trace
+
+    cost = CostModel(base_s=0.010, per_prefill_token_s=7.7e-5, per_decode_req_s=5e-5, per_mixed_decode_req_s=0.004)
+    rows = []
+    for prompt in (38, 2000):
+        trace = Trace("lone", np.array([0.0, 5.0]), np.array([100, prompt]), np.array([2000, 4]))
+        for lost in ("envelope", "gap"):
+            res = simulate(trace, make_policy("fair", lost_decode=lost), cost,
+                           EngineConfig(tpot_slo_ms=8.0, record_token_times=True))
+            long, late = res.records
+            rows.append({"prompt_tokens": prompt, "lost_decode": lost, "prompt_ttft_s": round(ttft_s(late), 3),
+                         "long_max_token_gap_ms": round(float(tbt_s(long).max()) * 1e3, 1),
+                         "long_last_token_s": round(long.last_token_s, 3)})
+    return rows
 
 
 def main() -> int:
@@ -24,16 +53,26 @@ def main() -> int:
     ap.add_argument("--policy", default="fair")
     ap.add_argument("--long-tokens", type=int, default=300)
     ap.add_argument("--short-prompt", type=int, default=8)
+    ap.add_argument("--long-tpot-slo-ms", type=float, default=None,
+                    help="the long request's TPOT SLO (default: the server's)")
+    ap.add_argument("--fair-param", action="append", default=[], metavar="KEY=VALUE", help="passed to serve")
+    ap.add_argument("--sim", action="store_true", help="run the simulator's scenario instead (no server)")
     args = ap.parse_args()
+    if args.sim:
+        for row in simulated():
+            print(json.dumps(row))
+        return 0
     exit_on_sigterm()
-    with sglang_server(embedded_model_path(), ["--fair-policy", args.policy, *cpu_server_args(8192)],
+    extra = [a for kv in args.fair_param for a in ("--fair-param", kv)]
+    long_params = None if args.long_tpot_slo_ms is None else {"tpot_slo_ms": args.long_tpot_slo_ms}
+    with sglang_server(embedded_model_path(), ["--fair-policy", args.policy, *extra, *cpu_server_args(8192)],
                        command=list(SERVE_COMMAND), startup_timeout_s=600) as srv:
         generate(srv.url, prompt_ids(50, 9), 4)  # warm-up
         out: dict[str, float] = {}
 
         def long() -> None:
             t = time.monotonic()
-            generate(srv.url, prompt_ids(100, 1), args.long_tokens)
+            generate(srv.url, prompt_ids(100, 1), args.long_tokens, custom_params=long_params)
             out["long_s"] = time.monotonic() - t
 
         th = threading.Thread(target=long)
@@ -43,7 +82,8 @@ def main() -> int:
         generate(srv.url, prompt_ids(args.short_prompt, 2), 2)
         out["short_s"] = time.monotonic() - t
         th.join()
-    print(json.dumps({"policy": args.policy, "long_request_s": round(out["long_s"], 3),
+    print(json.dumps({"policy": args.policy, "fair_params": args.fair_param,
+                      "long_tpot_slo_ms": args.long_tpot_slo_ms, "long_request_s": round(out["long_s"], 3),
                       "short_request_s (sent 2 s after the long one)": round(out["short_s"], 3)}))
     return 0
 

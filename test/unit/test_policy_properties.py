@@ -103,16 +103,42 @@ def decode_slack(r: ReqView, now: float, anchor: str, keep: float = 1.0) -> floa
     return r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s * keep - now
 
 
-def fair_budget_oracle(snap: Snapshot, p: FairParams) -> float:
+def fair_slacks(snap: Snapshot, p: FairParams, lost_to_gap: bool = False) -> dict[str, float]:
+    """Each running decode's slack as fair judges it: its envelope's (`decode_slack`); with `lost_to_gap` (fair's
+    second pass, `lost_decode="gap"`) a decode past saving (behind, and tpot + (slack - tpot) / tokens left below one
+    decode of the least-slack request) gets its gap slack instead where that is larger."""
+    keep = 1.0 - p.tpot_margin
+    slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor, keep) for r in snap.running}
+    if lost_to_gap:
+        floor = snap.cost.predict((), [min(snap.running, key=lambda r: slack[r.rid]).context_tokens])
+        for r in snap.running:
+            tp, s, m = r.tpot_slo_s * keep, slack[r.rid], r.max_new_tokens - r.output_tokens
+            if s < tp and m >= 1 and tp + (s - tp) / m < floor:
+                slack[r.rid] = max(s, gap_slack(r, snap.now, p))
+    return slack
+
+
+def fair_lost_to_gap(snap: Snapshot, p: FairParams) -> bool:
+    """Whether fair planned its second pass: the plan by the envelopes carries no prefill while prompts wait, and some
+    decode is past saving (with the gap bound on)."""
+    if p.lost_decode != "gap" or not snap.running or not (snap.waiting or snap.prefilling):
+        return False
+    if p.max_token_gap_tpot == math.inf or FairPolicy(replace(p, lost_decode="envelope")).plan(snap).prefill:
+        return False
+    return fair_slacks(snap, p, True) != fair_slacks(snap, p)
+
+
+def fair_budget_oracle(snap: Snapshot, p: FairParams, lost_to_gap: bool = False) -> float:
     """The budget rule written out independently: max(min slack, min tpot), lowered (recover_tpot) to the smallest
     uniform iteration length that lands a behind decode's last token on time, tpot + (slack - tpot) / tokens left,
     where that is not below one decode of the least-slack request, and (gap_caps_budget) to the least time before a
-    decode's token gap passes its bound; clamped to [min, max] budget, and never below that decode."""
+    decode's token gap passes its bound; clamped to [min, max] budget, and never below that decode. The slacks are
+    `fair_slacks` (`lost_to_gap`), the recovery's and the floor's the envelopes'."""
     keep = 1.0 - p.tpot_margin
-    slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor, keep) for r in snap.running}
+    slack = fair_slacks(snap, p)
     least = min(snap.running, key=lambda r: slack[r.rid])
     floor = snap.cost.predict((), [least.context_tokens])
-    b = max(slack[least.rid], min(r.tpot_slo_s * keep for r in snap.running))
+    b = max(min(fair_slacks(snap, p, lost_to_gap).values()), min(r.tpot_slo_s * keep for r in snap.running))
     if p.recover_tpot:
         lengths = [r.tpot_slo_s * keep + (slack[r.rid] - r.tpot_slo_s * keep) / (r.max_new_tokens - r.output_tokens)
                    for r in snap.running if slack[r.rid] < r.tpot_slo_s * keep and r.max_new_tokens > r.output_tokens]
@@ -139,9 +165,11 @@ def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_cap
     tol = 1e-9 * max(1.0, plan.budget_s)
     keep = 1.0 - margin
     if snap.running:
-        assert plan.budget_s == pytest.approx(fair_budget_oracle(snap, p), rel=1e-12)
+        second = fair_lost_to_gap(snap, p)
+        slack = fair_slacks(snap, p, second)
+        assert plan.budget_s == pytest.approx(fair_budget_oracle(snap, p, second), rel=1e-12)
         thr = plan.budget_s + min(r.tpot_slo_s * keep for r in snap.running)
-        urgent = {r.rid for r in snap.running if decode_slack(r, snap.now, anchor, keep) < thr}
+        urgent = {r.rid for r in snap.running if slack[r.rid] < thr}
         if gap_caps:  # one TPOT before the gap bound too
             urgent |= {r.rid for r in snap.running
                        if gap_slack(r, snap.now, p) < plan.budget_s + r.tpot_slo_s * keep - tol}
@@ -152,8 +180,7 @@ def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_cap
         # with the gap bound at least one TPOT before its gap passes it
         for rid in plan.deferred(snap):
             r = next(q for q in snap.running if q.rid == rid)
-            assert (decode_slack(r, snap.now, anchor, keep) - plan.budget_s
-                    >= min(q.tpot_slo_s * keep for q in snap.running) - tol)
+            assert slack[rid] - plan.budget_s >= min(q.tpot_slo_s * keep for q in snap.running) - tol
             if gap_caps:
                 assert gap_slack(r, snap.now, p) - plan.budget_s >= r.tpot_slo_s * keep - tol
     if plan.predicted_s > plan.budget_s + tol:

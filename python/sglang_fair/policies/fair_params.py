@@ -55,6 +55,16 @@ class FairParams:
     that cannot make it even at the progress floor does not shrink the budget. Plans change only while some decode
     is behind; with an exact cost model none ever is (docs/results.md: it raised the noisy A100's Azure code cells and
     left every other simulated cell unchanged; False: the budget stays at least one TPOT, as before)."""
+    lost_decode: str = "gap"
+    """A decode past saving: behind its envelope so far that no iteration length above the progress floor lands its
+    last token on time (`recover_tpot` already leaves it out), as when its TPOT SLO is below what the device's decode
+    step costs. Its envelope keeps the budget at one TPOT, and where a step that carries the smallest prefill chunk
+    costs more than that, no prompt gets a step until the decode ends (seen live: an 8-token prompt waited out a
+    300-token decode whose 50 ms SLO a slow host could not hold). "gap" (the default): when the plan by the envelopes
+    carries no prefill while prompts wait, fair plans again with each such decode's slack taken to its token-gap
+    deadline (`max_token_gap_tpot`), so the prompts get the time up to that bound; it misses its TPOT either way.
+    "envelope": the plan by the envelopes stands (before the twenty-second session). Simulated capacity: every cell
+    the same either way (docs/results.md, "A decode past saving")."""
     admission: str = "demote-longest"
     """SLO-aware admission: "off" (every request is served EDF), "demote" (a waiting request whose TTFT can no
     longer be met is served after the on-time ones and reported in `Plan.demoted`) or "demote-longest" (the default:
@@ -119,5 +129,7 @@ class FairParams:
         s = self.aged_share
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= 1.0:
             raise ValueError(f"aged_share must be in [0, 1], got {s!r}")
+        if self.lost_decode not in ("envelope", "gap"):
+            raise ValueError(f"lost_decode must be 'envelope' or 'gap', got {self.lost_decode!r}")
         if self.admission not in ("off", "demote", "demote-longest"):
             raise ValueError(f"admission must be 'off', 'demote' or 'demote-longest', got {self.admission!r}")
