@@ -6,8 +6,8 @@ sixteenth session fair held the short prompt until the long decode finished.
 
     python benchmark/lone_prompt.py             # fair, about a minute
     python benchmark/lone_prompt.py --policy off
-    python benchmark/lone_prompt.py --long-tpot-slo-ms 20   # a TPOT SLO no CPU decode step holds (the long request
-    python benchmark/lone_prompt.py --long-tpot-slo-ms 20 --fair-param lost_decode=envelope   # is past saving)
+    python benchmark/lone_prompt.py --long-tpot-slo-ms 30   # a TPOT SLO no CPU decode step holds (the long request
+    python benchmark/lone_prompt.py --long-tpot-slo-ms 30 --fair-param lost_decode=envelope   # is past saving)
     python benchmark/lone_prompt.py --sim      # the simulator's version: a decode whose TPOT SLO is below its step
 """
 

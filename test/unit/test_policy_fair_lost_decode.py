@@ -40,6 +40,7 @@ def test_a_prompt_behind_a_decode_past_saving_is_planned_with_it():
     snap = snapshot(10.0)
     plan = make_policy("fair").plan(snap)
     assert plan.prefill == (("w", 38),) and plan.decode == ("d",)
+    assert "paced by their gap bound" in plan.note  # shows in the live status's recent plans
     # within the decode's gap bound: its next token comes before 5 TPOTs after its last
     assert plan.predicted_s <= GAP_TPOT * TPOT_S * KEEP
     # by its envelope alone the step stays decode-only, and the prompt waits

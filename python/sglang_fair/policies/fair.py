@@ -87,7 +87,7 @@ class FairPolicy:
                 and (snap.waiting or snap.prefilling)):
             alt = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, lost_to_gap=True)
             if alt is not None:
-                return alt
+                return replace(alt, note=alt.note + " (decodes past saving paced by their gap bound)")
         return plan
 
     def _plan_once(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
