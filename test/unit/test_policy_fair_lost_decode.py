@@ -2,7 +2,8 @@
 envelope every step and no iteration length above the progress floor lands its last token on time. Its envelope
 would keep the budget at one TPOT, below any step that carries a prefill chunk, and a prompt sent meanwhile would
 wait for the whole decode (seen live on a slow CPU host: docs/design.md, "Policies"). `lost_decode="gap"` (the
-default) paces such a decode by its token-gap bound instead while prompts wait."""
+default) paces such a decode by its token-gap bound instead where the plan would carry no prefill while prompts
+wait."""
 
 from __future__ import annotations
 
@@ -81,3 +82,13 @@ def test_closed_loop_a_prompt_is_served_while_a_lost_decode_runs_and_its_gaps_st
     assert np.median(gaps) == pytest.approx(0.01005, rel=0.01)
     old_long, old_late = simulate(trace, make_policy("fair", lost_decode="envelope"), MIXED, cfg).records
     assert old_late.first_token_s > old_long.last_token_s - 0.1  # the old rule: after the whole decode
+
+
+def test_no_second_pass_without_kv_for_a_chunk():
+    # KV holds the decode's next token and nothing more: no prompt could join, so the envelope's plan stands
+    snap = snapshot(10.0)
+    full = make_snapshot(now=snap.now, running=snap.running, waiting=snap.waiting, cost=MIXED,
+                         kv_capacity_tokens=snap.kv_used_tokens + 1)
+    plan = make_policy("fair").plan(full)
+    assert plan == make_policy("fair", lost_decode="envelope").plan(full)
+    assert plan.prefill == () and "paced by their gap bound" not in plan.note

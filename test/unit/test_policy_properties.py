@@ -119,9 +119,10 @@ def fair_slacks(snap: Snapshot, p: FairParams, lost_to_gap: bool = False) -> dic
 
 
 def fair_lost_to_gap(snap: Snapshot, p: FairParams) -> bool:
-    """Whether fair planned its second pass: the plan by the envelopes carries no prefill while prompts wait, and some
-    decode is past saving (with the gap bound on)."""
-    if p.lost_decode != "gap" or not snap.running or not (snap.waiting or snap.prefilling):
+    """Whether fair planned its second pass: the plan by the envelopes carries no prefill while prompts wait and KV
+    has room beyond one token per decode, and some decode is past saving (with the gap bound on)."""
+    if (p.lost_decode != "gap" or not snap.running or not (snap.waiting or snap.prefilling)
+            or snap.kv_free_tokens <= len(snap.running)):
         return False
     if p.max_token_gap_tpot == math.inf or FairPolicy(replace(p, lost_decode="envelope")).plan(snap).prefill:
         return False

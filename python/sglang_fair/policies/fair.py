@@ -6,9 +6,10 @@ Per iteration:
    its token gap passes `max_token_gap_tpot` x tpot_slo; without: `max_budget_ms` (no envelope to
    protect, and bigger chunks are cheaper per token).
    A decode behind its envelope (an iteration ran longer than planned) lowers it to what lands its last token on time
-   (`recover_tpot`). Where that leaves a step with no prefill while prompts wait, a decode past saving (no iteration
-   length lands its last token on time) counts by its token-gap deadline instead (`lost_decode`). Then clamped to [min_budget_ms, max_budget_ms], and never
-   below the cost of the smallest step that makes progress.
+   (`recover_tpot`). Where the plan then carries no prefill while prompts wait, it is made again with each decode
+   past saving (no iteration length lands its last token on time) counted by its token-gap deadline instead
+   (`lost_decode`). Then clamped to [min_budget_ms, max_budget_ms], and never below the cost of the smallest step that
+   makes progress.
 2. Urgent decodes: slack < budget + min tpot_slo, or less than budget + its tpot_slo left before its token gap
    would pass `max_token_gap_tpot` x tpot_slo (those gap deadlines also cap the budget in step 1). They always run
    (preempting, when KV is short, partial prefills and then the running requests with the most slack). If they
@@ -80,23 +81,27 @@ class FairPolicy:
 
     def _plan(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
               aged: list | None = None) -> Plan:
-        """`_plan_once`; where that plan carries no prefill while prefill work waits, planned again with each decode
-        past saving paced by its token-gap deadline (`lost_decode="gap"`), when there is one."""
-        plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged)
-        if (not plan.prefill and self.params.lost_decode == "gap" and snap.running
-                and (snap.waiting or snap.prefilling)):
-            alt = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, lost_to_gap=True)
-            if alt is not None:
-                return replace(alt, note=alt.note + " (decodes past saving paced by their gap bound)")
+        """`_plan_once`; where that plan carries no prefill while prefill work waits and KV has room for more than
+        the decodes' next tokens, planned again with each decode past saving (`_past_saving`) judged by its token-gap
+        deadline (`lost_decode="gap"`), when there is one."""
+        rows: list = []
+        plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, rows=rows)
+        if (not plan.prefill and rows and self.params.lost_decode == "gap" and (snap.waiting or snap.prefilling)
+                and self.params.max_token_gap_tpot < math.inf and snap.kv_free_tokens > len(snap.running)):
+            lost = self._past_saving(snap.running, *rows[0])
+            if lost:
+                plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, lost=lost)
+                return replace(plan, note=plan.note + " (decodes past saving paced by their gap bound)")
         return plan
 
     def _plan_once(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
-                   aged: list | None = None, lost_to_gap: bool = False) -> Plan | None:
+                   aged: list | None = None, *, lost: list[int] | None = None, rows: list | None = None) -> Plan:
         """The FairBatching plan with `edf_head` served first (in its order, already EDF), then `waiting` EDF and then
         `demoted` (in its order). `decode_all_s`: `decode_time_s` of every running request, when known. `aged`: the
         aged lane (admission.admission_lanes): on-time work may then use only 1 - `aged_share` of the prefill time,
-        and the lane, then the demoted, fill the rest (`_fill`). `lost_to_gap`: decodes past saving count by their
-        gap slack (`_lost_to_gap`); None when there is none."""
+        and the lane, then the demoted, fill the rest (`_fill`). `lost`: indices of running decodes judged by their gap
+        slack where that is larger (`_plan`'s second pass); `rows`: gets (tpots, slacks, floor) of the running decodes,
+        for `_past_saving`."""
         p = self.params
         now, cost, running = snap.now, snap.cost, snap.running
         if not running and not snap.prefilling and not snap.waiting:
@@ -125,14 +130,14 @@ class FairPolicy:
             tpot_min = min(tpots)
             # progress floor: one decode of the most urgent request always fits
             floor_s = cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens)
+            if rows is not None:
+                rows.append((tpots, slacks, floor_s))
             gap_slacks = self._gap_slacks(running, tpots, tpot_min, now)
             env_slacks, env_min = slacks, min_slack
-            if lost_to_gap:  # `_plan`'s second pass: decodes past saving are paced by their gap deadlines
-                if gap_slacks is None:
-                    return None
-                slacks = self._lost_to_gap(running, tpots, slacks, gap_slacks, floor_s)
-                if slacks is env_slacks:
-                    return None
+            if lost:  # `_plan`'s second pass: decodes past saving are judged by their gap deadlines (not None here)
+                slacks = list(slacks)
+                for i in lost:
+                    slacks[i] = max(slacks[i], gap_slacks[i])
                 min_slack = min(slacks)
             budget = max(min_slack, tpot_min)
             if p.recover_tpot and env_min < tpot_min:
@@ -327,18 +332,11 @@ class FairPolicy:
         return prefill, t, kv_left
 
     @staticmethod
-    def _lost_to_gap(running, tpots: list[float], slacks: list[float], gap_slacks: list[float],
-                     floor_s: float) -> list[float]:
-        """`lost_decode="gap"`: `slacks` with each decode past saving (behind its envelope, and no iteration length
-        from the progress floor `floor_s` up lands its last token on time: `_recovery_budget`'s test) given its gap
-        slack instead, when that is larger; the same list when there is none."""
-        out = None
-        for i, (r, tp, s, gs) in enumerate(zip(running, tpots, slacks, gap_slacks)):
-            if s < tp and gs > s and (m := r.max_new_tokens - r.output_tokens) >= 1 and tp + (s - tp) / m < floor_s:
-                if out is None:
-                    out = list(slacks)
-                out[i] = gs
-        return slacks if out is None else out
+    def _past_saving(running, tpots: list[float], slacks: list[float], floor_s: float) -> list[int]:
+        """Indices of the decodes past saving: behind their envelope, and no iteration length from the progress floor
+        `floor_s` up lands their last token on time (`_recovery_budget`'s test, the rows it leaves out)."""
+        return [i for i, (r, tp, s) in enumerate(zip(running, tpots, slacks))
+                if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1 and tp + (s - tp) / m < floor_s]
 
     @staticmethod
     def _recovery_budget(running, tpots: list[float], slacks: list[float], floor_s: float, budget_s: float) -> float:
