@@ -7,6 +7,8 @@ wait."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from factories import make_req, make_running, make_snapshot, make_trace
@@ -82,6 +84,15 @@ def test_closed_loop_a_prompt_is_served_while_a_lost_decode_runs_and_its_gaps_st
     assert np.median(gaps) == pytest.approx(0.01005, rel=0.01)
     old_long, old_late = simulate(trace, make_policy("fair", lost_decode="envelope"), MIXED, cfg).records
     assert old_late.first_token_s > old_long.last_token_s - 0.1  # the old rule: after the whole decode
+
+
+def test_where_mixing_is_banned_the_prompt_runs_alone_and_the_decode_sits_out_within_its_gap_bound():
+    snap = dataclasses.replace(snapshot(10.0), mixing_allowed=False)
+    plan = make_policy("fair").plan(snap)
+    assert plan.prefill == (("w", 38),) and plan.decode == ()
+    # the decode step after it still lands inside the gap bound (its last token came just now)
+    assert plan.predicted_s + MIXED.predict((), [snap.running[0].context_tokens]) <= GAP_TPOT * TPOT_S * KEEP
+    assert make_policy("fair", lost_decode="envelope").plan(snap).prefill == ()
 
 
 def test_no_second_pass_without_kv_for_a_chunk():
