@@ -332,23 +332,31 @@ class FairPolicy:
         return prefill, t, kv_left
 
     @staticmethod
-    def _past_saving(running, tpots: list[float], slacks: list[float], floor_s: float) -> list[int]:
-        """Indices of the decodes past saving: behind their envelope, and no iteration length from the progress floor
-        `floor_s` up lands their last token on time (`_recovery_budget`'s test, the rows it leaves out)."""
-        return [i for i, (r, tp, s) in enumerate(zip(running, tpots, slacks))
-                if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1 and tp + (s - tp) / m < floor_s]
+    def _landing_s(r: ReqView, tp: float, s: float) -> float:
+        """For a decode behind its envelope (slack `s` below its envelope's tpot `tp`, tokens left m >= 1): the
+        uniform iteration length that lands its last token by first_token + (outputs - 1) x tp, `tp + (s - tp) / m`;
+        inf otherwise (nothing to win back)."""
+        if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1:
+            return tp + (s - tp) / m
+        return math.inf
 
-    @staticmethod
-    def _recovery_budget(running, tpots: list[float], slacks: list[float], floor_s: float, budget_s: float) -> float:
-        """`recover_tpot`: the budget capped, for each decode behind its envelope, at `tpot + (slack - tpot) / m`
-        (m: tokens it has left; tpot: the envelope's, `tpots`), the uniform iteration length that lands its last
-        token by first_token + (outputs - 1) x tpot; rows for which that is below the progress floor `floor_s` are
-        past saving and ignored."""
+    @classmethod
+    def _past_saving(cls, running, tpots: list[float], slacks: list[float], floor_s: float) -> list[int]:
+        """Indices of the decodes past saving: behind their envelope, and no iteration length from the progress floor
+        `floor_s` up lands their last token on time (`_landing_s` below it: the rows `_recovery_budget` leaves out)."""
+        landing = cls._landing_s
+        return [i for i, (r, tp, s) in enumerate(zip(running, tpots, slacks)) if s < tp and landing(r, tp, s) < floor_s]
+
+    @classmethod
+    def _recovery_budget(cls, running, tpots: list[float], slacks: list[float], floor_s: float,
+                         budget_s: float) -> float:
+        """`recover_tpot`: the budget capped, for each decode behind its envelope, at `_landing_s` (m: tokens it has
+        left; tpot: the envelope's, `tpots`); rows for which that is below the progress floor `floor_s` are past
+        saving (`_past_saving`) and ignored."""
+        landing = cls._landing_s
         for r, tp, s in zip(running, tpots, slacks):
-            if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1:
-                length = tp + (s - tp) / m
-                if floor_s <= length < budget_s:
-                    budget_s = length
+            if s < tp and floor_s <= (length := landing(r, tp, s)) < budget_s:  # only rows behind pay the call
+                budget_s = length
         return budget_s
 
     def _gap_slacks(self, running, tpots: list[float], tpot_min: float, now: float) -> list[float] | None:
