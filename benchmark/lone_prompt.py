@@ -20,27 +20,33 @@ import time
 
 import numpy as np
 
+from sglang_fair.core.cost_model import CostModel
 from sglang_fair.live.compare import generate, prompt_ids
 from sglang_fair.live.server import SERVE_COMMAND, cpu_server_args, embedded_model_path, exit_on_sigterm, sglang_server
+
+
+SIM_COST = CostModel(base_s=0.010, per_prefill_token_s=7.7e-5, per_decode_req_s=5e-5, per_mixed_decode_req_s=0.004)
+"""`--sim`'s device: a decode step costs 10.05 ms, a decode row 4 ms more in a prefill forward (test/factories.py's
+MIXED_COST; test_policy_fair_lost_decode.py checks they agree)."""
+SIM_TPOT_SLO_MS = 8.0
+"""`--sim`'s TPOT SLO, below that decode step."""
 
 
 def simulated() -> list[dict]:
     """The closed loop of test/unit/test_policy_fair_lost_decode.py: one request decoding 2000 tokens with an 8 ms
     TPOT SLO on a device whose decode step costs 10.05 ms (and a decode row 4 ms more in a prefill forward), a prompt
     arriving 5 s in; its TTFT under each `lost_decode`."""
-    from sglang_fair.core.cost_model import CostModel
     from sglang_fair.core.metrics import tbt_s, ttft_s
     from sglang_fair.policies import make_policy
     from sglang_fair.sim.engine import EngineConfig, simulate
     from sglang_fair.sim.traces import Trace
 
-    cost = CostModel(base_s=0.010, per_prefill_token_s=7.7e-5, per_decode_req_s=5e-5, per_mixed_decode_req_s=0.004)
     rows = []
     for prompt in (38, 2000):
         trace = Trace("lone", np.array([0.0, 5.0]), np.array([100, prompt]), np.array([2000, 4]))
         for lost in ("envelope", "gap"):
-            res = simulate(trace, make_policy("fair", lost_decode=lost), cost,
-                           EngineConfig(tpot_slo_ms=8.0, record_token_times=True))
+            res = simulate(trace, make_policy("fair", lost_decode=lost), SIM_COST,
+                           EngineConfig(tpot_slo_ms=SIM_TPOT_SLO_MS, record_token_times=True))
             long, late = res.records
             rows.append({"prompt_tokens": prompt, "lost_decode": lost, "prompt_ttft_s": round(ttft_s(late), 3),
                          "long_max_token_gap_ms": round(float(tbt_s(long).max()) * 1e3, 1),

@@ -16,6 +16,10 @@ from sglang_fair.core.types import ReqView, Snapshot
 COST = CostModel(base_s=0.005, per_prefill_token_s=1e-4, per_decode_req_s=2e-4)
 """Linear and simple enough to compute worked examples by hand."""
 
+MIXED_COST = CostModel(base_s=0.010, per_prefill_token_s=7.7e-5, per_decode_req_s=5e-5, per_mixed_decode_req_s=0.004)
+"""A100-like fixed and per-token costs where a decode row in a prefill forward costs 4 ms more (the mixed term of
+SGLang's CPU backend, scaled): a decode step 10.05 ms; more than a 38-token prompt's 2.9 ms of prefill."""
+
 
 def make_req(rid: str = "r0", *, arrival_s: float = 0.0, prompt_tokens: int = 100, ttft_slo_s: float = 1.0,
              tpot_slo_s: float = 0.1, prefilled_tokens: int = 0, output_tokens: int = 0, max_new_tokens: int = 128,

@@ -9,16 +9,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from factories import make_req, make_running_with_slack, make_snapshot, make_trace
+from factories import MIXED_COST as MIXED, make_req, make_running_with_slack, make_snapshot, make_trace
 
-from sglang_fair.core.cost_model import CostModel
 from sglang_fair.core.metrics import ttft_s
 from sglang_fair.policies import make_policy
 from sglang_fair.sim.engine import EngineConfig, simulate
 
-# A100-like fixed and per-token costs; a decode row in a prefill forward costs 4 ms more, more than the 38-token
-# prompt's 2.9 ms of prefill
-MIXED = CostModel(base_s=0.010, per_prefill_token_s=7.7e-5, per_decode_req_s=5e-5, per_mixed_decode_req_s=0.004)
+# MIXED: a decode row in a prefill forward costs 4 ms more, more than the 38-token prompt's 2.9 ms
 TPOT_S = 0.1
 HELD_S = TPOT_S * (1 - 0.02)  # one TPOT of fair's envelope (tpot_margin 0.02)
 

@@ -11,15 +11,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from factories import make_req, make_running, make_snapshot, make_trace
+from factories import MIXED_COST as MIXED, load_benchmark, make_req, make_running, make_snapshot, make_trace
 
-from sglang_fair.core.cost_model import CostModel
 from sglang_fair.core.metrics import tbt_s, ttft_s
 from sglang_fair.policies import make_policy
 from sglang_fair.sim.engine import EngineConfig, simulate
 
-# A decode step costs 10.05 ms; a decode row in a prefill forward 4 ms more
-MIXED = CostModel(base_s=0.010, per_prefill_token_s=7.7e-5, per_decode_req_s=5e-5, per_mixed_decode_req_s=0.004)
+# MIXED: a decode step costs 10.05 ms; a decode row in a prefill forward 4 ms more
 TPOT_S = 0.008  # below the decode step: a decode with this SLO cannot keep its envelope
 GAP_TPOT = 5.0  # FairParams.max_token_gap_tpot
 KEEP = 1 - 0.02  # FairParams.tpot_margin
@@ -103,3 +101,13 @@ def test_no_second_pass_without_kv_for_a_chunk():
     plan = make_policy("fair").plan(full)
     assert plan == make_policy("fair", lost_decode="envelope").plan(full)
     assert plan.prefill == () and "paced by their gap bound" not in plan.note
+
+
+def test_the_benchmarks_simulated_scenario_is_this_closed_loop():
+    # `python benchmark/lone_prompt.py --sim` prints docs/results.md's figures for the closed loop above
+    bench = load_benchmark("lone_prompt")
+    assert bench.SIM_COST == MIXED and bench.SIM_TPOT_SLO_MS == TPOT_S * 1e3
+    rows = {(r["prompt_tokens"], r["lost_decode"]): r for r in bench.simulated()}
+    for prompt in (38, 2000):
+        assert rows[prompt, "gap"]["prompt_ttft_s"] < 0.5 < rows[prompt, "envelope"]["prompt_ttft_s"]
+        assert rows[prompt, "gap"]["long_max_token_gap_ms"] <= round(GAP_TPOT * TPOT_S * KEEP * 1e3, 1)
