@@ -9,6 +9,7 @@ sixteenth session fair held the short prompt until the long decode finished.
     python benchmark/lone_prompt.py --long-tpot-slo-ms 30   # a TPOT SLO no CPU decode step holds (the long request
     python benchmark/lone_prompt.py --long-tpot-slo-ms 30 --fair-param lost_decode=envelope   # is past saving)
     python benchmark/lone_prompt.py --sim      # the simulator's version: a decode whose TPOT SLO is below its step
+    python benchmark/lone_prompt.py --sim --sim-tpot-slo-ms 2   # ... and whose gap bound is below it too
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ SIM_TPOT_SLO_MS = 8.0
 """`--sim`'s TPOT SLO, below that decode step."""
 
 
-def simulated() -> list[dict]:
+def simulated(tpot_slo_ms: float = SIM_TPOT_SLO_MS) -> list[dict]:
     """The closed loop of test/unit/test_policy_fair_lost_decode.py: one request decoding 2000 tokens with an 8 ms
-    TPOT SLO on a device whose decode step costs 10.05 ms (and a decode row 4 ms more in a prefill forward), a prompt
-    arriving 5 s in; its TTFT under each `lost_decode`."""
+    TPOT SLO (`tpot_slo_ms`) on a device whose decode step costs 10.05 ms (and a decode row 4 ms more in a prefill
+    forward), a prompt arriving 5 s in; its TTFT under each `lost_decode`."""
     from sglang_fair.core.metrics import tbt_s, ttft_s
     from sglang_fair.policies import make_policy
     from sglang_fair.sim.engine import EngineConfig, simulate
@@ -46,9 +47,10 @@ def simulated() -> list[dict]:
         trace = Trace("lone", np.array([0.0, 5.0]), np.array([100, prompt]), np.array([2000, 4]))
         for lost in ("envelope", "gap"):
             res = simulate(trace, make_policy("fair", lost_decode=lost), SIM_COST,
-                           EngineConfig(tpot_slo_ms=SIM_TPOT_SLO_MS, record_token_times=True))
+                           EngineConfig(tpot_slo_ms=tpot_slo_ms, record_token_times=True))
             long, late = res.records
-            rows.append({"prompt_tokens": prompt, "lost_decode": lost, "prompt_ttft_s": round(ttft_s(late), 3),
+            rows.append({"tpot_slo_ms": tpot_slo_ms, "prompt_tokens": prompt, "lost_decode": lost,
+                         "prompt_ttft_s": round(ttft_s(late), 3),
                          "long_max_token_gap_ms": round(float(tbt_s(long).max()) * 1e3, 1),
                          "long_last_token_s": round(long.last_token_s, 3)})
     return rows
@@ -63,9 +65,13 @@ def main() -> int:
                     help="the long request's TPOT SLO (default: the server's)")
     ap.add_argument("--fair-param", action="append", default=[], metavar="KEY=VALUE", help="passed to serve")
     ap.add_argument("--sim", action="store_true", help="run the simulator's scenario instead (no server)")
+    ap.add_argument("--sim-tpot-slo-ms", type=float, default=SIM_TPOT_SLO_MS,
+                    help=f"--sim: the requests' TPOT SLO (default {SIM_TPOT_SLO_MS:g}, below the decode step)")
     args = ap.parse_args()
     if args.sim:
-        for row in simulated():
+        if not args.sim_tpot_slo_ms > 0:
+            ap.error(f"--sim-tpot-slo-ms must be > 0, got {args.sim_tpot_slo_ms}")
+        for row in simulated(args.sim_tpot_slo_ms):
             print(json.dumps(row))
         return 0
     exit_on_sigterm()

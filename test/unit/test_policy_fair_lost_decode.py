@@ -111,3 +111,25 @@ def test_the_benchmarks_simulated_scenario_is_this_closed_loop():
     for prompt in (38, 2000):
         assert rows[prompt, "gap"]["prompt_ttft_s"] < 0.5 < rows[prompt, "envelope"]["prompt_ttft_s"]
         assert rows[prompt, "gap"]["long_max_token_gap_ms"] <= round(GAP_TPOT * TPOT_S * KEEP * 1e3, 1)
+    # `--sim --sim-tpot-slo-ms 2`: the scenario of the test below (its gap bound below the step with a chunk)
+    low = {r["prompt_tokens"]: r for r in bench.simulated(2.0) if r["lost_decode"] == "gap"}
+    assert low[38]["prompt_ttft_s"] < 0.1 and low[2000]["long_last_token_s"] > low[2000]["prompt_ttft_s"] + 5.0
+
+
+@pytest.mark.parametrize("prompt_tokens", [38, 2000])
+def test_closed_loop_below_even_the_gap_bound_the_prompt_gets_the_smallest_chunk_each_step(prompt_tokens):
+    # a 2 ms TPOT SLO: its gap bound (5 x 2 ms x 0.98 = 9.8 ms) is below even the decode step (10.05 ms), let alone a
+    # step that carries a chunk; the second pass floors the decode's deadline at the step with the smallest chunk
+    tpot_s = 0.002
+    chunk_step_s = MIXED.predict([(make_policy("fair").params.min_prefill_chunk_tokens, 0)], [100])  # 15.3 ms
+    assert GAP_TPOT * tpot_s * KEEP < MIXED.predict((), [100]) < chunk_step_s
+    trace = make_trace([(0.0, 100, 2000), (5.0, prompt_tokens, 4)])
+    res = simulate(trace, make_policy("fair"), MIXED, EngineConfig(tpot_slo_ms=tpot_s * 1e3, record_token_times=True))
+    long, late = res.records
+    assert long.finished and late.finished
+    # served beside the decode (a 16-token chunk per step at the least: 125 steps of 15.3 ms for 2000 tokens), not
+    # after it (15 s later)
+    assert ttft_s(late) < 0.1 if prompt_tokens == 38 else ttft_s(late) < 125 * chunk_step_s + 0.1
+    assert late.first_token_s < long.last_token_s - 5.0
+    # the decode keeps a token every step: no gap longer than the step with the smallest chunk
+    assert tbt_s(long).max() <= chunk_step_s + 1e-9

@@ -103,18 +103,40 @@ def decode_slack(r: ReqView, now: float, anchor: str, keep: float = 1.0) -> floa
     return r.arrival_s + r.ttft_slo_s + r.output_tokens * r.tpot_slo_s * keep - now
 
 
+def past_saving(snap: Snapshot, p: FairParams) -> list[ReqView]:
+    """The decodes past saving: behind their envelope, and tpot + (slack - tpot) / tokens left below one decode of
+    the least-slack request."""
+    keep = 1.0 - p.tpot_margin
+    slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor, keep) for r in snap.running}
+    floor = snap.cost.predict((), [min(snap.running, key=lambda r: slack[r.rid]).context_tokens])
+    return [r for r in snap.running if slack[r.rid] < (tp := r.tpot_slo_s * keep)
+            and (m := r.max_new_tokens - r.output_tokens) >= 1 and tp + (slack[r.rid] - tp) / m < floor]
+
+
+def fair_gap_slacks(snap: Snapshot, p: FairParams, lost_to_gap: bool = False) -> dict[str, float]:
+    """Each running decode's gap slack as fair judges it (`gap_slack`); with `lost_to_gap` (fair's second pass) a
+    decode past saving whose gap bound is shorter than a step that decodes every decode past saving and prefills
+    min_prefill_chunk_tokens (after the longest partial prefill's prefix) gets at least that step."""
+    gap = {r.rid: gap_slack(r, snap.now, p) for r in snap.running}
+    if lost_to_gap and (lost := past_saving(snap, p)):
+        prefix = max([r.prefilled_tokens for r in snap.prefilling], default=0)
+        step = snap.cost.predict([(p.min_prefill_chunk_tokens, prefix)], [r.context_tokens for r in lost])
+        for r in lost:
+            if p.max_token_gap_tpot * r.tpot_slo_s * (1.0 - p.tpot_margin) < step:
+                gap[r.rid] = max(gap[r.rid], step)
+    return gap
+
+
 def fair_slacks(snap: Snapshot, p: FairParams, lost_to_gap: bool = False) -> dict[str, float]:
     """Each running decode's slack as fair judges it: its envelope's (`decode_slack`); with `lost_to_gap` (fair's
-    second pass, `lost_decode="gap"`) a decode past saving (behind, and tpot + (slack - tpot) / tokens left below one
-    decode of the least-slack request) gets its gap slack instead where that is larger."""
+    second pass, `lost_decode="gap"`) a decode past saving (`past_saving`) gets its gap slack (`fair_gap_slacks`)
+    instead where that is larger."""
     keep = 1.0 - p.tpot_margin
     slack = {r.rid: decode_slack(r, snap.now, p.decode_anchor, keep) for r in snap.running}
     if lost_to_gap:
-        floor = snap.cost.predict((), [min(snap.running, key=lambda r: slack[r.rid]).context_tokens])
-        for r in snap.running:
-            tp, s, m = r.tpot_slo_s * keep, slack[r.rid], r.max_new_tokens - r.output_tokens
-            if s < tp and m >= 1 and tp + (s - tp) / m < floor:
-                slack[r.rid] = max(s, gap_slack(r, snap.now, p))
+        gap = fair_gap_slacks(snap, p, True)
+        for r in past_saving(snap, p):
+            slack[r.rid] = max(slack[r.rid], gap[r.rid])
     return slack
 
 
@@ -126,7 +148,7 @@ def fair_lost_to_gap(snap: Snapshot, p: FairParams) -> bool:
         return False
     if p.max_token_gap_tpot == math.inf or FairPolicy(replace(p, lost_decode="envelope")).plan(snap).prefill:
         return False
-    return fair_slacks(snap, p, True) != fair_slacks(snap, p)
+    return bool(past_saving(snap, p))
 
 
 def fair_budget_oracle(snap: Snapshot, p: FairParams, lost_to_gap: bool = False) -> float:
@@ -145,7 +167,7 @@ def fair_budget_oracle(snap: Snapshot, p: FairParams, lost_to_gap: bool = False)
                    for r in snap.running if slack[r.rid] < r.tpot_slo_s * keep and r.max_new_tokens > r.output_tokens]
         b = min([b, *(x for x in lengths if x >= floor)])
     if p.gap_caps_budget and p.max_token_gap_tpot < math.inf:
-        b = min([b, *(gap_slack(r, snap.now, p) for r in snap.running)])
+        b = min([b, *fair_gap_slacks(snap, p, lost_to_gap).values()])
     b = min(max(b, p.min_budget_ms / 1e3), p.max_budget_ms / 1e3)
     return max(b, floor)
 
@@ -167,13 +189,13 @@ def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_cap
     keep = 1.0 - margin
     if snap.running:
         second = fair_lost_to_gap(snap, p)
-        slack = fair_slacks(snap, p, second)
+        slack, gap_s = fair_slacks(snap, p, second), fair_gap_slacks(snap, p, second)
         assert plan.budget_s == pytest.approx(fair_budget_oracle(snap, p, second), rel=1e-12)
         thr = plan.budget_s + min(r.tpot_slo_s * keep for r in snap.running)
         urgent = {r.rid for r in snap.running if slack[r.rid] < thr}
         if gap_caps:  # one TPOT before the gap bound too
             urgent |= {r.rid for r in snap.running
-                       if gap_slack(r, snap.now, p) < plan.budget_s + r.tpot_slo_s * keep - tol}
+                       if gap_s[r.rid] < plan.budget_s + r.tpot_slo_s * keep - tol}
         assert not urgent & set(plan.deferred(snap)), "an urgent decode was deferred"
         if urgent & set(plan.preempt):  # preempting an urgent decode is only allowed when KV cannot hold them
             assert snap.kv_free_tokens < len(urgent)
@@ -183,7 +205,7 @@ def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_cap
             r = next(q for q in snap.running if q.rid == rid)
             assert slack[rid] - plan.budget_s >= min(q.tpot_slo_s * keep for q in snap.running) - tol
             if gap_caps:
-                assert gap_slack(r, snap.now, p) - plan.budget_s >= r.tpot_slo_s * keep - tol
+                assert gap_s[rid] - plan.budget_s >= r.tpot_slo_s * keep - tol
     if plan.predicted_s > plan.budget_s + tol:
         assert plan.prefill == (), "over budget with prefill in the plan"
         urgent_only = snap.cost.predict((), [r.context_tokens for r in snap.running if r.rid in set(plan.decode)])

@@ -83,24 +83,29 @@ class FairPolicy:
               aged: list | None = None) -> Plan:
         """`_plan_once`; where that plan carries no prefill while prefill work waits and KV has room for more than
         the decodes' next tokens, planned again with each decode past saving (`_past_saving`) judged by its token-gap
-        deadline (`lost_decode="gap"`), when there is one."""
+        deadline (`lost_decode="gap"`), when there is one; where the gap bound itself is shorter than a step that
+        carries them and the smallest prefill chunk (`_chunk_step_s`), by that step instead (the prompt would otherwise
+        still wait for the decode to end)."""
         rows: list = []
         plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, rows=rows)
         if (not plan.prefill and rows and self.params.lost_decode == "gap" and (snap.waiting or snap.prefilling)
                 and self.params.max_token_gap_tpot < math.inf and snap.kv_free_tokens > len(snap.running)):
             lost = self._past_saving(snap.running, *rows[0])
             if lost:
-                plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, lost=lost)
+                plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, lost=lost,
+                                       lost_floor_s=self._chunk_step_s(snap, lost))
                 return replace(plan, note=plan.note + " (decodes past saving paced by their gap bound)")
         return plan
 
     def _plan_once(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
-                   aged: list | None = None, *, lost: list[int] | None = None, rows: list | None = None) -> Plan:
+                   aged: list | None = None, *, lost: list[int] | None = None, lost_floor_s: float = 0.0,
+                   rows: list | None = None) -> Plan:
         """The FairBatching plan with `edf_head` served first (in its order, already EDF), then `waiting` EDF and then
         `demoted` (in its order). `decode_all_s`: `decode_time_s` of every running request, when known. `aged`: the
         aged lane (admission.admission_lanes): on-time work may then use only 1 - `aged_share` of the prefill time,
         and the lane, then the demoted, fill the rest (`_fill`). `lost`: indices of running decodes judged by their gap
-        slack where that is larger (`_plan`'s second pass); `rows`: gets (tpots, slacks, floor) of the running decodes,
+        slack where that is larger, and at least `lost_floor_s` where their gap bound is shorter (`_plan`'s second
+        pass); `rows`: gets (tpots, slacks, floor) of the running decodes,
         for `_past_saving`."""
         p = self.params
         now, cost, running = snap.now, snap.cost, snap.running
@@ -134,9 +139,12 @@ class FairPolicy:
                 rows.append((tpots, slacks, floor_s))
             gap_slacks = self._gap_slacks(running, tpots, tpot_min, now)
             env_slacks, env_min = slacks, min_slack
-            if lost:  # `_plan`'s second pass: decodes past saving are judged by their gap deadlines (not None here)
-                slacks = list(slacks)
+            if lost:  # `_plan`'s second pass: decodes past saving are judged by their gap deadlines (not None here);
+                slacks = list(slacks)  # a gap bound shorter than a step that carries them and the smallest chunk is
+                g = p.max_token_gap_tpot  # floored at that step
                 for i in lost:
+                    if g * tpots[i] < lost_floor_s:
+                        gap_slacks[i] = max(gap_slacks[i], lost_floor_s)
                     slacks[i] = max(slacks[i], gap_slacks[i])
                 min_slack = min(slacks)
             budget = max(min_slack, tpot_min)
@@ -346,6 +354,15 @@ class FairPolicy:
         `floor_s` up lands their last token on time (`_landing_s` below it: the rows `_recovery_budget` leaves out)."""
         landing = cls._landing_s
         return [i for i, (r, tp, s) in enumerate(zip(running, tpots, slacks)) if s < tp and landing(r, tp, s) < floor_s]
+
+    def _chunk_step_s(self, snap: Snapshot, lost: list[int]) -> float:
+        """Cost of a step that decodes the running requests at `lost` and prefills the smallest chunk
+        (`min_prefill_chunk_tokens` after the longest partial prefill's prefix): the least a plan that serves a
+        waiting prompt takes, which a decode past saving's gap deadline is floored at."""
+        cost, running = snap.cost, snap.running
+        prefix = max([r.prefilled_tokens for r in snap.prefilling], default=0)
+        return (cost.base_s + decode_time_s(cost, [running[i] for i in lost]) + cost.mixed_s(len(lost))
+                + cost.prefill_s(self.params.min_prefill_chunk_tokens, prefix) + 1e-9)  # 1 ns: float rounding
 
     @classmethod
     def _recovery_budget(cls, running, tpots: list[float], slacks: list[float], floor_s: float,

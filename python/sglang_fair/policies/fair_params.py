@@ -63,7 +63,8 @@ class FairParams:
     300-token decode whose 50 ms SLO a slow host could not hold). "gap" (the default): when the plan by the envelopes
     carries no prefill while prompts wait (and KV has room beyond the decodes' next tokens), fair plans again with
     each such decode's slack taken to its token-gap deadline (`max_token_gap_tpot`), so the prompts get the time up
-    to that bound; it misses its TPOT either way.
+    to that bound (and at least the step that carries the smallest chunk, where the bound is below that step); it
+    misses its TPOT either way.
     "envelope": the plan by the envelopes stands (before the twenty-second session). Simulated capacity: every cell
     the same either way (docs/results.md, "A decode past saving")."""
     admission: str = "demote-longest"
