@@ -317,3 +317,51 @@ def test_each_two_server_probe_records_how_the_router_split_it(tmp_path, monkeyp
     monkeypatch.setattr(cpu, "_probe", probe)
     res = cpu._search("2xstock/cache_aware", "router", cpu.cluster_key, 2.0, 1, servers=servers)
     assert res["probes"]["2"]["requests_per_server"] == [4.0, 2.0] and "overrun_fraction" not in res["probes"]["2"]
+
+
+def test_a_live_probe_reports_the_demotions_its_servers_counted(tmp_path, monkeypatch):
+    # bench_serving cannot see a demotion: the probe's `demoted` is the servers' demotions_total over the probe
+    from sglang_fair.bench import runner
+    from sglang_fair.bench.client import Probe
+    from sglang_fair.core.metrics import RequestTimes
+
+    bench = runner.Bench(emulated_config("a100-llama3-8b:6", cluster=[("fair", "power_of_two")]), tmp_path, "model")
+    bench.prepare()
+    total = {"a": 5, "b": 1}
+
+    def probe(url, key, scale, abort_urls=None, cap_s=None):  # each probe: a demotes 2, b 1
+        total["a"] += 2
+        total["b"] += 1
+        recs = [RequestTimes(f"r{i}", 0.0, 0.1, 0.5, 5, 12.0, 0.6, 5) for i in range(10)]
+        return Probe(scale / 6, recs, False, 1.0, [100] * 10, started_wall_s=1.0)
+
+    monkeypatch.setattr(bench, "_probe", probe)
+    monkeypatch.setattr(runner.emulated, "read_counters", lambda server: {"decode": [10, 0]})
+    monkeypatch.setattr(runner, "requests_served", lambda url: 0.0)
+    monkeypatch.setattr(runner, "server_demotions", lambda server: total[server.url])
+    servers = [SimpleNamespace(url="a"), SimpleNamespace(url="b")]
+    res = bench._search("fair", "srv", "azure-conv", 2.0, 2, servers=servers[:1])
+    assert [p["demoted"] for p in res["probes"].values()] == [2, 2]
+    res = bench._search("2xfair/power_of_two", "router", bench.cluster_key, 2.0, 1, servers=servers)
+    assert res["probes"]["2"]["demoted"] == 3
+    monkeypatch.setattr(runner, "server_demotions", lambda server: None)  # status unreadable: unknown, not 0
+    res = bench._search("fair", "srv", "azure-conv", 2.0, 1, servers=servers[:1])
+    assert res["probes"]["2"]["demoted"] is None
+
+
+def test_server_demotions_reads_the_plugin_status_and_is_none_when_it_cannot():
+    from sglang_fair.bench.runner import server_demotions
+
+    class Srv:
+        def __init__(self, body):
+            self.body = body
+
+        def get(self, path, timeout):
+            assert path == "/sglang_fair/status"
+            if isinstance(self.body, Exception):
+                raise self.body
+            return SimpleNamespace(json=lambda: self.body)
+
+    assert server_demotions(Srv({"ranks": [{"demotions_total": 7}]})) == 7
+    assert server_demotions(Srv({"ranks": [{}]})) is None
+    assert server_demotions(Srv(ConnectionError("refused"))) is None

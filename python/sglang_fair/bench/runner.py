@@ -205,17 +205,21 @@ class Bench:
         kept = self.probes.setdefault((label, key), {})
         summaries, by_kind = {}, {}
 
-        split = {}
+        split, demoted = {}, {}
 
         def evaluate(scale: float):
             t0 = time.monotonic()
             before = [emulated.read_counters(s) for s in servers] if c.emulate else []
+            dem0 = [server_demotions(s) for s in servers]
             served = [requests_served(s.url) for s in servers] if len(servers) > 1 else []
             p = self._probe(url, key, scale, abort_urls=abort_urls)
             if served:  # behind a router: how it split this probe's requests
                 split[scale] = [None if a is None or b is None else a - b
                                 for a, b in zip([requests_served(s.url) for s in servers], served)]
             kept[scale] = p
+            dem1 = [server_demotions(s) for s in servers]
+            demoted[scale] = (sum(b - a for a, b in zip(dem0, dem1))
+                              if servers and None not in dem0 and None not in dem1 else None)
             s = summaries[scale] = summarize(p.records)
             if c.emulate:
                 by_kind[scale] = emulated.counter_delta(before, [emulated.read_counters(x) for x in servers])
@@ -234,7 +238,7 @@ class Bench:
                               max_probes=max_probes, rel_tol=c.rel_tol, step=c.step)
         w, trace, _ = self.traces[key]
         res["capacity_rps"] = res["capacity"] * trace.rate_rps
-        res["probes"] = {f"{x:g}": {**_probe_json(kept[x], summaries[x], k, by_kind.get(x)),
+        res["probes"] = {f"{x:g}": {**_probe_json(kept[x], summaries[x], k, by_kind.get(x)), "demoted": demoted[x],
                                     **({"requests_per_server": split[x]} if x in split else {}),
                                     **({"requests": request_details(kept[x])} if c.trace else {})}
                          for x in res["probes"]}
@@ -401,6 +405,17 @@ def _probe_json(p: Probe, s, dilation: float = 1.0, by_kind: dict | None = None)
         d.update(overrun_fraction=overruns, invalid=overruns > MAX_OVERRUN_FRACTION, forwards_overruns_by_kind=by_kind,
                  emulated_gpu=emulated.in_gpu_time(d, dilation))
     return d
+
+
+def server_demotions(srv) -> int | None:
+    """A server's `demotions_total` so far (the plugin's status: times a waiting request entered the demoted state);
+    None when it cannot be read. A probe's `demoted` is its change over the probe, summed over the servers: the
+    client cannot see a demotion (bench_serving measures the TTFT the request got), so live this is the count."""
+    try:
+        n = srv.get("/sglang_fair/status", timeout=10).json()["ranks"][0].get("demotions_total")
+    except Exception:  # report unknown, do not fail the benchmark over a status read
+        return None
+    return n if isinstance(n, int) else None
 
 
 def _status(srv) -> dict:
