@@ -411,10 +411,7 @@ def server_demotions(srv) -> int | None:
     """A server's `demotions_total` so far (the plugin's status: times a waiting request entered the demoted state);
     None when it cannot be read. A probe's `demoted` is its change over the probe, summed over the servers: the
     client cannot see a demotion (bench_serving measures the TTFT the request got), so live this is the count."""
-    try:
-        n = srv.get("/sglang_fair/status", timeout=10).json()["ranks"][0].get("demotions_total")
-    except Exception:  # report unknown, do not fail the benchmark over a status read
-        return None
+    n = _status(srv).get("demotions_total")  # {"error": ...} when the status cannot be read
     return n if isinstance(n, int) else None
 
 

@@ -44,8 +44,8 @@ from itertools import chain
 
 from ..core.types import Plan, ReqView, Snapshot
 from .admission import admission_lanes, admission_split, prefill_share
-from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf,
-                     make_plan, merge_edf, outstanding_reserve_tokens, output_reserve_tokens, preempt_until)
+from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf, make_plan, merge_edf,
+                     outstanding_reserve_tokens, output_reserve_tokens, predicted_s, preempt_until)
 from .fair_params import FairParams
 from .registry import register_policy
 
@@ -105,8 +105,7 @@ class FairPolicy:
         aged lane (admission.admission_lanes): on-time work may then use only 1 - `aged_share` of the prefill time,
         and the lane, then the demoted, fill the rest (`_fill`). `lost`: indices of running decodes judged by their gap
         slack where that is larger, and at least `lost_floor_s` where their gap bound is shorter (`_plan`'s second
-        pass); `rows`: gets (tpots, slacks, floor) of the running decodes,
-        for `_past_saving`."""
+        pass); `rows`: gets (tpots, slacks, floor) of the running decodes, for `_past_saving`."""
         p = self.params
         now, cost, running = snap.now, snap.cost, snap.running
         if not running and not snap.prefilling and not snap.waiting:
@@ -139,9 +138,10 @@ class FairPolicy:
                 rows.append((tpots, slacks, floor_s))
             gap_slacks = self._gap_slacks(running, tpots, tpot_min, now)
             env_slacks, env_min = slacks, min_slack
-            if lost:  # `_plan`'s second pass: decodes past saving are judged by their gap deadlines (not None here);
-                slacks = list(slacks)  # a gap bound shorter than a step that carries them and the smallest chunk is
-                g = p.max_token_gap_tpot  # floored at that step
+            if lost:  # `_plan`'s second pass: decodes past saving are judged by their gap deadlines (not None here),
+                # a gap bound shorter than a step that carries them and the smallest chunk floored at that step
+                slacks = list(slacks)
+                g = p.max_token_gap_tpot
                 for i in lost:
                     if g * tpots[i] < lost_floor_s:
                         gap_slacks[i] = max(gap_slacks[i], lost_floor_s)
@@ -359,10 +359,9 @@ class FairPolicy:
         """Cost of a step that decodes the running requests at `lost` and prefills the smallest chunk
         (`min_prefill_chunk_tokens` after the longest partial prefill's prefix): the least a plan that serves a
         waiting prompt takes, which a decode past saving's gap deadline is floored at."""
-        cost, running = snap.cost, snap.running
         prefix = max([r.prefilled_tokens for r in snap.prefilling], default=0)
-        return (cost.base_s + decode_time_s(cost, [running[i] for i in lost]) + cost.mixed_s(len(lost))
-                + cost.prefill_s(self.params.min_prefill_chunk_tokens, prefix) + 1e-9)  # 1 ns: float rounding
+        return predicted_s(snap.cost, [(self.params.min_prefill_chunk_tokens, prefix)],
+                           [snap.running[i] for i in lost]) + 1e-9  # 1 ns: float rounding
 
     @classmethod
     def _recovery_budget(cls, running, tpots: list[float], slacks: list[float], floor_s: float,
