@@ -13,7 +13,8 @@ from factories import COST, make_req, make_snapshot, make_trace
 
 from sglang_fair.core.metrics import ttft_s
 from sglang_fair.policies import make_policy
-from sglang_fair.policies.admission import admission_lanes, policy_arrival_verdict
+from sglang_fair.policies.admission import admission_lanes, aged_head, policy_arrival_verdict
+from sglang_fair.policies.common import edf_key
 from sglang_fair.policies.fair import FairParams
 from sglang_fair.sim.engine import EngineConfig, simulate
 
@@ -102,13 +103,14 @@ def test_a_queue_all_aged_is_one_lane_in_edf_order_with_nothing_left_to_judge():
     part = make_req("p", arrival_s=0.05, prompt_tokens=4000, prefilled_tokens=1000, ttft_slo_s=1.0)
     snap = make_snapshot(now=NOW, waiting=waiting, prefilling=[part])
     on_time, unjudged, demoted, lane = admission_lanes(snap, True, 5.0, 64, None, 0.1)
+    lane = list(lane)
     assert (on_time, list(unjudged), demoted) == ([], [], [])
     deadlines = [r.arrival_s + r.ttft_slo_s for r, _ in lane]
     assert deadlines == sorted(deadlines) and len(lane) == 13 and [w for r, w in lane if r.rid == "p"] == [False]
     # one more request, not aged, is judged by the walk and the lane is the same
     snap2 = make_snapshot(now=NOW, waiting=[*waiting, fresh(prompt_tokens=2000)], prefilling=[part])
     on_time2, _, demoted2, lane2 = admission_lanes(snap2, True, 5.0, 64, None, 0.1)
-    assert [r.rid for r in on_time2] == ["new"] and demoted2 == [] and lane2 == lane
+    assert [r.rid for r in on_time2] == ["new"] and demoted2 == [] and list(lane2) == lane
     plan = make_policy("fair").plan(snap)  # the plan serves the lane's head first, with the whole step
     assert plan.prefill[0][0] == lane[0][0].rid and set(plan.aged) == {r.rid for r, _ in lane}
 
@@ -133,3 +135,29 @@ def test_closed_loop_under_sustained_overload():
 def test_aged_share_must_be_a_fraction(bad):
     with pytest.raises(ValueError, match="aged_share"):
         FairParams(aged_share=bad)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_lazy_lane_is_the_sorted_lane(seed):
+    """`AgedLane` (built once, read lazily) against the lane as it was built before: the aged prefix found by a scan
+    and the whole lane sorted by `edf_key`. Mixed TTFT SLOs (arrival order is not EDF order), equal arrival times
+    (ties by rid) and aged partial prefills; `now` put where part of the queue is aged."""
+    rng = np.random.default_rng(seed)
+    slos = (0.5, 1.0, 2.0)
+    arrivals = np.sort(np.round(rng.uniform(0.0, 20.0, 60), 1))  # 0.1 s grid: some arrive together
+    waiting = [make_req(f"w{rng.integers(10**6)}-{i}", arrival_s=float(a), prompt_tokens=int(rng.integers(50, 3000)),
+                        ttft_slo_s=float(rng.choice(slos))) for i, a in enumerate(arrivals)]
+    partials = [make_req(f"p{i}", arrival_s=float(rng.uniform(0.0, 20.0)), prompt_tokens=4000, prefilled_tokens=500,
+                         ttft_slo_s=float(rng.choice(slos))) for i in range(3)]
+    now = float(rng.uniform(5.0, 25.0))
+    snap = make_snapshot(now=now, waiting=waiting, prefilling=partials)
+    aged = lambda r: now - r.arrival_s > 5.0 * r.ttft_slo_s  # noqa: E731
+    n = next((i for i, r in enumerate(waiting) if not aged(r)), len(waiting))
+    expected = sorted([(r, False) for r in partials if aged(r)] + [(r, True) for r in waiting[:n]],
+                      key=lambda item: edf_key(item[0]))
+    lane = admission_lanes(snap, True, 5.0, 64, None, 0.1)[3]
+    assert aged_head(snap.waiting, now, 5.0) == n
+    assert list(lane) == expected and len(lane) == len(expected)
+    assert list(lane) == expected  # iterable again (the plan's second pass reads it anew)
+    tail = waiting[n:n + 2]
+    assert list(lane.then(tail)) == expected + [(r, True) for r in tail]

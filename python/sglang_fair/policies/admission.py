@@ -12,14 +12,14 @@ import dataclasses
 import math
 from bisect import bisect_left
 from heapq import heappop, heappush, heappushpop
-from itertools import islice
-from operator import eq, le
-from typing import Sequence
+from itertools import chain, islice
+from operator import attrgetter, eq, le
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..core.types import ReqView, Snapshot
-from .common import decode_time_s, edf_key
+from .common import decode_time_s, edf_key, edf_sorted, lazy_edf, merge_edf
 
 
 def prefill_share(snap: Snapshot, decode_s: float | None = None) -> float:
@@ -119,7 +119,7 @@ def arrival_verdict(snap: Snapshot, new: ReqView, *, demoting: bool = False, lon
         queued = dataclasses.replace(snap, waiting=(*snap.waiting, new))
         if aged_share < 1.0 and aged_after_ttft < math.inf:
             on_time, unjudged, demoted, lane = admission_lanes(queued, longest, aged_after_ttft, 0, None, aged_share)
-            on_time = [*on_time, *unjudged, *(r for r, w in lane if w)]
+            on_time = [*on_time, *unjudged, *lane.waiting]
         else:
             on_time, demoted = hopeless_split(queued, longest=longest, aged_after_ttft=aged_after_ttft)
         late = any(r.rid == new.rid for r in demoted)
@@ -159,36 +159,80 @@ def hopeless_split(snap: Snapshot, longest: bool = False, aged_after_ttft: float
     return (on_time + list(unjudged) if unjudged else on_time), demoted
 
 
+class AgedLane:
+    """`fair`'s aged lane (`admission_lanes`): the aged partial prefills and the aged head of the waiting queue (its
+    first requests, in arrival order), with `tail` (the demoted requests, in their order) after them. Iterating yields
+    (request, is_waiting) in EDF order (`edf_key`), then the tail, lazily: the plan reads only the few it has time for,
+    so a queue of 1000 aged requests is not sorted every step (`common.lazy_edf`). Iterable again (the plan's second
+    pass)."""
+
+    __slots__ = ("partials", "waiting", "tail")
+
+    def __init__(self, partials: Sequence[ReqView] = (), waiting: Sequence[ReqView] = (),
+                 tail: Sequence[ReqView] = ()) -> None:
+        self.partials, self.waiting, self.tail = partials, waiting, tail
+
+    def __len__(self) -> int:
+        return len(self.partials) + len(self.waiting) + len(self.tail)
+
+    def __iter__(self) -> Iterator[tuple[ReqView, bool]]:
+        lane = merge_edf(self.partials, lazy_edf(self.waiting))
+        return chain(lane, [(r, True) for r in self.tail]) if self.tail else lane
+
+    def then(self, tail: Sequence[ReqView]) -> AgedLane:
+        """The lane with `tail` (waiting requests, in their order) after it."""
+        return AgedLane(self.partials, self.waiting, tail)
+
+    def rids(self) -> tuple[str, ...]:
+        """The lane's request ids (partial prefills, then waiting requests in arrival order; not the tail)."""
+        return tuple(map(_RID, chain(self.partials, self.waiting)))
+
+
+_RID = attrgetter("rid")
+_ARRIVAL = attrgetter("arrival_s")
+_TTFT = attrgetter("ttft_slo_s")
+
+
+def aged_head(waiting: Sequence[ReqView], now: float, aged_after_ttft: float) -> int:
+    """How many of the oldest waiting requests (`waiting` in arrival order) are aged: the longest prefix whose every
+    request has waited more than `aged_after_ttft` of its TTFT SLO. Everything that arrived before
+    now - aged_after_ttft x (the largest TTFT SLO) is aged whatever its SLO, found by bisection (1 us of margin for
+    float rounding); the scan from there applies the exact test."""
+    if not waiting or not now - waiting[0].arrival_s > aged_after_ttft * waiting[0].ttft_slo_s:
+        return 0
+    n = bisect_left(waiting, now - aged_after_ttft * max(map(_TTFT, waiting)) - 1e-6, key=_ARRIVAL)
+    for r in islice(waiting, n, None):
+        if not now - r.arrival_s > aged_after_ttft * r.ttft_slo_s:
+            break
+        n += 1
+    return n
+
+
 def admission_lanes(snap: Snapshot, longest: bool, aged_after_ttft: float, window: int, share: float | None,
-                    aged_share: float) -> tuple[list[ReqView], Sequence[ReqView], list[ReqView], list]:
+                    aged_share: float) -> tuple[list[ReqView], Sequence[ReqView], list[ReqView], AgedLane]:
     """`admission_split` for `fair`'s `aged_share` < 1: the aged requests (the oldest waiting ones, while they have
     waited more than `aged_after_ttft` of their TTFT SLOs, and the partial prefills that have) leave the walk for a
     lane of their own, which the plan gives `aged_share` of each iteration's prefill time. The walk then judges the
     others knowing that: on-time work W (seconds of prefill) is done by min(W / (1 - aged_share), W + A), A the aged
     requests' prefill seconds (the on-time requests get 1 - aged_share of the time until the aged are done, all of it
-    after). Returns (on time, not judged, demoted, as admission_split; the aged lane as (request, is_waiting) in EDF
-    order)."""
+    after). Returns (on time, not judged, demoted, as admission_split; the aged lane, an `AgedLane`: empty when no
+    request is aged)."""
     now = snap.now
-    lane = [(r, False) for r in snap.prefilling if now - r.arrival_s > aged_after_ttft * r.ttft_slo_s]
-    n = 0
-    for r in snap.waiting:  # arrival order
-        if not now - r.arrival_s > aged_after_ttft * r.ttft_slo_s:
-            break
-        lane.append((r, True))
-        n += 1
-    if not lane:
-        return (*admission_split(snap, longest, math.inf, window, share), [])
-    ttft0 = lane[0][0].ttft_slo_s
-    if len(lane) > n or any([r.ttft_slo_s != ttft0 for r, _ in lane]):  # else arrival order is already EDF order
-        lane.sort(key=lambda item: edf_key(item[0]))
+    partials = [r for r in snap.prefilling if now - r.arrival_s > aged_after_ttft * r.ttft_slo_s]
+    n = aged_head(snap.waiting, now, aged_after_ttft)
+    if not partials and not n:
+        return (*admission_split(snap, longest, math.inf, window, share), AgedLane())
+    lane = AgedLane(partials, snap.waiting[:n])
     if n == len(snap.waiting):  # every waiting request is aged: nothing left for the walk to judge
         return [], (), [], lane
     if share is None:
         share = prefill_share(snap)
-    in_lane = frozenset([r.rid for r, w in lane if not w])  # the aged partial prefills
-    rest = dataclasses.replace(snap, waiting=snap.waiting[n:],
-                               prefilling=tuple([r for r in snap.prefilling if r.rid not in in_lane]))
-    aged_s = sum(_prefill_seconds(snap.cost, [r for r, _ in lane]))
+    prefilling = snap.prefilling
+    if partials:
+        in_lane = frozenset([r.rid for r in partials])
+        prefilling = tuple([r for r in prefilling if r.rid not in in_lane])
+    rest = dataclasses.replace(snap, waiting=snap.waiting[n:], prefilling=prefilling)
+    aged_s = sum(_prefill_seconds(snap.cost, [*partials, *lane.waiting]))
     return (*admission_split(rest, longest, math.inf, window, share, (aged_s, aged_share)), lane)
 
 
@@ -217,9 +261,9 @@ def admission_split(snap: Snapshot, longest: bool = False, aged_after_ttft: floa
     on_time, demoted = _split(snap, share, judged, longest, aged_after_ttft, aged)
     if past:  # in EDF order (arrival order when they share one TTFT SLO), then before the judged demoted ones
         if len({r.ttft_slo_s for r in past}) > 1:
-            past.sort(key=edf_key)
+            past = edf_sorted(past)
         demoted = past + demoted if not demoted or edf_key(past[-1]) <= edf_key(demoted[0]) else \
-            sorted(past + demoted, key=edf_key)
+            edf_sorted(past + demoted)
     return on_time, waiting[s + window:], demoted
 
 

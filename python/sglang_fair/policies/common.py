@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from heapq import heappop, heappush
 from itertools import islice
-from operator import le
+from operator import eq, le
 from typing import Iterable, Iterator, Sequence
 
 from ..core.cost_model import CostModel
@@ -101,6 +101,16 @@ def preempt_until(free: int, need: int, victims: Iterable[tuple[ReqView, bool]])
 def edf_key(req: ReqView) -> tuple[float, float, str]:
     """Earliest-deadline-first key of a prefill (its first token's deadline), ties by arrival then rid."""
     return (req.arrival_s + req.ttft_slo_s, req.arrival_s, req.rid)
+
+
+def edf_sorted(reqs: Sequence[ReqView]) -> list[ReqView]:
+    """`sorted(reqs, key=edf_key)`, sorting on float deadlines (a tuple key per request costs about 3x as much on a
+    long queue); where two deadlines are equal the whole key decides, as there."""
+    deadlines = [r.arrival_s + r.ttft_slo_s for r in reqs]
+    order = sorted(range(len(deadlines)), key=deadlines.__getitem__)
+    if any(map(eq, (ds := [deadlines[i] for i in order]), islice(ds, 1, None))):
+        return sorted(reqs, key=edf_key)
+    return [reqs[i] for i in order]
 
 
 def is_arrival_ordered(reqs: Sequence[ReqView]) -> bool:

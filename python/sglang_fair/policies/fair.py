@@ -41,15 +41,27 @@ import math
 from dataclasses import replace
 from heapq import nsmallest
 from itertools import chain
+from typing import NamedTuple
 
 from ..core.types import Plan, ReqView, Snapshot
-from .admission import admission_lanes, admission_split, prefill_share
+from .admission import AgedLane, admission_lanes, admission_split, prefill_share
 from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf, make_plan, merge_edf,
                      outstanding_reserve_tokens, output_reserve_tokens, predicted_s, preempt_until)
 from .fair_params import FairParams
 from .registry import register_policy
 
 __all__ = ["FairParams", "FairPolicy"]
+
+
+class _DecodeRows(NamedTuple):
+    """Step 1's view of the running decodes (`FairPolicy._decode_rows`), shared by `_plan`'s two passes."""
+    slacks: list[float]  # each next token's slack on its envelope (catch-up credited), s
+    tpots: list[float]  # each TPOT SLO less the margin, s
+    tpot_min: float
+    min_slack: float
+    floor_s: float  # progress floor: one decode of the most urgent request
+    gap_slacks: list[float] | None  # time left before each token gap passes its bound; None: no gap guard
+    recover_s: float  # `recover_tpot`'s cap on the budget (inf: no decode behind its envelope can be won back)
 
 
 @register_policy("fair")
@@ -76,36 +88,56 @@ class FairPolicy:
                 plan = self._plan(snap, unjudged, demoted, on_time, dec_s, aged) if unjudged else \
                     self._plan(snap, on_time, demoted, (), dec_s, aged)
                 return replace(plan, demoted=tuple([r.rid for r in demoted]),
-                               aged=tuple([r.rid for r, _ in aged]) if aged else ())
+                               aged=aged.rids() if aged else ())
         return self._plan(snap, snap.waiting, ())
 
     def _plan(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
-              aged: list | None = None) -> Plan:
+              aged: AgedLane | None = None) -> Plan:
         """`_plan_once`; where that plan carries no prefill while prefill work waits and KV has room for more than
         the decodes' next tokens, planned again with each decode past saving (`_past_saving`) judged by its token-gap
         deadline (`lost_decode="gap"`), when there is one; where the gap bound itself is shorter than a step that
         carries them and the smallest prefill chunk (`_chunk_step_s`), by that step instead (the prompt would otherwise
         still wait for the decode to end)."""
-        rows: list = []
-        plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, rows=rows)
+        rows = self._decode_rows(snap, decode_all_s) if snap.running else None
+        plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, rows)
         if (not plan.prefill and rows and self.params.lost_decode == "gap" and (snap.waiting or snap.prefilling)
                 and self.params.max_token_gap_tpot < math.inf and snap.kv_free_tokens > len(snap.running)):
-            lost = self._past_saving(snap.running, *rows[0])
+            lost = self._past_saving(snap.running, rows.tpots, rows.slacks, rows.floor_s)
             if lost:
-                plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, lost=lost,
+                plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, rows, lost=lost,
                                        lost_floor_s=self._chunk_step_s(snap, lost))
                 return replace(plan, note=plan.note + " (decodes past saving paced by their gap bound)")
         return plan
 
+    def _decode_rows(self, snap: Snapshot, decode_all_s: float | None) -> _DecodeRows:
+        """What step 1 needs of the running decodes, the same in both of `_plan`'s passes."""
+        p, cost, running, now = self.params, snap.cost, snap.running, snap.now
+        keep = 1.0 - p.tpot_margin
+        slacks = self._decode_slacks(running, now, keep)
+        if p.catchup_tokens and p.decode_anchor == "first_token":
+            step = cost.base_s + (decode_time_s(cost, running) if decode_all_s is None else decode_all_s)
+            k = p.catchup_tokens
+            slacks = [s + min(k, max(0, r.max_new_tokens - r.output_tokens - 1))
+                      * max(0.0, r.tpot_slo_s * keep - step) for s, r in zip(slacks, running)]
+        min_slack = min(slacks)
+        tpots = [r.tpot_slo_s * keep for r in running]
+        tpot_min = min(tpots)
+        # progress floor: one decode of the most urgent request always fits
+        floor_s = cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens)
+        recover_s = self._recovery_budget(running, tpots, slacks, floor_s, math.inf) \
+            if p.recover_tpot and min_slack < tpot_min else math.inf
+        return _DecodeRows(slacks, tpots, tpot_min, min_slack, floor_s,
+                           self._gap_slacks(running, tpots, tpot_min, now), recover_s)
+
     def _plan_once(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
-                   aged: list | None = None, *, lost: list[int] | None = None, lost_floor_s: float = 0.0,
-                   rows: list | None = None) -> Plan:
+                   aged: AgedLane | None = None, rows: _DecodeRows | None = None, *, lost: list[int] | None = None,
+                   lost_floor_s: float = 0.0) -> Plan:
         """The FairBatching plan with `edf_head` served first (in its order, already EDF), then `waiting` EDF and then
         `demoted` (in its order). `decode_all_s`: `decode_time_s` of every running request, when known. `aged`: the
         aged lane (admission.admission_lanes): on-time work may then use only 1 - `aged_share` of the prefill time,
-        and the lane, then the demoted, fill the rest (`_fill`). `lost`: indices of running decodes judged by their gap
-        slack where that is larger, and at least `lost_floor_s` where their gap bound is shorter (`_plan`'s second
-        pass); `rows`: gets (tpots, slacks, floor) of the running decodes, for `_past_saving`."""
+        and the lane, then the demoted, fill the rest (`_fill`). `rows`: `_decode_rows` (with running decodes).
+        `lost`: indices of running decodes judged by their gap slack where that is larger, and at least
+        `lost_floor_s` where their gap bound is shorter (`_plan`'s second pass)."""
         p = self.params
         now, cost, running = snap.now, snap.cost, snap.running
         if not running and not snap.prefilling and not snap.waiting:
@@ -114,42 +146,27 @@ class FairPolicy:
         head = prefills = None
         lane, prefilling = None, snap.prefilling
         if aged:  # the aged lane, then the demoted, share the time on-time prefill leaves them
-            lane = aged + [(r, True) for r in demoted] if demoted else aged
+            lane = aged.then(demoted) if demoted else aged
             demoted = ()
-            in_lane = frozenset([r.rid for r, w in aged if not w])
+            in_lane = frozenset([r.rid for r in aged.partials])
             if in_lane:
                 prefilling = tuple([r for r in prefilling if r.rid not in in_lane])
 
         # ---- 1. budget and urgency ----------------------------------------------------------------------------------
         if running:
-            keep = 1.0 - p.tpot_margin
-            slacks = self._decode_slacks(running, now, keep)
-            if p.catchup_tokens and p.decode_anchor == "first_token":
-                step = cost.base_s + (decode_time_s(cost, running) if decode_all_s is None else decode_all_s)
-                k = p.catchup_tokens
-                slacks = [s + min(k, max(0, r.max_new_tokens - r.output_tokens - 1))
-                          * max(0.0, r.tpot_slo_s * keep - step) for s, r in zip(slacks, running)]
-            min_slack = min(slacks)
-            tpots = [r.tpot_slo_s * keep for r in running]
-            tpot_min = min(tpots)
-            # progress floor: one decode of the most urgent request always fits
-            floor_s = cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens)
-            if rows is not None:
-                rows.append((tpots, slacks, floor_s))
-            gap_slacks = self._gap_slacks(running, tpots, tpot_min, now)
-            env_slacks, env_min = slacks, min_slack
+            if rows is None:
+                rows = self._decode_rows(snap, decode_all_s)
+            slacks, tpots, tpot_min, min_slack, floor_s, gap_slacks = rows[:6]
             if lost:  # `_plan`'s second pass: decodes past saving are judged by their gap deadlines (not None here),
                 # a gap bound shorter than a step that carries them and the smallest chunk floored at that step
-                slacks = list(slacks)
+                slacks, gap_slacks = list(slacks), list(gap_slacks)
                 g = p.max_token_gap_tpot
                 for i in lost:
                     if g * tpots[i] < lost_floor_s:
                         gap_slacks[i] = max(gap_slacks[i], lost_floor_s)
                     slacks[i] = max(slacks[i], gap_slacks[i])
                 min_slack = min(slacks)
-            budget = max(min_slack, tpot_min)
-            if p.recover_tpot and env_min < tpot_min:
-                budget = self._recovery_budget(running, tpots, env_slacks, floor_s, budget)
+            budget = min(max(min_slack, tpot_min), rows.recover_s)
             if gap_slacks is not None and p.gap_caps_budget:
                 min_gap = min(gap_slacks)
                 budget = min(budget, min_gap)
@@ -181,7 +198,7 @@ class FairPolicy:
             if demoted:
                 prefills = chain(prefills, [(r, True) for r in demoted])
             head = next(prefills, None)  # (request, is_waiting) with the earliest TTFT deadline
-            h = (head if head is not None else lane[0])[0]
+            h = (head if head is not None else next(iter(lane)))[0]
             # No running decode has an envelope to protect: spend the whole cap on prefill (bigger chunks are
             # cheaper per token). Sizing by the head's TTFT slack starved late prompts into minimum chunks.
             budget = hi
@@ -285,7 +302,7 @@ class FairPolicy:
         return chain(order, [(r, True) for r in demoted]) if demoted else order
 
     def _fill(self, snap: Snapshot, item, prefills, budget: float, t: float, kv_left: int, gone: frozenset, *,
-              floor: bool, strict: bool, mix_s: float, lane: list | None = None) -> tuple[list, float, int]:
+              floor: bool, strict: bool, mix_s: float, lane: AgedLane | None = None) -> tuple[list, float, int]:
         """Prefill chunks EDF while time and KV remain (step 3). `floor`: the first chunk gets at least
         min_prefill_chunk_tokens (an otherwise idle engine); `strict`: not even the first chunk may be shorter than
         that (unless it finishes the prompt); `mix_s`: extra time charged when the first prefill joins decodes.
@@ -340,20 +357,12 @@ class FairPolicy:
         return prefill, t, kv_left
 
     @staticmethod
-    def _landing_s(r: ReqView, tp: float, s: float) -> float:
-        """For a decode behind its envelope (slack `s` below its envelope's tpot `tp`, tokens left m >= 1): the
-        uniform iteration length that lands its last token by first_token + (outputs - 1) x tp, `tp + (s - tp) / m`;
-        inf otherwise (nothing to win back)."""
-        if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1:
-            return tp + (s - tp) / m
-        return math.inf
-
-    @classmethod
-    def _past_saving(cls, running, tpots: list[float], slacks: list[float], floor_s: float) -> list[int]:
+    def _past_saving(running, tpots: list[float], slacks: list[float], floor_s: float) -> list[int]:
         """Indices of the decodes past saving: behind their envelope, and no iteration length from the progress floor
-        `floor_s` up lands their last token on time (`_landing_s` below it: the rows `_recovery_budget` leaves out)."""
-        landing = cls._landing_s
-        return [i for i, (r, tp, s) in enumerate(zip(running, tpots, slacks)) if s < tp and landing(r, tp, s) < floor_s]
+        `floor_s` up lands their last token on time (landing length below it: the rows `_recovery_budget` leaves
+        out)."""
+        return [i for i, (r, tp, s) in enumerate(zip(running, tpots, slacks))
+                if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1 and tp + (s - tp) / m < floor_s]
 
     def _chunk_step_s(self, snap: Snapshot, lost: list[int]) -> float:
         """Cost of a step that decodes the running requests at `lost` and prefills the smallest chunk
@@ -363,15 +372,15 @@ class FairPolicy:
         return predicted_s(snap.cost, [(self.params.min_prefill_chunk_tokens, prefix)],
                            [snap.running[i] for i in lost]) + 1e-9  # 1 ns: float rounding
 
-    @classmethod
-    def _recovery_budget(cls, running, tpots: list[float], slacks: list[float], floor_s: float,
-                         budget_s: float) -> float:
-        """`recover_tpot`: the budget capped, for each decode behind its envelope, at `_landing_s` (m: tokens it has
-        left; tpot: the envelope's, `tpots`); rows for which that is below the progress floor `floor_s` are past
-        saving (`_past_saving`) and ignored."""
-        landing = cls._landing_s
+    @staticmethod
+    def _recovery_budget(running, tpots: list[float], slacks: list[float], floor_s: float, budget_s: float) -> float:
+        """`recover_tpot`: the budget capped, for each decode behind its envelope (slack s below its envelope's tpot tp,
+        `tpots`; m >= 1 tokens left), at the landing length `tp + (s - tp) / m`: the uniform iteration length that
+        lands its last token by first_token + (outputs - 1) x tp. Rows whose landing length is below the progress
+        floor `floor_s` are past saving (`_past_saving`) and ignored."""
         for r, tp, s in zip(running, tpots, slacks):
-            if s < tp and floor_s <= (length := landing(r, tp, s)) < budget_s:  # only rows behind pay the call
+            if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1 and floor_s <= (length := tp + (s - tp) / m) \
+                    < budget_s:
                 budget_s = length
         return budget_s
 
