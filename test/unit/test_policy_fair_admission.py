@@ -16,7 +16,7 @@ from test_policy_properties import SETTINGS, assert_valid, snapshots
 from sglang_fair.core.metrics import RequestTimes, meets_slo, summarize
 from sglang_fair.policies import make_policy
 from sglang_fair.policies.admission import admission_split, hopeless_split, prefill_s, prefill_share
-from sglang_fair.policies.common import edf_key, is_arrival_ordered, merge_edf
+from sglang_fair.policies.common import edf_key, edf_sorted, is_arrival_ordered, merge_edf
 from sglang_fair.policies.fair import FairParams
 from sglang_fair.sim.engine import EngineConfig, simulate
 
@@ -251,3 +251,13 @@ def test_a_long_queue_is_judged_in_a_window_and_the_late_head_still_goes():
     assert judged_dem and all(r.prompt_tokens == 3000 for r in judged_dem)  # the long ones of the window go
     whole_on, whole_dem = hopeless_split(snap, longest=True)
     assert {r.rid for r in whole_dem} >= {r.rid for r in late}  # the whole walk agrees on the head
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.5, 1.0, 1.5]), st.sampled_from([0.5, 1.0, 2.0]),
+                          st.integers(0, 5)), max_size=30))
+def test_edf_sorted_is_sorting_by_edf_key(specs):
+    """`edf_sorted` (float deadlines, the tuple key only on ties) orders as `sorted(key=edf_key)`: equal deadlines from
+    different arrivals and SLOs (0.5 + 1.0 = 1.0 + 0.5), equal arrivals (ties by rid), duplicates of both."""
+    reqs = [make_req(f"r{rid}-{i}", arrival_s=a, ttft_slo_s=t) for i, (a, t, rid) in enumerate(specs)]
+    assert edf_sorted(reqs) == sorted(reqs, key=edf_key)
