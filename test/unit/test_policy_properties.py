@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 from factories import batch_of, kv_after, kv_held
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from sglang_fair.core.cost_model import CostModel
@@ -120,7 +120,9 @@ def fair_gap_slacks(snap: Snapshot, p: FairParams, lost_to_gap: bool = False) ->
     gap = {r.rid: gap_slack(r, snap.now, p) for r in snap.running}
     if lost_to_gap and (lost := past_saving(snap, p)):
         prefix = max([r.prefilled_tokens for r in snap.prefilling], default=0)
-        step = snap.cost.predict([(p.min_prefill_chunk_tokens, prefix)], [r.context_tokens for r in lost])
+        step = snap.cost.predict([(p.min_prefill_chunk_tokens, prefix)], [r.context_tokens for r in lost]) + 1e-9
+        # + 1 ns: fair's guard against float rounding (FairPolicy._chunk_step_s); without it the budget differs by 1 ns
+        # where the step is the budget (a cost of base_s alone)
         for r in lost:
             if p.max_token_gap_tpot * r.tpot_slo_s * (1.0 - p.tpot_margin) < step:
                 gap[r.rid] = max(gap[r.rid], step)
@@ -181,6 +183,15 @@ def gap_slack(r, now: float, p: FairParams) -> float:
 @SETTINGS
 @given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]), anchor=st.sampled_from(["first_token", "arrival"]),
        recover=st.booleans(), gap_caps=st.booleans(), margin=st.sampled_from([0.0, 0.02, 0.1]))
+@example(  # found by CI: a lost decode's gap floor is the whole budget (a cost of base_s alone), 1 ns apart
+    snap=Snapshot(now=1000.0, running=(ReqView(rid="r0", arrival_s=999.68, prompt_tokens=1, ttft_slo_s=0.3,
+                                               tpot_slo_s=0.02, prefilled_tokens=1, output_tokens=1,
+                                               max_new_tokens=2, last_token_s=997.0),),
+                  prefilling=(), waiting=(ReqView(rid="w0", arrival_s=1000.0, prompt_tokens=1, ttft_slo_s=0.3,
+                                                  tpot_slo_s=0.02, max_new_tokens=0),),
+                  kv_capacity_tokens=10_000_002, kv_used_tokens=2,
+                  cost=CostModel(base_s=0.046875, per_prefill_token_s=0.0)),
+    gap=2.0, anchor="first_token", recover=False, gap_caps=False, margin=0.0)
 def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_caps, margin):
     p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor, recover_tpot=recover, gap_caps_budget=gap_caps,
                    tpot_margin=margin)
