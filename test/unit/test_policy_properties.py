@@ -7,7 +7,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from factories import batch_of, kv_after, kv_held
+from factories import batch_of, kv_after, kv_held, make_req, make_running, make_snapshot
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -184,13 +184,12 @@ def gap_slack(r, now: float, p: FairParams) -> float:
 @given(snap=snapshots(), gap=st.sampled_from([2.0, 5.0, math.inf]), anchor=st.sampled_from(["first_token", "arrival"]),
        recover=st.booleans(), gap_caps=st.booleans(), margin=st.sampled_from([0.0, 0.02, 0.1]))
 @example(  # found by CI: a lost decode's gap floor is the whole budget (a cost of base_s alone), 1 ns apart
-    snap=Snapshot(now=1000.0, running=(ReqView(rid="r0", arrival_s=999.68, prompt_tokens=1, ttft_slo_s=0.3,
-                                               tpot_slo_s=0.02, prefilled_tokens=1, output_tokens=1,
-                                               max_new_tokens=2, last_token_s=997.0),),
-                  prefilling=(), waiting=(ReqView(rid="w0", arrival_s=1000.0, prompt_tokens=1, ttft_slo_s=0.3,
-                                                  tpot_slo_s=0.02, max_new_tokens=0),),
-                  kv_capacity_tokens=10_000_002, kv_used_tokens=2,
-                  cost=CostModel(base_s=0.046875, per_prefill_token_s=0.0)),
+    snap=make_snapshot(now=NOW, running=[make_running("r0", arrival_s=999.68, prompt_tokens=1, ttft_slo_s=0.3,
+                                                      tpot_slo_s=0.02, max_new_tokens=2, last_token_s=997.0)],
+                       waiting=[make_req("w0", arrival_s=NOW, prompt_tokens=1, ttft_slo_s=0.3, tpot_slo_s=0.02,
+                                         max_new_tokens=0)],
+                       kv_capacity_tokens=10_000_002, kv_used_tokens=2,
+                       cost=CostModel(base_s=0.046875, per_prefill_token_s=0.0)),
     gap=2.0, anchor="first_token", recover=False, gap_caps=False, margin=0.0)
 def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_caps, margin):
     p = FairParams(max_token_gap_tpot=gap, decode_anchor=anchor, recover_tpot=recover, gap_caps_budget=gap_caps,
