@@ -126,16 +126,27 @@ def test_report_budget_counts_only_plans_protecting_decodes(tmp_path):
     assert "below the TPOT SLO (a decode behind its envelope): 1" in text and "budget at its cap): 1" in text
 
 
-def test_report_on_an_emulated_trace_counts_overruns_by_kind(tmp_path):
-    device = [{"batch": "decode", "emulated_ms": 60.0, "real_ms": 30.0, "credit_ms": 3.0, "overrun": False},
-              {"batch": "mixed", "emulated_ms": 90.0, "real_ms": 95.0, "credit_ms": 0.0, "overrun": True},
-              {"batch": "mixed", "emulated_ms": 90.0, "real_ms": 45.0, "credit_ms": 0.0, "overrun": False}]
+def test_report_on_an_emulated_trace_counts_overruns_and_cost_by_kind(tmp_path):
+    device = [{"batch": "decode", "prefill_tokens": 0, "decode_rows": 4, "emulated_ms": 60.0, "real_ms": 30.0,
+               "credit_ms": 3.0, "overrun": False},
+              {"batch": "mixed", "prefill_tokens": 100, "decode_rows": 4, "emulated_ms": 90.0, "real_ms": 95.0,
+               "credit_ms": 0.0, "overrun": True},
+              {"batch": "mixed", "prefill_tokens": 500, "decode_rows": 4, "emulated_ms": 150.0, "real_ms": 45.0,
+               "credit_ms": 0.0, "overrun": False}]
     s = trace_report.summarize(trace_report.read_trace(write_trace(tmp_path / "t.jsonl", [], [], device)))
     d = s["device"]
     assert d["n"] == 3 and d["overruns"] == 1 and d["overrun_fraction"] == pytest.approx(1 / 3)
-    assert d["by_kind"] == {"decode": {"forwards": 1, "overruns": 0}, "mixed": {"forwards": 2, "overruns": 1}}
+    assert {k: (v["forwards"], v["overruns"]) for k, v in d["by_kind"].items()} == {"decode": (1, 0), "mixed": (2, 1)}
+    # emulated GPU time = the server clock's / the dilation (6): decode 10 ms; mixed 15 + 25 ms for 600 prompt tokens
+    dec, mixed = d["by_kind"]["decode"], d["by_kind"]["mixed"]
+    assert dec["emulated_gpu_ms_mean"] == pytest.approx(10.0) and dec["emulated_gpu_ms_per_1000_prompt_tokens"] is None
+    assert mixed["prefill_tokens_mean"] == 300 and mixed["emulated_gpu_ms_mean"] == pytest.approx(20.0)
+    assert mixed["emulated_gpu_ms_per_1000_prompt_tokens"] == pytest.approx(1000.0 * 40.0 / 600)
     assert d["credit_ms_mean"] == pytest.approx(1.0)
-    assert "EMULATED a100-llama3-8b:6" in trace_report.render(s)
+    text = trace_report.render(s)
+    assert "EMULATED a100-llama3-8b:6" in text
+    assert "mixed: 300 prompt tokens, 20.0 emulated GPU ms mean; 66.7 emulated GPU ms per 1000 prompt tokens" in text
+    assert "decode:" not in text
 
 
 def test_a_torn_last_line_is_skipped_and_a_bad_line_elsewhere_is_an_error(tmp_path, capsys):

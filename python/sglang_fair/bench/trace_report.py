@@ -10,7 +10,8 @@ Reads the JSON lines core/trace.py writes and prints (or, with `--json`, emits) 
   bench passes are already k times the emulated GPU's);
 - first tokens: one record per request (rid, the scheduler's receipt, prompt, max_new_tokens), so the TTFT the
   scheduler saw and which server of a cluster got which request;
-- device (emulated): overruns by batch kind and the overlap credit.
+- device (emulated): overruns by batch kind and the overlap credit; per kind, the mean prompt tokens and emulated GPU
+  time of a forward and what 1000 prompt tokens cost in kinds that carry them (in the emulated GPU's own ms).
 Times are milliseconds on the server's clock (divide by the dilation for emulated GPU time; `start.dilation`).
 """
 
@@ -143,12 +144,23 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
         over = Counter(d["batch"] for d in device if d.get("overrun"))
         out["device"] = {
             "n": len(device), "overruns": sum(over.values()), "overrun_fraction": sum(over.values()) / len(device),
-            "by_kind": {k: {"forwards": n, "overruns": over.get(k, 0)} for k, n in sorted(kinds.items())},
+            "by_kind": {k: {"forwards": n, "overruns": over.get(k, 0),
+                            **_device_cost([d for d in device if d["batch"] == k], out["dilation"])}
+                        for k, n in sorted(kinds.items())},
             "emulated_ms": _pct([d["emulated_ms"] for d in device]),
             "real_over_emulated": _pct([d["real_ms"] / d["emulated_ms"] for d in device if d["emulated_ms"] > 0]),
             "credit_ms_mean": float(np.mean([d.get("credit_ms", 0.0) for d in device])),
         }
     return out
+
+
+def _device_cost(recs: list[dict], dilation: float) -> dict:
+    """Mean prompt tokens and emulated GPU ms (the server clock / the dilation) of one kind's forwards, and, where
+    they carry prompt tokens, the emulated GPU ms per 1000 prompt tokens (decode rows included in the time)."""
+    tokens = sum(d.get("prefill_tokens", 0) for d in recs)
+    gpu_ms = sum(d["emulated_ms"] for d in recs) / dilation
+    return {"prefill_tokens_mean": tokens / len(recs), "emulated_gpu_ms_mean": gpu_ms / len(recs),
+            "emulated_gpu_ms_per_1000_prompt_tokens": 1000.0 * gpu_ms / tokens if tokens else None}
 
 
 def _fmt(d: dict | None, unit: str = "") -> str:
@@ -198,6 +210,9 @@ def render(s: dict) -> str:
         lines += [f"emulated device forwards: {d['n']}, overruns {d['overruns']} ({d['overrun_fraction']:.2%}; {kinds})",
                   f"  emulated {_fmt(d['emulated_ms'], 'ms')}; real / emulated {_fmt(d['real_over_emulated'])}; "
                   f"overlap credit {d['credit_ms_mean']:.2f} ms mean"]
+        lines += [f"  {k}: {v['prefill_tokens_mean']:.0f} prompt tokens, {v['emulated_gpu_ms_mean']:.1f} emulated GPU ms "
+                  f"mean; {v['emulated_gpu_ms_per_1000_prompt_tokens']:.1f} emulated GPU ms per 1000 prompt tokens"
+                  for k, v in d["by_kind"].items() if v["emulated_gpu_ms_per_1000_prompt_tokens"] is not None]
     return "\n".join(lines)
 
 
