@@ -101,7 +101,7 @@ def test_summary_carries_the_device_the_ratio_and_the_largest_overrun(tmp_path):
                   "probes": {"1": _probe(1.5, 0.15, 0.01), "1.5": _probe(3.0, 0.27, 0.01),
                              "2": _probe(3.0, 0.2, 0.05)}}}
     results = {"config": cfg.to_json(), "single": {"stock": stock, "fair": fair}, "wall_s": 60.0,
-               "machine": {"cores": 2, "cpu": "x"}, "versions": {"sglang": "0.5.23"},
+               "machine": {"cores": 2, "cpu": "x", "python_loop_1e7_s": 1.234}, "versions": {"sglang": "0.5.23"},
                "workloads": {key: {"rate_rps": 5.5, "prompt_tokens_sent_mean": 1160.0, "output_tokens_mean": 225.0,
                                    "stability_bound_scale": {"trace_lengths": 2.0, "sent_lengths": 1.875}}}}
     s = emulated_summary(results)
@@ -114,20 +114,25 @@ def test_summary_carries_the_device_the_ratio_and_the_largest_overrun(tmp_path):
     assert s["policies"]["fair"]["at_stock_capacity"]["p99_ttft_ms"] == pytest.approx(500.0)
     md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3", "img/live")
     assert "**Emulated**" in md and "Not a GPU measurement" in md and "2 (5.0% invalid)" in md
+    assert "2 CPU cores (x; 10^7 Python additions in 1.23 s)" in md and "valid on this host from" not in md
     assert "1.875 on the prompts as sent, 2.000 on the trace's lengths" in md
     assert "overlap loop emulated: on" in md and "(img/live/emulated-live-azure-conv.png)" in md
     from sglang_fair.bench.report import plots
     assert [p.name for p in plots(results, tmp_path)] == ["emulated-live-azure-conv.png"]  # not the CPU run's plot
     assert "--fair-trace" not in md  # no traced probe, no trace table
+    assert s["min_dilation"] is None  # no traces, no projection
     pct = {"p50": 1.0, "p90": 1.0, "p99": 1.0}
     fair[key]["probes"]["1.5"]["trace"] = {
         "forwards": {"n": 40, "decode_forwards_over_tpot": 0.05, "over_plan_prediction": 0.025,
                      "measured_ms": pct | {"max": 900.0}, "max_token_gap_ms": pct | {"max": 1800.0}},
         "plans": {"with_deferred_rows": 7, "with_demoted": 2}}
     stock[key]["probes"]["1"]["trace"] = {"plans": {}}  # a stock trace window without forwards: no row
-    stock[key]["probes"]["2"]["trace"] = {"device": {"n": 30, "emulated_ms": pct | {"max": 1500.0}}}  # stock's
+    stock[key]["probes"]["2"]["trace"] = {"device": {"n": 30, "emulated_ms": pct | {"max": 1500.0},
+                                                     "min_dilation": 3}}  # stock's
     md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3 --trace", "img/live")
     assert "| fair | 1.5 | 40 | 5.0% | 2.5% | 300 | 600 | 7 | 2 |" in md  # server-clock ms / dilation 3
+    assert emulated_summary(results)["min_dilation"] == 3  # from stock's device window, the only one with records
+    assert "(every probe valid on this host from dilation 3, projected from the servers' traces)" in md
     assert md.count("| stock | 1 |") == 1  # its capacity row only, no trace row
     assert "| stock | 2 | 30 | - | - | 500 | - | - | - |" in md  # the emulated device's forwards only
 
@@ -268,8 +273,11 @@ def test_cluster_summary_ratios_overruns_and_the_bound_on_two_gpus():
     cs = cluster_summary(results)
     assert cs["ratios"] == {"2xfair/power_of_two vs 2xstock/cache_aware": pytest.approx(1.5)}
     assert cs["runs"]["2xfair/power_of_two"]["p99_ttft_ms"] == pytest.approx(500.0)  # emulated ms: / dilation 3
+    results["cluster"]["2xfair/power_of_two"]["probes"]["4"]["trace"] = [{"device": {"min_dilation": 5}},
+                                                                           {"device": {"min_dilation": 7}}]
     s = emulated_summary(results)
     assert s["overrun_fraction"] == 0.015 and s["capacity_ratio_fair_vs_stock"] is None and s["policies"] == {}
+    assert s["min_dilation"] == 7  # the larger of the two servers' projections
     # no single-server run: no single-server bound at the top; the cluster's own bound (2 GPUs, prompts as sent)
     assert s["stability_bound_scale"] is None and s["cluster"]["stability_bound_scale"] == 2.5
     md = markdown(results, "sglang-fair bench --emulate a100-llama3-8b:3 --cluster ...", "img/live")
@@ -365,3 +373,8 @@ def test_server_demotions_reads_the_plugin_status_and_is_none_when_it_cannot():
     assert server_demotions(Srv({"ranks": [{"demotions_total": 7}]})) == 7
     assert server_demotions(Srv({"ranks": [{}]})) is None
     assert server_demotions(Srv(ConnectionError("refused"))) is None
+
+
+def test_the_host_speed_probe_times_a_python_loop():
+    from sglang_fair.bench.runner import host_loop_s
+    assert 0.0 < host_loop_s(1000) < 10.0

@@ -243,3 +243,23 @@ def test_a_traced_probe_keeps_each_requests_prompt_due_time_and_client_ttft():
     d = request_details(Probe(scale=1.0, records=recs, aborted=False, wall_s=9.0, input_lens=[120, 7]))
     assert d == {"input_lens": [120, 7], "due_s": [1.5, 2.0], "ttft_ms": [250.0, None]}
     orjson.dumps(d)  # it goes into results.json as it is
+
+
+def test_overruns_projected_to_other_dilations_from_the_real_times(tmp_path):
+    # at dilation 6, forwards of 10 emulated GPU ms (60 ms on the clock) that took 20 / 45 / 59 / 61 / 70 ms on the
+    # host, the last with 8 ms of overlap credit: each overruns below dilation (real + credit) / 10 = 2, 4.5, 5.9,
+    # 6.1, 7.8; as recorded, 61 and 70 overrun at 6
+    device = [{"batch": "decode", "prefill_tokens": 0, "emulated_ms": 60.0, "real_ms": r, "credit_ms": c,
+               "overrun": r > 60.0 - c} for r, c in ((20.0, 0.0), (45.0, 0.0), (59.0, 0.0), (61.0, 0.0), (70.0, 8.0))]
+    recs = trace_report.read_trace(write_trace(tmp_path / "t.jsonl", [], [], device))
+    assert trace_report.projected_overruns(device, 6.0, 6.0) == pytest.approx(0.4)  # the recorded overruns
+    assert trace_report.projected_overruns(device, 6.0, 4.0) == pytest.approx(0.8)
+    assert trace_report.projected_overruns(device, 6.0, 8.0) == 0.0
+    assert trace_report.min_dilation(device, 6.0) == 8  # 7 leaves the 7.8 one overrunning: 20% > 2%
+    assert trace_report.min_dilation(device, 6.0, limit=0.2) == 7 and trace_report.min_dilation(device, 6.0, 1.0) == 1
+    assert trace_report.min_dilation([], 6.0) is None
+    d = trace_report.summarize(recs)["device"]
+    assert d["overrun_fraction_at_dilation"]["6"] == pytest.approx(d["overrun_fraction"])
+    assert d["overrun_fraction_at_dilation"]["4"] == pytest.approx(0.8) and d["min_dilation"] == 8
+    assert "k 4 80.00%, k 6 40.00%, k 8 0.00%" in trace_report.render(trace_report.summarize(recs))
+    assert "smallest k with at most 2% overruns: 8" in trace_report.render(trace_report.summarize(recs))

@@ -24,6 +24,17 @@ def max_overrun(results: dict) -> float:
     return max(fr, default=0.0)
 
 
+def min_dilation(results: dict) -> int | None:
+    """The smallest whole dilation at which every probe of the run would have been valid on this host, projected
+    from the forwards in each probe's server trace (`--trace`; trace_report.min_dilation); None without traces."""
+    probes = [p for r in results["single"].values() for rr in r.values() if isinstance(rr, dict) and "probes" in rr
+              for p in rr["probes"].values()]
+    probes += [p for r in (results.get("cluster") or {}).values() for p in r.get("probes", {}).values()]
+    traces = [t for p in probes for t in (p.get("trace") if isinstance(p.get("trace"), list) else [p.get("trace")])]
+    ks = [((t or {}).get("device") or {}).get("min_dilation") for t in traces]
+    return max((k for k in ks if k is not None), default=None)
+
+
 def _latencies(res: dict) -> dict:
     at = _at_capacity(res)
     return {"capacity": res["capacity"], "capacity_rps": res["capacity_rps"],
@@ -53,7 +64,8 @@ def cluster_summary(results: dict) -> dict:
 
 def emulated_summary(results: dict) -> dict:
     """`bench --emulate --json`: emulated_device, dilation, capacity_ratio_fair_vs_stock, overrun_fraction (the
-    largest over probes) and per policy the CPU bench's fields, latencies in the emulated GPU's milliseconds."""
+    largest over probes), min_dilation (with `--trace`: the smallest dilation at which every probe would have been
+    valid on this host) and per policy the CPU bench's fields, latencies in the emulated GPU's milliseconds."""
     cfg = results["config"]
     key = cfg["workloads"][0]["trace"]
     pol = {name: _latencies(r[key]) for name, r in results["single"].items()}
@@ -74,7 +86,8 @@ def emulated_summary(results: dict) -> dict:
             "policies": pol, "capacity_ratio_fair_vs_stock": ratio,
             "capacity_ratio_fair_vs_best_stock_mixed": (pol["fair"]["capacity"] / max(mixed)
                                                         if mixed and max(mixed) > 0 and "fair" in pol else None),
-            "overrun_fraction": max_overrun(results), "stability_bound_scale": bound,
+            "overrun_fraction": max_overrun(results), "min_dilation": min_dilation(results),
+            "stability_bound_scale": bound,
             "fair_fraction_of_bound": pol["fair"]["capacity"] / bound if bound and "fair" in pol else None,
             **({"cluster": cluster_summary(results)} if results.get("cluster") else {}),
             "wall_s": results.get("wall_s")}
@@ -151,16 +164,19 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
     m = results["machine"]
     k = _dilation(cfg)
     s = emulated_summary(results)
+    speed = "" if m.get("python_loop_1e7_s") is None else f"; 10^7 Python additions in {m['python_loop_1e7_s']:.2f} s"
     lines = [
         f"**Emulated** {cfg['emulate']} (dilation {k:g}): the real SGLang {results['versions']['sglang']} server on "
-        f"{m['cores']} CPU cores ({m['cpu']}) with the micro model, every forward padded to the Vidur-profile "
+        f"{m['cores']} CPU cores ({m['cpu']}{speed}) with the micro model, every forward padded to the Vidur-profile "
         f"device model's time for the batch that ran, x {k:g}; KV pool of the emulated 80 GB GPU; GPU overlap loop "
         f"emulated: {'on' if cfg.get('emulate_overlap', False) else 'off'} (host time between forwards "
         f"{'hidden behind the previous forward' if cfg.get('emulate_overlap', False) else 'added to each'}). Not a GPU "
         f"measurement. Load: `bench_serving` replaying each window at its real lengths (clipped to 8192), arrival "
         f"gaps x {k:g}. SLOs TTFT {cfg['ttft_slo_ms']:g} ms, TPOT {cfg['tpot_slo_ms']:g} ms in the emulated GPU's "
         f"time (x {k:g} on the clock). A probe with more than 2% of its forwards overrun is invalid (never a pass). "
-        f"Largest overrun fraction of a probe: {s['overrun_fraction']:.3f}. Whole run: "
+        f"Largest overrun fraction of a probe: {s['overrun_fraction']:.3f}"
+        + ("" if s["min_dilation"] is None else f" (every probe valid on this host from dilation {s['min_dilation']}, "
+           "projected from the servers' traces)") + ". Whole run: "
         f"{results.get('wall_s', 0) / 60:.1f} min.", "", f"Command: `{command}`", ""]
     for w in cfg["workloads"]:
         key = w["trace"]

@@ -11,7 +11,9 @@ Reads the JSON lines core/trace.py writes and prints (or, with `--json`, emits) 
 - first tokens: one record per request (rid, the scheduler's receipt, prompt, max_new_tokens), so the TTFT the
   scheduler saw and which server of a cluster got which request;
 - device (emulated): overruns by batch kind and the overlap credit; per kind, the mean prompt tokens and emulated GPU
-  time of a forward and what 1000 prompt tokens cost in kinds that carry them (in the emulated GPU's own ms).
+  time of a forward and what 1000 prompt tokens cost in kinds that carry them (in the emulated GPU's own ms); the
+  overruns these forwards would have had at other dilations, and the smallest dilation at which at most 2% overrun
+  (`min_dilation`, projected from this host's real times; see `projected_overruns`).
 Times are milliseconds on the server's clock (divide by the dilation for emulated GPU time; `start.dilation`).
 """
 
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+
+from .emulated import MAX_OVERRUN_FRACTION
 
 OVER_PREDICTION = 1.10
 """A forward counts as slower than planned when it took more than this times its plan's predicted time."""
@@ -150,6 +154,9 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
             "emulated_ms": _pct([d["emulated_ms"] for d in device]),
             "real_over_emulated": _pct([d["real_ms"] / d["emulated_ms"] for d in device if d["emulated_ms"] > 0]),
             "credit_ms_mean": float(np.mean([d.get("credit_ms", 0.0) for d in device])),
+            "overrun_fraction_at_dilation": {f"{k:g}": projected_overruns(device, out["dilation"], k)
+                                             for k in PROJECTED_DILATIONS},
+            "min_dilation": min_dilation(device, out["dilation"]),
         }
     return out
 
@@ -161,6 +168,35 @@ def _device_cost(recs: list[dict], dilation: float) -> dict:
     gpu_ms = sum(d["emulated_ms"] for d in recs) / dilation
     return {"prefill_tokens_mean": tokens / len(recs), "emulated_gpu_ms_mean": gpu_ms / len(recs),
             "emulated_gpu_ms_per_1000_prompt_tokens": 1000.0 * gpu_ms / tokens if tokens else None}
+
+
+PROJECTED_DILATIONS = (4, 6, 8, 10, 12, 16)
+"""The dilations `summarize` projects a trace's overruns to."""
+
+
+def dilation_needed(device: list[dict], dilation: float) -> np.ndarray:
+    """Per emulated forward, the dilation below which it overruns: its real host time plus the overlap credit it got,
+    over its emulated GPU time (pad.Padder.account: an overrun is real > emulated - credit, and emulated is the GPU
+    time x the dilation). A projection: it assumes the same batches, real times and credits at another dilation,
+    which holds as far as the bench scales arrivals with the dilation and the host's speed stays the same."""
+    gpu = np.array([d["emulated_ms"] for d in device], dtype=float) / dilation
+    host = np.array([d["real_ms"] + d.get("credit_ms", 0.0) for d in device], dtype=float)
+    return host / np.maximum(gpu, 1e-12)
+
+
+def projected_overruns(device: list[dict], dilation: float, k: float) -> float:
+    """The fraction of `device` (a trace's device records, run at `dilation`) that would overrun at dilation k."""
+    return float(np.mean(dilation_needed(device, dilation) > k)) if device else 0.0
+
+
+def min_dilation(device: list[dict], dilation: float, limit: float = MAX_OVERRUN_FRACTION) -> int | None:
+    """The smallest whole dilation at which at most `limit` of these forwards would overrun (a bench probe with more
+    is invalid); None without records."""
+    if not device:
+        return None
+    need = np.sort(dilation_needed(device, dilation))
+    allowed = int(math.floor(limit * len(need) + 1e-9))  # this many may still overrun
+    return max(1, math.ceil(need[len(need) - 1 - allowed])) if allowed < len(need) else 1
 
 
 def _fmt(d: dict | None, unit: str = "") -> str:
@@ -209,7 +245,10 @@ def render(s: dict) -> str:
         kinds = ", ".join(f"{k} {v['overruns']}/{v['forwards']}" for k, v in d["by_kind"].items())
         lines += [f"emulated device forwards: {d['n']}, overruns {d['overruns']} ({d['overrun_fraction']:.2%}; {kinds})",
                   f"  emulated {_fmt(d['emulated_ms'], 'ms')}; real / emulated {_fmt(d['real_over_emulated'])}; "
-                  f"overlap credit {d['credit_ms_mean']:.2f} ms mean"]
+                  f"overlap credit {d['credit_ms_mean']:.2f} ms mean",
+                  "  projected to other dilations (this host's real times, the same batches): "
+                  + ", ".join(f"k {k} {v:.2%}" for k, v in d["overrun_fraction_at_dilation"].items())
+                  + f"; smallest k with at most {MAX_OVERRUN_FRACTION:.0%} overruns: {d['min_dilation']}"]
         lines += [f"  {k}: {v['prefill_tokens_mean']:.0f} prompt tokens, {v['emulated_gpu_ms_mean']:.1f} emulated GPU ms "
                   f"mean; {v['emulated_gpu_ms_per_1000_prompt_tokens']:.1f} emulated GPU ms per 1000 prompt tokens"
                   for k, v in d["by_kind"].items() if v["emulated_gpu_ms_per_1000_prompt_tokens"] is not None]
