@@ -177,8 +177,10 @@ PROJECTED_DILATIONS = (4, 6, 8, 10, 12, 16)
 def dilation_needed(device: list[dict], dilation: float) -> np.ndarray:
     """Per emulated forward, the dilation below which it overruns: its real host time plus the overlap credit it got,
     over its emulated GPU time (pad.Padder.account: an overrun is real > emulated - credit, and emulated is the GPU
-    time x the dilation). A projection: it assumes the same batches, real times and credits at another dilation,
-    which holds as far as the bench scales arrivals with the dilation and the host's speed stays the same."""
+    time x the dilation). A projection: it assumes the same batches, real times and credits at another dilation. The
+    bench scales arrivals with the dilation, but real times grow as k shrinks (the same work, denser on the clock,
+    on shared cores), so projected to a smaller k it is optimistic and to a larger k conservative (measured:
+    docs/results.md, "Choosing the dilation from a trace")."""
     gpu = np.array([d["emulated_ms"] for d in device], dtype=float) / dilation
     host = np.array([d["real_ms"] + d.get("credit_ms", 0.0) for d in device], dtype=float)
     return host / np.maximum(gpu, 1e-12)
