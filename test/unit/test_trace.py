@@ -252,12 +252,14 @@ def test_overruns_projected_to_other_dilations_from_the_real_times(tmp_path):
     device = [{"batch": "decode", "prefill_tokens": 0, "emulated_ms": 60.0, "real_ms": r, "credit_ms": c,
                "overrun": r > 60.0 - c} for r, c in ((20.0, 0.0), (45.0, 0.0), (59.0, 0.0), (61.0, 0.0), (70.0, 8.0))]
     recs = trace_report.read_trace(write_trace(tmp_path / "t.jsonl", [], [], device))
-    assert trace_report.projected_overruns(device, 6.0, 6.0) == pytest.approx(0.4)  # the recorded overruns
-    assert trace_report.projected_overruns(device, 6.0, 4.0) == pytest.approx(0.8)
-    assert trace_report.projected_overruns(device, 6.0, 8.0) == 0.0
-    assert trace_report.min_dilation(device, 6.0) == 8  # 7 leaves the 7.8 one overrunning: 20% > 2%
-    assert trace_report.min_dilation(device, 6.0, limit=0.2) == 7 and trace_report.min_dilation(device, 6.0, 1.0) == 1
-    assert trace_report.min_dilation([], 6.0) is None
+    need = trace_report.dilation_needed(device, 6.0)
+    assert need == pytest.approx([2.0, 4.5, 5.9, 6.1, 7.8])
+    assert trace_report.projected_overruns(need, 6.0) == pytest.approx(0.4)  # the recorded overruns
+    assert trace_report.projected_overruns(need, 4.0) == pytest.approx(0.8)
+    assert trace_report.projected_overruns(need, 8.0) == 0.0
+    assert trace_report.min_dilation(need) == 8  # 7 leaves the 7.8 one overrunning: 20% > 2%
+    assert trace_report.min_dilation(need, limit=0.2) == 7 and trace_report.min_dilation(need, 1.0) == 1
+    assert trace_report.min_dilation(trace_report.dilation_needed([], 6.0)) is None
     d = trace_report.summarize(recs)["device"]
     assert d["overrun_fraction_at_dilation"]["6"] == pytest.approx(d["overrun_fraction"])
     assert d["overrun_fraction_at_dilation"]["4"] == pytest.approx(0.8) and d["min_dilation"] == 8

@@ -15,22 +15,23 @@ def _gpu_ms(probe: dict, key: str):
     return None if v is None or not math.isfinite(v) else v
 
 
+def _probes(results: dict) -> list[dict]:
+    """Every probe of the run: the single servers' (per policy and workload) and the clusters'."""
+    probes = [p for r in results["single"].values() for rr in r.values() if isinstance(rr, dict) and "probes" in rr
+              for p in rr["probes"].values()]
+    return probes + [p for r in (results.get("cluster") or {}).values() for p in r.get("probes", {}).values()]
+
+
 def max_overrun(results: dict) -> float:
     """The largest overrun fraction of any probe, single servers and clusters."""
-    fr = [p.get("overrun_fraction") or 0.0 for r in results["single"].values() for w, rr in r.items()
-          if isinstance(rr, dict) and "probes" in rr for p in rr["probes"].values()]
-    fr += [p.get("overrun_fraction") or 0.0 for r in (results.get("cluster") or {}).values()
-           for p in r.get("probes", {}).values()]
-    return max(fr, default=0.0)
+    return max((p.get("overrun_fraction") or 0.0 for p in _probes(results)), default=0.0)
 
 
 def min_dilation(results: dict) -> int | None:
     """The smallest whole dilation at which every probe of the run would have been valid on this host, projected
     from the forwards in each probe's server trace (`--trace`; trace_report.min_dilation); None without traces."""
-    probes = [p for r in results["single"].values() for rr in r.values() if isinstance(rr, dict) and "probes" in rr
-              for p in rr["probes"].values()]
-    probes += [p for r in (results.get("cluster") or {}).values() for p in r.get("probes", {}).values()]
-    traces = [t for p in probes for t in (p.get("trace") if isinstance(p.get("trace"), list) else [p.get("trace")])]
+    traces = [t for p in _probes(results)
+              for t in (p.get("trace") if isinstance(p.get("trace"), list) else [p.get("trace")])]
     ks = [((t or {}).get("device") or {}).get("min_dilation") for t in traces]
     return max((k for k in ks if k is not None), default=None)
 

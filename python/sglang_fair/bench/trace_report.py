@@ -146,6 +146,7 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
     if device:
         kinds = Counter(d["batch"] for d in device)
         over = Counter(d["batch"] for d in device if d.get("overrun"))
+        need = dilation_needed(device, out["dilation"])
         out["device"] = {
             "n": len(device), "overruns": sum(over.values()), "overrun_fraction": sum(over.values()) / len(device),
             "by_kind": {k: {"forwards": n, "overruns": over.get(k, 0),
@@ -154,9 +155,8 @@ def summarize(records: dict[str, list[dict]], window_wall_s: tuple[float, float]
             "emulated_ms": _pct([d["emulated_ms"] for d in device]),
             "real_over_emulated": _pct([d["real_ms"] / d["emulated_ms"] for d in device if d["emulated_ms"] > 0]),
             "credit_ms_mean": float(np.mean([d.get("credit_ms", 0.0) for d in device])),
-            "overrun_fraction_at_dilation": {f"{k:g}": projected_overruns(device, out["dilation"], k)
-                                             for k in PROJECTED_DILATIONS},
-            "min_dilation": min_dilation(device, out["dilation"]),
+            "overrun_fraction_at_dilation": {f"{k:g}": projected_overruns(need, k) for k in PROJECTED_DILATIONS},
+            "min_dilation": min_dilation(need),
         }
     return out
 
@@ -186,17 +186,17 @@ def dilation_needed(device: list[dict], dilation: float) -> np.ndarray:
     return host / np.maximum(gpu, 1e-12)
 
 
-def projected_overruns(device: list[dict], dilation: float, k: float) -> float:
-    """The fraction of `device` (a trace's device records, run at `dilation`) that would overrun at dilation k."""
-    return float(np.mean(dilation_needed(device, dilation) > k)) if device else 0.0
+def projected_overruns(need: np.ndarray, k: float) -> float:
+    """The fraction of forwards that would overrun at dilation k (`need`: `dilation_needed` of their records)."""
+    return float(np.mean(need > k)) if need.size else 0.0
 
 
-def min_dilation(device: list[dict], dilation: float, limit: float = MAX_OVERRUN_FRACTION) -> int | None:
-    """The smallest whole dilation at which at most `limit` of these forwards would overrun (a bench probe with more
-    is invalid); None without records."""
-    if not device:
+def min_dilation(need: np.ndarray, limit: float = MAX_OVERRUN_FRACTION) -> int | None:
+    """The smallest whole dilation at which at most `limit` of the forwards would overrun (`need`: `dilation_needed`
+    of their records; a bench probe with more is invalid); None without forwards."""
+    if not need.size:
         return None
-    need = np.sort(dilation_needed(device, dilation))
+    need = np.sort(need)
     allowed = int(math.floor(limit * len(need) + 1e-9))  # this many may still overrun
     return max(1, math.ceil(need[len(need) - 1 - allowed])) if allowed < len(need) else 1
 
