@@ -116,8 +116,8 @@ def test_capacity_zero_says_why_in_text_and_json(tmp_path, capsys):
     assert main(["capacity", "--trace", str(p), "--policies", "fair", "--json", "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out)["policies"]["fair"]
     assert out["capacity"] == 0 and out["why"] and any("burst of 40" in w for w in out["why"])
-    # fair demotes most of the burst (a demoted request is a miss: TTFT +inf, no finite P99)
-    assert out["figures_at_scale"] > 0 and out["p99_ttft_ms"] is None and out["demoted_at_capacity"] > 0
+    # fair demotes most of the burst (a demoted request is a miss: in the P99 at its TTFT, at least over the SLO)
+    assert out["figures_at_scale"] > 0 and out["p99_ttft_ms"] > 2000 and out["demoted_at_capacity"] > 0
     assert main(["capacity", "--trace", str(p), "--policies", "fair@admission=off", "--json", "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out)["policies"]["fair@admission=off"]
     assert out["capacity"] == 0 and out["figures_at_scale"] > 0 and out["p99_ttft_ms"] is not None

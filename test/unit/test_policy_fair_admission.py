@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_policy_properties import SETTINGS, assert_valid, snapshots
 
-from sglang_fair.core.metrics import RequestTimes, meets_slo, summarize
+from sglang_fair.core.metrics import RequestTimes, meets_slo, meets_tail, summarize
 from sglang_fair.policies import make_policy
 from sglang_fair.policies.admission import admission_split, hopeless_split, prefill_s, prefill_share
 from sglang_fair.policies.common import edf_key, edf_sorted, is_arrival_ordered, merge_edf
@@ -79,7 +79,18 @@ def test_demoted_requests_count_as_misses():
     demoted = RequestTimes("a", 0.0, 0.5, 1.0, 5, 1.0, 0.2, 5, demoted=True)
     assert not meets_slo(demoted)
     s = summarize([demoted] * 2 + [rec] * 98)
-    assert s.attainment == 0.98 and s.p99_ttft_s == float("inf")
+    # served on time all the same, a demoted request is a miss: the tail counts it just over its SLO, so it fails
+    assert s.attainment == 0.98 and 1.0 < s.p99_ttft_s < 1.0 + 1e-9 and not meets_tail(s, 1.0, 0.2)
+    assert summarize([dataclasses.replace(demoted, first_token_s=None, last_token_s=None)]).p99_ttft_s == math.inf
+
+
+def test_a_demoted_request_weighs_in_the_tail_as_a_late_one_does():
+    # 100 requests, one 0.3 s past its 1 s TTFT SLO: demoted or not, the P99 (numpy's linear rule) moves by 1% of it
+    ok = [RequestTimes(f"r{i}", 0.0, 0.5, 1.0, 5, 1.0, 0.2, 5) for i in range(99)]
+    late = RequestTimes("late", 0.0, 1.3, 1.8, 5, 1.0, 0.2, 5)
+    plain, demoted = summarize([*ok, late]), summarize([*ok, dataclasses.replace(late, demoted=True)])
+    assert plain.p99_ttft_s == demoted.p99_ttft_s == pytest.approx(0.5 + 0.01 * 0.8)
+    assert meets_tail(demoted, 1.0, 0.2) and demoted.demoted == 1 and demoted.attainment == 0.99
 
 
 def test_simulator_records_demotion_and_demote_protects_the_rest_of_a_burst():

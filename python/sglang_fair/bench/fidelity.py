@@ -4,7 +4,8 @@ cost model the live server fitted from its own iterations; compare P50/P99 TTFT 
 
 Error = (sim - live) / live, per metric, per probe; the summary is the median absolute error over a policy's probes.
 Both sides are measured alike: a request the replay demoted counts at the TTFT it got (bench_serving measures a
-demoted request's real TTFT; the capacity criterion's +inf for it is a rule, not a measurement).
+demoted request's real TTFT; the capacity criterion's floor for it, just over its SLO, is a rule, not a
+measurement).
 """
 
 from __future__ import annotations

@@ -138,8 +138,8 @@ class CapacityResult:
     figures_at_scale: float | None = None
     """The scale the P99 figures were taken at: the capacity, or the lowest scale tried when the capacity is 0."""
     demoted_at_capacity: int = 0
-    """Requests the policy demoted at that scale (each an SLO miss with TTFT +inf, so more than 1% of the trace
-    leaves no finite P99 TTFT)."""
+    """Requests the policy demoted at that scale (each an SLO miss: in the P99 at the TTFT it got, at least just
+    over the SLO; core/metrics.tail_ttft_s)."""
 
     def to_json(self) -> dict:
         return {"capacity": self.capacity, "capacity_attainment": self.capacity_attainment,
