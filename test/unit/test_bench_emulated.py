@@ -58,6 +58,28 @@ def test_window_start_moves_the_quick_window_and_bad_uses_name_the_flag():
             _config(SimpleNamespace(**{**base, **extra}))
 
 
+def test_window_trace_picks_the_full_modes_window_of_another_trace():
+    from sglang_fair.bench.cli import _config
+    from sglang_fair.bench.emulated import WINDOWS
+    from sglang_fair.sim.traces import load_trace
+    full = {w.trace: w for w in emulated_config("a100-llama3-8b:6", full=True).workloads}
+    assert set(full) == set(WINDOWS)
+    for name in WINDOWS:  # the quick mode's window of a trace is the full mode's, lengths as the trace has them
+        cfg = _config(_cli(window_trace=name))
+        assert cfg.workloads == [full[name]] and cfg.policies == ["stock", "fair"]
+    share = _config(_cli(window_trace="sharegpt", window_start=40)).workloads[0]
+    arrivals = load_trace("sharegpt").arrival_s
+    assert share.start_s == pytest.approx(arrivals[40]) and share.n_requests == 100
+    assert share.build().prompt_tokens.tolist()[:5] == load_trace(
+        "sharegpt", max_context_tokens=8192).prompt_tokens.tolist()[40:45]
+    for extra, words in (({"window_trace": "sharegpt", "full": True}, "--window-trace: quick mode only"),
+                         ({"window_trace": "azure-code", "emulate": None}, "--window-trace: needs --emulate"),
+                         ({"window_trace": "sharegpt", "window_start": len(arrivals) - 99},
+                          "--window-start: must be a request number from 0 to")):
+        with pytest.raises(SystemExit, match=words):
+            _config(_cli(**extra))
+
+
 def test_overrun_fraction_counts_only_the_probe():
     before = [{"decode": [100, 5], "mixed": [10, 0]}, {}]
     after = [{"decode": [250, 8], "mixed": [60, 1]}, {"prefill": [40, 0]}]  # the second server's first forwards
@@ -197,7 +219,7 @@ def test_fidelity_counts_a_demoted_request_at_the_ttft_it_got_as_the_live_side_d
 def _cli(**kw):
     base = dict(emulate="a100-llama3-8b:6", full=False, policies=None, ttft_slo_ms=None, tpot_slo_ms=None,
                 no_cluster=False, max_context_tokens=None, spread_arrivals=False, emulate_overlap="on", trace=False,
-                window_start=None, cluster=None)
+                window_start=None, window_trace=None, cluster=None)
     return SimpleNamespace(**{**base, **kw})
 
 

@@ -54,9 +54,13 @@ def add_parser(sub) -> None:
     p.add_argument("--emulate", metavar="PRESET[:DILATION]", default=None,
                    help="run every server on the emulated accelerator (serve --emulate-device): real trace lengths, "
                         "GPU policies, SLOs 2 s / 100 ms and arrival gaps x DILATION; figures are emulated")
+    p.add_argument("--window-trace", default=None, choices=("azure-conv", "azure-code", "sharegpt"),
+                   help="with --emulate --quick: the trace whose window to replay (default azure-conv: 150 requests "
+                        "from request 1000; azure-code: 100 from 1073.8 s; sharegpt: its first 100; the full mode "
+                        "runs all three)")
     p.add_argument("--window-start", type=int, default=None, metavar="N",
-                   help="with --emulate --quick: start the 150-request Azure conv window at request N of the trace "
-                        "(default 1000)")
+                   help="with --emulate --quick: start the window at request N of the trace (default: Azure conv's "
+                        "request 1000, the others' windows as --window-trace says)")
     p.add_argument("--emulate-overlap", choices=("on", "off"), default="on",
                    help="with --emulate: emulate SGLang's GPU overlap loop, hiding the host time between forwards "
                         "behind the previous forward (default on, as SGLang runs on a GPU)")
@@ -99,17 +103,22 @@ def _config(args):
             parse_device_spec(args.emulate)
         except ValueError as exc:
             raise SystemExit(f"sglang-fair bench: --emulate: {exc}") from None
-        if args.window_start is not None and args.full:
-            raise SystemExit("sglang-fair bench: --window-start: quick mode only (the full mode has its own windows)")
+        window_trace = getattr(args, "window_trace", None)
+        for flag, value in (("--window-start", args.window_start), ("--window-trace", window_trace)):
+            if value is not None and args.full:
+                raise SystemExit(f"sglang-fair bench: {flag}: quick mode only (the full mode has its own windows)")
         try:
-            cfg = emulated_config(args.emulate, full=args.full, start_request=args.window_start, cluster=cluster)
+            cfg = emulated_config(args.emulate, full=args.full, start_request=args.window_start, cluster=cluster,
+                                  trace=window_trace or "azure-conv")
         except ValueError as exc:
             raise SystemExit(f"sglang-fair bench: --window-start: {exc}") from None
         known = EMULATED_POLICIES
         cfg.emulate_overlap = args.emulate_overlap == "on"
     else:
-        if args.window_start is not None:
-            raise SystemExit("sglang-fair bench: --window-start: needs --emulate (the emulated quick window)")
+        window_flags = (("--window-start", args.window_start), ("--window-trace", getattr(args, "window_trace", None)))
+        for flag, value in window_flags:
+            if value is not None:
+                raise SystemExit(f"sglang-fair bench: {flag}: needs --emulate (the emulated quick window)")
         cfg, known = (full_config() if args.full else quick_config()), LIVE_POLICIES
     if cluster is not None:
         cfg.cluster = cluster

@@ -62,20 +62,30 @@ def _real_lengths(trace: str, n: int, start_s: float = 0.0) -> Workload:
 QUICK_REQUESTS = 150
 """Requests in the quick window."""
 
+WINDOWS: dict[str, tuple[float, int]] = {"azure-conv": (CONV_REQUEST_1000_S, QUICK_REQUESTS),
+                                         "azure-code": (1073.8, 100), "sharegpt": (0.0, 100)}
+"""Each trace's window (start in unscaled trace seconds, requests): the full mode runs all three, the quick mode
+one (`bench --emulate --window-trace`, Azure conv by default)."""
+
 
 CLUSTER_SERVERS = 2
 """Servers in the emulated cluster runs (this project's machines run at most two SGLang servers at once)."""
 
 
-def conv_request_start_s(request: int, n_requests: int = QUICK_REQUESTS) -> float:
-    """Arrival (s, unscaled Azure conv trace time) of request number `request` (0-based) of the shipped trace, the
-    first of a window of `n_requests`."""
+def request_start_s(request: int, n_requests: int = QUICK_REQUESTS, trace: str = "azure-conv") -> float:
+    """Arrival (s, unscaled trace time) of request number `request` (0-based) of the shipped `trace` (ShareGPT:
+    its seeded arrivals at 1 req/s, as the benchmark's windows load it), the first of a window of `n_requests`."""
     from ..sim.traces import load_trace
-    arrivals = load_trace("azure-conv").arrival_s
+    arrivals = load_trace(trace).arrival_s
     if not 0 <= request <= len(arrivals) - n_requests:
         raise ValueError(f"must be a request number from 0 to {len(arrivals) - n_requests} (the window is "
-                         f"{n_requests} requests of Azure conv's {len(arrivals)}), got {request}")
+                         f"{n_requests} requests of {trace}'s {len(arrivals)}), got {request}")
     return float(arrivals[request])
+
+
+def conv_request_start_s(request: int, n_requests: int = QUICK_REQUESTS) -> float:
+    """`request_start_s` on Azure conv."""
+    return request_start_s(request, n_requests, "azure-conv")
 
 
 def cluster_workload(start_request: int | None = None) -> Workload:
@@ -86,15 +96,22 @@ def cluster_workload(start_request: int | None = None) -> Workload:
     return _real_lengths("azure-conv", n, start)
 
 
-def quick_workloads(start_request: int | None = None) -> list[Workload]:
-    """The quick window: 150 Azure conv requests from request 1000, or from `start_request`."""
-    start = CONV_REQUEST_1000_S if start_request is None else conv_request_start_s(start_request)
-    return [_real_lengths("azure-conv", QUICK_REQUESTS, start)]
+def window_workload(trace: str = "azure-conv", start_request: int | None = None) -> Workload:
+    """`trace`'s window (WINDOWS), or as many requests from request number `start_request`."""
+    if trace not in WINDOWS:
+        raise ValueError(f"must be one of {', '.join(WINDOWS)}, got {trace!r}")
+    start, n = WINDOWS[trace]
+    return _real_lengths(trace, n, start if start_request is None else request_start_s(start_request, n, trace))
+
+
+def quick_workloads(start_request: int | None = None, trace: str = "azure-conv") -> list[Workload]:
+    """The quick window: 150 Azure conv requests from request 1000 (or another trace's window, WINDOWS), or from
+    `start_request`."""
+    return [window_workload(trace, start_request)]
 
 
 def full_workloads() -> list[Workload]:
-    return [_real_lengths("azure-conv", 150, CONV_REQUEST_1000_S), _real_lengths("azure-code", 100, 1073.8),
-            _real_lengths("sharegpt", 100)]
+    return [window_workload(t) for t in WINDOWS]
 
 
 def policy_args(name: str, spec_text: str, *, ttft_slo_ms: float, tpot_slo_ms: float,

@@ -105,11 +105,12 @@ output of these windows (1006 tokens) at the TPOT SLO, plus the TTFT SLO - what 
 
 
 def emulated_config(spec_text: str, *, full: bool = False, start_request: int | None = None,
-                    cluster: list[tuple[str, str]] | None = None):
-    """The benchmark's configuration on the emulated device `spec_text` (quick: stock vs fair on Azure conv, from
-    request 1000 or `start_request`). `cluster`: (server policy, router policy) pairs of two-server runs behind
-    sglang-router, on twice the quick window's requests from the same start (emulated.cluster_workload)."""
-    workloads = full_workloads() if full else quick_workloads(start_request)
+                    cluster: list[tuple[str, str]] | None = None, trace: str = "azure-conv"):
+    """The benchmark's configuration on the emulated device `spec_text` (quick: stock vs fair on `trace`'s window,
+    emulated.WINDOWS: Azure conv from request 1000, or from `start_request`). `cluster`: (server policy, router
+    policy) pairs of two-server runs behind sglang-router, on twice Azure conv's quick window from the same start
+    (emulated.cluster_workload)."""
+    workloads = full_workloads() if full else quick_workloads(start_request, trace)
     max_probes = 5 if full else 4
     return BenchConfig(mode="full" if full else "quick", workloads=workloads,
                        policies=list(EMULATED_POLICIES) if full else ["stock", "fair"],
