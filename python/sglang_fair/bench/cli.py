@@ -205,11 +205,10 @@ def main(args) -> int:
         print(json.dumps(summary, indent=1))
     else:
         if cfg.emulate:
+            from .emulated_report import valid_from
             print(f"EMULATED device {summary['emulated_device']} (dilation {summary['dilation']:g}); largest "
                   f"overrun fraction of a probe {summary['overrun_fraction']:.3f}"
-                  + ("" if summary.get("min_dilation") is None else
-                     f"; every probe valid on this host from dilation {summary['min_dilation']} (projected from "
-                     "the traces)"))
+                  + ("" if summary.get("min_dilation") is None else f"; {valid_from(summary['min_dilation'])}"))
         for name, p in summary["policies"].items():
             print(f"{name:>16}: capacity x{p['capacity']:g} ({p['capacity_rps']:.2f} req/s)")
         print(f"capacity ratio fair/stock: {summary['capacity_ratio_fair_vs_stock']}")

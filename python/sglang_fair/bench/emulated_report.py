@@ -160,6 +160,11 @@ def emulated_fidelity(bench, results: dict) -> dict:
                     iteration_time=DeviceModel(spec).iteration_s)
 
 
+def valid_from(min_dilation: int) -> str:
+    """The run summary's `min_dilation` in words."""
+    return f"every probe valid on this host from dilation {min_dilation}, projected from the servers' traces"
+
+
 def markdown(results: dict, command: str, img_prefix: str) -> str:
     cfg = results["config"]
     m = results["machine"]
@@ -176,8 +181,7 @@ def markdown(results: dict, command: str, img_prefix: str) -> str:
         f"gaps x {k:g}. SLOs TTFT {cfg['ttft_slo_ms']:g} ms, TPOT {cfg['tpot_slo_ms']:g} ms in the emulated GPU's "
         f"time (x {k:g} on the clock). A probe with more than 2% of its forwards overrun is invalid (never a pass). "
         f"Largest overrun fraction of a probe: {s['overrun_fraction']:.3f}"
-        + ("" if s["min_dilation"] is None else f" (every probe valid on this host from dilation {s['min_dilation']}, "
-           "projected from the servers' traces)") + ". Whole run: "
+        + ("" if s["min_dilation"] is None else f" ({valid_from(s['min_dilation'])})") + ". Whole run: "
         f"{results.get('wall_s', 0) / 60:.1f} min.", "", f"Command: `{command}`", ""]
     for w in cfg["workloads"]:
         key = w["trace"]
