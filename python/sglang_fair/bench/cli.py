@@ -97,16 +97,18 @@ def _config(args):
         raise SystemExit("sglang-fair bench: --cluster: cannot be combined with --no-cluster")
     cluster = _cluster_pairs(args.cluster, EMULATED_POLICIES if args.emulate else LIVE_POLICIES) \
         if args.cluster is not None else None
+    window_trace = getattr(args, "window_trace", None)
+    window_flags = [flag for flag, value in (("--window-start", args.window_start), ("--window-trace", window_trace))
+                    if value is not None]
     if args.emulate:
         from ..emulate.spec import parse_device_spec
         try:
             parse_device_spec(args.emulate)
         except ValueError as exc:
             raise SystemExit(f"sglang-fair bench: --emulate: {exc}") from None
-        window_trace = getattr(args, "window_trace", None)
-        for flag, value in (("--window-start", args.window_start), ("--window-trace", window_trace)):
-            if value is not None and args.full:
-                raise SystemExit(f"sglang-fair bench: {flag}: quick mode only (the full mode has its own windows)")
+        if window_flags and args.full:
+            raise SystemExit(f"sglang-fair bench: {window_flags[0]}: quick mode only (the full mode has its own "
+                             "windows)")
         try:
             cfg = emulated_config(args.emulate, full=args.full, start_request=args.window_start, cluster=cluster,
                                   trace=window_trace or "azure-conv")
@@ -115,10 +117,8 @@ def _config(args):
         known = EMULATED_POLICIES
         cfg.emulate_overlap = args.emulate_overlap == "on"
     else:
-        window_flags = (("--window-start", args.window_start), ("--window-trace", getattr(args, "window_trace", None)))
-        for flag, value in window_flags:
-            if value is not None:
-                raise SystemExit(f"sglang-fair bench: {flag}: needs --emulate (the emulated quick window)")
+        if window_flags:
+            raise SystemExit(f"sglang-fair bench: {window_flags[0]}: needs --emulate (the emulated quick window)")
         cfg, known = (full_config() if args.full else quick_config()), LIVE_POLICIES
     if cluster is not None:
         cfg.cluster = cluster

@@ -83,16 +83,11 @@ def request_start_s(request: int, n_requests: int = QUICK_REQUESTS, trace: str =
     return float(arrivals[request])
 
 
-def conv_request_start_s(request: int, n_requests: int = QUICK_REQUESTS) -> float:
-    """`request_start_s` on Azure conv."""
-    return request_start_s(request, n_requests, "azure-conv")
-
-
 def cluster_workload(start_request: int | None = None) -> Workload:
     """The emulated cluster runs' window: CLUSTER_SERVERS quick windows of Azure conv back to back, from request 1000
     or `start_request` (so at one rate scale each server gets about one quick window's load)."""
     n = CLUSTER_SERVERS * QUICK_REQUESTS
-    start = conv_request_start_s(1000 if start_request is None else start_request, n)
+    start = request_start_s(1000 if start_request is None else start_request, n)
     return _real_lengths("azure-conv", n, start)
 
 
@@ -102,12 +97,6 @@ def window_workload(trace: str = "azure-conv", start_request: int | None = None)
         raise ValueError(f"must be one of {', '.join(WINDOWS)}, got {trace!r}")
     start, n = WINDOWS[trace]
     return _real_lengths(trace, n, start if start_request is None else request_start_s(start_request, n, trace))
-
-
-def quick_workloads(start_request: int | None = None, trace: str = "azure-conv") -> list[Workload]:
-    """The quick window: 150 Azure conv requests from request 1000 (or another trace's window, WINDOWS), or from
-    `start_request`."""
-    return [window_workload(trace, start_request)]
 
 
 def full_workloads() -> list[Workload]:

@@ -23,7 +23,7 @@ from ..core.metrics import summarize
 from .client import Probe, run_probe
 from . import emulated, trace_report
 from .emulated import (EMULATED_POLICIES, EMULATED_STOCK, EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS,
-                       MAX_OVERRUN_FRACTION, cluster_workload, full_workloads, quick_workloads)
+                       MAX_OVERRUN_FRACTION, cluster_workload, full_workloads, window_workload)
 from .policies import STOCK, policy_args
 from .search import live_capacities
 from .workload import Workload
@@ -110,7 +110,7 @@ def emulated_config(spec_text: str, *, full: bool = False, start_request: int | 
     emulated.WINDOWS: Azure conv from request 1000, or from `start_request`). `cluster`: (server policy, router
     policy) pairs of two-server runs behind sglang-router, on twice Azure conv's quick window from the same start
     (emulated.cluster_workload)."""
-    workloads = full_workloads() if full else quick_workloads(start_request, trace)
+    workloads = full_workloads() if full else [window_workload(trace, start_request)]
     max_probes = 5 if full else 4
     return BenchConfig(mode="full" if full else "quick", workloads=workloads,
                        policies=list(EMULATED_POLICIES) if full else ["stock", "fair"],
