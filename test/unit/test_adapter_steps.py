@@ -180,6 +180,10 @@ def test_demoted_requests_are_counted_in_the_status_once_each():
     ad2.form_prefill(fake_original([]), sched, sched.running_batch)
     st = ad2.status()
     assert st["demoted_now"] == 2 and st["demotions_total"] == 2
+    # what a client matches its requests by: the prompt's length and the arrival's wall time (3 s ago)
+    assert sorted(e["rid"] for e in st["demoted_recent"]) == ["late0", "late1"]
+    assert all(e["prompt_tokens"] == 60 and abs(e["arrival_wall_s"] - (time.time() - 3.0)) < 0.5
+               for e in st["demoted_recent"])
     assert ad2.recent_plans[-1]["demoted"] == 2
     assert adapter(Sched(waiting=[Req("w", recv=time.perf_counter())]), admission="off").status()["demoted_now"] == 0
 

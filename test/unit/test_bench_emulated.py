@@ -350,7 +350,8 @@ def test_each_two_server_probe_records_how_the_router_split_it(tmp_path, monkeyp
 
 
 def test_a_live_probe_reports_the_demotions_its_servers_counted(tmp_path, monkeypatch):
-    # bench_serving cannot see a demotion: the probe's `demoted` is the servers' demotions_total over the probe
+    # bench_serving cannot see a demotion: the probe's `demoted` is the servers' demotions_total over the probe, and
+    # the requests the servers list as demoted (by prompt length and arrival) count as SLO misses
     from sglang_fair.bench import runner
     from sglang_fair.bench.client import Probe
     from sglang_fair.core.metrics import RequestTimes
@@ -358,25 +359,31 @@ def test_a_live_probe_reports_the_demotions_its_servers_counted(tmp_path, monkey
     bench = runner.Bench(emulated_config("a100-llama3-8b:6", cluster=[("fair", "power_of_two")]), tmp_path, "model")
     bench.prepare()
     total = {"a": 5, "b": 1}
+    recent = {"a": [], "b": []}
 
-    def probe(url, key, scale, abort_urls=None, cap_s=None):  # each probe: a demotes 2, b 1
+    def probe(url, key, scale, abort_urls=None, cap_s=None):  # each probe: a demotes 2, b 1; a lists one of them
         total["a"] += 2
         total["b"] += 1
+        started = 1000.0 * (total["b"] + 1)
+        recent["a"].append({"rid": f"x{total['b']}", "prompt_tokens": 300, "arrival_wall_s": started + 0.5})
         recs = [RequestTimes(f"r{i}", 0.0, 0.1, 0.5, 5, 12.0, 0.6, 5) for i in range(10)]
-        return Probe(scale / 6, recs, False, 1.0, [100] * 10, started_wall_s=1.0)
+        return Probe(scale / 6, recs, False, 1.0, [100 * (i + 1) for i in range(10)], started_wall_s=started)
 
     monkeypatch.setattr(bench, "_probe", probe)
     monkeypatch.setattr(runner.emulated, "read_counters", lambda server: {"decode": [10, 0]})
     monkeypatch.setattr(runner, "requests_served", lambda url: 0.0)
-    monkeypatch.setattr(runner, "server_demotions", lambda server: total[server.url])
+    monkeypatch.setattr(runner, "server_demotions", lambda server: (total[server.url], list(recent[server.url])))
     servers = [SimpleNamespace(url="a"), SimpleNamespace(url="b")]
     res = bench._search("fair", "srv", "azure-conv", 2.0, 2, servers=servers[:1])
     assert [p["demoted"] for p in res["probes"].values()] == [2, 2]
+    # each probe finds its own listed demotion (request 2, 300 tokens) and not the earlier probe's
+    assert [(p["demoted_matched"], p["demoted_unmatched"], p["attainment"]) for p in res["probes"].values()] == \
+        [(1, 0, 0.9)] * 2
     res = bench._search("2xfair/power_of_two", "router", bench.cluster_key, 2.0, 1, servers=servers)
     assert res["probes"]["2"]["demoted"] == 3
-    monkeypatch.setattr(runner, "server_demotions", lambda server: None)  # status unreadable: unknown, not 0
+    monkeypatch.setattr(runner, "server_demotions", lambda server: (None, []))  # status unreadable: unknown, not 0
     res = bench._search("fair", "srv", "azure-conv", 2.0, 1, servers=servers[:1])
-    assert res["probes"]["2"]["demoted"] is None
+    assert res["probes"]["2"]["demoted"] is None and res["probes"]["2"]["attainment"] == 1.0
 
 
 def test_server_demotions_reads_the_plugin_status_and_is_none_when_it_cannot():
@@ -392,9 +399,11 @@ def test_server_demotions_reads_the_plugin_status_and_is_none_when_it_cannot():
                 raise self.body
             return SimpleNamespace(json=lambda: self.body)
 
-    assert server_demotions(Srv({"ranks": [{"demotions_total": 7}]})) == 7
-    assert server_demotions(Srv({"ranks": [{}]})) is None
-    assert server_demotions(Srv(ConnectionError("refused"))) is None
+    listed = [{"rid": "a", "prompt_tokens": 300, "arrival_wall_s": 5.0}]
+    assert server_demotions(Srv({"ranks": [{"demotions_total": 7, "demoted_recent": listed}]})) == (7, listed)
+    assert server_demotions(Srv({"ranks": [{"demotions_total": 7}]})) == (7, [])
+    assert server_demotions(Srv({"ranks": [{}]})) == (None, [])
+    assert server_demotions(Srv(ConnectionError("refused"))) == (None, [])
 
 
 def test_the_host_speed_probe_times_a_python_loop():

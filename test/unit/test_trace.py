@@ -239,9 +239,10 @@ def test_a_traced_probe_keeps_each_requests_prompt_due_time_and_client_ttft():
     from sglang_fair.bench.runner import request_details
     from sglang_fair.core.metrics import RequestTimes
 
-    recs = [RequestTimes("r0", 1.5, 1.75, 3.0, 5, 2.0, 0.1, 5), RequestTimes("r1", 2.0, None, None, 0, 2.0, 0.1, 5)]
+    recs = [RequestTimes("r0", 1.5, 1.75, 3.0, 5, 2.0, 0.1, 5),
+            RequestTimes("r1", 2.0, None, None, 0, 2.0, 0.1, 5, demoted=True)]
     d = request_details(Probe(scale=1.0, records=recs, aborted=False, wall_s=9.0, input_lens=[120, 7]))
-    assert d == {"input_lens": [120, 7], "due_s": [1.5, 2.0], "ttft_ms": [250.0, None]}
+    assert d == {"input_lens": [120, 7], "due_s": [1.5, 2.0], "ttft_ms": [250.0, None], "demoted": [1]}
     orjson.dumps(d)  # it goes into results.json as it is
 
 

@@ -3,9 +3,8 @@ bench_serving really sent, the same output lengths and SLOs) through the simulat
 cost model the live server fitted from its own iterations; compare P50/P99 TTFT and TPOT.
 
 Error = (sim - live) / live, per metric, per probe; the summary is the median absolute error over a policy's probes.
-Both sides are measured alike: a request the replay demoted counts at the TTFT it got (bench_serving measures a
-demoted request's real TTFT; the capacity criterion's floor for it, just over its SLO, is a rule, not a
-measurement).
+Both sides are measured alike: a request demoted (live, by the servers; in the replay, by the simulator) counts at
+the TTFT it got (the capacity criterion's floor for it, just over its SLO, is a rule, not a measurement).
 """
 
 from __future__ import annotations
@@ -38,14 +37,17 @@ def compare_probe(spec: str, trace: Trace, probe, cost_model_path: str, *, ttft_
     engine = EngineConfig(kv_capacity_tokens=kv_tokens, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms)
     sim = simulate(replay_trace(trace, probe.input_lens, probe.scale), make_policy(name, **params), cost, engine,
                    iteration_time=iteration_time)
-    live_s = summarize(probe.records)
-    sim_s = summarize([dataclasses.replace(r, demoted=False) if r.demoted else r for r in sim.records])
+    live_s, sim_s = summarize(_as_served(probe.records)), summarize(_as_served(sim.records))
     out = {"scale": probe.scale}
     for m in METRICS:
         lv, sv = getattr(live_s, m), getattr(sim_s, m)
         out[m.replace("_s", "_ms")] = {"live": lv * 1e3, "sim": sv * 1e3,
                                        "rel_err": (sv - lv) / lv if lv > 0 and np.isfinite(lv) else None}
     return out
+
+
+def _as_served(records) -> list:
+    return [dataclasses.replace(r, demoted=False) if r.demoted else r for r in records]
 
 
 def fidelity(probes: dict, traces: dict, specs: dict, cost_model_path: str, **kw) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 from ..live.server import cpu_server_args, requests_served, server_slots, sglang_router, sglang_server
 from ..core.metrics import summarize
 from .client import Probe, run_probe
+from .demotions import mark_demoted
 from . import emulated, trace_report
 from .emulated import (EMULATED_POLICIES, EMULATED_STOCK, EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS,
                        MAX_OVERRUN_FRACTION, cluster_workload, full_workloads, window_workload)
@@ -219,8 +220,12 @@ class Bench:
                                 for a, b in zip([requests_served(s.url) for s in servers], served)]
             kept[scale] = p
             dem1 = [server_demotions(s) for s in servers]
-            demoted[scale] = (sum(b - a for a, b in zip(dem0, dem1))
-                              if servers and None not in dem0 and None not in dem1 else None)
+            counts = [d[0] for d in dem0 + dem1]
+            m = mark_demoted(p.records, p.input_lens, p.started_wall_s, [e for _, recent in dem1 for e in recent])
+            p.records = m.records  # demoted requests count as the simulator counts them (core/metrics.py)
+            demoted[scale] = {"demoted": (sum(b[0] - a[0] for a, b in zip(dem0, dem1))
+                                          if servers and None not in counts else None),
+                              "demoted_matched": m.demoted, "demoted_unmatched": m.unmatched}
             s = summaries[scale] = summarize(p.records)
             if c.emulate:
                 by_kind[scale] = emulated.counter_delta(before, [emulated.read_counters(x) for x in servers])
@@ -239,7 +244,7 @@ class Bench:
                               max_probes=max_probes, rel_tol=c.rel_tol, step=c.step)
         w, trace, _ = self.traces[key]
         res["capacity_rps"] = res["capacity"] * trace.rate_rps
-        res["probes"] = {f"{x:g}": {**_probe_json(kept[x], summaries[x], k, by_kind.get(x)), "demoted": demoted[x],
+        res["probes"] = {f"{x:g}": {**_probe_json(kept[x], summaries[x], k, by_kind.get(x)), **demoted[x],
                                     **({"requests_per_server": split[x]} if x in split else {}),
                                     **({"requests": request_details(kept[x])} if c.trace else {})}
                          for x in res["probes"]}
@@ -389,12 +394,13 @@ def _replay_window(probe: dict) -> tuple[float, float] | None:
 def request_details(p: Probe) -> dict:
     """Per request of a probe, in trace order (`bench --trace`): the prompt bench_serving sent (tokens), when it was
     due (s after the replay began) and its TTFT as the client measured it (ms, null when it got no token); on the
-    server's clock (k times the emulated GPU's). With the servers' `first_token` trace records this places each
+    server's clock (k times the emulated GPU's); which requests the servers demoted (indices). With the servers' `first_token` trace records this places each
     request: which server, when its scheduler received it, the TTFT the scheduler saw."""
     return {"input_lens": list(p.input_lens),
             "due_s": [round(r.arrival_s, 6) for r in p.records],
             "ttft_ms": [None if r.first_token_s is None else round((r.first_token_s - r.arrival_s) * 1e3, 3)
-                        for r in p.records]}
+                        for r in p.records],
+            "demoted": [i for i, r in enumerate(p.records) if r.demoted]}
 
 
 def _probe_json(p: Probe, s, dilation: float = 1.0, by_kind: dict | None = None) -> dict:
@@ -408,19 +414,27 @@ def _probe_json(p: Probe, s, dilation: float = 1.0, by_kind: dict | None = None)
     return d
 
 
-def server_demotions(srv) -> int | None:
-    """A server's `demotions_total` so far (the plugin's status: times a waiting request entered the demoted state);
-    None when it cannot be read. A probe's `demoted` is its change over the probe, summed over the servers: the
-    client cannot see a demotion (bench_serving measures the TTFT the request got), so live this is the count."""
-    n = _status(srv).get("demotions_total")  # {"error": ...} when the status cannot be read
-    return n if isinstance(n, int) else None
+def server_demotions(srv) -> tuple[int | None, list[dict]]:
+    """A server's `demotions_total` so far (the plugin's status: times a waiting request entered the demoted state;
+    None when it cannot be read) and its latest demotions (`demoted_recent`: prompt length and arrival wall time).
+    A probe's `demoted` is the count's change over the probe, summed over the servers; bench_serving cannot see a
+    demotion, so the probe's records are marked from the lists (bench/demotions.py)."""
+    rank = _rank(srv)  # {"error": ...} when the status cannot be read
+    n = rank.get("demotions_total")
+    return (n if isinstance(n, int) else None), list(rank.get("demoted_recent") or [])
+
+
+def _rank(srv) -> dict:
+    try:
+        return srv.get("/sglang_fair/status", timeout=10).json()["ranks"][0]
+    except Exception as exc:  # report, do not fail the benchmark over a status read
+        return {"error": str(exc)}
 
 
 def _status(srv) -> dict:
-    try:
-        rank = srv.get("/sglang_fair/status", timeout=10).json()["ranks"][0]
-    except Exception as exc:  # report, do not fail the benchmark over a status read
-        return {"error": str(exc)}
+    rank = _rank(srv)
+    if "error" in rank:
+        return rank
     keys = ("planned_iterations", "mixed_forwards", "deferred_total", "demotions_total", "cost_rel_err_ewma",
             "cost_model", "stock_iterations", "faults", "overhead_ms_mean", "overhead_ms_max", "emulated_device")
     return {k: rank.get(k) for k in keys}

@@ -29,6 +29,8 @@ from . import deferral, sglang_view
 from .snapshot import SnapshotBuilder
 
 logger = logging.getLogger("sglang_fair")
+DEMOTED_RECENT = 512
+"""How many of the latest demotions the status lists (`demoted_recent`)."""
 
 def admission_budget(snap: Snapshot, horizon_s: float) -> tuple[int, int]:
     """(prefill admission budget tokens, router token load) from core.load."""
@@ -75,6 +77,8 @@ class PolicyAdapter:
         self.aged_now = 0
         """Requests in fair's aged lane in the last plan (Plan.aged)."""
         self._demoted_last: frozenset = frozenset()
+        self.demoted_recent: collections.deque = collections.deque(maxlen=DEMOTED_RECENT)
+        """The latest demotions, for a client to tell which of its requests were demoted (`status()`)."""
         self.plan_deferred_rows = 0
         self.reordered = 0
         self.preempt_left_to_sglang = 0
@@ -162,7 +166,7 @@ class PolicyAdapter:
                   "predicted_ms": plan.predicted_s * 1000.0, "demoted": len(plan.demoted), "aged": len(plan.aged),
                   "note": plan.note[:120]}
         self.recent_plans.append(record)
-        self._count_demoted(plan.demoted)
+        self._count_demoted(plan.demoted, snap)
         self.aged_now = len(plan.aged)
         self.budget_s = plan.budget_s
         self.predicted_s = plan.predicted_s
@@ -316,14 +320,22 @@ class PolicyAdapter:
                 "t_s": t_done, "prompt_tokens": len(req.origin_input_ids),
                 "max_new_tokens": int(req.sampling_params.max_new_tokens or 0)})
 
-    def _count_demoted(self, demoted: tuple[str, ...]) -> None:
+    def _count_demoted(self, demoted: tuple[str, ...], snap: Snapshot | None = None) -> None:
         """Requests the plan serves as best effort (SLO-aware admission): how many now, and how many times one
-        entered that state (a request demoted in consecutive plans counts once)."""
+        entered that state (a request demoted in consecutive plans counts once). Each entry is also kept in
+        `demoted_recent` with what a client can match it by: the prompt's length and the arrival's wall time."""
         self.demoted_now = len(demoted)
         if demoted:
             now = frozenset(demoted)
-            self.demotions_total += len(now - self._demoted_last)
+            new = now - self._demoted_last
+            self.demotions_total += len(new)
             self._demoted_last = now
+            if new and snap is not None:
+                views = {r.rid: r for r in (*snap.waiting, *snap.prefilling) if r.rid in new}
+                to_wall = time.time() - time.perf_counter()  # arrival_s is on the scheduler's perf_counter clock
+                self.demoted_recent.extend(
+                    {"rid": rid, "prompt_tokens": v.prompt_tokens, "arrival_wall_s": v.arrival_s + to_wall}
+                    for rid, v in views.items())
         elif self._demoted_last:
             self._demoted_last = frozenset()
 
@@ -351,6 +363,7 @@ class PolicyAdapter:
             "deferred_total": self.deferred_total,
             "demoted_now": self.demoted_now,
             "demotions_total": self.demotions_total,
+            "demoted_recent": list(self.demoted_recent),
             "aged_now": self.aged_now,
             "plan_deferred_rows": self.plan_deferred_rows,
             "mixed_forwards": self.mixed_forwards,
