@@ -394,8 +394,9 @@ def _replay_window(probe: dict) -> tuple[float, float] | None:
 def request_details(p: Probe) -> dict:
     """Per request of a probe, in trace order (`bench --trace`): the prompt bench_serving sent (tokens), when it was
     due (s after the replay began) and its TTFT as the client measured it (ms, null when it got no token); on the
-    server's clock (k times the emulated GPU's); which requests the servers demoted (indices). With the servers' `first_token` trace records this places each
-    request: which server, when its scheduler received it, the TTFT the scheduler saw."""
+    server's clock (k times the emulated GPU's); which requests the servers demoted (indices). With the servers'
+    `first_token` trace records this places each request: which server, when its scheduler received it, the TTFT the
+    scheduler saw."""
     return {"input_lens": list(p.input_lens),
             "due_s": [round(r.arrival_s, 6) for r in p.records],
             "ttft_ms": [None if r.first_token_s is None else round((r.first_token_s - r.arrival_s) * 1e3, 3)
