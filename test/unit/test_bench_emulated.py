@@ -94,6 +94,7 @@ def test_an_overrunning_probe_says_which_batches_overran_and_which_flag_fixes_it
     hint = overrun_hint({"decode": [3438, 283], "mixed": [543, 1], "prefill": [6, 0]}, "a100-llama3-8b:6")
     assert "decode 283/3438, mixed 1/543" in hint and "prefill" not in hint
     assert "--emulate a100-llama3-8b:9" in hint and "dilation 6" in hint and "2%" in hint
+    assert "--trace" in hint and "min_dilation" in hint
 
 
 def test_an_invalid_probe_never_counts_as_a_pass():

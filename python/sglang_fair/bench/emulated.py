@@ -142,7 +142,8 @@ def overrun_hint(delta: dict[str, list[int]], spec_text: str) -> str:
     return (f"this host's real forwards overran the emulated time in more than {MAX_OVERRUN_FRACTION:.0%} of the "
             f"probe's forwards ({kinds or 'none by kind'}) at dilation {spec.dilation:g}: such probes are invalid "
             f"and never pass. Rerun every policy of the comparison with a larger dilation, e.g. --emulate "
-            f"{spec.preset}:{math.ceil(spec.dilation * 1.5):d}")
+            f"{spec.preset}:{math.ceil(spec.dilation * 1.5):d} (with --trace the run's summary gives min_dilation, the "
+            f"smallest at which every probe would have been valid on this host)")
 
 
 def overrun_fraction(delta: dict[str, list[int]]) -> float:
