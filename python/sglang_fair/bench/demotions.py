@@ -46,8 +46,8 @@ def mark_demoted(records: list[RequestTimes], input_lens: list[int], started_wal
     for e in entries:  # a request demoted twice is one demoted request
         if e["arrival_wall_s"] >= started_wall_s - BEFORE_START_S:
             mine.setdefault(e["rid"], e)
-    if not mine or len(lens) != len(records):
-        return Matched(list(records), 0, len(mine) if len(lens) != len(records) else 0)
+    if not mine or len(lens) != len(records):  # nothing to match, or no lengths to match by
+        return Matched(list(records), 0, len(mine))
     cands = {rid: np.flatnonzero(np.abs(lens - e["prompt_tokens"]) <= LENGTH_TOLERANCE_TOKENS)
              for rid, e in mine.items()}
     offsets = [mine[rid]["arrival_wall_s"] - started_wall_s - due[c[0]] for rid, c in cands.items() if len(c) == 1]
