@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from sglang_fair.bench import phases
+from sglang_fair.bench.demotions import mark_demoted
+from sglang_fair.core.metrics import RequestTimes
 from sglang_fair.live.monitor import RssSampler, group_rss_bytes, wait_idle
 from sglang_fair.live.replay import ReplayRequest, replay
 from sglang_fair.live.server import (SERVE_COMMAND, cpu_server_args, embedded_model_path, exit_on_sigterm,
@@ -36,17 +40,14 @@ from sglang_fair.live.server import (SERVE_COMMAND, cpu_server_args, embedded_mo
 
 def request_mix(args, n: int, seed: int) -> list[tuple[int, int]]:
     """(prompt, output) lengths drawn from the trace (or a fixed 500/16 shape without one)."""
-    rng = np.random.default_rng(seed)
     try:
         from sglang_fair.sim.traces import load_trace
         tr = load_trace(args.trace, shared=args.shared)
-        idx = rng.integers(0, len(tr.prompt_tokens), size=n)
-        p = np.clip(np.round(tr.prompt_tokens[idx] * args.length_scale), 16, args.max_prompt).astype(int)
-        o = np.clip(tr.output_tokens[idx], 1, args.max_output).astype(int)
-        return list(zip(p.tolist(), o.tolist()))
     except (OSError, ValueError, KeyError) as exc:
         print(f"soak: no trace ({exc}); using 500-token prompts, 16 outputs", file=sys.stderr)
         return [(500, 16)] * n
+    return phases.request_mix(tr, n, seed, length_scale=args.length_scale, max_prompt_tokens=args.max_prompt,
+                              max_output_tokens=args.max_output)
 
 
 def classify(records) -> dict:
@@ -115,38 +116,110 @@ def measure_capacity(url: str, args) -> float:
 
 
 def run_phase(url: str, args, name: str, rate: float, minutes: float, pgid: int | None, seed: int) -> dict:
-    dur = minutes * 60.0
-    rng = np.random.default_rng(seed)
-    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * dur * 1.5) + 10))
-    arrivals = arrivals[arrivals < dur]
+    ph = phases.Phase(1.0, minutes * 60.0)
+    arrivals = phases.phase_arrivals([ph], rate, seed=seed)[0]
     mix = request_mix(args, len(arrivals), seed)
     reqs = [ReplayRequest(arrival_s=float(a), prompt_tokens=p, output_tokens=o) for a, (p, o) in zip(arrivals, mix)]
-    sampler = RssSampler(pgid, 2.0) if pgid else None
+    recs, wall, rss = _replay_sampled(url, args, reqs, pgid, seed)
+    idle = wait_idle(url, args.api_key, timeout_s=120)
+    out = {"phase": name, "rate_rps": round(rate, 3), "minutes": minutes, "wall_s": round(wall, 1),
+           **classify(recs), **latency(recs), "ttft_p99_by_minute_s": ttft_by_minute(recs), **_idle_state(idle)}
+    if pgid:
+        out.update(rss_start_mb=rss["start"] >> 20, rss_peak_mb=max(rss["samples"], default=0) >> 20,
+                   rss_end_mb=group_rss_bytes(pgid) >> 20, **rss_windows(rss["samples"], RSS_PERIOD_S))
+    return out
+
+
+RSS_PERIOD_S = 2.0
+
+
+def _replay_sampled(url: str, args, reqs, pgid: int | None, seed: int, max_workers: int = 1024):
+    """Replay `reqs` while sampling the server's RSS: (records, wall s, {"start": bytes, "samples": [bytes]})."""
+    sampler = RssSampler(pgid, RSS_PERIOD_S) if pgid else None
     rss0 = group_rss_bytes(pgid) if pgid else 0
     t0 = time.monotonic()
     if sampler:
         sampler.__enter__()
     try:
-        recs = replay(url, reqs, api_key=args.api_key, timeout_s=args.timeout_s, seed=seed, max_workers=1024,
+        recs = replay(url, reqs, api_key=args.api_key, timeout_s=args.timeout_s, seed=seed, max_workers=max_workers,
                       progress=True)
     finally:
         if sampler:
             sampler.__exit__(None, None, None)
-    wall = time.monotonic() - t0
-    idle = wait_idle(url, args.api_key, timeout_s=120)
-    out = {"phase": name, "rate_rps": round(rate, 3), "minutes": minutes, "wall_s": round(wall, 1),
-           **classify(recs), **latency(recs), "ttft_p99_by_minute_s": ttft_by_minute(recs),
-           "kv_used_after": idle.get("kv_used_tokens"), "running_after": idle.get("num_running_reqs"),
-           "deferred_after": idle.get("deferred_now"), "faults": idle.get("faults")}
-    if pgid:
-        out.update(rss_start_mb=rss0 >> 20, rss_peak_mb=sampler.peak >> 20,
-                   rss_end_mb=group_rss_bytes(pgid) >> 20, **rss_windows(sampler.samples, 2.0))
+    return recs, time.monotonic() - t0, {"start": rss0, "samples": sampler.samples if sampler else []}
+
+
+def _idle_state(idle: dict) -> dict:
+    return {"kv_used_after": idle.get("kv_used_tokens"), "running_after": idle.get("num_running_reqs"),
+            "deferred_after": idle.get("deferred_now"), "faults": idle.get("faults")}
+
+
+def request_times(recs, ttft_slo_s: float, tpot_slo_s: float, k: float = 1.0,
+                  demoted: frozenset[int] = frozenset()) -> list[RequestTimes]:
+    """The replay's records as the metrics count them, on the device's clock (server times / k): sent = arrival,
+    no token = never answered (TTFT +inf); the indices in `demoted` marked demoted."""
+    out = []
+    for i, r in enumerate(recs):
+        tt = r.token_times_s if r.error is None else []
+        out.append(RequestTimes(str(i), r.sent_s / k, tt[0] / k if tt else None, tt[-1] / k if tt else None, len(tt),
+                                ttft_slo_s, tpot_slo_s, r.request.output_tokens, demoted=i in demoted))
     return out
 
 
-def soak(url: str, args, pgid: int | None) -> list[dict]:
+def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> dict:
+    """All phases as one schedule, no pause between them (the last phase arrives on the overload's backlog); phase
+    figures by send time, and how P99 TTFT recovers after the overload (bench/phases.py), on the device's clock."""
+    plan = [phases.Phase(f, m * 60.0) for f, m in zip(args.load, args.minutes)]
+    arrivals = phases.phase_arrivals(plan, cap, seed=1)
+    reqs = [ReplayRequest(arrival_s=float(a), prompt_tokens=p, output_tokens=o)
+            for i, arr in enumerate(arrivals) for a, (p, o) in zip(arr, request_mix(args, len(arr), seed=i + 1))]
+    started_wall_s = time.time()
+    recs, wall, rss = _replay_sampled(url, args, reqs, pgid, seed=1, max_workers=4096)
+    idle = wait_idle(url, args.api_key, timeout_s=120)
+    slos = (args.ttft_slo_ms * k / 1e3, args.tpot_slo_ms * k / 1e3)
+    # the server's demotions, matched to requests by prompt length and arrival (as the bench does)
+    m = mark_demoted(request_times(recs, *slos), [r.request.prompt_tokens for r in recs], started_wall_s,
+                     list(idle.get("demoted_recent") or []))
+    demoted = frozenset(i for i, r in enumerate(m.records) if r.demoted)
+    times = request_times(recs, args.ttft_slo_ms / 1e3, args.tpot_slo_ms / 1e3, k, demoted)
+    bounds = np.concatenate([[0.0], np.cumsum([ph.duration_s for ph in plan])])
+    per_phase = []
+    for i, ph in enumerate(plan):
+        sel = [j for j, r in enumerate(recs) if bounds[i] <= r.request.arrival_s < bounds[i + 1]]
+        per_phase.append({"phase": f"{ph.load:.0%}", "rate_rps": round(ph.load * cap, 3), "minutes": ph.duration_s / 60,
+                          **classify([recs[j] for j in sel]),
+                          **{key: v for key, v in phases.bucket_series([times[j] for j in sel], math.inf)[0].items()
+                             if key != "start_s"}})
+    dev = [phases.Phase(ph.load, ph.duration_s / k) for ph in plan]
+    out = {"continuous": True, "capacity_rps": round(cap, 3), "dilation": k, "wall_s": round(wall, 1),
+           "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "phases": per_phase,
+           **classify(recs), "demotions_total": idle.get("demotions_total"), "demoted_matched": m.demoted,
+           "demoted_unmatched": m.unmatched, "emulated_device": idle.get("emulated_device"),
+           "series": phases.bucket_series(times, args.bucket_s / k),
+           "recovery": phases.recovery(times, dev, args.bucket_s / k, first_s=args.first_s / k), **_idle_state(idle)}
+    if pgid:
+        out["rss_mb_by_phase"] = _rss_by_phase(rss["samples"], bounds, wall)
+    return out
+
+
+def _rss_by_phase(samples: list[int], bounds, wall_s: float) -> list[dict]:
+    """Mean RSS (MB) over each phase's first and last RSS_WINDOW_S (samples every RSS_PERIOD_S from the start)."""
+    t = np.arange(len(samples)) * RSS_PERIOD_S
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        sel = [s for s, ts in zip(samples, t) if a <= ts < b]
+        out.append(rss_windows(sel, RSS_PERIOD_S))
+    return out
+
+
+def soak(url: str, args, pgid: int | None, k: float = 1.0) -> list[dict]:
     cap = args.capacity_rps or measure_capacity(url, args)
     print(f"soak: capacity {cap:.2f} req/s", file=sys.stderr, flush=True)
+    if args.continuous:
+        res = run_continuous(url, args, cap, pgid, k)
+        print("SOAK " + json.dumps(res, sort_keys=True), flush=True)
+        print_recovery(res)
+        return [res]
     results = []
     for i, (frac, minutes) in enumerate(zip(args.load, args.minutes)):
         res = run_phase(url, args, f"{frac:.0%}", frac * cap, minutes, pgid, seed=i + 1)
@@ -154,6 +227,18 @@ def soak(url: str, args, pgid: int | None) -> list[dict]:
         print("SOAK " + json.dumps(res, sort_keys=True), flush=True)
         results.append(res)
     return results
+
+
+def print_recovery(res: dict) -> None:
+    """The continuous run's series and recovery, as a table on stderr (times on the device's clock)."""
+    rec = res["recovery"]
+    print(f"recovery: P99 TTFT before the overload {rec['reference_ttft_p99_s']} s (bound "
+          f"{rec['bound_ttft_p99_s']} s); recovered {rec['recovered_after_s']} s after it; attainment in the first "
+          f"{rec['first_s']:g} s after it: {rec['attainment_first']}", file=sys.stderr)
+    print("start_s requests ttft_p50_s ttft_p99_s tpot_p99_s attainment", file=sys.stderr)
+    for b in res["series"]:
+        print(b["start_s"], b["requests"], b["ttft_p50_s"], b["ttft_p99_s"], b["tpot_p99_s"], b["attainment"],
+              file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -170,7 +255,19 @@ def main(argv=None) -> int:
     ap.add_argument("--length-scale", type=float, default=0.5)
     ap.add_argument("--max-prompt", type=int, default=1500)
     ap.add_argument("--max-output", type=int, default=64)
-    ap.add_argument("--timeout-s", type=float, default=600.0, help="client timeout per request (beyond = lost)")
+    ap.add_argument("--timeout-s", type=float, default=None,
+                    help="client timeout per request (beyond = lost); default 600 s, 3600 s with --continuous")
+    ap.add_argument("--continuous", action="store_true",
+                    help="run the phases back to back as one schedule (the overload's backlog meets the next phase's "
+                         "arrivals) and report how P99 TTFT recovers after the highest-load phase (needs 3 phases)")
+    ap.add_argument("--bucket-s", type=float, default=60.0,
+                    help="--continuous: the figures per this many seconds of send time (on the server's clock)")
+    ap.add_argument("--first-s", type=float, default=120.0,
+                    help="--continuous: also report the requests sent this long after the overload (server's clock)")
+    ap.add_argument("--ttft-slo-ms", type=float, default=None,
+                    help="SLO the server runs with and the attainment counts (with --emulate in the device's time; "
+                         "default: 2000 with --emulate, else serve's default)")
+    ap.add_argument("--tpot-slo-ms", type=float, default=None, help="as --ttft-slo-ms (default 100 with --emulate)")
     ap.add_argument("--out", default=None, help="write the phase results as JSON here")
     ap.add_argument("--emulate", metavar="PRESET[:DILATION]", default=None,
                     help="run the server on the emulated device (serve --emulate-device; SLOs 2 s / 100 ms x the "
@@ -178,14 +275,27 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if len(args.minutes) != len(args.load):
         ap.error("--minutes and --load need the same number of values")
+    if args.continuous and len(args.load) < 3:
+        ap.error("--continuous needs at least 3 phases in --minutes / --load (before, overload, after)")
+    if not (args.bucket_s > 0 and args.first_s > 0):
+        ap.error("--bucket-s and --first-s must be > 0")
+    if args.timeout_s is None:
+        args.timeout_s = 3600.0 if args.continuous else 600.0
+    from sglang_fair.bench.emulated import EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS
+    from sglang_fair.config.slo import SloConfig
+    if args.ttft_slo_ms is None:
+        args.ttft_slo_ms = EMULATED_TTFT_SLO_MS if args.emulate else SloConfig().ttft_slo_ms
+    if args.tpot_slo_ms is None:
+        args.tpot_slo_ms = EMULATED_TPOT_SLO_MS if args.emulate else SloConfig().tpot_slo_ms
     exit_on_sigterm()
+    k = 1.0
     if args.url:
         results = soak(args.url.rstrip("/"), args, None)
     else:
-        srv_args = ["--fair-policy", args.policy, "--enable-metrics", *cpu_server_args(32768)]
+        slo = ["--ttft-slo-ms", f"{args.ttft_slo_ms:g}", "--tpot-slo-ms", f"{args.tpot_slo_ms:g}"]
+        srv_args = ["--fair-policy", args.policy, "--enable-metrics", *slo, *cpu_server_args(32768)]
         model = embedded_model_path()
         if args.emulate:
-            from sglang_fair.bench.emulated import EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS
             from sglang_fair.emulate.serve_args import split_emulate_args
             try:
                 _, emu = split_emulate_args(["--emulate-device", args.emulate])
@@ -195,12 +305,12 @@ def main(argv=None) -> int:
             model = micro[micro.index("--model-path") + 1]
             k = emu.spec.dilation
             srv_args = ["--fair-policy", args.policy, "--emulate-device", args.emulate, "--enable-metrics",
-                        "--ttft-slo-ms", f"{EMULATED_TTFT_SLO_MS * k:g}", "--tpot-slo-ms", f"{EMULATED_TPOT_SLO_MS * k:g}",
+                        "--ttft-slo-ms", f"{args.ttft_slo_ms * k:g}", "--tpot-slo-ms", f"{args.tpot_slo_ms * k:g}",
                         *cpu_server_args(None)]  # serve sizes the KV pool like the emulated GPU's
         if args.api_key:
             srv_args += ["--api-key", args.api_key]
         with sglang_server(model, srv_args, command=SERVE_COMMAND, startup_timeout_s=900) as srv:
-            results = soak(srv.url, args, srv.proc.pid)
+            results = soak(srv.url, args, srv.proc.pid, k)
             if srv.proc.poll() is not None:
                 print("soak: the server died", file=sys.stderr)
                 return 1
