@@ -78,6 +78,10 @@ def print_result(r: dict) -> None:
           f"{rec['reference_ttft_p99_s']} s, recovered (within {rec['tolerance']:.0%}) "
           f"{rec['recovered_after_s']} s after it; attainment in the first {rec['first_s']:g} s after it "
           f"{rec['attainment_first']}")
+    for i, ph in enumerate(r["phases"]):
+        print(f"  phase {i} ({ph['load']:g}x, {ph['duration_s']:g} s): {ph['requests']} requests, attainment "
+              f"{ph['attainment']}, P99 TTFT {ph['ttft_p99_s']} s, P99 TPOT {round(1e3 * ph['tpot_p99_s'])} ms, "
+              f"demoted {ph['demoted']}, refused {ph['rejected']}")
     print("  start_s  requests  ttft_p50_s  ttft_p99_s  tpot_p99_ms  attainment  demoted")
     for b in r["series"]:
         tp = None if b["tpot_p99_s"] is None else round(1e3 * b["tpot_p99_s"])

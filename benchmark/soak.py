@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import requests
 
 from sglang_fair.bench import phases
 from sglang_fair.bench.demotions import mark_demoted
-from sglang_fair.core.metrics import RequestTimes
-from sglang_fair.live.monitor import RssSampler, group_rss_bytes, wait_idle
+from sglang_fair.core.metrics import RequestTimes, tpot_s, ttft_s
+from sglang_fair.live.monitor import RssSampler, auth, group_rss_bytes, wait_idle
 from sglang_fair.live.replay import ReplayRequest, replay
 from sglang_fair.live.server import (SERVE_COMMAND, cpu_server_args, embedded_model_path, exit_on_sigterm,
                                      sglang_server)
@@ -157,12 +158,14 @@ def _idle_state(idle: dict) -> dict:
 def request_times(recs, ttft_slo_s: float, tpot_slo_s: float, k: float = 1.0,
                   demoted: frozenset[int] = frozenset()) -> list[RequestTimes]:
     """The replay's records as the metrics count them, on the device's clock (server times / k): sent = arrival,
-    no token = never answered (TTFT +inf); the indices in `demoted` marked demoted."""
+    no token = never answered (TTFT +inf; refused if the answer was HTTP 429, `--fair-admission reject`); the
+    indices in `demoted` marked demoted."""
     out = []
     for i, r in enumerate(recs):
         tt = r.token_times_s if r.error is None else []
         out.append(RequestTimes(str(i), r.sent_s / k, tt[0] / k if tt else None, tt[-1] / k if tt else None, len(tt),
-                                ttft_slo_s, tpot_slo_s, r.request.output_tokens, demoted=i in demoted))
+                                ttft_slo_s, tpot_slo_s, r.request.output_tokens, demoted=i in demoted,
+                                rejected=(r.error or "").startswith("HTTP 429")))
     return out
 
 
@@ -194,12 +197,32 @@ def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> di
     out = {"continuous": True, "capacity_rps": round(cap, 3), "dilation": k, "wall_s": round(wall, 1),
            "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "phases": per_phase,
            **classify(recs), "demotions_total": idle.get("demotions_total"), "demoted_matched": m.demoted,
-           "demoted_unmatched": m.unmatched, "emulated_device": idle.get("emulated_device"),
+           "demoted_unmatched": m.unmatched, "emulated_device": emulated_state(url, args.api_key),
            "series": phases.bucket_series(times, args.bucket_s / k),
-           "recovery": phases.recovery(times, dev, args.bucket_s / k, first_s=args.first_s / k), **_idle_state(idle)}
+           "recovery": phases.recovery(times, dev, args.bucket_s / k, first_s=args.first_s / k), **_idle_state(idle),
+           "requests": {"fields": ["sent_s", "ttft_s", "tpot_s", "prompt_tokens", "output_tokens", "demoted",
+                                   "rejected"],
+                        "rows": [[round(t.arrival_s, 4), _finite(ttft_s(t)), _finite(tpot_s(t)),
+                                  r.request.prompt_tokens, r.request.output_tokens, t.demoted, t.rejected]
+                                 for t, r in zip(times, recs)]}}
     if pgid:
         out["rss_mb_by_phase"] = _rss_by_phase(rss["samples"], bounds, wall)
     return out
+
+
+def _finite(x: float) -> float | None:
+    return round(x, 4) if math.isfinite(x) else None
+
+
+def emulated_state(url: str, api_key: str | None) -> dict | None:
+    """The emulated device's counters (overruns among them) from `/server_info`, beside the plugin's status; None
+    without an emulated device or when they cannot be read."""
+    try:
+        st = requests.get(url + "/server_info", timeout=30, headers=auth(api_key)).json()["internal_states"][0]
+    except (requests.RequestException, ValueError, KeyError, IndexError):
+        return None
+    emu = st.get("emulated_device")
+    return {k: v for k, v in emu.items() if k != "recent"} if isinstance(emu, dict) else None
 
 
 def _rss_by_phase(samples: list[int], bounds, wall_s: float) -> list[dict]:
@@ -245,7 +268,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="use this running server instead of starting one")
     ap.add_argument("--api-key", default=None)
-    ap.add_argument("--policy", default="fair")
+    ap.add_argument("--policy", default="fair", help="the server's --fair-policy (off: stock SGLang)")
+    ap.add_argument("--fair-admission", default=None, choices=("off", "reject"),
+                    help="the server's --fair-admission (reject: HTTP 429 at arrival for a request that cannot meet "
+                         "its TTFT SLO; counted as errored, not lost, and in the figures as an SLO miss)")
     ap.add_argument("--minutes", type=float, nargs="+", default=[5.0, 5.0], help="minutes per phase")
     ap.add_argument("--load", type=float, nargs="+", default=[0.8, 1.5], help="fraction of capacity per phase")
     ap.add_argument("--capacity-rps", type=float, default=None, help="skip the capacity burst")
@@ -309,6 +335,8 @@ def main(argv=None) -> int:
                         *cpu_server_args(None)]  # serve sizes the KV pool like the emulated GPU's
         if args.api_key:
             srv_args += ["--api-key", args.api_key]
+        if args.fair_admission:
+            srv_args += ["--fair-admission", args.fair_admission]
         with sglang_server(model, srv_args, command=SERVE_COMMAND, startup_timeout_s=900) as srv:
             results = soak(srv.url, args, srv.proc.pid, k)
             if srv.proc.poll() is not None:

@@ -3,6 +3,7 @@ is back within 20% of its value before the overload."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -57,15 +58,17 @@ def test_request_mix_draws_trace_lengths_scaled_and_clipped():
 
 
 def test_buckets_count_each_request_where_it_was_sent():
-    recs = steady(0, 10, 100, 0.5) + [req(100, 12.0, 3.0), req(101, 13.0, None), req(102, 14.0, 0.2, demoted=True)]
+    refused = dataclasses.replace(req(103, 15.0, None), rejected=True)
+    recs = steady(0, 10, 100, 0.5) + [req(100, 12.0, 3.0), req(101, 13.0, None), req(102, 14.0, 0.2, demoted=True),
+                                      refused]
     s = bucket_series(recs, bucket_s=10.0)
-    assert [b["requests"] for b in s] == [100, 3]
+    assert [b["requests"] for b in s] == [100, 4]
     assert s[0]["ttft_p99_s"] == pytest.approx(0.5) and s[0]["attainment"] == 1.0
     assert s[1]["ttft_p99_s"] == math.inf            # a request never answered ranks last
-    assert s[1]["attainment"] == 0.0                 # late, unanswered, demoted: three misses
-    assert s[1]["demoted"] == 1
+    assert s[1]["attainment"] == 0.0                 # late, unanswered, demoted, refused: four misses
+    assert (s[1]["demoted"], s[1]["rejected"]) == (1, 1)
     assert s[0]["tpot_p99_s"] == pytest.approx(0.05)
-    assert [b["requests"] for b in bucket_series(recs, 10.0, end_s=40.0)] == [100, 3, 0, 0]
+    assert [b["requests"] for b in bucket_series(recs, 10.0, end_s=40.0)] == [100, 4, 0, 0]
 
 
 def test_recovery_is_when_the_tail_from_then_on_is_back_within_20_percent():

@@ -72,8 +72,8 @@ def _q(x: list[float], p: float) -> float | None:
 
 def bucket_series(records: Sequence[RequestTimes], bucket_s: float, end_s: float | None = None) -> list[dict]:
     """Per bucket of arrival (send) time: requests, P50 / P99 TTFT (s; a request never answered counts as +inf, a
-    demoted one at least just over its SLO, as the tails count them), P99 TPOT (s) and attainment (both SLOs met,
-    not demoted). Buckets cover [0, end_s) (default: up to the last arrival)."""
+    demoted one at least just over its SLO, as the tails count them), P99 TPOT (s), attainment (both SLOs met, not
+    demoted), and how many were demoted or refused. Buckets cover [0, end_s) (default: up to the last arrival)."""
     if not bucket_s > 0:
         raise ValueError(f"bucket_s must be > 0, got {bucket_s!r}")
     last = max((r.arrival_s for r in records), default=0.0)
@@ -86,11 +86,11 @@ def bucket_series(records: Sequence[RequestTimes], bucket_s: float, end_s: float
     out = []
     for i, g in enumerate(groups):
         ttft = [tail_ttft_s(r) for r in g]
-        tpot = [tpot_s(r) for r in g if r.first_token_s is not None]
+        tpot = [tpot_s(r) for r in g if r.first_token_s is not None and r.n_outputs > 1]
         out.append({"start_s": round(i * bucket_s, 3), "requests": len(g), "ttft_p50_s": _q(ttft, 50),
                     "ttft_p99_s": _q(ttft, 99), "tpot_p99_s": _q(tpot, 99),
                     "attainment": round(sum(map(meets_slo, g)) / len(g), 4) if g else None,
-                    "demoted": sum(r.demoted for r in g)})
+                    "demoted": sum(r.demoted for r in g), "rejected": sum(r.rejected for r in g)})
     return out
 
 
