@@ -178,7 +178,11 @@ def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> di
             for i, arr in enumerate(arrivals) for a, (p, o) in zip(arr, request_mix(args, len(arr), seed=i + 1))]
     started_wall_s = time.time()
     recs, wall, rss = _replay_sampled(url, args, reqs, pgid, seed=1, max_workers=4096)
-    idle = wait_idle(url, args.api_key, timeout_s=120)
+    try:  # a status the server cannot give must not cost the run's records
+        idle = wait_idle(url, args.api_key, timeout_s=120)
+    except (requests.RequestException, ValueError, KeyError, RuntimeError) as exc:
+        print(f"soak: reading the server's state failed: {exc}", file=sys.stderr)
+        idle = {"error": f"{type(exc).__name__}: {exc}"}
     slos = (args.ttft_slo_ms * k / 1e3, args.tpot_slo_ms * k / 1e3)
     # the server's demotions, matched to requests by prompt length and arrival (as the bench does)
     m = mark_demoted(request_times(recs, *slos), [r.request.prompt_tokens for r in recs], started_wall_s,

@@ -30,6 +30,10 @@ def test_fair_policy_off_gives_stock_greedy_outputs(model_path, serve_command):
     assert "sglang-fair plugin active" not in stock_log and stock_status is None
     assert "sglang-fair plugin active" in off_log and "hooks verified: policy=off" in off_log
     assert off_status["policy"] == "off" and not off_status["active"] and off_status["hooks_verified"]
+    # idle after the last answer, as live.monitor.wait_idle reads it (the soak's stock runs wait on this)
+    rank = off_status["ranks"][0]
+    assert (rank["kv_used_tokens"], rank["num_running_reqs"], rank["num_waiting_reqs"], rank["deferred_now"]) == \
+        (0, 0, 0, 0)
     assert all(len(o) == MAX_NEW for o in off_together + off_alone)
     # One at a time the batch is the request alone: the tokens must be identical.
     assert not mismatches(stock_alone, off_alone)

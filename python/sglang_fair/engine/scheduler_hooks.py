@@ -25,6 +25,7 @@ from ..config import RuntimeConfig
 from ..emulate.hook import launch_credit_s
 from . import intake, reject, selftest
 from .selftest import unsupported_features
+from .snapshot import kv_usage
 
 logger = logging.getLogger("sglang_fair")
 
@@ -172,7 +173,12 @@ def _make_state_hook(cfg: RuntimeConfig):
             status = {"active": False, "policy": cfg.policy,
                       "hooks_verified": bool(getattr(sched, "_sglang_fair_hooks_verified", False)),
                       "planned_iterations": 0, "token_load": 0,
-                      "num_running_reqs": len(sched.running_batch.reqs), "num_waiting_reqs": len(sched.waiting_queue)}
+                      "num_running_reqs": len(sched.running_batch.reqs), "num_waiting_reqs": len(sched.waiting_queue),
+                      "deferred_now": 0}
+            try:  # what a client waiting for an idle server reads (live.monitor.wait_idle), as under a policy
+                status["kv_used_tokens"] = kv_usage(sched)[1]
+            except Exception as exc:  # noqa: BLE001  (never break /server_info)
+                status["kv_error"] = f"{type(exc).__name__}: {exc}"
         result.internal_state["sglang_fair"] = status
         return result
     return after_get_internal_state
