@@ -11,8 +11,11 @@ its times are emulated, on the dilated clock.
     # on the EMULATED A100 x 6 at real lengths: 0.9x, 2x, 0.9x of fair's emulated capacity (0.92 req/s on the clock)
     python benchmark/soak.py --emulate a100-llama3-8b:6 --capacity-rps 0.92 --minutes 10 3 6 --load 0.9 2 0.9 \
         --length-scale 1 --max-prompt 8000 --max-output 2048
+    # the same phases back to back (the last arrives on the overload's backlog): how the tail recovers
+    python benchmark/soak.py --emulate a100-llama3-8b:6 --capacity-rps 0.92 --continuous --minutes 5 5 12 \
+        --load 0.9 2 0.9 --length-scale 1 --max-prompt 8000 --max-output 2048
 
-Request lengths come from a trace in the shared folder (default azure-conv; prompt lengths scaled by
+Request lengths come from a trace the package ships (default azure-conv; prompt lengths scaled by
 --length-scale, clipped to --max-prompt / --max-output), arrivals are Poisson at the phase's rate. Capacity is
 measured first with a closed burst of the same mix (or given with --capacity-rps). "lost" = no clear answer
 (client timeout, dropped stream without an error, fewer tokens than asked); it must be 0.
@@ -210,7 +213,7 @@ def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> di
                                   r.request.prompt_tokens, r.request.output_tokens, t.demoted, t.rejected]
                                  for t, r in zip(times, recs)]}}
     if pgid:
-        out["rss_mb_by_phase"] = _rss_by_phase(rss["samples"], bounds, wall)
+        out["rss_mb_by_phase"] = _rss_by_phase(rss["samples"], bounds)
     return out
 
 
@@ -229,7 +232,7 @@ def emulated_state(url: str, api_key: str | None) -> dict | None:
     return {k: v for k, v in emu.items() if k != "recent"} if isinstance(emu, dict) else None
 
 
-def _rss_by_phase(samples: list[int], bounds, wall_s: float) -> list[dict]:
+def _rss_by_phase(samples: list[int], bounds) -> list[dict]:
     """Mean RSS (MB) over each phase's first and last RSS_WINDOW_S (samples every RSS_PERIOD_S from the start)."""
     t = np.arange(len(samples)) * RSS_PERIOD_S
     out = []
