@@ -44,3 +44,19 @@ def test_a_burst_past_the_ttft_slo_gets_429_with_retry_after(serve_command, mode
         assert "rejected at arrival" in r.text and int(r.headers["Retry-After"]) >= 1
     rank = status["ranks"][0]
     assert rank["admission"] == "reject" and rank["rejected_at_arrival"] == len(rejected) and not rank["faults"]
+
+
+def test_a_streamed_rejection_is_an_error_the_replay_reads_not_a_lost_request(serve_command, model_path):
+    """Streams get SGLang's in-stream abort (the 200 status is already sent): the replay records it as "HTTP 429",
+    one per rejection the server counts, and every other request gets all its tokens."""
+    from sglang_fair.live.replay import ReplayRequest, replay
+    args = ["--fair-policy", "fair", "--fair-admission", "reject", "--ttft-slo-ms", str(TTFT_SLO_MS),
+            "--tpot-slo-ms", "2000", *cpu_server_args(32768)]
+    with sglang_server(model_path, args, command=serve_command, startup_timeout_s=600) as srv:
+        replay(srv.url, [ReplayRequest(0.0, PROMPT, 2)], seed=99)  # warm-up, as above
+        recs = replay(srv.url, [ReplayRequest(0.0, PROMPT, 4) for _ in range(N)], seed=1, timeout_s=300)
+        rank = srv.get("/sglang_fair/status").json()["ranks"][0]
+    refused = [r for r in recs if r.error is not None]
+    assert refused and all(r.error.startswith("HTTP 429") and "rejected at arrival" in r.error for r in refused)
+    assert all(len(r.token_times_s) == 4 for r in recs if r.error is None)
+    assert rank["rejected_at_arrival"] == len(refused)

@@ -64,3 +64,14 @@ def test_continuous_soak_books_each_request_once_on_the_device_clock(monkeypatch
     assert len(res["recovery"]["series"]) == 2
     assert res["recovery"]["first_s"] == 10.0
     assert sum(b["demoted"] for b in res["series"]) == 1 and sum(b["rejected"] for b in res["series"]) == 1
+
+
+def test_an_in_stream_abort_is_read_as_its_http_status():
+    """A stream's status line is sent before SGLang aborts the request (e.g. 429 from --fair-admission reject), so
+    the abort arrives as an event; the replay must not count it as a token."""
+    from sglang_fair.live.replay import abort_reason
+    event = {"text": "", "meta_info": {"completion_tokens": 0, "finish_reason": {
+        "type": "abort", "message": "sglang-fair: rejected at arrival: ...", "status_code": 429}}}
+    assert abort_reason(event) == "HTTP 429: sglang-fair: rejected at arrival: ..."
+    assert abort_reason({"meta_info": {"completion_tokens": 3, "finish_reason": {"type": "length", "length": 3}}}) is None
+    assert abort_reason({"meta_info": {"completion_tokens": 1, "finish_reason": None}}) is None

@@ -47,6 +47,16 @@ def _payload(req: ReplayRequest, ids: list[int]) -> dict:
     return {"input_ids": ids, "sampling_params": sp, "stream": True}
 
 
+def abort_reason(msg: dict) -> str | None:
+    """"HTTP <code>: <message>" when a stream event finishes its request with SGLang's abort (what a non-streaming
+    request gets as its HTTP status, e.g. 429 from `--fair-admission reject`, 503 past `--max-queued-requests`);
+    None otherwise."""
+    reason = (msg.get("meta_info") or {}).get("finish_reason")
+    if not isinstance(reason, dict) or reason.get("type") != "abort":
+        return None
+    return f"HTTP {reason.get('status_code', 500)}: {reason.get('message', '')}"[:200]
+
+
 def _run_one(base_url: str, req: ReplayRequest, ids: list[int], t0: float, timeout_s: float,
              headers: dict) -> ReplayRecord:
     rec = ReplayRecord(request=req)
@@ -70,6 +80,9 @@ def _run_one(base_url: str, req: ReplayRequest, ids: list[int], t0: float, timeo
                 msg = json.loads(body)
                 if "error" in msg:
                     rec.error = str(msg["error"])[:200]
+                    break
+                if (why := abort_reason(msg)) is not None:  # a stream's status is sent: the abort is in the event
+                    rec.error = why
                     break
                 n = int(msg.get("meta_info", {}).get("completion_tokens", seen + 1))
                 now = time.monotonic() - t0
