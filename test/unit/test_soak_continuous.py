@@ -73,5 +73,6 @@ def test_an_in_stream_abort_is_read_as_its_http_status():
     event = {"text": "", "meta_info": {"completion_tokens": 0, "finish_reason": {
         "type": "abort", "message": "sglang-fair: rejected at arrival: ...", "status_code": 429}}}
     assert abort_reason(event) == "HTTP 429: sglang-fair: rejected at arrival: ..."
-    assert abort_reason({"meta_info": {"completion_tokens": 3, "finish_reason": {"type": "length", "length": 3}}}) is None
+    done = {"meta_info": {"completion_tokens": 3, "finish_reason": {"type": "length", "length": 3}}}
+    assert abort_reason(done) is None
     assert abort_reason({"meta_info": {"completion_tokens": 1, "finish_reason": None}}) is None
