@@ -79,9 +79,8 @@ def wait_idle(url: str, api_key: str | None = None, timeout_s: float = 60.0) -> 
     deadline = time.monotonic() + timeout_s
     while True:
         st = fair_state(url, api_key)
-        # a key the status lacks (an older or failing status) does not hold the wait: the others decide
-        if all(st.get(key, 0) == 0 for key in ("kv_used_tokens", "num_running_reqs", "num_waiting_reqs",
-                                                "deferred_now")):
+        if (st["kv_used_tokens"] == 0 and st["num_running_reqs"] == 0 and st["num_waiting_reqs"] == 0
+                and st["deferred_now"] == 0):
             return st
         if time.monotonic() > deadline:
             return st
