@@ -24,6 +24,7 @@ measured first with a closed burst of the same mix (or given with --capacity-rps
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -37,7 +38,7 @@ from sglang_fair.bench import phases
 from sglang_fair.bench.demotions import mark_demoted
 from sglang_fair.core.metrics import RequestTimes, tpot_s, ttft_s
 from sglang_fair.live.monitor import RssSampler, auth, group_rss_bytes, wait_idle
-from sglang_fair.live.replay import ReplayRequest, replay
+from sglang_fair.live.replay import ReplayRequest, replay, request_times
 from sglang_fair.live.server import (SERVE_COMMAND, cpu_server_args, embedded_model_path, exit_on_sigterm,
                                      sglang_server)
 
@@ -158,18 +159,12 @@ def _idle_state(idle: dict) -> dict:
             "deferred_after": idle.get("deferred_now"), "faults": idle.get("faults")}
 
 
-def request_times(recs, ttft_slo_s: float, tpot_slo_s: float, k: float = 1.0,
-                  demoted: frozenset[int] = frozenset()) -> list[RequestTimes]:
-    """The replay's records as the metrics count them, on the device's clock (server times / k): sent = arrival,
-    no token = never answered (TTFT +inf; refused if the answer was HTTP 429, `--fair-admission reject`); the
-    indices in `demoted` marked demoted."""
-    out = []
-    for i, r in enumerate(recs):
-        tt = r.token_times_s if r.error is None else []
-        out.append(RequestTimes(str(i), r.sent_s / k, tt[0] / k if tt else None, tt[-1] / k if tt else None, len(tt),
-                                ttft_slo_s, tpot_slo_s, r.request.output_tokens, demoted=i in demoted,
-                                rejected=(r.error or "").startswith("HTTP 429")))
-    return out
+def on_device_clock(t: RequestTimes, k: float) -> RequestTimes:
+    """A request's times and SLOs on the emulated device's clock (server clock / k)."""
+    d = lambda x: None if x is None else x / k  # noqa: E731
+    return dataclasses.replace(t, arrival_s=t.arrival_s / k, first_token_s=d(t.first_token_s),
+                               last_token_s=d(t.last_token_s), ttft_slo_s=t.ttft_slo_s / k,
+                               tpot_slo_s=t.tpot_slo_s / k, token_times_s=None)
 
 
 def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> dict:
@@ -186,12 +181,10 @@ def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> di
     except (requests.RequestException, ValueError, KeyError, RuntimeError) as exc:
         print(f"soak: reading the server's state failed: {exc}", file=sys.stderr)
         idle = {"error": f"{type(exc).__name__}: {exc}"}
-    slos = (args.ttft_slo_ms * k / 1e3, args.tpot_slo_ms * k / 1e3)
     # the server's demotions, matched to requests by prompt length and arrival (as the bench does)
-    m = mark_demoted(request_times(recs, *slos), [r.request.prompt_tokens for r in recs], started_wall_s,
-                     list(idle.get("demoted_recent") or []))
-    demoted = frozenset(i for i, r in enumerate(m.records) if r.demoted)
-    times = request_times(recs, args.ttft_slo_ms / 1e3, args.tpot_slo_ms / 1e3, k, demoted)
+    m = mark_demoted(request_times(recs, args.ttft_slo_ms * k, args.tpot_slo_ms * k),
+                     [r.request.prompt_tokens for r in recs], started_wall_s, list(idle.get("demoted_recent") or []))
+    times = [on_device_clock(t, k) for t in m.records]
     bounds = np.concatenate([[0.0], np.cumsum([ph.duration_s for ph in plan])])
     per_phase = []
     for i, ph in enumerate(plan):

@@ -130,7 +130,8 @@ def requests_from_trace(trace, *, length_scale: float = 1.0, max_prompt_tokens: 
 
 
 def request_times(records: list[ReplayRecord], ttft_slo_ms: float, tpot_slo_ms: float) -> list:
-    """ReplayRecords as metrics.RequestTimes (the one metrics module shared with the simulator)."""
+    """ReplayRecords as metrics.RequestTimes (the one metrics module shared with the simulator); an answer of HTTP
+    429 (`--fair-admission reject`, in the status or in the stream) is a refused request."""
     from ..core.metrics import RequestTimes
 
     out = []
@@ -142,5 +143,6 @@ def request_times(records: list[ReplayRecord], ttft_slo_ms: float, tpot_slo_ms: 
             last_token_s=times[-1] if times and rec.error is None else None,
             n_outputs=len(times) if rec.error is None else 0,
             ttft_slo_s=(req.ttft_slo_ms or ttft_slo_ms) / 1000.0, tpot_slo_s=(req.tpot_slo_ms or tpot_slo_ms) / 1000.0,
-            expected_outputs=req.output_tokens, token_times_s=tuple(times) if rec.error is None else None))
+            expected_outputs=req.output_tokens, token_times_s=tuple(times) if rec.error is None else None,
+            rejected=(rec.error or "").startswith("HTTP 429")))
     return out
