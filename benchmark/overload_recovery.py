@@ -25,11 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from sglang_fair.bench import phases
-from sglang_fair.core.metrics import summarize
 from sglang_fair.core.presets import load_preset
-from sglang_fair.policies import make_policy
-from sglang_fair.sim.cli import device_iteration_time, parse_policy_spec, split_reject
-from sglang_fair.sim.engine import EngineConfig, simulate
+from sglang_fair.sim.cli import device_iteration_time, make_runner
+from sglang_fair.sim.engine import EngineConfig
 from sglang_fair.sim.traces import Trace, load_trace
 
 WHOLE_QUEUE = 1_000_000
@@ -50,22 +48,15 @@ def build_trace(args) -> tuple[Trace, list[phases.Phase]]:
 
 
 def run_policy(spec: str, trace: Trace, plan, args) -> dict:
-    base, reject = split_reject(spec)
-    name, params = parse_policy_spec(base)
     engine = EngineConfig(ttft_slo_ms=args.ttft_slo_ms, tpot_slo_ms=args.tpot_slo_ms, online_fit=args.online_fit,
-                          waiting_view_limit=WHOLE_QUEUE, reject_at_arrival=reject)
+                          waiting_view_limit=WHOLE_QUEUE)
     dev = device_iteration_time(args.device) if args.device else None
-    res = simulate(trace, make_policy(name, **params), load_preset(args.preset), engine, iteration_time=dev)
+    res = make_runner(trace, spec, load_preset(args.preset), engine, stop_late=False, iteration_time=dev)(1.0)
     recs = res.records
-    bounds = np.concatenate([[0.0], np.cumsum([ph.duration_s for ph in plan])])
-    per_phase = []
-    for i, ph in enumerate(plan):
-        sel = [r for r in recs if bounds[i] <= r.arrival_s < bounds[i + 1]]
-        s = summarize(sel)
-        per_phase.append({"load": ph.load, "duration_s": ph.duration_s, "requests": len(sel),
-                          "attainment": round(s.attainment, 4), "ttft_p99_s": round(s.p99_ttft_s, 3),
-                          "tpot_p99_s": round(s.p99_tpot_s, 4), "demoted": sum(r.demoted for r in sel),
-                          "rejected": sum(r.rejected for r in sel)})
+    bounds = phases.phase_starts(plan)
+    per_phase = [{"load": ph.load, "duration_s": ph.duration_s,
+                  **phases.figures([r for r in recs if bounds[i] <= r.arrival_s < bounds[i + 1]])}
+                 for i, ph in enumerate(plan)]
     bucket = args.bucket_s / args.dilation
     return {"policy": spec, "requests": len(recs), "sim_s": round(res.sim_s, 1), "phases": per_phase,
             "series": phases.bucket_series(recs, bucket),
@@ -80,13 +71,16 @@ def print_result(r: dict) -> None:
           f"{rec['attainment_first']}")
     for i, ph in enumerate(r["phases"]):
         print(f"  phase {i} ({ph['load']:g}x, {ph['duration_s']:g} s): {ph['requests']} requests, attainment "
-              f"{ph['attainment']}, P99 TTFT {ph['ttft_p99_s']} s, P99 TPOT {round(1e3 * ph['tpot_p99_s'])} ms, "
+              f"{ph['attainment']}, P99 TTFT {ph['ttft_p99_s']} s, P99 TPOT {_ms(ph['tpot_p99_s'])} ms, "
               f"demoted {ph['demoted']}, refused {ph['rejected']}")
     print("  start_s  requests  ttft_p50_s  ttft_p99_s  tpot_p99_ms  attainment  demoted")
     for b in r["series"]:
-        tp = None if b["tpot_p99_s"] is None else round(1e3 * b["tpot_p99_s"])
         print(f"  {b['start_s']:>7}  {b['requests']:>8}  {b['ttft_p50_s']!s:>10}  {b['ttft_p99_s']!s:>10}  "
-              f"{tp!s:>11}  {b['attainment']!s:>10}  {b['demoted']:>7}")
+              f"{_ms(b['tpot_p99_s'])!s:>11}  {b['attainment']!s:>10}  {b['demoted']:>7}")
+
+
+def _ms(s: float | None) -> int | None:
+    return None if s is None else round(1e3 * s)
 
 
 def main(argv=None) -> int:

@@ -185,14 +185,12 @@ def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> di
     m = mark_demoted(request_times(recs, args.ttft_slo_ms * k, args.tpot_slo_ms * k),
                      [r.request.prompt_tokens for r in recs], started_wall_s, list(idle.get("demoted_recent") or []))
     times = [on_device_clock(t, k) for t in m.records]
-    bounds = np.concatenate([[0.0], np.cumsum([ph.duration_s for ph in plan])])
+    bounds = phases.phase_starts(plan)
     per_phase = []
     for i, ph in enumerate(plan):
         sel = [j for j, r in enumerate(recs) if bounds[i] <= r.request.arrival_s < bounds[i + 1]]
         per_phase.append({"phase": f"{ph.load:.0%}", "rate_rps": round(ph.load * cap, 3), "minutes": ph.duration_s / 60,
-                          **classify([recs[j] for j in sel]),
-                          **{key: v for key, v in phases.bucket_series([times[j] for j in sel], math.inf)[0].items()
-                             if key != "start_s"}})
+                          **classify([recs[j] for j in sel]), **phases.figures([times[j] for j in sel])})
     dev = [phases.Phase(ph.load, ph.duration_s / k) for ph in plan]
     out = {"continuous": True, "capacity_rps": round(cap, 3), "dilation": k, "wall_s": round(wall, 1),
            "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "phases": per_phase,

@@ -70,10 +70,26 @@ def _q(x: list[float], p: float) -> float | None:
     return v if math.isinf(v) else round(v, 4)
 
 
+def phase_starts(phases: Sequence[Phase]) -> np.ndarray:
+    """Each phase's start on the schedule's clock, then the end of the last: len(phases) + 1 values from 0."""
+    return np.concatenate([[0.0], np.cumsum([ph.duration_s for ph in phases])])
+
+
+def figures(records: Sequence[RequestTimes]) -> dict:
+    """Of a group of requests: how many, P50 / P99 TTFT (s; a request never answered counts as +inf, a demoted one
+    at least just over its SLO, as the tails count them), P99 TPOT (s), attainment (both SLOs met, not demoted),
+    and how many were demoted or refused (None for the figures of an empty group)."""
+    ttft = [tail_ttft_s(r) for r in records]
+    tpot = [tpot_s(r) for r in records if r.first_token_s is not None and r.n_outputs > 1]
+    return {"requests": len(records), "ttft_p50_s": _q(ttft, 50), "ttft_p99_s": _q(ttft, 99),
+            "tpot_p99_s": _q(tpot, 99),
+            "attainment": round(sum(map(meets_slo, records)) / len(records), 4) if records else None,
+            "demoted": sum(r.demoted for r in records), "rejected": sum(r.rejected for r in records)}
+
+
 def bucket_series(records: Sequence[RequestTimes], bucket_s: float, end_s: float | None = None) -> list[dict]:
-    """Per bucket of arrival (send) time: requests, P50 / P99 TTFT (s; a request never answered counts as +inf, a
-    demoted one at least just over its SLO, as the tails count them), P99 TPOT (s), attainment (both SLOs met, not
-    demoted), and how many were demoted or refused. Buckets cover [0, end_s) (default: up to the last arrival)."""
+    """`figures` per bucket of arrival (send) time, each with its `start_s`. Buckets cover [0, end_s) (default: up
+    to the last arrival)."""
     if not bucket_s > 0:
         raise ValueError(f"bucket_s must be > 0, got {bucket_s!r}")
     last = max((r.arrival_s for r in records), default=0.0)
@@ -83,15 +99,7 @@ def bucket_series(records: Sequence[RequestTimes], bucket_s: float, end_s: float
         i = int(r.arrival_s // bucket_s)
         if 0 <= i < n:
             groups[i].append(r)
-    out = []
-    for i, g in enumerate(groups):
-        ttft = [tail_ttft_s(r) for r in g]
-        tpot = [tpot_s(r) for r in g if r.first_token_s is not None and r.n_outputs > 1]
-        out.append({"start_s": round(i * bucket_s, 3), "requests": len(g), "ttft_p50_s": _q(ttft, 50),
-                    "ttft_p99_s": _q(ttft, 99), "tpot_p99_s": _q(tpot, 99),
-                    "attainment": round(sum(map(meets_slo, g)) / len(g), 4) if g else None,
-                    "demoted": sum(r.demoted for r in g), "rejected": sum(r.rejected for r in g)})
-    return out
+    return [{"start_s": round(i * bucket_s, 3), **figures(g)} for i, g in enumerate(groups)]
 
 
 def recovery(records: Sequence[RequestTimes], phases: Sequence[Phase], bucket_s: float,
@@ -107,7 +115,7 @@ def recovery(records: Sequence[RequestTimes], phases: Sequence[Phase], bucket_s:
     if len(phases) < 3:
         raise ValueError("recovery needs at least three phases (before, overload, after)")
     k = max(range(1, len(phases) - 1), key=lambda i: loads[i])
-    starts = np.concatenate([[0.0], np.cumsum([ph.duration_s for ph in phases])])
+    starts = phase_starts(phases)
     before = [r for r in records if starts[k - 1] <= r.arrival_s < starts[k]]
     ref = _pct(np.array([tail_ttft_s(r) for r in before]), 99) if before else math.nan
     bound = ref * (1.0 + tolerance)
