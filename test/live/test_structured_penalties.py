@@ -120,6 +120,9 @@ def test_burst_with_penalties_and_grammar_defers_decodes_and_completes(srv):
         r.raise_for_status()
         return r.json()
 
+    # a router polls from the server's start, so its first /get_load is long past; the very first one waits up to
+    # 10 s for the scheduler's first answer by design (engine/http.py LoadCache), which a busy 2-core CI machine used
+    requests.get(srv.url + "/get_load", timeout=15).raise_for_status()
     t0 = time.monotonic()
     poller = threading.Thread(target=poll_load, daemon=True)
     poller.start()
