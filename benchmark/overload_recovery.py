@@ -6,6 +6,9 @@ time and how P99 TTFT recovers after the overload (bench/phases.py).
     python benchmark/overload_recovery.py --capacity-rps 5.52 --minutes 5 5 12 --load 0.9 2 0.9
     # the twin of a live soak at dilation 6 (same arguments as soak.py's, on the server's clock)
     python benchmark/overload_recovery.py --dilation 6 --capacity-rps 0.92 --minutes 5 5 12 --load 0.9 2 0.9
+    # ... and its iterations beside the live run's, per bucket (the soak run with --fair-trace; one policy)
+    python benchmark/overload_recovery.py --dilation 6 --capacity-rps 0.92 --minutes 5 5 12 --load 0.9 2 0.9 \
+        --policies fair --compare-live out/soak.json out/trace-fair.jsonl
 
 The same request mix as the soak's (`--trace` lengths, seed i + 1 for phase i). By default the true iteration time is
 the emulated device's model (`--device`, what `serve --emulate-device` pads to) and the policies plan with the A100
@@ -13,21 +16,29 @@ preset and an online fit (`--no-online-fit`: the preset alone), as the live serv
 to the policy whole, as the live adapter's snapshot does (the simulator's default shows the oldest 512). Times are
 the GPU's (the simulator's clock); with `--dilation k` the phases, the rate and the buckets given on the server's clock
 (and --first-s) are divided (rate: multiplied) by k first.
+
+`--compare-live SOAK_JSON TRACE`: what the live run's iterations did per bucket (device busy, prompt tokens and decode
+rows served, the plans' predicted time over the device's, queue lengths, demoted and aged lists; bench/iter_series.py)
+beside the twin's, from the soak's results (`soak.py --continuous --out`, its `started_wall_s`) and its server's
+`--fair-trace`; where they part is where the simulator misses something the live server does.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from sglang_fair.bench import phases
+from sglang_fair.bench import iter_series, phases
+from sglang_fair.bench.trace_report import read_trace
 from sglang_fair.core.presets import load_preset
-from sglang_fair.sim.cli import device_iteration_time, make_runner
-from sglang_fair.sim.engine import EngineConfig
+from sglang_fair.policies import make_policy
+from sglang_fair.sim.cli import device_iteration_time, make_runner, parse_policy_spec, split_reject
+from sglang_fair.sim.engine import EngineConfig, simulate
 from sglang_fair.sim.traces import Trace, load_trace
 
 WHOLE_QUEUE = 1_000_000
@@ -47,11 +58,19 @@ def build_trace(args) -> tuple[Trace, list[phases.Phase]]:
     return Trace(f"{args.trace}-phased", a, p, o), plan
 
 
-def run_policy(spec: str, trace: Trace, plan, args) -> dict:
+def run_policy(spec: str, trace: Trace, plan, args, recorder: iter_series.TwinRecorder | None = None) -> dict:
+    """One policy through the schedule; with `recorder`, its plans and iterations recorded (one replica)."""
     engine = EngineConfig(ttft_slo_ms=args.ttft_slo_ms, tpot_slo_ms=args.tpot_slo_ms, online_fit=args.online_fit,
                           waiting_view_limit=WHOLE_QUEUE)
     dev = device_iteration_time(args.device) if args.device else None
-    res = make_runner(trace, spec, load_preset(args.preset), engine, stop_late=False, iteration_time=dev)(1.0)
+    if recorder is None:
+        res = make_runner(trace, spec, load_preset(args.preset), engine, stop_late=False, iteration_time=dev)(1.0)
+    else:
+        base, reject = split_reject(spec)
+        name, params = parse_policy_spec(base)
+        engine = dataclasses.replace(engine, reject_at_arrival=reject)
+        res = simulate(trace, recorder.policy(make_policy(name, **params)), load_preset(args.preset), engine,
+                       iteration_time=recorder.iteration_time(dev or load_preset(args.preset).predict))
     recs = res.records
     bounds = phases.phase_starts(plan)
     per_phase = [{"load": ph.load, "duration_s": ph.duration_s,
@@ -61,6 +80,38 @@ def run_policy(spec: str, trace: Trace, plan, args) -> dict:
     return {"policy": spec, "requests": len(recs), "sim_s": round(res.sim_s, 1), "phases": per_phase,
             "series": phases.bucket_series(recs, bucket),
             "recovery": phases.recovery(recs, plan, bucket, first_s=args.first_s / args.dilation)}
+
+
+def load_live(soak_json: str, trace_path: str) -> dict:
+    """The live soak's results and its trace's rows on the device's clock (bench/iter_series.py)."""
+    soak = json.loads(Path(soak_json).read_text())
+    soak = next((r for r in soak if r.get("continuous")), {}) if isinstance(soak, list) else soak
+    if "started_wall_s" not in soak:
+        raise ValueError(f"{soak_json} has no started_wall_s (a soak.py --continuous run of this version)")
+    k = float(soak.get("dilation", 1.0))
+    forwards, plans = iter_series.live_rows(read_trace(trace_path), soak["started_wall_s"] + 0.2, k)
+    return {"dilation": k, "forwards": forwards, "plans": plans}
+
+
+def compare(live: dict, recorder: iter_series.TwinRecorder, plan, args) -> dict:
+    """Per bucket, the live run's iterations and the twin's; printed and returned."""
+    if abs(live["dilation"] - args.dilation) > 1e-9:
+        raise SystemExit(f"--compare-live: the soak ran at dilation {live['dilation']:g}, --dilation is "
+                         f"{args.dilation:g}")
+    bucket, end = args.bucket_s / args.dilation, float(phases.phase_starts(plan)[-1])
+    sides = {"live": iter_series.bucket_rows(live["forwards"], live["plans"], bucket, end),
+             "sim": iter_series.bucket_rows(recorder.forwards, recorder.plans, bucket, end)}
+    cols = ("busy", "prefill_tokens_per_s", "decode_rows_per_s", "tokens_per_busy_s", "predicted_over_device",
+            "running", "waiting", "demoted_max", "aged_max")
+    print("\n  iterations per bucket, live / twin (device clock):")
+    print("  start_s " + " ".join(f"{c:>27}" for c in cols))
+    for a, b in zip(sides["live"], sides["sim"]):
+        print(f"  {a['start_s']:>7} " + " ".join(f"{_fmt(a[c]):>13}/{_fmt(b[c]):<13}" for c in cols))
+    return sides
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:g}" if isinstance(x, int) else f"{x:.4g}"
 
 
 def print_result(r: dict) -> None:
@@ -107,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="a100-llama3-8b",
                     help="the true iteration time: this emulated device's model ('' = the preset itself)")
     ap.add_argument("--no-online-fit", dest="online_fit", action="store_false")
+    ap.add_argument("--compare-live", nargs=2, metavar=("SOAK_JSON", "TRACE"), default=None,
+                    help="the live soak's results (soak.py --continuous --out) and its server's --fair-trace: print "
+                         "the iterations per bucket beside the twin's (one policy in --policies)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     if len(args.minutes) != len(args.load) or len(args.load) < 3:
@@ -118,13 +172,25 @@ def main(argv=None) -> int:
         trace, plan = build_trace(args)
     except (OSError, ValueError) as exc:
         ap.error(f"--trace {args.trace}: {exc}")
-    results = []
-    for spec in [s.strip() for s in args.policies.split(",") if s.strip()]:
+    specs = [s.strip() for s in args.policies.split(",") if s.strip()]
+    live = None
+    if args.compare_live:
+        if len(specs) != 1:
+            ap.error("--compare-live compares one policy: give one spec in --policies")
         try:
-            r = run_policy(spec, trace, plan, args)
+            live = load_live(*args.compare_live)
+        except (OSError, ValueError, KeyError) as exc:
+            ap.error(f"--compare-live: {exc}")
+    results = []
+    for spec in specs:
+        recorder = iter_series.TwinRecorder() if live else None
+        try:
+            r = run_policy(spec, trace, plan, args, recorder)
         except (ValueError, KeyError) as exc:
             ap.error(f"--policies {spec}: {exc}")
         print_result(r)
+        if live:
+            r["iterations"] = compare(live, recorder, plan, args)
         results.append(r)
     if args.out:
         head = {k: v for k, v in vars(args).items() if k != "out"}

@@ -193,6 +193,7 @@ def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> di
                           **classify([recs[j] for j in sel]), **phases.figures([times[j] for j in sel])})
     dev = [phases.Phase(ph.load, ph.duration_s / k) for ph in plan]
     out = {"continuous": True, "capacity_rps": round(cap, 3), "dilation": k, "wall_s": round(wall, 1),
+           "started_wall_s": round(started_wall_s, 3),  # the schedule's start (+0.2 s), to place a --fair-trace on
            "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "phases": per_phase,
            **classify(recs), "demotions_total": idle.get("demotions_total"), "demoted_matched": m.demoted,
            "demoted_unmatched": m.unmatched, "emulated_device": emulated_state(url, args.api_key),
@@ -267,6 +268,9 @@ def main(argv=None) -> int:
     ap.add_argument("--url", help="use this running server instead of starting one")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--policy", default="fair", help="the server's --fair-policy (off: stock SGLang)")
+    ap.add_argument("--fair-trace", default=None, metavar="PATH",
+                    help="the server writes its iteration trace here (serve --fair-trace: plans, forwards, the "
+                         "emulated device's batches; `sglang-fair trace-report PATH` summarises it)")
     ap.add_argument("--fair-admission", default=None, choices=("off", "reject"),
                     help="the server's --fair-admission (reject: HTTP 429 at arrival for a request that cannot meet "
                          "its TTFT SLO; counted as errored, not lost, and in the figures as an SLO miss)")
@@ -303,6 +307,8 @@ def main(argv=None) -> int:
         ap.error("--continuous needs at least 3 phases in --minutes / --load (before, overload, after)")
     if not (args.bucket_s > 0 and args.first_s > 0):
         ap.error("--bucket-s and --first-s must be > 0")
+    if args.url and args.fair_trace:
+        ap.error("--fair-trace is the started server's flag: give it to the server at --url instead")
     if args.timeout_s is None:
         args.timeout_s = 3600.0 if args.continuous else 600.0
     from sglang_fair.bench.emulated import EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS
@@ -335,6 +341,8 @@ def main(argv=None) -> int:
             srv_args += ["--api-key", args.api_key]
         if args.fair_admission:
             srv_args += ["--fair-admission", args.fair_admission]
+        if args.fair_trace:
+            srv_args += ["--fair-trace", str(Path(args.fair_trace).resolve())]
         with sglang_server(model, srv_args, command=SERVE_COMMAND, startup_timeout_s=900) as srv:
             results = soak(srv.url, args, srv.proc.pid, k)
             if srv.proc.poll() is not None:

@@ -119,8 +119,10 @@ def test_policy_timing_starts_the_forward_where_the_emulated_overlap_loop_launch
     around, _ = hook._make_hooks(DeviceSpec("a100-llama3-8b", dilation=2.0))
     seen = []
     sched = SimpleNamespace(enable_overlap=False, last_batch=None)
+    from sglang_fair.engine.intake import ArrivalEstimate
+    arrivals = ArrivalEstimate()
     setattr(sched, scheduler_hooks.ADAPTER_ATTR,
-            SimpleNamespace(on_run_batch=lambda batch, t0, t1: seen.append((t0, t1))))
+            SimpleNamespace(on_run_batch=lambda batch, t0, t1: seen.append((t0, t1)), arrivals=arrivals))
 
     def padded(self, batch):
         return around(sleeping_forward(0.0), self, batch)
@@ -135,6 +137,8 @@ def test_policy_timing_starts_the_forward_where_the_emulated_overlap_loop_launch
     assert 0.003 <= credit == padder.last_credit_s < padder.counters.emulated_s / 2
     (a0, a1), (b0, b1) = seen
     assert b0 == pytest.approx(a1, abs=0.001)  # the second forward "began" when the first one ended
+    # the arrival estimate needs when run_batch was really called (after this pass read the socket), not the credit
+    assert arrivals.forward_s == pytest.approx(b0 + credit, abs=0.001)
 
 
 def test_run_batch_hook_refuses_the_overlap_scheduler():

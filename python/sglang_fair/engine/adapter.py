@@ -25,7 +25,7 @@ from ..core.plan_check import plan_problem
 from ..core.presets import load_cost_model
 from ..core.types import Plan, Snapshot
 from ..policies import Policy
-from . import deferral, sglang_view
+from . import deferral, intake, sglang_view
 from .snapshot import SnapshotBuilder
 
 logger = logging.getLogger("sglang_fair")
@@ -60,6 +60,8 @@ class PolicyAdapter:
             self.saver = CostModelSaver(cfg.save_cost_model)
             atexit.register(self._save_at_exit)
         self.builder = SnapshotBuilder(cfg.slo)
+        self.arrivals = intake.ArrivalEstimate()
+        """When each new request can have arrived (the intake hook stamps it; engine/intake.py)."""
         self.mixing_bans = sglang_view.mixing_bans(sched)
         self.prefix_matcher = sglang_view.PrefixMatcher(on_match=self.builder.waiting.touch)
         self.parking = deferral.Parking()
@@ -317,6 +319,7 @@ class PolicyAdapter:
             ts = req.time_stats
             self.trace.write("first_token", {
                 "rid": req.rid, "recv_s": float(ts.scheduler_recv_time or ts.wait_queue_entry_time or 0.0),
+                "arrival_s": float(getattr(req, intake.ARRIVAL_ATTR, None) or 0.0) or None,
                 "t_s": t_done, "prompt_tokens": len(req.origin_input_ids),
                 "max_new_tokens": int(req.sampling_params.max_new_tokens or 0)})
 

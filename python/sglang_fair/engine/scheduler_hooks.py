@@ -86,6 +86,7 @@ def _make_init_hook(cfg: RuntimeConfig, specs: list[HookSpec]):
 def around_get_next_batch_to_run(original, self, *args, **kwargs):
     ad = _adapter(self)
     if ad is not None:
+        ad.arrivals.on_pass(time.perf_counter())  # right after this pass read the socket
         if args:
             args = (ad.rejoin(args[0]), *args[1:])
         else:
@@ -105,6 +106,7 @@ def around_run_batch(original, self, batch, *args, **kwargs):
     if ad is None:
         return original(self, batch, *args, **kwargs)
     t0 = time.perf_counter()
+    ad.arrivals.on_forward(t0)
     result = original(self, batch, *args, **kwargs)
     t1 = time.perf_counter()
     ad.on_run_batch(batch, t0 - launch_credit_s(self), t1)  # an emulated overlap loop began the forward earlier
@@ -149,8 +151,13 @@ def around_calc_priority(original, self, waiting_queue, *args, **kwargs):
 
 def _make_intake_hook(cfg: RuntimeConfig):
     def before_add_request_to_queue(self, req, *args, **kwargs):
+        ad = _adapter(self)
+        if ad is not None:
+            try:
+                intake.stamp_arrival(req, ad.arrivals)  # before any view of it (the snapshot's arrival_s)
+            except Exception as exc:  # noqa: BLE001  (the receipt time stands)
+                ad._fault("arrival", f"{type(exc).__name__}: {exc}")
         if intake.check_request(req, cfg.slo) is None and cfg.admission == "reject":  # invalid SLO: aborted here
-            ad = _adapter(self)
             if ad is not None:
                 try:
                     reject.reject_if_late(ad, req)  # HTTP 429 at arrival (engine/reject.py)

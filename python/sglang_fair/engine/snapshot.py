@@ -13,7 +13,8 @@ Mapping (SGLang 0.5.23):
 - waiting    <- `scheduler.waiting_queue` sorted by arrival (SGLang sorts that list in place by its own policy);
                 prefilled = req.prefix_len, the radix-cache hit of the latest prefix match (0 without radix cache;
                 the adapter matches the waiting view itself, see sglang_view.PrefixMatcher).
-- arrival    <- time_stats.scheduler_recv_time (when the scheduler received the request); first token <-
+- arrival    <- the intake's estimate (engine/intake.py: the previous read of the socket when a forward ran since),
+                else time_stats.scheduler_recv_time (when the scheduler read the request); first token <-
                 time_stats.prefill_finished_time (a retracted request keeps its original first-token time).
 - KV         <- capacity max_total_num_tokens; used = capacity - allocator.available_size() - evictable cache.
 A retracted request waits again with its generated tokens as part of what must be prefilled, so for waiting and
@@ -45,6 +46,7 @@ from typing import Iterable
 from ..config import SLO_KEYS, SloConfig, parse_request_slos
 from ..core.cost_model import CostModel
 from ..core.types import ReqView, Snapshot, fast_view
+from .intake import ARRIVAL_ATTR
 from .waiting_mirror import FULL_CHECK_EVERY, WaitingMirror
 
 
@@ -87,7 +89,7 @@ class SnapshotBuilder:
 
     def view(self, req, state: str) -> ReqView:
         ts = req.time_stats
-        arrival = ts.scheduler_recv_time or ts.wait_queue_entry_time
+        arrival = getattr(req, ARRIVAL_ATTR, None) or ts.scheduler_recv_time or ts.wait_queue_entry_time
         ttft, tpot, strict = self._slos(req)
         n_out = len(req.output_ids)
         n_prompt = len(req.origin_input_ids)
