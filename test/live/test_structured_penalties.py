@@ -5,7 +5,7 @@
 - a burst of six 900-token prompts and one json_schema request, sent while eight penalized sampled requests
   (frequency / presence penalty, min_new_tokens; streamed) are decoding, all finish while fair defers decodes (parked
   copies used to share the penalizer orchestrator with the running batch and crashed the scheduler after a mixed or
-  prefill step);
+  prefill step), and those read after a forward are dated back to the read before it (engine/intake.py);
 - /get_load answers quickly throughout the burst, and the server is healthy and idle after it;
 - `--max-queued-requests` rejects what does not fit in the waiting queue with 503 and serves the rest.
 Bounded: about 2-3 minutes on a 2-core CPU.
@@ -150,6 +150,9 @@ def test_burst_with_penalties_and_grammar_defers_decodes_and_completes(srv):
     assert all(o["meta_info"]["completion_tokens"] == 8 for o in long_out)
     assert js_out["meta_info"]["finish_reason"]["type"] in ("stop", "length")
     assert deferred > 0, "fair deferred no decode during the burst"
+    # the prompts came in while forwards ran: read at a forward's end, each is dated back to the read before it
+    assert after["arrivals_backdated"] > before["arrivals_backdated"], (before, after)
+    assert 0 < after["arrival_backdate_ms_mean"] < 60_000
     assert not after["faults"]
     assert loads and all(code == 200 and isinstance(body, list) for code, body in loads)
     assert max(load_times) < 3.0

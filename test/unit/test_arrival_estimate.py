@@ -15,11 +15,13 @@ def test_a_request_read_after_a_forward_is_dated_back_to_the_previous_read():
     assert est.arrival_s(10.62) == 10.0
     est.on_pass(10.63)  # the next pass: nothing ran, the loop read again at once (idle)
     assert est.arrival_s(10.7) == 10.7
+    assert est.status() == {"arrivals_backdated": 1, "arrival_backdate_ms_mean": 620.0}
 
 
 def test_before_any_pass_or_forward_the_receipt_stands():
     est = ArrivalEstimate()
     assert est.arrival_s(5.0) == 5.0
+    assert est.status() == {"arrivals_backdated": 0, "arrival_backdate_ms_mean": None}
     est.on_pass(4.0)
     assert est.arrival_s(5.0) == 5.0  # no forward since the read
     est.on_forward(6.0)  # a forward later than the receipt cannot have delayed it

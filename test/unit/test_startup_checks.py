@@ -136,7 +136,17 @@ def test_admission_that_stopped_reading_the_knobs_at_call_time_is_refused(real):
         def _get_new_batch_prefill_raw(self, prefill_delayer_single_pass, running_batch):
             return self.adder_for(running_batch, self.cached_chunk_size)  # sized once at start-up
     missing = _missing(real, Scheduler=Scheduler)
-    assert len(missing) == 1 and "chunked_prefill_size" in missing[0] and "is_mixed_chunk" in missing[0]
+    # both requirements on that method name what it no longer reads
+    assert len(missing) == 2 and "chunked_prefill_size" in missing[0] and "is_mixed_chunk" in missing[0]
+    assert "chunked_req_limit" in missing[1]
+
+
+def test_an_adder_that_ignores_the_chunked_request_limit_is_refused(real):
+    class PrefillAdder(real["PrefillAdder"]):
+        def add_chunked_req(self, req):
+            return req  # continues the chunked request with the whole budget, whatever the cap
+    missing = _missing(real, PrefillAdder=PrefillAdder)
+    assert len(missing) == 1 and "chunked_req_limit" in missing[0] and "shortest_prefill_chunk_limit" in missing[0]
 
 
 def test_renamed_time_stats_field_is_refused(real):

@@ -83,6 +83,10 @@ class PolicyAdapter:
         """The latest demotions, for a client to tell which of its requests were demoted (`status()`)."""
         self.plan_deferred_rows = 0
         self.reordered = 0
+        self.chunk_limited = 0
+        """Steps whose plan left SGLang's chunked request partial: it got its planned chunk (deferral.chunked_plan)."""
+        self.cuts_dropped = 0
+        """Planned cuts of a second request dropped because the chunked request stayed partial."""
         self.preempt_left_to_sglang = 0
         self.mixed_forwards = 0
         self.planned_prefill_tokens = 0
@@ -192,10 +196,10 @@ class PolicyAdapter:
             from sglang.srt.managers.schedule_batch import NextBatchPlan
             result = NextBatchPlan(batch_to_run=None, running_batch=running_batch)
         else:
-            reqs = self._resolve_prefill(sched, plan, snap)
+            reqs, tokens, limit = self._resolve_prefill(sched, plan, snap)
             mixed = n_decode > 0 and bool(plan.decode)
-            ctl = deferral.PrefillControl(sched, prefill_reqs=reqs, chunk_tokens=plan.prefill_tokens,
-                                          n_decode=n_decode, mixed=mixed, parked_reqs=self.parking.reqs)
+            ctl = deferral.PrefillControl(sched, prefill_reqs=reqs, chunk_tokens=tokens, n_decode=n_decode,
+                                          mixed=mixed, parked_reqs=self.parking.reqs, chunked_limit=limit)
             t_orig = time.perf_counter()
             try:
                 result = original(sched, running_batch)
@@ -234,18 +238,27 @@ class PolicyAdapter:
         except Exception:  # its assertion on the result queue: be conservative, defer nothing finishing
             return list(batch.reqs)
 
-    def _resolve_prefill(self, sched, plan: Plan, snap: Snapshot) -> list:
+    def _resolve_prefill(self, sched, plan: Plan, snap: Snapshot) -> tuple[list, int, int | None]:
+        """(the Reqs to hand SGLang in plan order, their token budget, the limit of SGLang's chunked request):
+        SGLang continues its chunked request first and cuts one request per step (deferral.chunked_plan)."""
         chunked = sched.chunked_req
         reqs = [chunked if chunked is not None and rid == chunked.rid else self.builder.waiting.req(rid)
                 for rid, _ in plan.prefill]
-        # SGLang continues the chunked request first; the last planned item is the only one it may cut.
         views = {v.rid: v for v in snap.prefilling}
-        partial_early = any(c < (views.get(rid) or self.builder.waiting.view(rid)).remaining_prompt_tokens
-                            for rid, c in plan.prefill[:-1])
+        chunks = [(c, (views.get(rid) or self.builder.waiting.view(rid)).remaining_prompt_tokens)
+                  for rid, c in plan.prefill]
+        partial_early = any(c < rem for c, rem in chunks[:-1])
         chunked_not_first = chunked is not None and (reqs[0] is not chunked)
         if partial_early or chunked_not_first:
             self.reordered += 1
-        return reqs
+        at = None if chunked is None else next((i for i, r in enumerate(reqs) if r is chunked), -1)
+        limit, keep = deferral.chunked_plan(chunks, at, int(getattr(sched, "page_size", 1) or 1))
+        if limit is None:
+            return reqs, plan.prefill_tokens, None
+        self.chunk_limited += 1
+        self.cuts_dropped += sum(1 for i, (c, rem) in enumerate(chunks) if i != at and i not in keep)
+        tokens = limit + sum(chunks[i][0] for i in keep)
+        return [reqs[i] for i in keep] + ([chunked] if at is not None and at >= 0 else []), tokens, limit
 
     # ---- timing -------------------------------------------------------------------------------------------------
     def on_run_batch(self, batch, t_start: float, t_end: float) -> None:
@@ -368,6 +381,7 @@ class PolicyAdapter:
             "demotions_total": self.demotions_total,
             "demoted_recent": list(self.demoted_recent),
             "aged_now": self.aged_now,
+            **self.arrivals.status(),
             "plan_deferred_rows": self.plan_deferred_rows,
             "mixed_forwards": self.mixed_forwards,
             "admission": self.cfg.admission,
@@ -375,6 +389,8 @@ class PolicyAdapter:
             "mixing_allowed": snap.mixing_allowed,
             "mixing_banned_by": list(self.mixing_bans),
             "reordered_plans": self.reordered,
+            "chunk_limited_steps": self.chunk_limited,
+            "cuts_dropped": self.cuts_dropped,
             "preempt_left_to_sglang": self.preempt_left_to_sglang,
             "no_defer_reasons": dict(self.no_defer_reasons),
             "budget_ms": fin(self.budget_s * 1000.0),

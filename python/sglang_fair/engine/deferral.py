@@ -25,8 +25,15 @@ token per decode row in mixed mode), `is_mixed_chunk` is set when the plan has b
 the waiting queue is narrowed to the planned requests in plan order (SchedulePolicy.calc_priority still matches
 prefixes, then the order is put back to the plan's). Everything is restored in `finally`.
 SGLang can realise only this shape: the in-flight chunked request first (it is always continued when a prefill
-runs), then whole waiting requests, the last one possibly chunked. A plan of another shape is realised with the
-same token total in that order (counted as `reordered`).
+runs), then whole waiting requests, the last one possibly chunked. A plan of another shape is realised in that order
+(counted as `reordered`). Left alone, the chunked request takes the whole token budget first: a plan giving it a
+partial chunk (fair's aged lane gives a long aged prompt a share of each step) ran that prompt with nearly all the
+step's tokens and the planned on-time requests not at all (EMULATED soak, thirty-second session: 61-78% of the
+prefill steps after an overload ran fewer requests than planned). So when the plan leaves the chunked request
+partial, SGLang's own per-step cap on it (`PrefillAdder.chunked_req_limit`, which SchedulePolicy's
+`shortest_prefill_chunk_limit` sets) is set to its planned chunk through our hook on that method, and a planned cut
+of another request is dropped for the step, since SGLang holds one partial prefill (`chunked_plan`; counted as
+`chunk_limited_steps` and `cuts_dropped`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,34 @@ from .sglang_view import grammar_queue_hidden
 
 ORDER_ATTR = "_sglang_fair_order"
 """Set on SGLang's SchedulePolicy object while a planned prefill is being formed: {Req: rank}."""
+CHUNK_LIMIT_ATTR = "_sglang_fair_chunk_limit"
+"""Set on SGLang's SchedulePolicy object while a planned prefill is being formed: the tokens SGLang's chunked request
+(`scheduler.chunked_req`) may take, answered by our hook on `SchedulePolicy.shortest_prefill_chunk_limit`."""
+
+
+def chunked_plan(chunks: list[tuple[int, int]], chunked_index: int | None, page_size: int = 1
+                 ) -> tuple[int | None, list[int]]:
+    """How SGLang runs a plan's prefill items `chunks` ([(planned tokens, remaining prompt tokens)], plan order) when
+    item `chunked_index` is its chunked request (None: no chunked request in the plan; -1: one exists but the plan
+    leaves it out). SGLang continues its chunked request first, with the whole token budget unless limited, and may
+    cut only one request per step (a second cut while the chunked request stays partial fails its assertion).
+    Returns (the chunked request's limit, or None for no limit; the indices of the other items to hand SGLang):
+    - a chunked request the plan finishes needs no limit; the others keep their chunks (the last may be cut);
+    - one the plan leaves partial is limited to its planned chunk (floored to whole pages, at least one page; one page
+      when the plan leaves it out), and the other items are handed over only while whole: a planned cut of another
+      request is dropped this step (SGLang cannot hold two partial prefills)."""
+    if chunked_index is None:
+        return None, list(range(len(chunks)))
+    others = [i for i in range(len(chunks)) if i != chunked_index]
+    if chunked_index >= 0:
+        planned, remaining = chunks[chunked_index]
+        if planned >= remaining:
+            return None, others
+    else:
+        planned = 0
+    page = max(1, int(page_size))
+    limit = max(page, planned // page * page)
+    return limit, [i for i in others if chunks[i][0] >= chunks[i][1]]
 
 
 def batch_deferral_blocker(batch) -> str | None:
@@ -179,7 +214,7 @@ class PrefillControl:
     (`memory_budget.total_offset`), since parked rows decode again later."""
 
     def __init__(self, sched, *, prefill_reqs: list, chunk_tokens: int, n_decode: int, mixed: bool,
-                 parked_reqs: list = ()) -> None:
+                 parked_reqs: list = (), chunked_limit: int | None = None) -> None:
         self.sched = sched
         self._grammar = grammar_queue_hidden(sched)
         self._grammar.__enter__()
@@ -195,6 +230,8 @@ class PrefillControl:
         sched.chunked_prefill_size = max(1, int(chunk_tokens) + (n_decode if mixed else 0))
         sched.is_mixed_chunk = bool(mixed)
         setattr(sched.policy, ORDER_ATTR, {r: i for i, r in enumerate(planned)})
+        if chunked_limit is not None:
+            setattr(sched.policy, CHUNK_LIMIT_ATTR, int(chunked_limit))
 
     def restore(self) -> None:
         sched = self.sched
@@ -213,6 +250,8 @@ class PrefillControl:
         sched.chunked_prefill_size, sched.is_mixed_chunk, _ = self._saved
         if hasattr(sched.policy, ORDER_ATTR):
             delattr(sched.policy, ORDER_ATTR)
+        if hasattr(sched.policy, CHUNK_LIMIT_ATTR):
+            delattr(sched.policy, CHUNK_LIMIT_ATTR)
         if "get_prefill_adder_class" in vars(sched):
             del sched.get_prefill_adder_class
         self._grammar.__exit__(None, None, None)

@@ -70,6 +70,9 @@ class ArrivalEstimate:
     def __init__(self) -> None:
         self.pass_s: float | None = None
         self.forward_s: float | None = None
+        self.backdated = 0
+        """Requests dated back to the previous read (status `arrivals_backdated`)."""
+        self.backdated_s_total = 0.0
 
     def on_pass(self, t: float) -> None:
         self.pass_s = t
@@ -80,8 +83,15 @@ class ArrivalEstimate:
     def arrival_s(self, recv_s: float) -> float:
         p, f = self.pass_s, self.forward_s
         if p is not None and f is not None and p <= f <= recv_s:
+            self.backdated += 1
+            self.backdated_s_total += recv_s - p
             return p  # read after a forward: it may have arrived any time since the previous read
         return recv_s
+
+    def status(self) -> dict:
+        n = self.backdated
+        return {"arrivals_backdated": n,
+                "arrival_backdate_ms_mean": round(1e3 * self.backdated_s_total / n, 3) if n else None}
 
 
 def stamp_arrival(req, estimate: ArrivalEstimate) -> None:

@@ -149,6 +149,12 @@ def around_calc_priority(original, self, waiting_queue, *args, **kwargs):
     return result
 
 
+def around_shortest_prefill_chunk_limit(original, self, *args, **kwargs):
+    from .deferral import CHUNK_LIMIT_ATTR
+    limit = getattr(self, CHUNK_LIMIT_ATTR, None)  # set only while a planned prefill is formed (deferral.py)
+    return limit if limit is not None else original(self, *args, **kwargs)
+
+
 def _make_intake_hook(cfg: RuntimeConfig):
     def before_add_request_to_queue(self, req, *args, **kwargs):
         ad = _adapter(self)
@@ -204,6 +210,7 @@ def hook_specs(cfg: RuntimeConfig) -> list[HookSpec]:
             HookSpec(f"{_SCHED}._collect_inflight_batches", "after", after_collect_inflight_batches, True),
             HookSpec(f"{_SCHED}.pause_generation", "before", before_pause_generation, True),
             HookSpec(f"{_POLICY}.calc_priority", "around", around_calc_priority, True),
+            HookSpec(f"{_POLICY}.shortest_prefill_chunk_limit", "around", around_shortest_prefill_chunk_limit, True),
             HookSpec(f"{_SCHED}._add_request_to_queue", "before", _make_intake_hook(cfg), True),
         ]
     init_spec = HookSpec(f"{_SCHED}.__init__", "around", None, False)  # fn filled below (needs the list)

@@ -29,6 +29,7 @@ SGLANG_OBJECTS = {
     "ScheduleBatch": "sglang.srt.managers.schedule_batch.ScheduleBatch",
     "NextBatchPlan": "sglang.srt.managers.schedule_batch.NextBatchPlan",
     "Req": "sglang.srt.managers.schedule_batch.Req",
+    "PrefillAdder": "sglang.srt.managers.schedule_policy.PrefillAdder",
     "SchedulerReqTimeStats": "sglang.srt.observability.req_time_stats.SchedulerReqTimeStats",
     "FutureMap": "sglang.srt.managers.overlap_utils.FutureMap",
     "resolve_forward_inputs": "sglang.srt.managers.overlap_utils.resolve_forward_inputs",
@@ -171,6 +172,13 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "restoring the plan's order after SGLang's sort; a prefill step that runs no prefill",
         lambda o: (_params(o["SchedulePolicy"], "calc_priority") or [])[:2] == ["self", "waiting_queue"]
         and _has(o["NextBatchPlan"], "batch_to_run", "running_batch")),
+    Requirement(
+        "Scheduler._get_new_batch_prefill_raw setting PrefillAdder.chunked_req_limit from "
+        "SchedulePolicy.shortest_prefill_chunk_limit before add_chunked_req, which reads it",
+        "the chunked request's planned chunk when a plan leaves it partial (else it takes the step's whole budget)",
+        lambda o: _uses(o["Scheduler"], "_get_new_batch_prefill_raw", "shortest_prefill_chunk_limit",
+                        "chunked_req_limit", "add_chunked_req")
+        and _uses(o["PrefillAdder"], "add_chunked_req", "chunked_req_limit")),
     Requirement(
         "Req.time_stats fields " + ", ".join(TIME_STATS_FIELDS),
         "request arrival, first-token and last-token times in the snapshot",
