@@ -1,4 +1,4 @@
-"""What a live run's iterations did, per bucket of time, beside its simulated twin's (`benchmark/soak_vs_twin.py`).
+"""What a live run's iterations did, per bucket of time, beside its simulated twin's (`overload_recovery.py --compare-live`).
 
 The live side comes from the server's `--fair-trace` (core/trace.py): its `device` records (the emulated device's
 forwards) and `plan` records, placed on the schedule's clock by the trace's `start` record and divided by the

@@ -10,7 +10,7 @@ from the aborted request's custom_params, so the snapshot never sees an invalid 
 
 Arrival. SGLang stamps `scheduler_recv_time` when its loop reads the socket, once per pass: a request that came in
 while a forward ran waits for the forward's end before it is read, up to a whole iteration (on the EMULATED A100 x 6
-soak, median 80-90 ms of device time, 130 ms at the 99th percentile, while the client's TTFT counts from its send).
+soak, 80 ms of device time at the median, 241 ms at the 99th percentile, while the client's TTFT counts from its send).
 Planning TTFT from the receipt let fair finish requests at their deadline on its clock and just after it on the
 client's. `ArrivalEstimate` gives the earliest time the request can have reached the server instead: the start of
 the previous loop pass (the previous read) when a forward ran since, else the receipt itself (an idle loop reads at
