@@ -40,7 +40,7 @@ import numpy as np
 
 from sglang_fair.bench.emulated import EMULATED_SIM_SPECS
 from sglang_fair.bench.emulated_report import dilated_sim_spec
-from sglang_fair.bench.trace_report import read_trace
+from sglang_fair.bench.trace_report import read_trace, wall_offset_s
 from sglang_fair.emulate.device import DeviceModel
 from sglang_fair.emulate.serve_args import EmulatedServe
 from sglang_fair.emulate.spec import kv_pool_tokens, parse_device_spec
@@ -54,8 +54,7 @@ from sglang_fair.sim.traces import Trace, load_mooncake, write_mooncake
 
 def server_records(recs: dict) -> tuple[list[dict], float]:
     """A server trace's (`read_trace`) first_token records and its clock offset (wall = t + offset)."""
-    start = recs["start"][0]
-    return recs.get("first_token", []), start["wall_s"] - start["t_s"]
+    return recs.get("first_token", []), wall_offset_s(recs)
 
 
 def match(client: dict, servers: list[list[dict]]) -> list[dict]:

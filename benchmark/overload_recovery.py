@@ -26,7 +26,6 @@ beside the twin's, from the soak's results (`soak.py --continuous --out`, its `s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,9 +35,9 @@ import numpy as np
 from sglang_fair.bench import iter_series, phases
 from sglang_fair.bench.trace_report import read_trace
 from sglang_fair.core.presets import load_preset
-from sglang_fair.policies import make_policy
-from sglang_fair.sim.cli import device_iteration_time, make_runner, parse_policy_spec, split_reject
-from sglang_fair.sim.engine import EngineConfig, simulate
+from sglang_fair.live.replay import START_LEAD_S
+from sglang_fair.sim.cli import device_iteration_time, make_runner
+from sglang_fair.sim.engine import EngineConfig
 from sglang_fair.sim.traces import Trace, load_trace
 
 WHOLE_QUEUE = 1_000_000
@@ -62,15 +61,12 @@ def run_policy(spec: str, trace: Trace, plan, args, recorder: iter_series.TwinRe
     """One policy through the schedule; with `recorder`, its plans and iterations recorded (one replica)."""
     engine = EngineConfig(ttft_slo_ms=args.ttft_slo_ms, tpot_slo_ms=args.tpot_slo_ms, online_fit=args.online_fit,
                           waiting_view_limit=WHOLE_QUEUE)
+    cost = load_preset(args.preset)
     dev = device_iteration_time(args.device) if args.device else None
-    if recorder is None:
-        res = make_runner(trace, spec, load_preset(args.preset), engine, stop_late=False, iteration_time=dev)(1.0)
-    else:
-        base, reject = split_reject(spec)
-        name, params = parse_policy_spec(base)
-        engine = dataclasses.replace(engine, reject_at_arrival=reject)
-        res = simulate(trace, recorder.policy(make_policy(name, **params)), load_preset(args.preset), engine,
-                       iteration_time=recorder.iteration_time(dev or load_preset(args.preset).predict))
+    if recorder is not None:
+        dev = recorder.iteration_time(dev or cost.predict)
+    res = make_runner(trace, spec, cost, engine, stop_late=False, iteration_time=dev,
+                      wrap_policy=recorder.policy if recorder is not None else None)(1.0)
     recs = res.records
     bounds = phases.phase_starts(plan)
     per_phase = [{"load": ph.load, "duration_s": ph.duration_s,
@@ -89,7 +85,7 @@ def load_live(soak_json: str, trace_path: str) -> dict:
     if "started_wall_s" not in soak:
         raise ValueError(f"{soak_json} has no started_wall_s (a soak.py --continuous run of this version)")
     k = float(soak.get("dilation", 1.0))
-    forwards, plans = iter_series.live_rows(read_trace(trace_path), soak["started_wall_s"] + 0.2, k)
+    forwards, plans = iter_series.live_rows(read_trace(trace_path), soak["started_wall_s"] + START_LEAD_S, k)
     return {"dilation": k, "forwards": forwards, "plans": plans}
 
 

@@ -193,7 +193,7 @@ def run_continuous(url: str, args, cap: float, pgid: int | None, k: float) -> di
                           **classify([recs[j] for j in sel]), **phases.figures([times[j] for j in sel])})
     dev = [phases.Phase(ph.load, ph.duration_s / k) for ph in plan]
     out = {"continuous": True, "capacity_rps": round(cap, 3), "dilation": k, "wall_s": round(wall, 1),
-           "started_wall_s": round(started_wall_s, 3),  # the schedule's start (+0.2 s), to place a --fair-trace on
+           "started_wall_s": round(started_wall_s, 3),  # replay's call (+ START_LEAD_S): to place a --fair-trace on
            "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms, "phases": per_phase,
            **classify(recs), "demotions_total": idle.get("demotions_total"), "demoted_matched": m.demoted,
            "demoted_unmatched": m.unmatched, "emulated_device": emulated_state(url, args.api_key),

@@ -212,6 +212,18 @@ def test_reject_suffix_of_a_policy_spec():
         make_runner(make_trace([(0.0, 5000, 2)]), "fair+reject", COST, CFG, replicas=2)
 
 
+def test_make_runner_wraps_one_replicas_policy_and_refuses_to_wrap_a_clusters():
+    from sglang_fair.sim.cli import make_runner
+    from sglang_fair.bench.iter_series import TwinRecorder
+    rec = TwinRecorder()
+    trace = make_trace([(0.0, 300, 4), (0.05, 200, 4)])
+    res = make_runner(trace, "fair+reject", COST, CFG, stop_late=False, wrap_policy=rec.policy)(1.0)
+    assert all(r.first_token_s is not None for r in res.records)
+    assert rec.plans and rec.plans[0].t_s == 0.0  # the wrapped policy planned every step
+    with pytest.raises(ValueError, match="wrap_policy"):
+        make_runner(trace, "fair", COST, CFG, replicas=2, wrap_policy=rec.policy)
+
+
 class _SeesCost:
     """fair, remembering the cost model of every snapshot it planned on."""
 

@@ -1,4 +1,5 @@
-"""What a live run's iterations did, per bucket of time, beside its simulated twin's (`overload_recovery.py --compare-live`).
+"""What a live run's iterations did, per bucket of time, beside its simulated twin's
+(`benchmark/overload_recovery.py --compare-live`).
 
 The live side comes from the server's `--fair-trace` (core/trace.py): its `device` records (the emulated device's
 forwards) and `plan` records, placed on the schedule's clock by the trace's `start` record and divided by the
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from .trace_report import wall_offset_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +52,9 @@ def live_rows(records: dict[str, list[dict]], schedule_wall_s: float,
               dilation: float) -> tuple[list[Forward], list[PlanRow]]:
     """(forwards, plans) of a trace (`bench.trace_report.read_trace`'s records) on the device's clock, from the
     schedule's start at wall time `schedule_wall_s`."""
-    start = (records.get("start") or [None])[0]
-    if start is None:
-        raise ValueError("the trace has no start record: its times cannot be placed on the schedule's clock")
     if not dilation > 0:
         raise ValueError(f"dilation must be > 0, got {dilation!r}")
-    zero = start["t_s"] + schedule_wall_s - start["wall_s"]  # the schedule's start on the scheduler's clock
+    zero = schedule_wall_s - wall_offset_s(records)  # the schedule's start on the scheduler's clock
 
     def t(x: float) -> float:
         return (x - zero) / dilation

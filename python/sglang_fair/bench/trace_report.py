@@ -72,13 +72,19 @@ TIME_FIELD = {"plan": "t_s", "forward": "t_start_s", "device": "t_s", "first_tok
 """The scheduler-clock time of each record kind (a forward counts where it started)."""
 
 
-def in_window(records: dict[str, list[dict]], window_wall_s: tuple[float, float]) -> dict[str, list[dict]]:
-    """The plan, forward and device records whose time falls within the wall-clock window (start, end), placed on
-    the scheduler's clock by the `start` record (which pairs `wall_s` with `t_s`); other kinds kept as they are."""
+def wall_offset_s(records: dict[str, list[dict]]) -> float:
+    """wall time - scheduler time of a trace, from its `start` record (which reads both clocks together)."""
     start = (records.get("start") or [None])[0]
     if start is None:
         raise ValueError("the trace has no start record: its times cannot be placed on the wall clock")
-    lo, hi = (start["t_s"] + w - start["wall_s"] for w in window_wall_s)
+    return start["wall_s"] - start["t_s"]
+
+
+def in_window(records: dict[str, list[dict]], window_wall_s: tuple[float, float]) -> dict[str, list[dict]]:
+    """The plan, forward and device records whose time falls within the wall-clock window (start, end), placed on
+    the scheduler's clock by the `start` record (which pairs `wall_s` with `t_s`); other kinds kept as they are."""
+    offset = wall_offset_s(records)
+    lo, hi = (w - offset for w in window_wall_s)
     return {kind: [r for r in recs if lo <= r[TIME_FIELD[kind]] <= hi] if kind in TIME_FIELD else recs
             for kind, recs in records.items()}
 

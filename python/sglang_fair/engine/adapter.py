@@ -258,7 +258,7 @@ class PolicyAdapter:
         self.chunk_limited += 1
         self.cuts_dropped += sum(1 for i, (c, rem) in enumerate(chunks) if i != at and i not in keep)
         tokens = limit + sum(chunks[i][0] for i in keep)
-        return [reqs[i] for i in keep] + ([chunked] if at is not None and at >= 0 else []), tokens, limit
+        return [reqs[i] for i in keep], tokens, limit  # PrefillControl leaves the chunked request to SGLang anyway
 
     # ---- timing -------------------------------------------------------------------------------------------------
     def on_run_batch(self, batch, t_start: float, t_end: float) -> None:
@@ -332,7 +332,7 @@ class PolicyAdapter:
             ts = req.time_stats
             self.trace.write("first_token", {
                 "rid": req.rid, "recv_s": float(ts.scheduler_recv_time or ts.wait_queue_entry_time or 0.0),
-                "arrival_s": float(getattr(req, intake.ARRIVAL_ATTR, None) or 0.0) or None,
+                "arrival_s": getattr(req, intake.ARRIVAL_ATTR, None),
                 "t_s": t_done, "prompt_tokens": len(req.origin_input_ids),
                 "max_new_tokens": int(req.sampling_params.max_new_tokens or 0)})
 

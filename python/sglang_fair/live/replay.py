@@ -93,6 +93,10 @@ def _run_one(base_url: str, req: ReplayRequest, ids: list[int], t0: float, timeo
     return rec
 
 
+START_LEAD_S = 0.2
+"""`replay` sends on a schedule starting this long after it is called (arrival 0 = call time + START_LEAD_S)."""
+
+
 def replay(base_url: str, reqs: list[ReplayRequest], *, vocab_size: int = 4096, seed: int = 0,
            timeout_s: float = 600.0, max_workers: int = 256, api_key: str | None = None,
            progress: bool = False) -> list[ReplayRecord]:
@@ -100,7 +104,7 @@ def replay(base_url: str, reqs: list[ReplayRequest], *, vocab_size: int = 4096, 
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(10, vocab_size, size=r.prompt_tokens).tolist() for r in reqs]
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    t0 = time.monotonic() + 0.2
+    t0 = time.monotonic() + START_LEAD_S
     done = threading.Semaphore(0)
     with ThreadPoolExecutor(max_workers=min(max_workers, max(1, len(reqs)))) as pool:
         futs = [pool.submit(_run_one, base_url, r, ids, t0, timeout_s, headers) for r, ids in zip(reqs, prompts)]

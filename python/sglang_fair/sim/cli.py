@@ -66,10 +66,11 @@ def split_reject(spec: str) -> tuple[str, bool]:
 def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int = 1, router: str = "fair",
                 load_poll_interval_s: float = 0.1, stop_late: bool = True,
                 progress: Callable[[float], object] | None = None,
-                iteration_time=None) -> Callable[[float], SimResult]:
+                iteration_time=None, wrap_policy: Callable | None = None) -> Callable[[float], SimResult]:
     """A function scale -> SimResult for one policy spec (single replica, cluster, or WindServe); a spec ending in
     `+reject` refuses hopeless arrivals (REJECT_SUFFIX; single replica only). `iteration_time`: the true time of a
-    batch (e.g. the emulated device's model, `--device`), the policies planning with `cost`; default `cost`."""
+    batch (e.g. the emulated device's model, `--device`), the policies planning with `cost`; default `cost`.
+    `wrap_policy`: applied to the policy object before it runs (e.g. to record its plans; single replica only)."""
     spec, reject = split_reject(spec)
     name, params = parse_policy_spec(spec)
     if reject:
@@ -78,6 +79,8 @@ def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int =
                              f"refused request)")
         engine = dataclasses.replace(engine, reject_at_arrival=True)
     limit = late_limit(len(trace)) if stop_late else None
+    if wrap_policy is not None and (replicas != 1 or name == "windserve"):
+        raise ValueError("wrap_policy wraps one replica's policy (not a cluster's or windserve's)")
     if name == "windserve":
         if iteration_time is not None:
             raise ValueError("windserve runs on the cost model only (no --device)")
@@ -86,7 +89,8 @@ def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int =
         return lambda scale: simulate_windserve(trace.scaled(scale), cost, engine, ws, stop_after_late=limit)
     make_policy(name, **params)  # fail fast on a bad spec
     if replicas == 1:
-        return lambda scale: simulate(trace.scaled(scale), make_policy(name, **params), cost, engine,
+        wrap = wrap_policy or (lambda p: p)
+        return lambda scale: simulate(trace.scaled(scale), wrap(make_policy(name, **params)), cost, engine,
                                       stop_after_late=limit, iteration_time=iteration_time)
     cl = ClusterConfig(replicas=replicas, router=router, load_poll_interval_s=load_poll_interval_s, seed=engine.seed)
     return lambda scale: simulate_cluster(trace.scaled(scale), lambda: make_policy(name, **params), cost, engine, cl,
