@@ -33,7 +33,8 @@ prefill steps after an overload ran fewer requests than planned). So when the pl
 partial, SGLang's own per-step cap on it (`PrefillAdder.chunked_req_limit`, which SchedulePolicy's
 `shortest_prefill_chunk_limit` sets) is set to its planned chunk through our hook on that method, and a planned cut
 of another request is dropped for the step, since SGLang holds one partial prefill (`chunked_plan`; counted as
-`chunk_limited_steps` and `cuts_dropped`).
+`chunk_limited_steps` and `cuts_dropped`). In such a step the rest of the capped request stays reserved in the
+adder's KV budget (`_hold_chunked_rest`): its later chunks allocate unchecked, as stock relies on.
 """
 
 from __future__ import annotations
@@ -218,10 +219,11 @@ class PrefillControl:
         self.sched = sched
         self._grammar = grammar_queue_hidden(sched)
         self._grammar.__enter__()
-        if parked_reqs:
+        if parked_reqs or chunked_limit is not None:
             base = sched.get_prefill_adder_class()
             parked = list(parked_reqs)
-            sched.get_prefill_adder_class = lambda: functools.partial(_adder_reserving, base, parked)
+            hold = chunked_limit is not None
+            sched.get_prefill_adder_class = lambda: functools.partial(_adder_reserving, base, parked, hold)
         self._saved = (sched.chunked_prefill_size, sched.is_mixed_chunk, sched.waiting_queue)
         full = sched.waiting_queue
         planned = [r for r in prefill_reqs if r is not sched.chunked_req]
@@ -258,11 +260,33 @@ class PrefillControl:
         self.admitted = admitted
 
 
-def _adder_reserving(base, parked: list, *args, **kwargs):
-    """`base(*args, **kwargs)` (a PrefillAdder) whose KV budget also holds the parked rows' future outputs."""
+def _adder_reserving(base, parked: list, hold_chunked: bool, *args, **kwargs):
+    """`base(*args, **kwargs)` (a PrefillAdder) whose KV budget also holds the parked rows' future outputs and, with
+    `hold_chunked` (the chunked request's chunk is capped this step), the rest of that request when it stays partial
+    (`_hold_chunked_rest`)."""
     adder = base(*args, **kwargs)
     adder.memory_budget.total_offset += sum(adder._get_running_request_total_token_offset(r) for r in parked)
+    if hold_chunked:
+        add_chunked_req = adder.add_chunked_req
+        adder.add_chunked_req = lambda req: _hold_chunked_rest(adder, req, add_chunked_req(req))
     return adder
+
+
+def _hold_chunked_rest(adder, req, left):
+    """After `adder.add_chunked_req(req)` returned `left` (the request when it stays partial): reserve the prompt
+    tokens its later chunks will allocate, and its first outputs, before anything else is admitted this step.
+
+    SGLang admits a request it will chunk only if its whole prompt fits, and continues it with the step's whole token
+    budget, so nothing else is admitted while it is partial; its continuation then allocates without a KV check
+    (`PrefillBudget.fit_chunk`). With its chunk capped to the plan's share, requests admitted beside it took the KV
+    its next chunk needed: the next step's continuation ran out of KV and the scheduler died (live, a 1024-token pool
+    under retraction; test_kv_pressure_and_faults)."""
+    if left is not None:
+        from sglang.srt.managers.schedule_policy import CLIP_MAX_NEW_TOKENS
+        rest = len(req.full_untruncated_fill_ids) - req.extend_end
+        outputs = min(req.sampling_params.max_new_tokens, CLIP_MAX_NEW_TOKENS)
+        adder.memory_budget.total_offset += adder.memory_budget.ceil_paged_tokens(max(0, rest)) + outputs
+    return left
 
 
 def apply_plan_order(policy_obj, waiting_queue: list) -> None:

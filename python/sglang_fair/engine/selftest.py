@@ -174,11 +174,14 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         and _has(o["NextBatchPlan"], "batch_to_run", "running_batch")),
     Requirement(
         "Scheduler._get_new_batch_prefill_raw setting PrefillAdder.chunked_req_limit from "
-        "SchedulePolicy.shortest_prefill_chunk_limit before add_chunked_req, which reads it",
-        "the chunked request's planned chunk when a plan leaves it partial (else it takes the step's whole budget)",
+        "SchedulePolicy.shortest_prefill_chunk_limit before add_chunked_req, which reads it and sets the chunk's "
+        "end (Req.extend_end into full_untruncated_fill_ids)",
+        "the chunked request's planned chunk when a plan leaves it partial (else it takes the step's whole budget), "
+        "with the KV of its later chunks held back from the requests admitted beside it",
         lambda o: _uses(o["Scheduler"], "_get_new_batch_prefill_raw", "shortest_prefill_chunk_limit",
                         "chunked_req_limit", "add_chunked_req")
-        and _uses(o["PrefillAdder"], "add_chunked_req", "chunked_req_limit")),
+        and _uses(o["PrefillAdder"], "add_chunked_req", "chunked_req_limit", "extend_end",
+                  "full_untruncated_fill_ids", "memory_budget")),
     Requirement(
         "Req.time_stats fields " + ", ".join(TIME_STATS_FIELDS),
         "request arrival, first-token and last-token times in the snapshot",
