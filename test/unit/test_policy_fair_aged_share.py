@@ -5,6 +5,7 @@ its share."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -42,8 +43,14 @@ def plan_of(share: float, snap):
     return make_policy("fair", aged_share=share).plan(snap)
 
 
+def several_partials(snap):
+    """`snap` for an engine that may hold several partial prefills (the simulator's comparison mode): the lane's
+    share as such, without SGLang's one cut per step."""
+    return dataclasses.replace(snap, one_partial_prefill=False)
+
+
 def test_the_aged_lane_gets_its_share_and_on_time_work_the_rest():
-    snap = make_snapshot(now=NOW, waiting=[old(), fresh()])
+    snap = several_partials(make_snapshot(now=NOW, waiting=[old(), fresh()]))
     plan = plan_of(0.25, snap)
     (first, n_new), (second, n_old) = plan.prefill
     assert (first, second) == ("new", "old")
@@ -58,10 +65,30 @@ def test_the_aged_lane_gets_its_share_and_on_time_work_the_rest():
 
 def test_an_aged_partial_prefill_rides_in_the_lane():
     snap = make_snapshot(now=NOW, prefilling=[old(prefilled=1000)], waiting=[fresh()])
-    plan = plan_of(0.25, snap)
+    plan = plan_of(0.25, several_partials(snap))
     assert [rid for rid, _ in plan.prefill] == ["new", "old"]
     assert TOKENS - 1 <= plan.prefill_tokens <= TOKENS
     assert plan_of(1.0, snap).prefill[0] == ("old", 4000)  # aged first (share 1): a partial prefill goes first
+    # one partial prefill (SGLang): "new" cannot be cut while "old" stays partial; "old" takes the time and finishes
+    # (SGLang continues it first anyway), then "new" starts with the rest of the step
+    plan = plan_of(0.25, snap)
+    assert [rid for rid, _ in plan.prefill] == ["old", "new"] and plan.prefill[0][1] == 4000
+    assert TOKENS - 1 <= plan.prefill_tokens <= TOKENS
+
+
+def test_with_one_partial_prefill_the_step_has_one_cut_and_the_lane_takes_turns_at_it():
+    # nothing partial yet: on-time work starts the one partial prefill, and takes the lane's time as well (the lane
+    # has no request that fits whole)
+    snap = make_snapshot(now=NOW, waiting=[old(), fresh()])
+    assert close(plan_of(0.25, snap).prefill, [("new", TOKENS)])
+    # an on-time request held the partial slot and finishes: on-time work starts the next cut (the default); taking
+    # turns (`partial_slot="alternate"`), the lane does; here its request fits whole, so the unused turn goes back
+    held = make_req("held", arrival_s=9.0, prompt_tokens=3000, prefilled_tokens=2000, ttft_slo_s=5.0)
+    snap = make_snapshot(now=NOW, prefilling=[held], waiting=[old(), fresh()])
+    plan = plan_of(0.25, snap)
+    assert [rid for rid, _ in plan.prefill] == ["held", "new"] and plan.prefill[0][1] == 1000
+    turns = make_policy("fair", aged_share=0.25, partial_slot="alternate").plan(snap)
+    assert [rid for rid, _ in turns.prefill] == ["held", "old", "new"] and TOKENS - 1 <= turns.prefill_tokens <= TOKENS
 
 
 def test_the_lane_takes_the_whole_step_when_nothing_on_time_waits():
@@ -119,16 +146,26 @@ def test_closed_loop_under_sustained_overload():
     # 34 s of prompts of 200-1800 tokens every 85 ms (about 1.2x what the device prefills), TTFT SLO 2 s
     rng = np.random.default_rng(0)
     trace = make_trace([(0.085 * i, int(p), 2) for i, p in enumerate(rng.integers(200, 1800, 400))])
-    runs = {share: simulate(trace, make_policy("fair", aged_share=share), COST, EngineConfig(ttft_slo_ms=2000.0))
-            for share in (0.0, FairParams().aged_share, 1.0)}
-    assert all(r.finished for res in runs.values() for r in res.records)  # nobody lost
-    ttfts = {share: [ttft_s(r) for r in res.records] for share, res in runs.items()}
-    on_time = {share: sum(t <= 2.0 for t in v) for share, v in ttfts.items()}
-    # aged first (share 1) lets the aged requests make on-time ones late (136 on time); the default lane keeps 177
-    assert on_time[0.1] > on_time[1.0] + 20
-    # while an aged request still progresses every step: the longest wait is shorter (23 s) than with no share at
-    # all (28 s), where it waits for the overload to end
-    assert max(ttfts[0.1]) < 0.9 * max(ttfts[0.0])
+
+    def run(share, one_partial=True, **kw):
+        res = simulate(trace, make_policy("fair", aged_share=share, **kw), COST,
+                       EngineConfig(ttft_slo_ms=2000.0, one_partial_prefill=one_partial))
+        assert all(r.finished for r in res.records)  # nobody lost
+        ttfts = [ttft_s(r) for r in res.records]
+        return sum(t <= 2.0 for t in ttfts), max(ttfts)
+
+    share = FairParams().aged_share
+    # An engine that holds several partial prefills (the lane as such): aged first (share 1) makes on-time requests
+    # late (136 on time), the lane keeps 177, while an aged request still progresses every step: its longest wait is
+    # shorter (23 s) than with no share at all (28 s), where it waits for the overload to end.
+    (lane, lane_max), (first, _), (_, none_max) = (run(s, False) for s in (share, 1.0, 0.0))
+    assert lane > first + 20 and lane_max < 0.9 * none_max
+    # One partial prefill (SGLang): the step's one cut goes to on-time work first (the default): 195 on time, but
+    # an aged prompt that needs a cut starts only when on-time work leaves none (longest wait 27 s, none 29 s);
+    # taking turns at the cut (`partial_slot="alternate"`) bounds that wait (19 s) for fewer on time (158)
+    (lane, lane_max), (first, _) = run(share), run(1.0)
+    turns, turns_max = run(share, partial_slot="alternate")
+    assert lane > first + 40 and lane > turns + 20 and turns_max < 0.8 * lane_max
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, True, "half", math.nan])

@@ -112,6 +112,11 @@ class Snapshot:
     defer (SGLang serving LoRA adapters: parked rows would escape its per-batch adapter limit): every forward that
     decodes then decodes every running request, so a plan with decode rows should list them all (`fair` does; a
     prefill-only plan still leaves them all out)."""
+    one_partial_prefill: bool = True
+    """Whether the engine holds one partially prefilled request at a time (SGLang's `chunked_req`, continued first
+    in every step that prefills; core/prefill_shape.py). A plan that leaves a prefilling request partial (or out)
+    then cannot cut another request: the engine drops that cut for the step. False only in the simulator's
+    comparison mode (`EngineConfig.one_partial_prefill`)."""
 
     @property
     def kv_free_tokens(self) -> int:

@@ -46,6 +46,7 @@ import functools
 import weakref
 from typing import Callable, Iterable
 
+from ..core.prefill_shape import chunked_plan  # noqa: F401  (the adapter's name for it)
 from .sglang_view import grammar_queue_hidden
 
 ORDER_ATTR = "_sglang_fair_order"
@@ -53,31 +54,6 @@ ORDER_ATTR = "_sglang_fair_order"
 CHUNK_LIMIT_ATTR = "_sglang_fair_chunk_limit"
 """Set on SGLang's SchedulePolicy object while a planned prefill is being formed: the tokens SGLang's chunked request
 (`scheduler.chunked_req`) may take, answered by our hook on `SchedulePolicy.shortest_prefill_chunk_limit`."""
-
-
-def chunked_plan(chunks: list[tuple[int, int]], chunked_index: int | None, page_size: int = 1
-                 ) -> tuple[int | None, list[int]]:
-    """How SGLang runs a plan's prefill items `chunks` ([(planned tokens, remaining prompt tokens)], plan order) when
-    item `chunked_index` is its chunked request (None: no chunked request in the plan; -1: one exists but the plan
-    leaves it out). SGLang continues its chunked request first, with the whole token budget unless limited, and may
-    cut only one request per step (a second cut while the chunked request stays partial fails its assertion).
-    Returns (the chunked request's limit, or None for no limit; the indices of the other items to hand SGLang):
-    - a chunked request the plan finishes needs no limit; the others keep their chunks (the last may be cut);
-    - one the plan leaves partial is limited to its planned chunk (floored to whole pages, at least one page; one page
-      when the plan leaves it out), and the other items are handed over only while whole: a planned cut of another
-      request is dropped this step (SGLang cannot hold two partial prefills)."""
-    if chunked_index is None:
-        return None, list(range(len(chunks)))
-    others = [i for i in range(len(chunks)) if i != chunked_index]
-    if chunked_index >= 0:
-        planned, remaining = chunks[chunked_index]
-        if planned >= remaining:
-            return None, others
-    else:
-        planned = 0
-    page = max(1, int(page_size))
-    limit = max(page, planned // page * page)
-    return limit, [i for i in others if chunks[i][0] >= chunks[i][1]]
 
 
 def batch_deferral_blocker(batch) -> str | None:

@@ -17,6 +17,9 @@ Per iteration:
 3. Prefills (partial and waiting) earliest TTFT deadline first while time and KV remain; the last chunk is sized with
    `CostModel.max_chunk` for the time left. A waiting request is admitted only if its whole prompt (plus its output
    reservation) fits; the first that does not fit stops admission, so a large prompt is never overtaken for ever.
+   Where the engine holds one partial prefill (`Snapshot.one_partial_prefill`, SGLang) at most one request ends the
+   step partial: a cut that would leave a second one partial is not planned; the time goes to the partial request
+   instead (SGLang continues it first anyway), and the request it went ahead of follows it if it finishes.
 4. Non-urgent decodes by ascending slack while time remains; the others are deferred (they keep their KV).
 Decode rows that share a forward with prefill are charged the cost model's mixed term, so where mixing is slow
 (SGLang's CPU backend) fair runs prefill alone and lets decodes with slack sit the step out. Where the engine cannot
@@ -144,13 +147,15 @@ class FairPolicy:
             return Plan(budget_s=p.min_budget_ms / 1000.0, note="fair idle")
         lo, hi = p.min_budget_ms / 1000.0, p.max_budget_ms / 1000.0
         head = prefills = None
-        lane, prefilling = None, snap.prefilling
+        lane, prefilling, lane_turn = None, snap.prefilling, False
         if aged:  # the aged lane, then the demoted, share the time on-time prefill leaves them
             lane = aged.then(demoted) if demoted else aged
             demoted = ()
             in_lane = frozenset([r.rid for r in aged.partials])
             if in_lane:
                 prefilling = tuple([r for r in prefilling if r.rid not in in_lane])
+            # one partial prefill: the slot alternates; an on-time request held it, so the lane starts the next cut
+            lane_turn = snap.one_partial_prefill and bool(prefilling) and p.partial_slot == "alternate"
 
         # ---- 1. budget and urgency ----------------------------------------------------------------------------------
         if running:
@@ -231,7 +236,7 @@ class FairPolicy:
         no_mix = not snap.mixing_allowed
         mix_urgent = math.inf if no_mix and urgent else cost.mixed_s(len(urgent))
         prefill, t, kv_left = self._fill(snap, head, prefills, budget, t, kv_left, gone, floor=not running,
-                                         strict=bool(urgent), mix_s=mix_urgent, lane=lane)
+                                         strict=bool(urgent), mix_s=mix_urgent, lane=lane, lane_turn=lane_turn)
 
         # ---- 3b. where mixing is slow: prefill alone while every decode sits the step out, or decodes alone ----------
         if (running and not preempt and (cost.per_mixed_decode_req_s > 0 or no_mix)
@@ -243,7 +248,7 @@ class FairPolicy:
                 order = self._prefill_order(snap, cost.max_chunk(b_budget - cost.base_s), alt_kv, waiting, demoted,
                                            edf_head, prefilling)
                 alt, t_alt, _ = self._fill(snap, next(order, None), order, b_budget, cost.base_s, alt_kv, gone,
-                                           floor=False, strict=True, mix_s=0.0, lane=lane)
+                                           floor=False, strict=True, mix_s=0.0, lane=lane, lane_turn=lane_turn)
                 # a step of its own must carry at least its fixed cost in prefill work (live: 19-token steps at
                 # ~45 ms base each halved prefill throughput); otherwise decode now and prefill with the slack won,
                 # unless its head has been held for a TPOT already (nothing more came to share the step)
@@ -302,7 +307,8 @@ class FairPolicy:
         return chain(order, [(r, True) for r in demoted]) if demoted else order
 
     def _fill(self, snap: Snapshot, item, prefills, budget: float, t: float, kv_left: int, gone: frozenset, *,
-              floor: bool, strict: bool, mix_s: float, lane: AgedLane | None = None) -> tuple[list, float, int]:
+              floor: bool, strict: bool, mix_s: float, lane: AgedLane | None = None,
+              lane_turn: bool = False) -> tuple[list, float, int]:
         """Prefill chunks EDF while time and KV remain (step 3). `floor`: the first chunk gets at least
         min_prefill_chunk_tokens (an otherwise idle engine); `strict`: not even the first chunk may be shorter than
         that (unless it finishes the prompt); `mix_s`: extra time charged when the first prefill joins decodes.
@@ -312,12 +318,21 @@ class FairPolicy:
         capacity wherever KV binds; docs/results.md, "Aged requests in a lane of their own")."""
         p, cost = self.params, snap.cost
         prefill: list[tuple[ReqView, int]] = []
+        # One partial prefill (`snap.one_partial_prefill`): a request may be cut only while no other stays partial
+        open_partials = {r.rid for r in snap.prefilling if r.rid not in gone} if snap.one_partial_prefill else None
+        planned: set[str] = set()  # rids in `prefill` (only tracked under that rule: a partial may be served early)
+        back = None  # the item a partial was served ahead of
+        resume = None  # (item, order) of on-time work held back for the lane's turn at the cut
         ratio = p.kv_reserve_output_ratio
         reserve = None
         limit = budget if lane is None else t + (1.0 - p.aged_share) * (budget - t)
         while True:
             if item is None:  # this order is done (or out of its time): the lane, if any, goes on to the budget
+                back = None
                 if lane is None:
+                    if resume is not None and not open_partials:  # the lane's turn at the cut went unused
+                        (item, prefills), resume, lane_turn = resume, None, False
+                        continue
                     break
                 prefills, lane, limit = iter(lane), None, budget
                 item = next(prefills, None)
@@ -329,7 +344,7 @@ class FairPolicy:
             if rem_t <= 0:
                 item = None
                 continue
-            if r.rid in gone:
+            if r.rid in gone or r.rid in planned:
                 item = next(prefills, None)
                 continue
             remaining = r.remaining_prompt_tokens
@@ -344,6 +359,30 @@ class FairPolicy:
             if c <= 0 or (c < remaining and c < p.min_prefill_chunk_tokens and (prefill or strict)):
                 item = None  # out of time (kv_left > 0 here unless c is 0 for want of KV: the next pass stops)
                 continue
+            if open_partials is not None:
+                if c < remaining and lane_turn and lane is not None and r.rid not in open_partials:
+                    resume, item = (item, prefills), None  # the lane's turn at the one cut: on-time work waits
+                    continue
+                if c < remaining and (len(open_partials) > 1 or (open_partials and r.rid not in open_partials)):
+                    # another request stays partial: the engine would drop this cut. It continues that one first in
+                    # any case, so the time goes to it (ahead of its turn) while it is not yet planned.
+                    # (once per item: with several partials, as only a test or the old engine mode makes, the
+                    # jumped-to one may not be cut either)
+                    nxt = None if back is not None else next(
+                        (q for q in snap.prefilling if q.rid in open_partials and q.rid not in planned
+                         and q.rid != r.rid), None)
+                    if nxt is None and prefill and prefill[-1][1] < prefill[-1][0].remaining_prompt_tokens:
+                        before = kv_left
+                        t, kv_left = self._extend_last(snap, prefill, limit, t, kv_left)  # the one partial: more
+                        if reserve is not None:
+                            reserve -= before - kv_left
+                    back, item = (item, (nxt, False)) if nxt is not None else (None, None)
+                    continue
+                if c < remaining:
+                    open_partials = {r.rid}  # the one partial prefill from here on: nothing else may be cut
+                else:
+                    open_partials.discard(r.rid)
+                planned.add(r.rid)
             if not prefill:
                 t += mix_s
             prefill.append((r, c))
@@ -353,8 +392,27 @@ class FairPolicy:
                 reserve += remaining - c + output_reserve_tokens(r, ratio)
             elif reserve is not None:
                 reserve -= c
-            item = None if c < remaining else next(prefills, None)
+            if c < remaining:
+                item = None
+            else:  # the request a partial was served ahead of (`back`) comes next: its cut may be allowed now
+                item, back = (back, None) if back is not None else (next(prefills, None), None)
+        if open_partials is not None and prefill and prefill[-1][1] < prefill[-1][0].remaining_prompt_tokens:
+            t, kv_left = self._extend_last(snap, prefill, budget, t, kv_left)  # time nothing else could take
         return prefill, t, kv_left
+
+    @staticmethod
+    def _extend_last(snap: Snapshot, prefill: list, limit: float, t: float, kv_left: int) -> tuple[float, int]:
+        """The plan's last item is its one partial prefill and nothing else may be cut: it takes the time left up to
+        `limit` (and the KV left), as SGLang would run it with the step's tokens."""
+        cost = snap.cost
+        r, c = prefill[-1]
+        extra = min(r.remaining_prompt_tokens - c, kv_left,
+                    max(0, cost.max_chunk(limit - t + cost.prefill_s(c, r.prefilled_tokens), r.prefilled_tokens) - c))
+        if extra <= 0:
+            return t, kv_left
+        t += cost.prefill_s(c + extra, r.prefilled_tokens) - cost.prefill_s(c, r.prefilled_tokens)
+        prefill[-1] = (r, c + extra)
+        return t, kv_left - extra
 
     @staticmethod
     def _past_saving(running, tpots: list[float], slacks: list[float], floor_s: float) -> list[int]:

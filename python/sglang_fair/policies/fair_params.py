@@ -90,6 +90,12 @@ class FairParams:
     measured and changed no tail capacity (docs/results.md, "Aged requests in a lane of their own"). The share is of
     time, not KV: where KV is full, on-time requests are admitted first, so an aged prompt's wait for KV is bounded
     only with 1."""
+    partial_slot: str = "on_time"
+    """Where the engine holds one partial prefill (`Snapshot.one_partial_prefill`, SGLang) and the aged lane has
+    requests, who may start the next partial one (the step's one cut): "alternate": the lane, when the partial
+    prefill at the step's start was an on-time request, else on-time work (so aged prompts start in turns and keep
+    progressing under sustained overload); "on_time": on-time work always first (the lane cuts only when on-time
+    work leaves no cut)."""
     tpot_margin: float = 0.02
     """Fraction of each request's TPOT SLO the envelope holds back: decode deadlines (and the budget, urgency,
     recovery and gap guard built on them) use tpot_slo x (1 - tpot_margin). The envelope spends a decode's slack
@@ -131,6 +137,8 @@ class FairParams:
         s = self.aged_share
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= 1.0:
             raise ValueError(f"aged_share must be in [0, 1], got {s!r}")
+        if self.partial_slot not in ("alternate", "on_time"):
+            raise ValueError(f"partial_slot must be 'alternate' or 'on_time', got {self.partial_slot!r}")
         if self.lost_decode not in ("envelope", "gap"):
             raise ValueError(f"lost_decode must be 'envelope' or 'gap', got {self.lost_decode!r}")
         if self.admission not in ("off", "demote", "demote-longest"):

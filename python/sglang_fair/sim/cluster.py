@@ -89,5 +89,6 @@ def simulate_cluster(trace, policy_factory: Callable[[], object], cost: CostMode
         router.dispatched(k, req)
         i += 1
     return SimResult([r.record() for r in reqs], max(r.now for r in reps), sum(r.iterations for r in reps),
-                     sum(r.busy_s for r in reps), aborted, sum(r.preemptions for r in reqs))
+                     sum(r.busy_s for r in reps), aborted, sum(r.preemptions for r in reqs),
+                     sum(r.dropped_prefill_tokens for r in reps))
 

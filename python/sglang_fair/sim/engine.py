@@ -3,7 +3,8 @@
 Per iteration the replica builds a frozen Snapshot (now = the simulated clock), asks the policy for a Plan, validates
 it (unknown rid, bad chunk, KV overflow -> ValueError), applies preemptions (the victim loses its KV and later
 re-prefills its prompt plus the outputs it had, i.e. recompute), and runs the batch for the cost model's predicted
-time of exactly that batch, times optional seeded log-normal noise.
+time of exactly that batch, times optional seeded log-normal noise. A plan's prefill runs as SGLang forms it
+(`EngineConfig.one_partial_prefill`, core/prefill_shape.py): one partially prefilled request at a time, as live.
 
 KV accounting follows the snapshot: a resident request holds its view's `context_tokens` (prefilled + outputs), and a
 plan is checked with the arithmetic a policy can do from the snapshot alone: kv_used - context of the preempted +
@@ -28,6 +29,7 @@ from ..core.cost_model import CostModel
 from ..core.fit import OnlineCostFitter
 from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
+from ..core.prefill_shape import realised_chunks
 from ..core.types import Plan, ReqView, Snapshot, fast_view  # noqa: F401  (fast_view: re-exported)
 from ..core.metrics import RequestTimes
 from ..policies.admission import policy_arrival_verdict
@@ -68,6 +70,10 @@ class EngineConfig:
     """Plan as the live adapter does with its online fit (core/fit.py OnlineCostFitter, the prior being the planning
     cost model): every iteration's true time refines the planner's model (the headroom then scales the fit). Only
     where the planner's model is not exact (as `cost_headroom`); `sim --online-fit`."""
+    one_partial_prefill: bool = True
+    """Run each plan's prefill as SGLang forms it (core/prefill_shape.py): one partially prefilled request at a time,
+    continued first, at most one request cut per step; a planned cut SGLang cannot run is dropped for the step
+    (counted in `dropped_prefill_tokens`), as it is live. False: every planned chunk runs as written."""
     max_new_tokens: int | None = None
     """The `max_new_tokens` the policies see for every request, as a client's bound (a request still ends at its own
     output length; a bound below it is raised to it). None: each request's own output length, as a benchmark that
@@ -143,6 +149,7 @@ class Replica:
         self.busy_s = 0.0
         self.late_first_tokens = 0
         self.rejected = 0
+        self.dropped_prefill_tokens = 0
         self._recent: deque[float] = deque(maxlen=config.recent_window)
         self._idle_steps = 0
         self._zero_steps = 0
@@ -206,7 +213,7 @@ class Replica:
         recent = sum(self._recent) / len(self._recent) if self._recent else 0.0
         return Snapshot(self.now, tuple(self._run_views.values()), tuple(self._pf_views.values()),
                         self._waiting_view(), self.config.kv_capacity_tokens, self.kv_used, self._plan_cost,
-                        recent)
+                        recent, one_partial_prefill=self.config.one_partial_prefill)
 
     # ---- one iteration ------------------------------------------------------------------------------------------
     def _noise_factor(self) -> float:
@@ -232,11 +239,29 @@ class Replica:
             raise ValueError(f"{name}: {problem}")
         freed = sum(r.prefilled + r.outputs for r in map(self._resident, plan.preempt))
         targets = [(self._pending(rid), int(chunk)) for rid, chunk in plan.prefill]
+        if self.config.one_partial_prefill and targets:
+            targets = self._as_sglang_forms(targets, plan.preempt, self.kv_used - freed + len(plan.decode))
         grow = sum(c for _, c in targets) + len(plan.decode)
         if self.kv_used - freed + grow > self.config.kv_capacity_tokens:
             raise ValueError(f"{name}: plan overflows KV: used {self.kv_used} - freed {freed} + {grow} > "
                              f"capacity {self.config.kv_capacity_tokens}")
         return targets
+
+    def _as_sglang_forms(self, targets: list, preempt, kv_after: int) -> list:
+        """`targets` as SGLang runs them (`EngineConfig.one_partial_prefill`); `kv_after`: KV in use once the step's
+        preemptions and decodes are counted (a left-out chunked request's page needs room)."""
+        gone = set(preempt)
+        chunked = next((r for rid, r in self.prefilling.items() if rid not in gone), None)
+        chunks = [(c, r.prefill_len - r.prefilled) for r, c in targets]
+        at = None if chunked is None else next((i for i, (r, _) in enumerate(targets) if r is chunked), -1)
+        got, left_out = realised_chunks(chunks, at)
+        out = [(r, g) for (r, _), g in zip(targets, got) if g > 0]
+        room = self.config.kv_capacity_tokens - kv_after - sum(g for _, g in out)
+        left_out = min(left_out, room, chunked.prefill_len - chunked.prefilled) if left_out else 0
+        if left_out > 0:
+            out.insert(0, (chunked, left_out))
+        self.dropped_prefill_tokens += max(0, sum(c for _, c in targets) - sum(g for _, g in out))
+        return out
 
     def _resident(self, rid: str) -> SimRequest:
         return self.running.get(rid) or self.prefilling[rid]
@@ -406,6 +431,8 @@ class SimResult:
     """Sum of iteration times (over replicas)."""
     aborted: bool
     preemptions: int
+    dropped_prefill_tokens: int = 0
+    """Planned prompt tokens SGLang would not have run (`EngineConfig.one_partial_prefill`), over replicas."""
 
     def summary(self):
         from ..core.metrics import summarize
@@ -444,4 +471,4 @@ def simulate(trace, policy, cost: CostModel, config: EngineConfig = EngineConfig
             aborted = True
             break
     return SimResult([r.record() for r in reqs], rep.now, rep.iterations, rep.busy_s, aborted,
-                     sum(r.preemptions for r in reqs))
+                     sum(r.preemptions for r in reqs), rep.dropped_prefill_tokens)
