@@ -1,4 +1,4 @@
-"""engine/deferral.chunked_plan: what SGLang is handed when it has a chunked request (it continues that request first
+"""core/prefill_shape.chunked_plan: what SGLang is handed when it has a chunked request (it continues that request first
 with the whole token budget unless limited, and holds one partial prefill), and the KV a capped chunked request
 keeps reserved (deferral._adder_reserving)."""
 
@@ -8,7 +8,8 @@ import types
 
 from sglang.srt.managers.schedule_policy import CLIP_MAX_NEW_TOKENS
 
-from sglang_fair.engine.deferral import _adder_reserving, chunked_plan
+from sglang_fair.core.prefill_shape import chunked_plan
+from sglang_fair.engine.deferral import _adder_reserving
 
 
 def test_without_a_chunked_request_every_item_is_handed_over_unlimited():

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from factories import make_req, make_snapshot, make_trace
-from sglang_fair.core.cost_model import CostModel
+from factories import COST, make_req, make_snapshot, make_trace
 from sglang_fair.core.prefill_shape import realised_chunks
 from sglang_fair.core.types import Plan
 from sglang_fair.policies.registry import make_policy
 from sglang_fair.sim.engine import EngineConfig, simulate
-
-COST = CostModel(base_s=0.005, per_prefill_token_s=1e-4, per_decode_req_s=2e-4)
 
 
 def test_without_a_chunked_request_sglang_fills_in_plan_order_and_stops_after_its_one_cut():

@@ -22,6 +22,7 @@ from ..core import trace
 from ..core.cost_model import CostModel
 from ..core.headroom import Headroom
 from ..core.plan_check import plan_problem
+from ..core.prefill_shape import chunked_plan
 from ..core.presets import load_cost_model
 from ..core.types import Plan, Snapshot
 from ..policies import Policy
@@ -84,7 +85,7 @@ class PolicyAdapter:
         self.plan_deferred_rows = 0
         self.reordered = 0
         self.chunk_limited = 0
-        """Steps whose plan left SGLang's chunked request partial: it got its planned chunk (deferral.chunked_plan)."""
+        """Steps whose plan left SGLang's chunked request partial: it got its planned chunk (`chunked_plan`)."""
         self.cuts_dropped = 0
         """Planned cuts of a second request dropped because the chunked request stayed partial."""
         self.preempt_left_to_sglang = 0
@@ -240,7 +241,7 @@ class PolicyAdapter:
 
     def _resolve_prefill(self, sched, plan: Plan, snap: Snapshot) -> tuple[list, int, int | None]:
         """(the Reqs to hand SGLang in plan order, their token budget, the limit of SGLang's chunked request):
-        SGLang continues its chunked request first and cuts one request per step (deferral.chunked_plan)."""
+        SGLang continues its chunked request first and cuts one request per step (core/prefill_shape.chunked_plan)."""
         chunked = sched.chunked_req
         reqs = [chunked if chunked is not None and rid == chunked.rid else self.builder.waiting.req(rid)
                 for rid, _ in plan.prefill]
@@ -252,7 +253,7 @@ class PolicyAdapter:
         if partial_early or chunked_not_first:
             self.reordered += 1
         at = None if chunked is None else next((i for i, r in enumerate(reqs) if r is chunked), -1)
-        limit, keep = deferral.chunked_plan(chunks, at, int(getattr(sched, "page_size", 1) or 1))
+        limit, keep = chunked_plan(chunks, at, int(getattr(sched, "page_size", 1) or 1))
         if limit is None:
             return reqs, plan.prefill_tokens, None
         self.chunk_limited += 1

@@ -32,8 +32,8 @@ step's tokens and the planned on-time requests not at all (EMULATED soak, thirty
 prefill steps after an overload ran fewer requests than planned). So when the plan leaves the chunked request
 partial, SGLang's own per-step cap on it (`PrefillAdder.chunked_req_limit`, which SchedulePolicy's
 `shortest_prefill_chunk_limit` sets) is set to its planned chunk through our hook on that method, and a planned cut
-of another request is dropped for the step, since SGLang holds one partial prefill (`chunked_plan`; counted as
-`chunk_limited_steps` and `cuts_dropped`). In such a step the rest of the capped request stays reserved in the
+of another request is dropped for the step, since SGLang holds one partial prefill (`core/prefill_shape.py`; counted
+as `chunk_limited_steps` and `cuts_dropped`). In such a step the rest of the capped request stays reserved in the
 adder's KV budget (`_hold_chunked_rest`): its later chunks allocate unchecked, as stock relies on.
 """
 
@@ -46,7 +46,6 @@ import functools
 import weakref
 from typing import Callable, Iterable
 
-from ..core.prefill_shape import chunked_plan  # noqa: F401  (the adapter's name for it)
 from .sglang_view import grammar_queue_hidden
 
 ORDER_ATTR = "_sglang_fair_order"

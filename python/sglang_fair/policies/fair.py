@@ -154,7 +154,7 @@ class FairPolicy:
             in_lane = frozenset([r.rid for r in aged.partials])
             if in_lane:
                 prefilling = tuple([r for r in prefilling if r.rid not in in_lane])
-            # one partial prefill: the slot alternates; an on-time request held it, so the lane starts the next cut
+            # one partial prefill, partial_slot alternate: an on-time request held it, so the lane starts the next cut
             lane_turn = snap.one_partial_prefill and bool(prefilling) and p.partial_slot == "alternate"
 
         # ---- 1. budget and urgency ----------------------------------------------------------------------------------
