@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from factories import COST, make_req, make_snapshot, make_trace
+from factories import COST, make_req, make_running_with_slack, make_snapshot, make_trace
 
 from sglang_fair.core.metrics import ttft_s
 from sglang_fair.policies import make_policy
@@ -198,3 +198,43 @@ def test_the_lazy_lane_is_the_sorted_lane(seed):
     assert list(lane) == expected  # iterable again (the plan's second pass reads it anew)
     tail = waiting[n:n + 2]
     assert list(lane.then(tail)) == expected + [(r, True) for r in tail]
+
+
+def test_a_step_the_urgent_decodes_overrun_still_gives_the_aged_lane_its_share():
+    """40 decodes at a 5 ms TPOT SLO: their step costs 5 + 40 x 0.2 = 13 ms, over every budget their envelopes allow
+    (none is behind, so none is past saving), so each plan is decode-only, as on a device slower than the decodes'
+    SLO (or with a fit trained on a contended host's forwards). The aged requests still get `aged_share` of the step
+    (the decodes' 13 ms x share / (1 - share)), at least the smallest chunk; on-time prompts wait."""
+    running = [make_running_with_slack(f"d{i}", 0.006, now=NOW, tpot_slo_s=0.005) for i in range(40)]
+    snap = make_snapshot(now=NOW, running=running, waiting=[old(), fresh()])
+    step_s = COST.base_s + 40 * COST.per_decode_req_s
+    for share, tokens in ((0.1, 16), (0.5, 130)):  # 1.44 ms buys 14 tokens: the 16-token floor; 13 ms buys 130
+        plan = plan_of(share, snap)
+        assert set(plan.decode) == {r.rid for r in running}
+        assert plan.budget_s < step_s
+        assert tokens == max(16, math.floor(step_s * share / (1 - share) / COST.per_prefill_token_s + 1e-9))
+        assert plan.prefill == (("old", tokens),) and plan.aged == ("old",)
+        assert plan.predicted_s == pytest.approx(step_s + tokens * COST.per_prefill_token_s)
+    # no share, or no aged request: decode-only, as before
+    assert plan_of(0.0, snap).prefill == ()
+    assert plan_of(0.1, make_snapshot(now=NOW, running=running, waiting=[fresh()])).prefill == ()
+    # where no lanes are formed (admission off; or nothing waiting but an aged partial prefill), the aged requests
+    # are found for the step all the same
+    assert make_policy("fair", admission="off").plan(snap).prefill == (("old", 16),)
+    alone = make_snapshot(now=NOW, running=running, prefilling=[old(prefilled=1000)])
+    assert plan_of(0.5, alone).prefill == (("old", 130),)
+    young = dataclasses.replace(fresh(), prefilled_tokens=10)
+    assert plan_of(0.1, make_snapshot(now=NOW, running=running, prefilling=[young])).prefill == ()
+
+
+def test_on_a_device_slower_than_the_decodes_slo_prompts_still_get_served():
+    """Closed loop (simulator): 30 long decodes whose step (5 + 30 x 5 ms) is over their 100 ms TPOT SLO, and 40
+    short prompts arriving behind them. Every plan is decode-only; without the aged lane's share in those steps
+    (`aged_share=0`) the prompts wait for the decodes to end, about a minute."""
+    slow = dataclasses.replace(COST, per_decode_req_s=25 * COST.per_decode_req_s)
+    trace = make_trace([(0.0, 200, 600)] * 30 + [(1.0 + 0.1 * i, 300, 20) for i in range(40)])
+    config = EngineConfig(ttft_slo_ms=500.0, tpot_slo_ms=100.0, cost_headroom=False)
+    longest = {share: max(map(ttft_s, simulate(trace, make_policy("fair", aged_share=share), slow, config).records))
+               for share in (0.1, 0.0)}
+    assert longest[0.0] > 50.0
+    assert longest[0.1] < 0.25 * longest[0.0]

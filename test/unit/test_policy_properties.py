@@ -143,12 +143,14 @@ def fair_slacks(snap: Snapshot, p: FairParams, lost_to_gap: bool = False) -> dic
 
 
 def fair_lost_to_gap(snap: Snapshot, p: FairParams) -> bool:
-    """Whether fair planned its second pass: the plan by the envelopes carries no prefill while prompts wait and KV
-    has room beyond one token per decode, and some decode is past saving (with the gap bound on)."""
+    """Whether fair planned its second pass: the plan by the envelopes carries no prefill (or is over budget: a
+    decode-only step with the aged lane's share) while prompts wait and KV has room beyond one token per decode, and
+    some decode is past saving (with the gap bound on)."""
     if (p.lost_decode != "gap" or not snap.running or not (snap.waiting or snap.prefilling)
-            or snap.kv_free_tokens <= len(snap.running)):
+            or snap.kv_free_tokens <= len(snap.running) or p.max_token_gap_tpot == math.inf):
         return False
-    if p.max_token_gap_tpot == math.inf or FairPolicy(replace(p, lost_decode="envelope")).plan(snap).prefill:
+    first = FairPolicy(replace(p, lost_decode="envelope")).plan(snap)
+    if first.prefill and first.predicted_s <= first.budget_s * (1 + 1e-9):
         return False
     return bool(past_saving(snap, p))
 
@@ -216,8 +218,10 @@ def test_fair_budget_urgency_and_decode_only(snap, gap, anchor, recover, gap_cap
             assert slack[rid] - plan.budget_s >= min(q.tpot_slo_s * keep for q in snap.running) - tol
             if gap_caps:
                 assert gap_s[rid] - plan.budget_s >= r.tpot_slo_s * keep - tol
-    if plan.predicted_s > plan.budget_s + tol:
-        assert plan.prefill == (), "over budget with prefill in the plan"
+    if plan.predicted_s > plan.budget_s + tol:  # decode-only, but for the aged lane's share (`aged_share`), which
+        # may go to the one partial prefill where the lane's head cannot be cut beside it
+        assert not plan.prefill or plan.aged, "over budget with prefill in the plan and no aged lane"
+        assert {rid for rid, _ in plan.prefill} <= set(plan.aged) | {r.rid for r in snap.prefilling}
         urgent_only = snap.cost.predict((), [r.context_tokens for r in snap.running if r.rid in set(plan.decode)])
         assert urgent_only > plan.budget_s
 

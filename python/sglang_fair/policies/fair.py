@@ -13,7 +13,9 @@ Per iteration:
 2. Urgent decodes: slack < budget + min tpot_slo, or less than budget + its tpot_slo left before its token gap
    would pass `max_token_gap_tpot` x tpot_slo (those gap deadlines also cap the budget in step 1). They always run
    (preempting, when KV is short, partial prefills and then the running requests with the most slack). If they
-   alone exceed the budget the plan is decode-only.
+   alone exceed the budget the plan is decode-only; where they alone take longer than a TPOT (a device slower than
+   their SLO) the aged requests (below) still get `aged_share` of the step (at least the smallest chunk), so prompts
+   do not wait for as long as the decodes stay over budget.
 3. Prefills (partial and waiting) earliest TTFT deadline first while time and KV remain; the last chunk is sized with
    `CostModel.max_chunk` for the time left. A waiting request is admitted only if its whole prompt (plus its output
    reservation) fits; the first that does not fit stops admission, so a large prompt is never overtaken for ever.
@@ -47,13 +49,15 @@ from itertools import chain
 from typing import NamedTuple
 
 from ..core.types import Plan, ReqView, Snapshot
-from .admission import AgedLane, admission_lanes, admission_split, prefill_share
+from .admission import AgedLane, admission_lanes, admission_split, aged_head, prefill_share
 from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf, make_plan, merge_edf,
                      outstanding_reserve_tokens, output_reserve_tokens, predicted_s, preempt_until)
 from .fair_params import FairParams
 from .registry import register_policy
 
 __all__ = ["FairParams", "FairPolicy"]
+
+_DECODE_ONLY = "fair decode-only: urgent decodes exceed budget"
 
 
 class _DecodeRows(NamedTuple):
@@ -96,14 +100,16 @@ class FairPolicy:
 
     def _plan(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
               aged: AgedLane | None = None) -> Plan:
-        """`_plan_once`; where that plan carries no prefill while prefill work waits and KV has room for more than
+        """`_plan_once`; where that plan carries no prefill (or only the aged lane's share of a decode-only step)
+        while prefill work waits and KV has room for more than
         the decodes' next tokens, planned again with each decode past saving (`_past_saving`) judged by its token-gap
         deadline (`lost_decode="gap"`), when there is one; where the gap bound itself is shorter than a step that
         carries them and the smallest prefill chunk (`_chunk_step_s`), by that step instead (the prompt would otherwise
         still wait for the decode to end)."""
         rows = self._decode_rows(snap, decode_all_s) if snap.running else None
         plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, rows)
-        if (not plan.prefill and rows and self.params.lost_decode == "gap" and (snap.waiting or snap.prefilling)
+        if ((not plan.prefill or plan.note.startswith(_DECODE_ONLY)) and rows and self.params.lost_decode == "gap"
+                and (snap.waiting or snap.prefilling)
                 and self.params.max_token_gap_tpot < math.inf and snap.kv_free_tokens > len(snap.running)):
             lost = self._past_saving(snap.running, rows.tpots, rows.slacks, rows.floor_s)
             if lost:
@@ -222,8 +228,23 @@ class FairPolicy:
         gone = frozenset(preempt)
         t = cost.base_s + decode_time_s(cost, urgent)
         if urgent and t > budget:
-            return make_plan(cost, [], urgent, preempt, budget, predicted=t,
-                             note="fair decode-only: urgent decodes exceed budget")
+            prefill = []
+            # the urgent decodes alone take longer than a TPOT: the device (or the cost model) is slower than their
+            # SLO, and they stay over budget for as long as they run; the aged requests keep their share of the step
+            # (`aged_share`: the decodes' time x share / (1 - share), at most `max_budget_ms`; at least the smallest
+            # chunk), so no prompt waits for all of them to end. Over a budget that recovery or slack cut below a
+            # TPOT, the step stays decode-only (it ends sooner).
+            slow = t > tpot_min and p.aged_share > 0 and snap.mixing_allowed
+            if slow and aged is None:
+                aged = self._aged_now(snap, gone)  # no lanes were formed (no waiting request, or admission off)
+            if slow and aged and free - len(urgent) - n_lazy > 0:
+                mix_s, order = cost.mixed_s(len(urgent)), iter(aged)
+                lane_s = hi if p.aged_share >= 1.0 else min(hi, t * p.aged_share / (1.0 - p.aged_share))
+                prefill, t, _ = self._fill(snap, next(order, None), order, t + mix_s + lane_s, t,
+                                           free - len(urgent) - n_lazy, gone, floor=True, strict=False, mix_s=mix_s)
+            plan = make_plan(cost, prefill, urgent, preempt, budget, predicted=t,
+                             note=_DECODE_ONLY + (" (the aged lane's share)" if prefill else ""))
+            return replace(plan, aged=aged.rids()) if aged else plan
         kv_left = free - len(urgent) - n_lazy  # one token kept per non-urgent decode, so deferring never forces preemption
         if prefills is None and kv_left > 0 and budget > t:
             prefills = self._prefill_order(snap, cost.max_chunk(budget - t), kv_left, waiting, demoted,
@@ -399,6 +420,17 @@ class FairPolicy:
         if open_partials is not None and prefill and prefill[-1][1] < prefill[-1][0].remaining_prompt_tokens:
             t, kv_left = self._extend_last(snap, prefill, budget, t, kv_left)  # time nothing else could take
         return prefill, t, kv_left
+
+    def _aged_now(self, snap: Snapshot, gone: frozenset) -> AgedLane | None:
+        """The aged requests where `plan` formed no lanes (admission off, or only partial prefills queued): the
+        partial prefills and the head of the waiting queue that have waited more than `demote_max_wait_ttft` TTFT
+        SLOs, as `admission.admission_lanes` finds them; None when there are none."""
+        bound, now = self.params.demote_max_wait_ttft, snap.now
+        if bound == math.inf:
+            return None
+        partials = [r for r in snap.prefilling if now - r.arrival_s > bound * r.ttft_slo_s and r.rid not in gone]
+        n = aged_head(snap.waiting, now, bound)
+        return AgedLane(partials, snap.waiting[:n]) if partials or n else None
 
     @staticmethod
     def _extend_last(snap: Snapshot, prefill: list, limit: float, t: float, kv_left: int) -> tuple[float, int]:

@@ -84,6 +84,11 @@ class FairParams:
     while on-time prefill waits; the on-time requests keep the rest, and any time they leave goes to the aged and then
     to the demoted. So an aged request makes progress every iteration (at least this share of the prefill time when
     it heads the aged) without making on-time requests late; the admission walk judges on-time work knowing it.
+    A step that the urgent decodes alone overrun (decode-only otherwise) still gives the aged requests this share of
+    the step (the decodes' time x share / (1 - share), at most `max_budget_ms`; at least the smallest chunk; where
+    the engine mixes), also where no lane was formed (admission off, or only partial prefills queued), so prompts are
+    not held for as long as the decodes stay over budget (seen live on a contended host: minutes, with 1000 waiting;
+    simulated on a device slower than the decodes' SLO: about a minute; docs/results.md).
     1: aged requests go first with the whole iteration, EDF (their deadline is long past; the default before the
     seventeenth session, which under sustained overload made on-time requests late in turn); 0: they wait behind
     every on-time request, as with no ageing bound. 0.1 raised simulated 90%-attainment capacity in all 24 cells
