@@ -69,6 +69,7 @@ class _DecodeRows(NamedTuple):
     floor_s: float  # progress floor: one decode of the most urgent request
     gap_slacks: list[float] | None  # time left before each token gap passes its bound; None: no gap guard
     recover_s: float  # `recover_tpot`'s cap on the budget (inf: no decode behind its envelope can be won back)
+    lost: list[int]  # indices of the decodes past saving (`FairPolicy._landings`)
 
 
 @register_policy("fair")
@@ -102,7 +103,7 @@ class FairPolicy:
               aged: AgedLane | None = None) -> Plan:
         """`_plan_once`; where that plan carries no prefill (or only the aged lane's share of a decode-only step)
         while prefill work waits and KV has room for more than
-        the decodes' next tokens, planned again with each decode past saving (`_past_saving`) judged by its token-gap
+        the decodes' next tokens, planned again with each decode past saving (`_landings`) judged by its token-gap
         deadline (`lost_decode="gap"`), when there is one; where the gap bound itself is shorter than a step that
         carries them and the smallest prefill chunk (`_chunk_step_s`), by that step instead (the prompt would otherwise
         still wait for the decode to end)."""
@@ -111,7 +112,7 @@ class FairPolicy:
         if ((not plan.prefill or plan.note.startswith(_DECODE_ONLY)) and rows and self.params.lost_decode == "gap"
                 and (snap.waiting or snap.prefilling)
                 and self.params.max_token_gap_tpot < math.inf and snap.kv_free_tokens > len(snap.running)):
-            lost = self._past_saving(snap.running, rows.tpots, rows.slacks, rows.floor_s)
+            lost = rows.lost
             if lost:
                 plan = self._plan_once(snap, waiting, demoted, edf_head, decode_all_s, aged, rows, lost=lost,
                                        lost_floor_s=self._chunk_step_s(snap, lost))
@@ -133,10 +134,12 @@ class FairPolicy:
         tpot_min = min(tpots)
         # progress floor: one decode of the most urgent request always fits
         floor_s = cost.base_s + cost.decode_s(running[slacks.index(min_slack)].context_tokens)
-        recover_s = self._recovery_budget(running, tpots, slacks, floor_s, math.inf) \
+        landings = self._landings(running, tpots, slacks) if min_slack < max(tpots) else []
+        recover_s = min([x for _, x in landings if x >= floor_s], default=math.inf) \
             if p.recover_tpot and min_slack < tpot_min else math.inf
         return _DecodeRows(slacks, tpots, tpot_min, min_slack, floor_s,
-                           self._gap_slacks(running, tpots, tpot_min, now), recover_s)
+                           self._gap_slacks(running, tpots, tpot_min, now), recover_s,
+                           [i for i, x in landings if x < floor_s])
 
     def _plan_once(self, snap: Snapshot, waiting, demoted, edf_head=(), decode_all_s: float | None = None,
                    aged: AgedLane | None = None, rows: _DecodeRows | None = None, *, lost: list[int] | None = None,
@@ -446,14 +449,6 @@ class FairPolicy:
         prefill[-1] = (r, c + extra)
         return t, kv_left - extra
 
-    @staticmethod
-    def _past_saving(running, tpots: list[float], slacks: list[float], floor_s: float) -> list[int]:
-        """Indices of the decodes past saving: behind their envelope, and no iteration length from the progress floor
-        `floor_s` up lands their last token on time (landing length below it: the rows `_recovery_budget` leaves
-        out)."""
-        return [i for i, (r, tp, s) in enumerate(zip(running, tpots, slacks))
-                if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1 and tp + (s - tp) / m < floor_s]
-
     def _chunk_step_s(self, snap: Snapshot, lost: list[int]) -> float:
         """Cost of a step that decodes the running requests at `lost` and prefills the smallest chunk
         (`min_prefill_chunk_tokens` after the longest partial prefill's prefix): the least a plan that serves a
@@ -463,16 +458,14 @@ class FairPolicy:
                            [snap.running[i] for i in lost]) + 1e-9  # 1 ns: float rounding
 
     @staticmethod
-    def _recovery_budget(running, tpots: list[float], slacks: list[float], floor_s: float, budget_s: float) -> float:
-        """`recover_tpot`: the budget capped, for each decode behind its envelope (slack s below its envelope's tpot tp,
-        `tpots`; m >= 1 tokens left), at the landing length `tp + (s - tp) / m`: the uniform iteration length that
-        lands its last token by first_token + (outputs - 1) x tp. Rows whose landing length is below the progress
-        floor `floor_s` are past saving (`_past_saving`) and ignored."""
-        for r, tp, s in zip(running, tpots, slacks):
-            if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1 and floor_s <= (length := tp + (s - tp) / m) \
-                    < budget_s:
-                budget_s = length
-        return budget_s
+    def _landings(running, tpots: list[float], slacks: list[float]) -> list[tuple[int, float]]:
+        """(index, landing length) of each decode behind its envelope (slack s below its envelope's tpot tp, `tpots`;
+        m >= 1 tokens left): `tp + (s - tp) / m`, the uniform iteration length that lands its last token by
+        first_token + (outputs - 1) x tp. `recover_tpot` caps the budget at the smallest landing length from the
+        progress floor up; a decode whose landing length is below the floor is past saving (no iteration length
+        lands it on time; `lost_decode`)."""
+        return [(i, tp + (s - tp) / m) for i, (r, tp, s) in enumerate(zip(running, tpots, slacks))
+                if s < tp and (m := r.max_new_tokens - r.output_tokens) >= 1]
 
     def _gap_slacks(self, running, tpots: list[float], tpot_min: float, now: float) -> list[float] | None:
         """Time each running decode has left before its gap since its last token passes `max_token_gap_tpot` x its
