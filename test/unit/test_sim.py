@@ -41,6 +41,18 @@ def test_two_request_timeline_per_policy(spec):
     assert res.iterations == 3 and not res.aborted and res.preemptions == 0
 
 
+def test_batches_split_the_same_work_by_kind():
+    """`SimResult.batches` on the hand-computed timeline above: one prefill-only, one mixed and one decode-only
+    iteration, whose times and work add up to the run's."""
+    res = simulate(TWO, make_policy("sarathi", token_budget=512), COST, CFG)
+    assert res.batches == {
+        "decode": {"iterations": 1, "busy_s": pytest.approx(B + 2 * D), "prefill_tokens": 0, "decode_rows": 2},
+        "mixed": {"iterations": 1, "busy_s": pytest.approx(B + D + 50 * P), "prefill_tokens": 50, "decode_rows": 1},
+        "prefill": {"iterations": 1, "busy_s": pytest.approx(B + 100 * P), "prefill_tokens": 100, "decode_rows": 0}}
+    assert sum(k["busy_s"] for k in res.batches.values()) == pytest.approx(res.busy_s)
+    assert sum(k["iterations"] for k in res.batches.values()) == res.iterations
+
+
 def test_sarathi_small_budget_chunks_the_prompt():
     # budget 64: [0, t1) A chunk 64; [t1, t2) A's last 36 + B's first 28; [t2, t3) decode A + B's last 22
     # (A token 2, B token 1); [t3, t4) decode A, B.

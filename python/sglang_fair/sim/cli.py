@@ -271,8 +271,8 @@ def cmd_sim(args) -> int:
     gpus = 2 if args.policy.startswith("windserve") else args.replicas
     bound = stability_bound_scale(trace, cost, args.tpot_slo_ms / 1000.0, gpus)
     out = {**_header(args, trace), "policy": args.policy, "rate_scale": args.rate_scale, **s.to_dict(),
-           "iterations": res.iterations, "sim_s": res.sim_s, "preemptions": res.preemptions,
-           "demoted": sum(r.demoted for r in res.records),
+           "iterations": res.iterations, "sim_s": res.sim_s, "busy_s": res.busy_s, "batches": res.batches,
+           "preemptions": res.preemptions, "demoted": sum(r.demoted for r in res.records),
            "bound_scale": bound}
     if args.token_gaps:
         out["token_gaps"] = token_gap_figures(res.records)

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..core.checks import check_int_at_least, check_non_negative, check_positive
 from ..core.cost_model import CostModel
-from .engine import EngineConfig, IterationTime, Replica, SimResult, make_requests
+from .engine import EngineConfig, IterationTime, Replica, SimResult, batch_kinds, make_requests
 from .routers import ROUTERS, make_router
 
 
@@ -90,5 +90,5 @@ def simulate_cluster(trace, policy_factory: Callable[[], object], cost: CostMode
         i += 1
     return SimResult([r.record() for r in reqs], max(r.now for r in reps), sum(r.iterations for r in reps),
                      sum(r.busy_s for r in reps), aborted, sum(r.preemptions for r in reqs),
-                     sum(r.dropped_prefill_tokens for r in reps))
+                     sum(r.dropped_prefill_tokens for r in reps), batch_kinds(reps))
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -147,6 +147,7 @@ class Replica:
         self.finished: list[SimRequest] = []
         self.iterations = 0
         self.busy_s = 0.0
+        self.batches: dict[str, list] = {}  # `SimResult.batches`, as lists [iterations, busy_s, prompt tokens, rows]
         self.late_first_tokens = 0
         self.rejected = 0
         self.dropped_prefill_tokens = 0
@@ -319,6 +320,12 @@ class Replica:
         self.now = end
         self.iterations += 1
         self.busy_s += t
+        kind = self.batches.setdefault("mixed" if targets and plan.decode else "prefill" if targets else "decode",
+                                       [0, 0.0, 0, 0])
+        kind[0] += 1
+        kind[1] += t
+        kind[2] += sum([c for _, c in targets])
+        kind[3] += len(plan.decode)
         self._recent.append(t)
         return t
 
@@ -433,6 +440,9 @@ class SimResult:
     preemptions: int
     dropped_prefill_tokens: int = 0
     """Planned prompt tokens SGLang would not have run (`EngineConfig.one_partial_prefill`), over replicas."""
+    batches: dict[str, dict] = field(default_factory=dict)
+    """Per kind of batch ("mixed", "prefill": no decode row, "decode": no prompt token), over replicas: iterations,
+    busy_s, prefill_tokens, decode_rows (where the device time of the same work goes)."""
 
     def summary(self):
         from ..core.metrics import summarize
@@ -471,4 +481,15 @@ def simulate(trace, policy, cost: CostModel, config: EngineConfig = EngineConfig
             aborted = True
             break
     return SimResult([r.record() for r in reqs], rep.now, rep.iterations, rep.busy_s, aborted,
-                     sum(r.preemptions for r in reqs), rep.dropped_prefill_tokens)
+                     sum(r.preemptions for r in reqs), rep.dropped_prefill_tokens, batch_kinds([rep]))
+
+
+def batch_kinds(reps) -> dict[str, dict]:
+    """`SimResult.batches` summed over replicas."""
+    out: dict[str, list] = {}
+    for rep in reps:
+        for kind, row in rep.batches.items():
+            acc = out.setdefault(kind, [0, 0.0, 0, 0])
+            for i, v in enumerate(row):
+                acc[i] += v
+    return {k: dict(zip(("iterations", "busy_s", "prefill_tokens", "decode_rows"), v)) for k, v in sorted(out.items())}
