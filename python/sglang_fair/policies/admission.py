@@ -208,6 +208,14 @@ def aged_head(waiting: Sequence[ReqView], now: float, aged_after_ttft: float) ->
     return n
 
 
+def aged_lane(snap: Snapshot, aged_after_ttft: float) -> AgedLane:
+    """The aged requests as an `AgedLane` (empty when none): the partial prefills, and the head of the waiting
+    queue (`aged_head`), that have waited more than `aged_after_ttft` of their TTFT SLOs."""
+    now = snap.now
+    partials = [r for r in snap.prefilling if now - r.arrival_s > aged_after_ttft * r.ttft_slo_s]
+    return AgedLane(partials, snap.waiting[:aged_head(snap.waiting, now, aged_after_ttft)])
+
+
 def admission_lanes(snap: Snapshot, longest: bool, aged_after_ttft: float, window: int, share: float | None,
                     aged_share: float) -> tuple[list[ReqView], Sequence[ReqView], list[ReqView], AgedLane]:
     """`admission_split` for `fair`'s `aged_share` < 1: the aged requests (the oldest waiting ones, while they have
@@ -217,12 +225,10 @@ def admission_lanes(snap: Snapshot, longest: bool, aged_after_ttft: float, windo
     requests' prefill seconds (the on-time requests get 1 - aged_share of the time until the aged are done, all of it
     after). Returns (on time, not judged, demoted, as admission_split; the aged lane, an `AgedLane`: empty when no
     request is aged)."""
-    now = snap.now
-    partials = [r for r in snap.prefilling if now - r.arrival_s > aged_after_ttft * r.ttft_slo_s]
-    n = aged_head(snap.waiting, now, aged_after_ttft)
-    if not partials and not n:
-        return (*admission_split(snap, longest, math.inf, window, share), AgedLane())
-    lane = AgedLane(partials, snap.waiting[:n])
+    lane = aged_lane(snap, aged_after_ttft)
+    if not lane:
+        return (*admission_split(snap, longest, math.inf, window, share), lane)
+    partials, n = lane.partials, len(lane.waiting)
     if n == len(snap.waiting):  # every waiting request is aged: nothing left for the walk to judge
         return [], (), [], lane
     if share is None:

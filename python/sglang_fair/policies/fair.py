@@ -49,7 +49,7 @@ from itertools import chain
 from typing import NamedTuple
 
 from ..core.types import Plan, ReqView, Snapshot
-from .admission import AgedLane, admission_lanes, admission_split, aged_head, prefill_share
+from .admission import AgedLane, admission_lanes, admission_split, aged_lane, prefill_share
 from .common import (admission_tokens, decode_time_s, edf_key, lazy_edf, make_plan, merge_edf,
                      outstanding_reserve_tokens, output_reserve_tokens, predicted_s, preempt_until)
 from .fair_params import FairParams
@@ -238,8 +238,9 @@ class FairPolicy:
             # chunk), so no prompt waits for all of them to end. Over a budget that recovery or slack cut below a
             # TPOT, the step stays decode-only (it ends sooner).
             slow = t > tpot_min and p.aged_share > 0 and snap.mixing_allowed
-            if slow and aged is None:
-                aged = self._aged_now(snap, gone)  # no lanes were formed (no waiting request, or admission off)
+            if slow and aged is None and p.demote_max_wait_ttft < math.inf:  # no lanes were formed (no waiting
+                # request, or admission off): the aged requests as the lanes find them (a preempted one is skipped)
+                aged = aged_lane(snap, p.demote_max_wait_ttft) or None
             if slow and aged and free - len(urgent) - n_lazy > 0:
                 mix_s, order = cost.mixed_s(len(urgent)), iter(aged)
                 lane_s = hi if p.aged_share >= 1.0 else min(hi, t * p.aged_share / (1.0 - p.aged_share))
@@ -423,17 +424,6 @@ class FairPolicy:
         if open_partials is not None and prefill and prefill[-1][1] < prefill[-1][0].remaining_prompt_tokens:
             t, kv_left = self._extend_last(snap, prefill, budget, t, kv_left)  # time nothing else could take
         return prefill, t, kv_left
-
-    def _aged_now(self, snap: Snapshot, gone: frozenset) -> AgedLane | None:
-        """The aged requests where `plan` formed no lanes (admission off, or only partial prefills queued): the
-        partial prefills and the head of the waiting queue that have waited more than `demote_max_wait_ttft` TTFT
-        SLOs, as `admission.admission_lanes` finds them; None when there are none."""
-        bound, now = self.params.demote_max_wait_ttft, snap.now
-        if bound == math.inf:
-            return None
-        partials = [r for r in snap.prefilling if now - r.arrival_s > bound * r.ttft_slo_s and r.rid not in gone]
-        n = aged_head(snap.waiting, now, bound)
-        return AgedLane(partials, snap.waiting[:n]) if partials or n else None
 
     @staticmethod
     def _extend_last(snap: Snapshot, prefill: list, limit: float, t: float, kv_left: int) -> tuple[float, int]:
