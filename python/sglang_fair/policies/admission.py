@@ -286,7 +286,8 @@ def _split(snap: Snapshot, share: float, waiting, longest: bool, aged_after_ttft
     if from_queue is None:
         from_queue = [True] * len(reqs)
     # poppable: a waiting request not aged (partial prefills and aged requests are never demoted)
-    poppable = [w and not now - r.arrival_s > aged_after_ttft * r.ttft_slo_s for r, w in zip(reqs, from_queue)]
+    poppable = from_queue if aged_after_ttft == math.inf else \
+        [w and not now - r.arrival_s > aged_after_ttft * r.ttft_slo_s for r, w in zip(reqs, from_queue)]
     on_time: list[int] = []  # positions in `reqs` (EDF order)
     demoted: list[int] = []
     # (-prefill seconds, -index in on_time): the longest kept request on top, the latest of equally long ones

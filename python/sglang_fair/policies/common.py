@@ -175,8 +175,12 @@ def decode_time_s(cost: CostModel, reqs: Sequence[ReqView]) -> float:
     """Marginal time of decoding all of `reqs` (no base cost)."""
     if not reqs:
         return 0.0
-    ctx = sum([r.prefilled_tokens + r.output_tokens for r in reqs])
-    return cost.per_decode_req_s * len(reqs) + cost.per_context_token_s * ctx
+    return decode_rows_s(cost, len(reqs), sum([r.prefilled_tokens + r.output_tokens for r in reqs]))
+
+
+def decode_rows_s(cost: CostModel, rows: int, context_tokens: int) -> float:
+    """`decode_time_s` of `rows` decode rows reading `context_tokens` in all (the same float operations)."""
+    return cost.per_decode_req_s * rows + cost.per_context_token_s * context_tokens
 
 
 def predicted_s(cost: CostModel, prefill: Sequence[tuple[int, int]], decodes: Sequence[ReqView]) -> float:
