@@ -38,6 +38,8 @@ decodes leave, no per-iteration cost) is demoted to best effort: it goes after e
 (Moore-Hodgson: fewest late requests); `admission="off"` serves every request EDF, as the paper does. A request that
 has waited `demote_max_wait_ttft` TTFT SLOs is no longer demoted: it joins the aged lane, for which `aged_share` (0.1)
 of each iteration's prefill time is kept from on-time work (the lane fills after it, with that time and any left).
+`prefill_order="sjf"` serves the requests admission judged on time shortest prompt first instead of EDF (slai's
+order; more requests on time at overload, the long ones later: not the default).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import math
 from dataclasses import replace
 from heapq import nsmallest
 from itertools import chain, compress
+from operator import attrgetter
 from typing import NamedTuple
 
 from ..core.types import Plan, ReqView, Snapshot
@@ -58,6 +61,7 @@ from .registry import register_policy
 __all__ = ["FairParams", "FairPolicy"]
 
 _DECODE_ONLY = "fair decode-only: urgent decodes exceed budget"
+_REMAINING = attrgetter("remaining_prompt_tokens")
 
 
 class _DecodeRows(NamedTuple):
@@ -96,6 +100,10 @@ class FairPolicy:
             else:
                 on_time, unjudged, demoted = admission_split(snap, longest, p.demote_max_wait_ttft,
                                                              p.admission_window_reqs, share)
+            if p.prefill_order == "sjf" and on_time:  # shortest first (sorted is stable: ties stay in EDF order)
+                on_time = sorted(on_time, key=_REMAINING)
+                return replace(self._plan(snap, rows, unjudged, demoted, on_time, aged),
+                               demoted=tuple([r.rid for r in demoted]), aged=aged.rids() if aged else ())
             if demoted or aged:  # the judged on-time requests (EDF), then those beyond the judging window, then the demoted
                 plan = self._plan(snap, rows, unjudged, demoted, on_time, aged) if unjudged else \
                     self._plan(snap, rows, on_time, demoted, (), aged)
