@@ -38,6 +38,8 @@ decodes leave, no per-iteration cost) is demoted to best effort: it goes after e
 (Moore-Hodgson: fewest late requests); `admission="off"` serves every request EDF, as the paper does. A request that
 has waited `demote_max_wait_ttft` TTFT SLOs is no longer demoted: it joins the aged lane, for which `aged_share` (0.1)
 of each iteration's prefill time is kept from on-time work (the lane fills after it, with that time and any left).
+`demoted_slot="before_aged"` serves the demoted requests right after on-time work, ahead of the aged lane (which keeps
+its share): the requests demoted just after an overload then wait seconds, not for the overload's backlog.
 `prefill_order="sjf"` serves the requests admission judged on time shortest prompt first instead of EDF (slai's
 order; more requests on time at overload, the long ones later: not the default).
 """
@@ -173,9 +175,12 @@ class FairPolicy:
         lo, hi = p.min_budget_ms / 1000.0, p.max_budget_ms / 1000.0
         head = prefills = None
         lane, prefilling, lane_turn = None, snap.prefilling, False
-        if aged:  # the aged lane, then the demoted, share the time on-time prefill leaves them
-            lane = aged.then(demoted) if demoted else aged
-            demoted = ()
+        if aged:  # the aged lane, then the demoted, share the time on-time prefill leaves them (`demoted_slot`)
+            if p.demoted_slot == "after_aged":
+                lane = aged.then(demoted) if demoted else aged
+                demoted = ()
+            else:  # "before_aged": the demoted follow on-time work in its time, the lane keeps its share
+                lane = aged
             in_lane = frozenset([r.rid for r in aged.partials])
             if in_lane:
                 prefilling = tuple([r for r in prefilling if r.rid not in in_lane])

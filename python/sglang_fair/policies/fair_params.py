@@ -107,6 +107,14 @@ class FairParams:
     to the last millisecond, so where the planner's model is not exact an iteration that runs a little long puts
     a short output's TPOT just over the SLO with no token left to win it back (simulated on the emulated device's
     model: Azure code's misses were 6-13-token outputs at 100.2-100.9 ms; docs/results.md)."""
+    demoted_slot: str = "after_aged"
+    """Where the demoted requests (not yet aged) are served while the aged lane holds requests: "after_aged" (after
+    the lane, with what time is left) or "before_aged" (right after on-time work, in its 1 - `aged_share` of the
+    time; the lane keeps its share). "before_aged" serves the requests demoted just after an overload within
+    seconds instead of behind the overload's backlog (simulated overload: P99 TTFT of the phase after it 412 s ->
+    4.5 s), but a long demoted prompt then holds SGLang's one partial prefill, which is continued first, and on
+    the emulated device's model it cost Azure code 4-8% of its 90%-attainment capacity (docs/results.md, "Demoted
+    requests before the aged lane"), so it is not the default."""
     prefill_order: str = "edf"
     """With admission on, the order of the waiting requests it judges on time: "edf" (earliest TTFT deadline first,
     the paper's) or "sjf" (shortest remaining prompt first, ties in EDF order; slai's order within what admission
@@ -152,6 +160,8 @@ class FairParams:
             raise ValueError(f"partial_slot must be 'alternate' or 'on_time', got {self.partial_slot!r}")
         if self.lost_decode not in ("envelope", "gap"):
             raise ValueError(f"lost_decode must be 'envelope' or 'gap', got {self.lost_decode!r}")
+        if self.demoted_slot not in ("after_aged", "before_aged"):
+            raise ValueError(f"demoted_slot must be 'after_aged' or 'before_aged', got {self.demoted_slot!r}")
         if self.prefill_order not in ("edf", "sjf"):
             raise ValueError(f"prefill_order must be 'edf' or 'sjf', got {self.prefill_order!r}")
         if self.admission not in ("off", "demote", "demote-longest"):
