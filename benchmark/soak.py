@@ -274,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fair-admission", default=None, choices=("off", "reject"),
                     help="the server's --fair-admission (reject: HTTP 429 at arrival for a request that cannot meet "
                          "its TTFT SLO; counted as errored, not lost, and in the figures as an SLO miss)")
+    ap.add_argument("--fair-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="the server's --fair-param (repeatable), e.g. demoted_slot=before_aged")
     ap.add_argument("--minutes", type=float, nargs="+", default=[5.0, 5.0], help="minutes per phase")
     ap.add_argument("--load", type=float, nargs="+", default=[0.8, 1.5], help="fraction of capacity per phase")
     ap.add_argument("--capacity-rps", type=float, default=None, help="skip the capacity burst")
@@ -307,8 +309,8 @@ def main(argv=None) -> int:
         ap.error("--continuous needs at least 3 phases in --minutes / --load (before, overload, after)")
     if not (args.bucket_s > 0 and args.first_s > 0):
         ap.error("--bucket-s and --first-s must be > 0")
-    if args.url and args.fair_trace:
-        ap.error("--fair-trace is the started server's flag: give it to the server at --url instead")
+    if args.url and (args.fair_trace or args.fair_param):
+        ap.error("--fair-trace and --fair-param are the started server's flags: give them to the server at --url")
     if args.timeout_s is None:
         args.timeout_s = 3600.0 if args.continuous else 600.0
     from sglang_fair.bench.emulated import EMULATED_TPOT_SLO_MS, EMULATED_TTFT_SLO_MS
@@ -343,6 +345,8 @@ def main(argv=None) -> int:
             srv_args += ["--fair-admission", args.fair_admission]
         if args.fair_trace:
             srv_args += ["--fair-trace", str(Path(args.fair_trace).resolve())]
+        for kv in args.fair_param:
+            srv_args += ["--fair-param", kv]
         with sglang_server(model, srv_args, command=SERVE_COMMAND, startup_timeout_s=900) as srv:
             results = soak(srv.url, args, srv.proc.pid, k)
             if srv.proc.poll() is not None:
