@@ -271,9 +271,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fair-trace", default=None, metavar="PATH",
                     help="the server writes its iteration trace here (serve --fair-trace: plans, forwards, the "
                          "emulated device's batches; `sglang-fair trace-report PATH` summarises it)")
-    ap.add_argument("--fair-admission", default=None, choices=("off", "reject"),
+    ap.add_argument("--fair-admission", default=None, choices=("off", "reject", "shed"),
                     help="the server's --fair-admission (reject: HTTP 429 at arrival for a request that cannot meet "
-                         "its TTFT SLO; counted as errored, not lost, and in the figures as an SLO miss)")
+                         "its TTFT SLO; shed: also for a queued request once fair demotes it; counted as errored, "
+                         "not lost, and in the figures as an SLO miss)")
     ap.add_argument("--fair-param", action="append", default=[], metavar="KEY=VALUE",
                     help="the server's --fair-param (repeatable), e.g. demoted_slot=before_aged")
     ap.add_argument("--minutes", type=float, nargs="+", default=[5.0, 5.0], help="minutes per phase")

@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "stock = SGLang's own answer (default fair)")
     g.add_argument("--fair-admission", default="off", choices=ADMISSION_CHOICES,
                    help="reject = answer HTTP 429 with Retry-After at arrival to a request whose first token cannot "
-                        "meet its TTFT SLO behind the queued work (a router then sends it elsewhere); off = queue "
-                        "every request (default off)")
+                        "meet its TTFT SLO behind the queued work (a router then sends it elsewhere); shed = that, "
+                        "and HTTP 429 for a queued request the moment the policy demotes it (no backlog of late "
+                        "requests after an overload); off = queue every request (default off)")
     e = p.add_argument_group("emulated accelerator (figures from it are emulated, not GPU measurements)")
     e.add_argument("--emulate-device", metavar="PRESET[:DILATION]",
                    help="pad every forward to the time of the emulated GPU (a100-llama3-8b, h100-llama3-8b) for the "

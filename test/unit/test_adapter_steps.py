@@ -188,6 +188,36 @@ def test_demoted_requests_are_counted_in_the_status_once_each():
     assert adapter(Sched(waiting=[Req("w", recv=time.perf_counter())]), admission="off").status()["demoted_now"] == 0
 
 
+def test_shed_answers_the_demoted_requests_the_step_does_not_start_and_hands_sglang_the_rest(monkeypatch):
+    """`--fair-admission shed`: of the requests past their TTFT deadline (demoted), those the plan does not start this
+    step leave the waiting queue with an HTTP 429 abort before SGLang forms the batch; the others are untouched."""
+    from sglang_fair.engine import reject
+    now = time.perf_counter()
+    late = [Req(f"late{i}", prompt=20000, recv=now - 3.0) for i in range(3)]  # past 2 s, not yet aged
+    fresh = Req("fresh", prompt=60, recv=now)
+    sched = Sched(waiting=[*late, fresh])
+    sent = []
+    sched._release_aborted_request = lambda req: None
+    sched.beam_coordinator = SimpleNamespace(retire_group=lambda req: None)
+    sched.send_abort_output = lambda abort, req: sent.append(abort)
+    monkeypatch.setattr(reject, "abort_429", lambda req, message: (req.rid, message))
+    cfg = RuntimeConfig(policy="fair", slo=SloConfig(ttft_slo_ms=2000.0, tpot_slo_ms=200.0), online_fit=False,
+                        admission="shed")
+    ad = PolicyAdapter(sched, cfg, make_configured_policy(cfg.policy, cfg.policy_params))
+    calls = []
+    ad.form_prefill(fake_original(calls), sched, sched.running_batch)
+    plan = ad.recent_plans[-1]
+    shed = {rid for rid, _ in sent}
+    assert plan["demoted"] == 3 and shed and shed < {"late0", "late1", "late2"}
+    assert all("shed from the queue" in m for _, m in sent)
+    assert not shed & {r.rid for r in calls[0]["waiting"]}  # SGLang never saw them
+    assert "fresh" in {r.rid for r in calls[0]["waiting"]}
+    assert ad.status()["shed_from_queue"] == len(shed) and not ad.faults
+    kept = adapter(Sched(waiting=[*late, fresh]))  # --fair-admission off: the same plan sheds nothing
+    kept.form_prefill(fake_original([]), kept.sched, kept.sched.running_batch)
+    assert kept.status()["shed_from_queue"] == 0
+
+
 def test_aged_requests_are_reported_in_the_status_and_the_plan_record():
     """A request waiting past fair's ageing bound (5 x its 2 s TTFT SLO) is not demoted: it rides in the aged lane, and
     the status (`aged_now`, a gauge) and the plan record show how many do."""

@@ -126,3 +126,54 @@ def test_the_flag_needs_an_active_policy():
         runtime_config(parse(["--fair-policy", "off", "--fair-admission", "reject"])[0])
     with pytest.raises(SystemExit):
         parse(["--fair-admission", "sometimes"])
+
+
+# ---- `--fair-admission shed`: the demoted requests still queued are answered 429 (engine/reject.py) -------------
+class _QueuedReq:
+    def __init__(self, rid, output_ids=()):
+        self.rid, self.output_ids = rid, list(output_ids)
+
+
+class _Sched:
+    """The scheduler calls `shed_demoted` makes, recorded."""
+
+    def __init__(self, queue):
+        self.waiting_queue = list(queue)
+        self.calls = []
+        self.beam_coordinator = SimpleNamespace(retire_group=lambda req: self.calls.append(("retire", req.rid)))
+
+    def _release_aborted_request(self, req):
+        self.calls.append(("release", req.rid))
+
+    def send_abort_output(self, abort_req, req):
+        assert abort_req[0] is req
+        self.calls.append(("abort", req.rid, abort_req[1]))
+
+
+def test_shed_takes_the_demoted_queued_requests_out_and_answers_429(monkeypatch):
+    from sglang_fair.core.types import Plan
+    monkeypatch.setattr(reject, "abort_429", lambda req, message: (req, message))
+    waiting = [make_req(f"w{i}", arrival_s=0.0, prompt_tokens=1000, ttft_slo_s=2.0) for i in range(5)]
+    snap = make_snapshot(now=3.0, waiting=waiting)
+    back = _QueuedReq("w4", output_ids=[7])  # a retracted request back in the queue: it has streamed tokens
+    sched = _Sched([_QueuedReq("w0"), _QueuedReq("w1"), _QueuedReq("w2"), _QueuedReq("w3"), back])
+    ad = SimpleNamespace(policy=SimpleNamespace(params=FairParams()), shed_from_queue=0)
+    # w1 and w3 demoted and waiting: shed; w2 demoted but prefilled this step: kept; w4 has tokens: kept
+    plan = Plan(prefill=(("w0", 1000), ("w2", 1000)), demoted=("w1", "w2", "w3", "w4"))
+    assert reject.shed_demoted(ad, sched, plan, snap) == 2 and ad.shed_from_queue == 2
+    assert [r.rid for r in sched.waiting_queue] == ["w0", "w2", "w4"]
+    aborts = [c for c in sched.calls if c[0] == "abort"]
+    assert [c[1] for c in aborts] == ["w3", "w1"]  # popped from the back, so the indices stay valid
+    for _, rid, message in aborts:
+        assert ("release", rid) in sched.calls and ("retire", rid) in sched.calls
+        assert "shed from the queue" in message and "2000 ms" in message and "waited 3.0 s" in message
+        assert reject.retry_after_s(message.encode()) >= 1
+    nothing = Plan(prefill=(("w0", 1000),))
+    assert reject.shed_demoted(ad, sched, nothing, snap) == 0 and len(sched.waiting_queue) == 3
+
+
+def test_shed_is_a_choice_of_the_flag_and_needs_an_active_policy():
+    parse = build_parser().parse_known_args
+    assert runtime_config(parse(["--fair-policy", "fair", "--fair-admission", "shed"])[0]).admission == "shed"
+    with pytest.raises(ValueError, match="--fair-admission"):
+        runtime_config(parse(["--fair-policy", "off", "--fair-admission", "shed"])[0])

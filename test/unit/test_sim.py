@@ -7,7 +7,7 @@ from factories import COST, make_trace
 
 from sglang_fair.policies import make_policy
 from sglang_fair.core.types import Plan, ReqView
-from sglang_fair.core.metrics import summarize, tbt_s, tpot_s, ttft_s
+from sglang_fair.core.metrics import meets_slo, summarize, tbt_s, tpot_s, ttft_s
 from sglang_fair.sim.engine import EngineConfig, Replica, SimRequest, fast_view, make_requests, simulate
 
 CFG = EngineConfig(ttft_slo_ms=1000, tpot_slo_ms=100, kv_capacity_tokens=10_000, record_token_times=True)
@@ -214,14 +214,39 @@ def test_reject_at_arrival_refuses_what_cannot_start_in_time_and_counts_it_as_a_
     assert not any(r.rejected for r in light.records)  # nothing refused at low load
 
 
-def test_reject_suffix_of_a_policy_spec():
-    from sglang_fair.sim.cli import make_runner, split_reject
-    assert split_reject("fair@admission=demote+reject") == ("fair@admission=demote", True)
-    assert split_reject("sarathi-512") == ("sarathi-512", False)
+def test_reject_and_shed_suffixes_of_a_policy_spec():
+    from sglang_fair.sim.cli import make_runner, split_admission
+    assert split_admission("fair@admission=demote+reject") == ("fair@admission=demote", "reject")
+    assert split_admission(" fair+shed ") == ("fair", "shed")
+    assert split_admission("sarathi-512") == ("sarathi-512", "off")
     run = make_runner(make_trace([(0.0, 5000, 2)] * 40), "fair+reject", COST, CFG, stop_late=False)
     assert sum(r.rejected for r in run(1.0).records) > 0
-    with pytest.raises(ValueError, match="one replica"):
-        make_runner(make_trace([(0.0, 5000, 2)]), "fair+reject", COST, CFG, replicas=2)
+    for spec in ("fair+reject", "fair+shed"):
+        with pytest.raises(ValueError, match="one replica"):
+            make_runner(make_trace([(0.0, 5000, 2)]), spec, COST, CFG, replicas=2)
+
+
+# ---- shedding demoted requests (`--fair-admission shed` in the simulator) ------------------------------------------
+def test_shed_refuses_a_queued_request_once_demoted_where_reject_serves_it_late():
+    from dataclasses import replace
+    # a 6000-token prompt takes the engine for 0.6 s; behind it a 3000-token one (on time when it arrives, so the
+    # arrival verdict admits it) and then a 1500-token one, which would be late behind it: demote-longest demotes
+    # the 3000-token prompt in its favour once both are queued
+    trace = make_trace([(0.0, 6000, 4), (0.01, 3000, 4), (0.02, 1500, 4)])
+    cfg = replace(CFG, kv_capacity_tokens=20_000)
+    reject = simulate(trace, make_policy("fair"), COST, replace(cfg, reject_at_arrival=True))
+    shed = simulate(trace, make_policy("fair"), COST, replace(cfg, reject_at_arrival=True, shed_demoted=True))
+    a, b, c = reject.records
+    assert not a.demoted and b.demoted and not b.rejected and ttft_s(b) > 1.0  # reject: served late, a miss
+    assert meets_slo(a) and meets_slo(c)
+    a, b, c = shed.records
+    assert b.demoted and b.rejected and b.first_token_s is None and b.n_outputs == 0  # shed: refused instead
+    assert meets_slo(a) and meets_slo(c) and not a.rejected and not c.rejected
+    assert ttft_s(c) < ttft_s(reject.records[2])  # the time the late one took goes to on-time work
+    # at light load nothing is demoted, so nothing is shed
+    light = simulate(make_trace([(i * 2.0, 500, 2) for i in range(5)]), make_policy("fair"), COST,
+                     replace(CFG, reject_at_arrival=True, shed_demoted=True))
+    assert not any(r.rejected or r.demoted for r in light.records)
 
 
 def test_make_runner_wraps_one_replicas_policy_and_refuses_to_wrap_a_clusters():

@@ -22,8 +22,9 @@ POLICY_CHOICES = (*policy_names(), OFF)
 """Every registered policy, and `off` (stock SGLang batching)."""
 LOADS_CHOICES = ("fair", "stock")
 """What `/v1/loads` serves (RuntimeConfig.loads)."""
-ADMISSION_CHOICES = ("off", "reject")
-"""RuntimeConfig.admission: `reject` = HTTP 429 at arrival for a request that cannot meet its TTFT SLO."""
+ADMISSION_CHOICES = ("off", "reject", "shed")
+"""RuntimeConfig.admission: `reject` = HTTP 429 at arrival for a request that cannot meet its TTFT SLO; `shed` = that,
+and HTTP 429 for a queued request the moment the policy demotes it (before it holds KV; engine/reject.py)."""
 
 
 def parse_param(text: str) -> tuple[str, object]:

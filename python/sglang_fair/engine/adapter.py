@@ -108,7 +108,9 @@ class PolicyAdapter:
         self.overhead_s_total = 0.0
         self.overhead_s_max = 0.0
         self.rejected_at_arrival = 0
-        """Requests answered HTTP 429 at arrival (`--fair-admission reject`, engine/reject.py)."""
+        """Requests answered HTTP 429 at arrival (`--fair-admission reject` or `shed`, engine/reject.py)."""
+        self.shed_from_queue = 0
+        """Queued requests answered HTTP 429 when the plan demoted them (`--fair-admission shed`, engine/reject.py)."""
         self.measured_iterations = 0
         self.gauges = None  # gauges.Gauges when --enable-metrics
         self.trace = trace.writer()  # --fair-trace (core/trace.py), or None
@@ -174,6 +176,12 @@ class PolicyAdapter:
                   "note": plan.note[:120]}
         self.recent_plans.append(record)
         self._count_demoted(plan.demoted, snap)
+        if plan.demoted and self.cfg.admission == "shed":
+            try:
+                from .reject import shed_demoted
+                shed_demoted(self, sched, plan, snap)  # HTTP 429 for the demoted requests still queued
+            except Exception as exc:  # noqa: BLE001  (never lose a request over shedding: it stays queued)
+                self._fault("admission", f"{type(exc).__name__}: {exc}")
         self.aged_now = len(plan.aged)
         self.budget_s = plan.budget_s
         self.predicted_s = plan.predicted_s
@@ -387,6 +395,7 @@ class PolicyAdapter:
             "mixed_forwards": self.mixed_forwards,
             "admission": self.cfg.admission,
             "rejected_at_arrival": self.rejected_at_arrival,
+            "shed_from_queue": self.shed_from_queue,
             "mixing_allowed": snap.mixing_allowed,
             "mixing_banned_by": list(self.mixing_bans),
             "reordered_plans": self.reordered,

@@ -20,6 +20,8 @@ _GAUGES = {
     "demoted_now": "Waiting requests the last plan served as best effort (their TTFT SLO can no longer be met).",
     "demotions_total": "Times a request was demoted to best effort since start (consecutive plans count once).",
     "aged_now": "Requests in fair's aged lane in the last plan (waited past the ageing bound; a share of each step).",
+    "rejected_at_arrival": "Requests answered HTTP 429 at arrival since start (--fair-admission reject or shed).",
+    "shed_from_queue": "Queued requests answered HTTP 429 when demoted, since start (--fair-admission shed).",
     "planned_iterations": "Iterations formed by the sglang-fair policy.",
     "admission_budget_tokens": "Prefill admission budget: new prompt tokens admissible within the load horizon.",
     "token_load": "Token load served on /get_load (lower = more room).",

@@ -370,6 +370,6 @@ def install(cfg: RuntimeConfig) -> None:
                                                            lambda: get_global_state().tokenizer_manager))
     if cfg.active:  # --fair-policy off leaves request handling stock
         app.add_middleware(RequestSloValidator, default=cfg.slo)
-        if cfg.admission == "reject":
+        if cfg.admission != "off":
             from .reject import RetryAfter
             app.add_middleware(RetryAfter)  # Retry-After on the 429s of engine/reject.py

@@ -10,10 +10,17 @@ over `--max-queued-requests` (503): a router (or the client) sends it elsewhere 
 The message carries `retry after N s` (the on-time queue's drain time, at least 1 s); `RetryAfter` (engine/http.py
 installs it) copies N into a `Retry-After` header of that 429. Streams get SGLang's in-stream error (status 200
 already sent: no header). Prefix-cache hits are not known at intake, so a cached prompt is judged at full length.
+
+`--fair-admission shed` does that, and refuses a queued request the moment the plan demotes it (`Plan.demoted`): one
+still in SGLang's waiting queue (no KV, no token) and not in the plan's prefill is taken out of the queue and answered
+HTTP 429 (`shed_demoted`), as SGLang itself evicts a queued request for a higher-priority one
+(`Scheduler._abort_on_queued_limit`). A demoted request is an SLO miss either way; refused, it leaves no backlog that
+the requests after an overload wait behind (docs/results.md, "Shedding demoted requests").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -48,6 +55,49 @@ def reject_if_late(adapter, req) -> bool:
     req.set_finish_with_abort(message, status_code=TOO_MANY_REQUESTS, err_type="TooManyRequests")
     adapter.rejected_at_arrival += 1
     return True
+
+
+SHED_MESSAGE = ("sglang-fair: shed from the queue: its first token can no longer meet the TTFT SLO of {ttft_ms:.0f} "
+                "ms (waited {waited_s:.1f} s); retry after {retry_s} s")
+
+
+def shed_demoted(adapter, sched, plan, snap) -> int:
+    """Answer HTTP 429 to each request `plan` demotes that still waits in `sched.waiting_queue` and that the plan does
+    not prefill (a partial prefill holds KV and is never shed). Returns how many (counted on the adapter)."""
+    if not plan.demoted:
+        return 0
+    keep = {rid for rid, _ in plan.prefill}
+    drop = {rid for rid in plan.demoted if rid not in keep}
+    if not drop:
+        return 0
+    views = {r.rid: r for r in snap.waiting if r.rid in drop}
+    queue = sched.waiting_queue
+    shed = [(i, req) for i, req in enumerate(queue) if req.rid in views and not req.output_ids]
+    if not shed:
+        return 0
+    # the retry hint, once a step: the drain time of the on-time queue ahead of the step's first shed request
+    first = views[shed[0][1].rid]
+    rest = dataclasses.replace(snap, waiting=tuple([r for r in snap.waiting if r.rid not in views]))
+    _, ahead_s = policy_arrival_verdict(getattr(adapter.policy, "params", None), rest, first)
+    retry_s = max(1, math.ceil(ahead_s))
+    for i, req in reversed(shed):  # as Scheduler._abort_on_queued_limit evicts a queued request
+        v = views[req.rid]
+        message = SHED_MESSAGE.format(ttft_ms=v.ttft_slo_s * 1e3, waited_s=max(0.0, snap.now - v.arrival_s),
+                                      retry_s=retry_s)
+        sched._release_aborted_request(req)
+        queue.pop(i)
+        sched.beam_coordinator.retire_group(req)
+        sched.send_abort_output(abort_429(req, message), req)
+    adapter.shed_from_queue += len(shed)
+    return len(shed)
+
+
+def abort_429(req, message: str):
+    """SGLang's AbortReq that answers `req` HTTP 429 with `message` (as the scheduler builds its own aborts)."""
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+    from sglang.srt.managers.scheduler import _make_abort_req
+    reason = FINISH_ABORT(message, status_code=TOO_MANY_REQUESTS, err_type="TooManyRequests").to_json()
+    return _make_abort_req(req, finished_reason=reason)
 
 
 def retry_after_s(body: bytes) -> int | None:

@@ -163,7 +163,7 @@ def _make_intake_hook(cfg: RuntimeConfig):
                 intake.stamp_arrival(req, ad.arrivals)  # before any view of it (the snapshot's arrival_s)
             except Exception as exc:  # noqa: BLE001  (the receipt time stands)
                 ad._fault("arrival", f"{type(exc).__name__}: {exc}")
-        if intake.check_request(req, cfg.slo) is None and cfg.admission == "reject":  # invalid SLO: aborted here
+        if intake.check_request(req, cfg.slo) is None and cfg.admission != "off":  # invalid SLO: aborted here
             if ad is not None:
                 try:
                     reject.reject_if_late(ad, req)  # HTTP 429 at arrival (engine/reject.py)

@@ -29,6 +29,8 @@ SGLANG_OBJECTS = {
     "ScheduleBatch": "sglang.srt.managers.schedule_batch.ScheduleBatch",
     "NextBatchPlan": "sglang.srt.managers.schedule_batch.NextBatchPlan",
     "Req": "sglang.srt.managers.schedule_batch.Req",
+    "FINISH_ABORT": "sglang.srt.managers.schedule_batch.FINISH_ABORT",
+    "_make_abort_req": "sglang.srt.managers.scheduler._make_abort_req",
     "PrefillAdder": "sglang.srt.managers.schedule_policy.PrefillAdder",
     "SchedulerReqTimeStats": "sglang.srt.observability.req_time_stats.SchedulerReqTimeStats",
     "FutureMap": "sglang.srt.managers.overlap_utils.FutureMap",
@@ -205,6 +207,18 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "rejecting invalid per-request SLOs at the scheduler's intake",
         lambda o: (_params(o["Scheduler"], "_add_request_to_queue") or [])[:2] == ["self", "req"]
         and (_params(o["Req"], "set_finish_with_abort") or [])[:2] == ["self", "error_msg"]),
+    Requirement(
+        "Scheduler._release_aborted_request(req), send_abort_output(abort_req, req) and beam_coordinator, "
+        "scheduler._make_abort_req(req, finished_reason) and FINISH_ABORT(message, status_code, err_type).to_json()",
+        "`--fair-admission shed`: a queued request taken out of the queue and answered HTTP 429, as "
+        "Scheduler._abort_on_queued_limit evicts one",
+        lambda o: _params(o["Scheduler"], "_release_aborted_request") == ["self", "req"]
+        and (_params(o["Scheduler"], "send_abort_output") or [])[:3] == ["self", "abort_req", "req"]
+        and _uses(o["Scheduler"], "_abort_on_queued_limit", "_release_aborted_request", "beam_coordinator",
+                  "send_abort_output", "_make_abort_req")
+        and list(inspect.signature(o["_make_abort_req"]).parameters)[:2] == ["req", "finished_reason"]
+        and (_params(o["FINISH_ABORT"], "__init__") or [])[:4] == ["self", "message", "status_code", "err_type"]
+        and callable(getattr(o["FINISH_ABORT"], "to_json", None))),
 )
 
 

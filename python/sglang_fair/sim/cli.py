@@ -55,12 +55,18 @@ def parse_policy_spec(spec: str) -> tuple[str, dict]:
 REJECT_SUFFIX = "+reject"
 """A policy spec ending in this runs with `--fair-admission reject` (EngineConfig.reject_at_arrival), e.g.
 `fair+reject`, `fair@admission=demote+reject`."""
+SHED_SUFFIX = "+shed"
+"""A policy spec ending in this runs with `--fair-admission shed` (EngineConfig.reject_at_arrival and
+shed_demoted), e.g. `fair+shed`."""
 
 
-def split_reject(spec: str) -> tuple[str, bool]:
-    """(spec without REJECT_SUFFIX, whether it had it)."""
+def split_admission(spec: str) -> tuple[str, str]:
+    """(spec without REJECT_SUFFIX or SHED_SUFFIX, the server's --fair-admission: "reject", "shed" or "off")."""
     spec = spec.strip()
-    return (spec[:-len(REJECT_SUFFIX)], True) if spec.endswith(REJECT_SUFFIX) else (spec, False)
+    for suffix in (REJECT_SUFFIX, SHED_SUFFIX):
+        if spec.endswith(suffix):
+            return spec[:-len(suffix)], suffix[1:]
+    return spec, "off"
 
 
 def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int = 1, router: str = "fair",
@@ -68,16 +74,17 @@ def make_runner(trace, spec: str, cost, engine: EngineConfig, *, replicas: int =
                 progress: Callable[[float], object] | None = None,
                 iteration_time=None, wrap_policy: Callable | None = None) -> Callable[[float], SimResult]:
     """A function scale -> SimResult for one policy spec (single replica, cluster, or WindServe); a spec ending in
-    `+reject` refuses hopeless arrivals (REJECT_SUFFIX; single replica only). `iteration_time`: the true time of a
+    `+reject` refuses hopeless arrivals (REJECT_SUFFIX; single replica only), `+shed` also the queued requests the
+    policy demotes (SHED_SUFFIX). `iteration_time`: the true time of a
     batch (e.g. the emulated device's model, `--device`), the policies planning with `cost`; default `cost`.
     `wrap_policy`: applied to the policy object before it runs (e.g. to record its plans; single replica only)."""
-    spec, reject = split_reject(spec)
+    spec, admission = split_admission(spec)
     name, params = parse_policy_spec(spec)
-    if reject:
+    if admission != "off":
         if replicas != 1 or name == "windserve":
-            raise ValueError(f"{REJECT_SUFFIX} runs on one replica only (the simulated router does not resend a "
+            raise ValueError(f"+{admission} runs on one replica only (the simulated router does not resend a "
                              f"refused request)")
-        engine = dataclasses.replace(engine, reject_at_arrival=True)
+        engine = dataclasses.replace(engine, reject_at_arrival=True, shed_demoted=admission == "shed")
     limit = late_limit(len(trace)) if stop_late else None
     if wrap_policy is not None and (replicas != 1 or name == "windserve"):
         raise ValueError("wrap_policy wraps one replica's policy (not a cluster's or windserve's)")
@@ -330,7 +337,8 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser("sim", help="simulate one policy on a trace at one rate scale")
     _common(p)
     p.add_argument("--policy", default="fair", help="policy spec, e.g. fair, sarathi-512, slai, windserve, fair@admission=demote; a "
-                   "'+reject' suffix refuses hopeless arrivals as --fair-admission reject does (fair+reject)")
+                   "'+reject' suffix refuses hopeless arrivals as --fair-admission reject does (fair+reject), '+shed' also the "
+                   "queued requests fair demotes, as --fair-admission shed (fair+shed)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="arrival gaps divided by this")
     p.add_argument("--token-gaps", action="store_true",
                    help="record every token's time and report the gaps between consecutive tokens (percentiles, "
@@ -340,7 +348,7 @@ def add_parsers(subparsers) -> None:
     c = subparsers.add_parser("capacity", help="capacity (max rate scale meeting the SLOs) per policy")
     _common(c)
     c.add_argument("--policies", default="fair,sarathi-512,sarathi-2048,slai",
-                   help="comma-separated policy specs (as --policy of `sim`, '+reject' suffix included)")
+                   help="comma-separated policy specs (as --policy of `sim`, '+reject' and '+shed' suffixes included)")
     c.add_argument("--rel-tol", type=float, default=0.03, help="bisection stops when hi/lo <= 1 + this")
     c.add_argument("--plots", default=None, help="directory for goodput-vs-rate and TTFT/TPOT CDF PNGs")
     c.add_argument("--plot-prefix", default="", help="file-name prefix for the plots")

@@ -62,6 +62,9 @@ class EngineConfig:
     """`sglang-fair serve --fair-admission reject`: an arriving request whose first token cannot meet its TTFT SLO
     behind the queued work (policies.admission.arrival_verdict on the replica's snapshot when it arrives) is refused
     (HTTP 429 live): never served, counted as an SLO miss (and as a late first token for `stop_after_late`)."""
+    shed_demoted: bool = False
+    """`sglang-fair serve --fair-admission shed` (with `reject_at_arrival`): a waiting request a plan demotes, and does
+    not prefill in that step, is refused then (HTTP 429 live, engine/reject.py): never served, an SLO miss."""
     cost_headroom: bool = True
     """Plan as the live adapter does: with the planning cost model scaled by the headroom factor (core/headroom.py:
     a high quantile of true/predicted iteration time over the recent iterations). Where the planner's model is exact
@@ -195,6 +198,22 @@ class Replica:
             self.late_first_tokens += 1
         return late
 
+    def _shed(self, demoted, targets) -> None:
+        """Refuse the demoted requests still waiting that this step does not prefill (`shed_demoted`); a preempted
+        request coming back (in `requeued`) has streamed tokens and is kept, as live."""
+        served = {r.rid for r, _ in targets}
+        for rid in demoted:
+            r = self.waiting.get(rid)
+            if r is None or rid in served:
+                continue
+            del self.waiting[rid]
+            del self._wait_views[rid]
+            self.waiting_prompt_tokens -= r.prefill_len
+            self._wview = None
+            r.rejected = True
+            self.rejected += 1
+            self.late_first_tokens += 1
+
     def _waiting_view(self) -> tuple[ReqView, ...]:
         if self._wview is None:
             limit = self.config.waiting_view_limit
@@ -294,6 +313,8 @@ class Replica:
             if r is None:
                 raise ValueError(f"plan demotes unknown or running rid {rid!r}")
             r.demoted = True
+        if self.config.shed_demoted and plan.demoted:
+            self._shed(plan.demoted, targets)
         if plan.preempt:
             self._preempt(plan.preempt)
         if not targets and not plan.decode:
