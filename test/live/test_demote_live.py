@@ -49,7 +49,10 @@ def test_a_burst_past_the_ttft_slo_is_served_and_its_demotions_are_listed(serve_
     for e in listed:  # the prompt as the server counted it, and its arrival on the client's wall clock
         k = (e["prompt_tokens"] - 1200) // 50
         assert e["prompt_tokens"] == length(k)
-        assert sent[k] - 0.05 <= e["arrival_wall_s"] <= sent[k] + 5.0, (e, sent[k])  # + a forward under way
+        # the server's arrival is the earliest the request can have reached it (engine/intake.py): the start of the
+        # forward during which it came, so up to one forward before the send (0.2 s seen in CI, the burst's threads
+        # starting late on 2 cores); and at most a forward under way after it
+        assert sent[k] - 1.0 <= e["arrival_wall_s"] <= sent[k] + 5.0, (e, sent[k])
     records = [RequestTimes(f"c{k}", sent[k] - start, done - start, done - start, 4, TTFT_SLO_MS / 1e3, 2.0, 4)
                for k, (_, done) in enumerate(res)]
     m = mark_demoted(records, [length(k) for k in range(N)], start, listed)
