@@ -193,10 +193,14 @@ class Replica:
         params = getattr(self.policy, "params", None)
         late, _ = policy_arrival_verdict(params, self.snapshot(), req.pending_view())
         if late:
-            req.rejected = True
-            self.rejected += 1
-            self.late_first_tokens += 1
+            self._count_refused(req)
         return late
+
+    def _count_refused(self, req: SimRequest) -> None:
+        """A request answered HTTP 429 (at arrival or shed): never served, an SLO miss and a late first token."""
+        req.rejected = True
+        self.rejected += 1
+        self.late_first_tokens += 1
 
     def _shed(self, demoted, targets) -> None:
         """Refuse the demoted requests still waiting that this step does not prefill (`shed_demoted`); a preempted
@@ -210,9 +214,7 @@ class Replica:
             del self._wait_views[rid]
             self.waiting_prompt_tokens -= r.prefill_len
             self._wview = None
-            r.rejected = True
-            self.rejected += 1
-            self.late_first_tokens += 1
+            self._count_refused(r)
 
     def _waiting_view(self) -> tuple[ReqView, ...]:
         if self._wview is None:
